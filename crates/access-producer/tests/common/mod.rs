@@ -1,0 +1,211 @@
+//! Helpers of the integration tests: the real Kafka of the local stack, the real binary,
+//! and reading a topic back.
+//!
+//! Each test publishes to its own fresh topic, so tests run in parallel and never see each
+//! other's messages or an earlier run's.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hotkeys::Topology;
+use hotkeys::config::KafkaConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// Upper bound on waiting for Kafka, so a broken broker fails a test instead of hanging it.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// One message read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+impl Record {
+    pub fn key_str(&self) -> &str {
+        std::str::from_utf8(self.key.as_deref().unwrap_or_default()).expect("UTF-8 key")
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).expect("the payload is JSON")
+    }
+}
+
+pub fn brokers() -> String {
+    std::env::var("HOTKEYS_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// The topology a test's own clients use: the defaults, pointed at the stack and `topic`.
+pub fn topology(topic: &str) -> Topology {
+    let mut t = Topology::default();
+    t.kafka = KafkaConfig {
+        brokers: brokers(),
+        topic: topic.into(),
+        consumer: BTreeMap::from([("enable.auto.commit".to_string(), "false".to_string())]),
+        ..KafkaConfig::default()
+    };
+    t
+}
+
+/// True when Kafka answers. When it does not, the test is skipped on a developer machine
+/// and fails when `CI` is set, so a pipeline never passes without having run it.
+pub fn kafka_is_up() -> bool {
+    let b = brokers();
+    let probe = ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .create::<BaseConsumer>()
+        .and_then(|c| c.fetch_metadata(None, Duration::from_secs(10)).map(|_| ()));
+    match probe {
+        Ok(()) => true,
+        Err(e) if std::env::var_os("CI").is_some() => {
+            panic!("Kafka at {b} is unreachable and CI is set: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping: Kafka at {b} is unreachable ({e}); start it with scripts/stack.sh up");
+            false
+        }
+    }
+}
+
+/// A topic name no other test or run uses.
+pub fn unique_topic(test: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("ap-test-{test}-{}-{nanos:x}", std::process::id())
+}
+
+pub fn topology_file() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../topology/default.toml")
+}
+
+/// The real binary, pointed at the stack and at `topic` through the environment overrides.
+pub fn producer(topic: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_access-producer"));
+    cmd.arg("--topology")
+        .arg(topology_file())
+        .env("HOTKEYS_KAFKA_BROKERS", brokers())
+        .env("HOTKEYS_KAFKA_TOPIC", topic)
+        .env_remove("HOTKEYS_KAFKA_PARTITIONS")
+        .env("RUST_LOG", "info");
+    cmd
+}
+
+/// Runs a command to its end; returns its exit code and stderr.
+pub fn run(cmd: &mut Command) -> (i32, String) {
+    let out = cmd.output().expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code().expect("exited, not killed"), stderr)
+}
+
+/// Runs a command that must succeed.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let (code, stderr) = run(cmd);
+    assert_eq!(code, 0, "exit code {code}; stderr:\n{stderr}");
+    stderr
+}
+
+/// Partition count of `topic`, `None` when it does not exist.
+pub fn partitions(topic: &str) -> Option<usize> {
+    hotkeys::kafka::partition_count(&topology(topic).kafka, topic).expect("metadata")
+}
+
+/// High watermarks of every partition of `topic`.
+pub fn watermarks(consumer: &BaseConsumer, topic: &str) -> Vec<i64> {
+    let n = partitions(topic).expect("the topic exists");
+    (0..n as i32)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks")
+                .1
+        })
+        .collect()
+}
+
+fn consumer(topic: &str) -> BaseConsumer {
+    let t = topology(topic);
+    hotkeys::kafka::consumer_config(&t.kafka, &format!("{topic}-reader"))
+        .create()
+        .expect("consumer")
+}
+
+/// Messages in `topic` right now.
+pub fn message_count(topic: &str) -> i64 {
+    watermarks(&consumer(topic), topic).iter().sum()
+}
+
+/// Every message of `topic`, read up to the high watermarks taken after the producer
+/// exited, so the result is exact: nothing missing, nothing extra. Sorted by partition and
+/// offset.
+pub fn read_all(topic: &str) -> Vec<Record> {
+    let consumer = consumer(topic);
+    let highs = watermarks(&consumer, topic);
+    let mut tpl = TopicPartitionList::new();
+    for (p, &high) in highs.iter().enumerate() {
+        if high > 0 {
+            tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
+                .expect("offset");
+        }
+    }
+    let mut records = Vec::new();
+    if tpl.count() == 0 {
+        return records;
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut next = vec![0i64; highs.len()];
+    let deadline = Instant::now() + PATIENCE;
+    while next.iter().zip(&highs).any(|(n, h)| n < h) {
+        assert!(Instant::now() < deadline, "could not read {topic} back: at {next:?} of {highs:?}");
+        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let m = m.expect("consume");
+        next[m.partition() as usize] = m.offset() + 1;
+        records.push(Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().unwrap_or_default().to_vec(),
+        });
+    }
+    records.sort_by_key(|r| (r.partition, r.offset));
+    records
+}
+
+/// Kafka's (Java client and librdkafka `murmur2_random`) partition of a key.
+pub fn murmur2_partition(key: &[u8], partitions: usize) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ key.len() as u32;
+    let chunks = key.chunks_exact(4);
+    let tail = chunks.remainder();
+    for c in chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    if tail.len() == 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    ((h & 0x7fff_ffff) % partitions as u32) as i32
+}

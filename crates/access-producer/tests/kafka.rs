@@ -1,0 +1,312 @@
+//! The binary against the real Kafka of the local stack (`scripts/stack.sh up`).
+//!
+//! Skipped when Kafka is unreachable, except with `CI` set, where that is a failure.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Instant;
+
+use common::*;
+
+/// An OpenResty JSON event whose `seq` argument orders it in the file.
+fn json_event(product: &str, seq: usize) -> String {
+    format!(
+        r#"{{"request_module":"product_detail_info","headers":{{"host":"shop"}},"uri_args":{{"productId":"{product}","shopId":"1","seq":"{seq}"}},"http_version":1.1,"method":"GET","raw_reader":"GET /product?productId={product}&shopId=1&seq={seq} HTTP/1.1\r\n\r\n","body_data":null}}"#
+    )
+}
+
+fn nginx_line(query: &str) -> String {
+    format!(
+        r#"198.51.100.4 - - [12/Mar/2025:10:00:00 +0800] "GET /product?{query} HTTP/1.1" 200 1834 "https://shop.example/" "Mozilla/5.0 (Linux; Android 14)""#
+    )
+}
+
+#[test]
+fn replay_of_a_mixed_file_publishes_exactly_the_valid_lines_keyed_and_in_order_per_key() {
+    if !kafka_is_up() {
+        return;
+    }
+    let topic = unique_topic("mixed");
+    // (line, the key it must be published with, or None when it must be skipped)
+    let mut lines: Vec<(String, Option<&str>)> = Vec::new();
+    for seq in 0..60 {
+        let product = ["11", "12", "13", "7001"][seq % 4];
+        let line = match seq % 5 {
+            0 => nginx_line(&format!("productId={product}&shopId=2&seq={seq}")),
+            _ => json_event(product, seq),
+        };
+        lines.push((line, Some(product)));
+        match seq % 9 {
+            3 => lines.push(("this is not an access log line".into(), None)),
+            5 => lines.push((r#"{"uri_args":{"productId":"99""#.into(), None)),
+            7 => lines.push((String::new(), None)),
+            _ => {}
+        }
+    }
+    lines.push(("\u{1}\u{2}binary junk".into(), None));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mixed.log");
+    let text: String = lines.iter().map(|(l, _)| format!("{l}\n")).collect();
+    std::fs::write(&file, text).unwrap();
+
+    let stderr = run_ok(producer(&topic).arg("replay").arg(&file));
+
+    let expected: Vec<&(String, Option<&str>)> = lines.iter().filter(|(_, k)| k.is_some()).collect();
+    let records = read_all(&topic);
+    assert_eq!(records.len(), expected.len(), "stderr:\n{stderr}");
+    let malformed = lines.iter().filter(|(l, k)| k.is_none() && !l.is_empty()).count();
+    let counts = format!("{} sent, {malformed} malformed", expected.len());
+    assert!(stderr.contains(&counts), "expected `{counts}` in:\n{stderr}");
+    // Per key, the sequence numbers arrive in file order, and JSON lines arrive unchanged.
+    let mut published: BTreeMap<String, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+    for r in &records {
+        let seq: u64 = r.json()["uri_args"]["seq"].as_str().unwrap().parse().unwrap();
+        assert_eq!(r.json()["uri_args"]["productId"], r.key_str());
+        published
+            .entry(r.key_str().to_string())
+            .or_default()
+            .push((seq, r.payload.clone()));
+    }
+    let mut wanted: BTreeMap<String, Vec<(u64, Option<Vec<u8>>)>> = BTreeMap::new();
+    for (seq, (line, key)) in expected.iter().enumerate() {
+        let unchanged = line.starts_with('{').then(|| line.as_bytes().to_vec());
+        wanted
+            .entry(key.unwrap().to_string())
+            .or_default()
+            .push((seq as u64, unchanged));
+    }
+    assert_eq!(
+        published.keys().collect::<Vec<_>>(),
+        wanted.keys().collect::<Vec<_>>()
+    );
+    for (key, got) in &published {
+        let want = &wanted[key];
+        assert_eq!(
+            got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            want.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            "order of product {key}"
+        );
+        for ((_, payload), (_, original)) in got.iter().zip(want) {
+            if let Some(original) = original {
+                assert_eq!(payload, original, "a JSON line is published unchanged");
+            }
+        }
+    }
+    // Converted nginx lines carry what the line told.
+    let converted = records
+        .iter()
+        .find(|r| r.json()["uri_args"]["shopId"] == "2")
+        .expect("a converted nginx line");
+    assert_eq!(converted.json()["headers"]["user-agent"], "Mozilla/5.0 (Linux; Android 14)");
+}
+
+#[test]
+fn events_without_a_key_are_skipped_never_published_with_an_empty_key() {
+    if !kafka_is_up() {
+        return;
+    }
+    let topic = unique_topic("nokey");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nokey.log");
+    let lines = [
+        r#"{"uri_args":{"shopId":"1"}}"#.to_string(),
+        r#"{"uri_args":{"productId":""}}"#.to_string(),
+        r#"{"uri_args":{"productId":null}}"#.to_string(),
+        r#"{"headers":{}}"#.to_string(),
+        nginx_line("shopId=1"),
+        nginx_line("productId="),
+        r#"203.0.113.9 - - [12/Mar/2025:10:00:00 +0800] "-" 400 0 "-" "-""#.to_string(),
+        json_event("9", 0),
+    ];
+    std::fs::write(&file, lines.join("\n")).unwrap();
+
+    let stderr = run_ok(producer(&topic).arg("replay").arg(&file));
+
+    let records = read_all(&topic);
+    assert_eq!(records.len(), 1, "stderr:\n{stderr}");
+    assert_eq!(records[0].key_str(), "9");
+    assert!(stderr.contains("7 without a key"), "{stderr}");
+}
+
+#[test]
+fn strict_replay_exits_2_at_the_first_malformed_line() {
+    if !kafka_is_up() {
+        return;
+    }
+    let topic = unique_topic("strict");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("strict.log");
+    std::fs::write(
+        &file,
+        format!("{}\nnot an event\n{}\n", json_event("1", 0), json_event("2", 1)),
+    )
+    .unwrap();
+
+    let (code, stderr) = run(producer(&topic).args(["replay", "--strict"]).arg(&file));
+
+    assert_eq!(code, 2, "stderr:\n{stderr}");
+    assert!(stderr.contains(&format!("{}:2", file.display())), "{stderr}");
+    let keys: Vec<String> = read_all(&topic).iter().map(|r| r.key_str().to_string()).collect();
+    assert_eq!(keys, ["1"], "lines before the bad one are delivered, none after");
+}
+
+#[test]
+fn synthetic_with_a_fixed_seed_publishes_the_same_keys_twice() {
+    if !kafka_is_up() {
+        return;
+    }
+    let runs: Vec<Vec<Record>> = (0..2)
+        .map(|i| {
+            let topic = unique_topic(&format!("seed{i}"));
+            run_ok(producer(&topic).args(["synthetic", "--events", "3000", "--keys", "500", "--seed", "7", "--burst", "4242@1000:0.2"]));
+            read_all(&topic)
+        })
+        .collect();
+    assert_eq!(runs[0].len(), 3000);
+    let per_partition = |records: &[Record]| -> BTreeMap<i32, Vec<(Option<Vec<u8>>, Vec<u8>)>> {
+        let mut m: BTreeMap<i32, Vec<_>> = BTreeMap::new();
+        for r in records {
+            m.entry(r.partition).or_default().push((r.key.clone(), r.payload.clone()));
+        }
+        m
+    };
+    assert_eq!(per_partition(&runs[0]), per_partition(&runs[1]));
+    assert!(runs[0].iter().any(|r| r.key_str() == "4242"));
+}
+
+#[test]
+fn every_event_of_a_product_lands_in_its_one_kafka_partition() {
+    if !kafka_is_up() {
+        return;
+    }
+    let topic = unique_topic("placement");
+    run_ok(producer(&topic).args(["synthetic", "--events", "5000", "--keys", "300", "--seed", "11"]));
+
+    let partitions = partitions(&topic).unwrap();
+    assert_eq!(partitions, hotkeys::Topology::default().kafka.partitions as usize, "created with the topology's count");
+    let records = read_all(&topic);
+    assert_eq!(records.len(), 5000);
+    let mut placement: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
+    for r in &records {
+        assert!(!r.key_str().is_empty());
+        assert_eq!(r.json()["uri_args"]["productId"], r.key_str(), "key and event agree");
+        placement.entry(r.key_str().to_string()).or_default().insert(r.partition);
+    }
+    assert!(placement.len() > 50);
+    for (key, parts) in &placement {
+        assert_eq!(parts.len(), 1, "product {key} is in partitions {parts:?}");
+        let p = *parts.first().unwrap();
+        assert_eq!(p, murmur2_partition(key.as_bytes(), partitions), "product {key}: Java-compatible placement");
+    }
+}
+
+#[test]
+fn written_stream_replays_to_the_same_messages_as_a_direct_publish() {
+    if !kafka_is_up() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stream.jsonl.gz");
+    let args = ["synthetic", "--events", "2000", "--seed", "5", "--drift", "500:10"];
+    let wrote = run_ok(producer("unused").args(args).arg("--write").arg(&file));
+    assert!(wrote.contains("2000 delivered to file"), "{wrote}");
+    let direct = unique_topic("direct");
+    run_ok(producer(&direct).args(args));
+    let replayed = unique_topic("replayed");
+    run_ok(producer(&replayed).arg("replay").arg(&file));
+
+    let strip = |rs: Vec<Record>| rs.into_iter().map(|r| (r.partition, r.key, r.payload)).collect::<Vec<_>>();
+    assert_eq!(strip(read_all(&direct)), strip(read_all(&replayed)));
+}
+
+#[test]
+fn sigterm_stops_reading_flushes_and_reports_every_delivered_event() {
+    if !kafka_is_up() {
+        return;
+    }
+    let topic = unique_topic("sigterm");
+    let mut child = producer(&topic)
+        .args(["synthetic", "--rate", "2000/s", "--seed", "3"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while partitions(&topic).is_none() || message_count(&topic) == 0 {
+        assert!(Instant::now() < deadline, "nothing was published");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let delivered: usize = stderr
+        .split_once(" delivered to topic")
+        .and_then(|(before, _)| before.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary in {stderr}"));
+    assert!(delivered > 0);
+    assert_eq!(read_all(&topic).len(), delivered, "{stderr}");
+}
+
+#[test]
+fn unreachable_kafka_exits_3() {
+    let (code, stderr) = run(producer("unused")
+        .env("HOTKEYS_KAFKA_BROKERS", "127.0.0.1:1")
+        .args(["synthetic", "--events", "1"]));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("unreachable"), "{stderr}");
+}
+
+#[test]
+fn write_mode_needs_no_kafka_and_is_byte_identical_for_the_same_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<_> = (0..2).map(|i| dir.path().join(format!("s{i}.jsonl"))).collect();
+    for f in &files {
+        run_ok(producer("unused")
+            .env("HOTKEYS_KAFKA_BROKERS", "127.0.0.1:1")
+            .args(["synthetic", "--events", "5000", "--seed", "99", "--burst", "1@10:0.5"])
+            .arg("--write")
+            .arg(f));
+    }
+    let a = std::fs::read(&files[0]).unwrap();
+    assert_eq!(a, std::fs::read(&files[1]).unwrap());
+    assert_eq!(a.iter().filter(|&&b| b == b'\n').count(), 5000);
+}
+
+#[test]
+fn missing_input_file_exits_2_before_contacting_kafka() {
+    let (code, stderr) = run(producer("unused")
+        .env("HOTKEYS_KAFKA_BROKERS", "127.0.0.1:1")
+        .args(["replay", "/nonexistent/access.log"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("/nonexistent/access.log"), "{stderr}");
+}
+
+#[test]
+fn replay_from_stdin_writes_converted_nginx_lines_as_openresty_json() {
+    let mut child = producer("unused")
+        .env("HOTKEYS_KAFKA_BROKERS", "127.0.0.1:1")
+        .args(["replay", "--quiet", "--write", "-", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{}", nginx_line("productId=5&shopId=8")).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["uri_args"], serde_json::json!({"productId": "5", "shopId": "8"}));
+    assert_eq!(v["method"], "GET");
+}

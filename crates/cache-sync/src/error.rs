@@ -1,0 +1,58 @@
+//! Failures of a `cache-sync` command and the exit code each one maps to.
+
+use hotkeys::cache::CacheError;
+use hotkeys::exit;
+use hotkeys::sync_queue::SyncError;
+
+/// Why a command stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The topology or the command line cannot work (exit 2).
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Queue(#[from] SyncError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// The receiver answered a batch with an error that trying again cannot fix.
+    #[error("{remote} refused batch {stamp}: HTTP {status}: {message}")]
+    Refused {
+        remote: String,
+        stamp: u64,
+        status: u16,
+        message: String,
+    },
+    /// `sync.retries` tries in a row failed (exit 3).
+    #[error("{remote} unreachable, gave up after {tries} tries: {last}")]
+    GaveUp {
+        remote: String,
+        tries: u32,
+        last: String,
+    },
+    #[error("cannot serve on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The process exit code DESIGN.md assigns to this failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config(_) => exit::USAGE,
+            Error::Queue(e) if e.is_unreachable() => exit::UNREACHABLE,
+            Error::Cache(e) if e.is_unreachable() => exit::UNREACHABLE,
+            Error::Cache(CacheError::Config(_) | CacheError::Ring(_)) => exit::USAGE,
+            Error::Queue(SyncError::Cache(CacheError::Config(_) | CacheError::Ring(_))) => {
+                exit::USAGE
+            }
+            // A wrong shared secret is a configuration mismatch between the two sides.
+            Error::Refused { status: 401, .. } => exit::USAGE,
+            Error::GaveUp { .. } => exit::UNREACHABLE,
+            Error::Queue(_) | Error::Cache(_) | Error::Refused { .. } | Error::Listen { .. } => {
+                exit::FAILED
+            }
+        }
+    }
+}

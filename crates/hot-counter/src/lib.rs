@@ -1,0 +1,83 @@
+//! `hot-counter`: a member of the topology's Kafka consumer group that keeps a windowed,
+//! bounded count of hot keys per partition (task) and publishes each task's top-N list to
+//! ZooKeeper.
+//!
+//! - [`consumer`]: the Kafka consumer loop and the rebalance hand-over of tasks;
+//! - [`task`]: one task's counter, offsets, publish and restore.
+//!
+//! Counting itself (`hotkeys::count`), the hot-list format (`hotkeys::hotlist`) and the
+//! ZooKeeper layout (`hotkeys::zk`) live in the shared library.
+
+pub mod consumer;
+pub mod task;
+
+use std::sync::Arc;
+
+use hotkeys::Topology;
+use hotkeys::exit;
+use hotkeys::kafka::TopicState;
+use hotkeys::shutdown::CancellationToken;
+use hotkeys::zk::{Zk, ZkError};
+
+/// Why a worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    ZooKeeper(#[from] ZkError),
+    #[error("Kafka at {brokers}: {source}")]
+    Kafka {
+        brokers: String,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error(transparent)]
+    Loop(#[from] consumer::LoopError),
+    #[error("the consumer thread panicked")]
+    Panicked,
+}
+
+impl RunError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::ZooKeeper(ZkError::Unreachable { .. }) | RunError::Kafka { .. } => {
+                exit::UNREACHABLE
+            }
+            _ => exit::FAILED,
+        }
+    }
+}
+
+/// Runs one worker until `shutdown` is cancelled.
+pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), RunError> {
+    let zk = Zk::connect(&topology).await?;
+    let kafka_error = |source| RunError::Kafka {
+        brokers: topology.kafka.brokers.clone(),
+        source,
+    };
+    match hotkeys::kafka::ensure_topic(&topology.kafka).await.map_err(kafka_error)? {
+        TopicState::Created => tracing::info!(
+            topic = %topology.kafka.topic,
+            partitions = topology.kafka.partitions,
+            "created the access topic"
+        ),
+        TopicState::Exists { partitions } if partitions != topology.kafka.partitions as usize => {
+            tracing::warn!(
+                topic = %topology.kafka.topic,
+                partitions,
+                configured = topology.kafka.partitions,
+                "the topic's partition count differs from the topology; tasks follow the topic"
+            )
+        }
+        TopicState::Exists { .. } => {}
+    }
+    if !topology.kafka.dead_letter.is_empty() {
+        hotkeys::kafka::ensure_topic_named(&topology.kafka, &topology.kafka.dead_letter, 1)
+            .await
+            .map_err(kafka_error)?;
+    }
+    let topology = Arc::new(topology);
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || consumer::run(topology, zk, runtime, shutdown))
+        .await
+        .map_err(|_| RunError::Panicked)??;
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! `hot-counter`: one member of the topology's Kafka consumer group.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use hotkeys::{Topology, exit, telemetry};
+
+/// Count hot keys per partition of the access topic and publish each task's hot list to
+/// ZooKeeper. Run any number of these; Kafka spreads the partitions over them.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Topology file.
+    #[arg(long, env = "HOTKEYS_TOPOLOGY", default_value = "topology/default.toml")]
+    topology: PathBuf,
+    /// Serve Prometheus metrics on this address.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    telemetry::init_logs();
+    let args = Args::parse();
+    let topology = match Topology::load(&args.topology) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(exit::USAGE as u8);
+        }
+    };
+    if let Some(addr) = args.metrics
+        && let Err(e) = telemetry::serve_metrics(addr)
+    {
+        tracing::error!("cannot serve metrics on {addr}: {e}");
+        return ExitCode::from(exit::USAGE as u8);
+    }
+    let shutdown = hotkeys::shutdown::on_signals();
+    match hot_counter::run(topology, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! hot-counter workers against the real stack (Kafka, ZooKeeper): accuracy, flash crowds,
+//! a worker killed mid-stream, an expired ZooKeeper session, malformed input.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hotkeys::Topology;
+use hotkeys::hotlist::HotList;
+use hotkeys::testing::{self, Record, eventually};
+use hotkeys::zk::Zk;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, Zipf};
+
+/// A hot-counter process, killed when dropped.
+struct Worker {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn start(topology: &PathBuf, extra_env: &[(&str, String)], args: &[&str]) -> Worker {
+        let log = std::env::temp_dir().join(format!("{}.log", testing::unique("hot-counter")));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hot-counter"));
+        cmd.arg("--topology")
+            .arg(topology)
+            .args(args)
+            .env("RUST_LOG", "info,hot_counter=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        Worker {
+            child: cmd.spawn().expect("spawn hot-counter"),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn topology(test: &str, partitions: u32) -> Topology {
+    let mut t = testing::topology(test);
+    t.kafka.partitions = partitions;
+    t.count.publish_every = Duration::from_millis(500);
+    // A killed member is noticed after this; keeps the hand-over test short.
+    t.kafka
+        .consumer
+        .insert("session.timeout.ms".into(), "6000".into());
+    t
+}
+
+fn zipf_keys(n: usize, keys: u64, s: f64, seed: u64) -> Vec<String> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let zipf = Zipf::new(keys as f64, s).expect("zipf");
+    (0..n)
+        .map(|_| (zipf.sample(&mut rng) as u64).to_string())
+        .collect()
+}
+
+fn exact_counts(keys: &[String]) -> HashMap<String, u64> {
+    let mut m = HashMap::new();
+    for k in keys {
+        *m.entry(k.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Every task's current hot list, by task id.
+async fn hot_lists(zk: &Zk) -> HashMap<u32, (HotList, i32)> {
+    let mut out = HashMap::new();
+    for task in zk.list_tasks().await.expect("list tasks") {
+        if let Some(v) = zk.read_hot(task).await.expect("read hot") {
+            out.insert(task, (v.value, v.version));
+        }
+    }
+    out
+}
+
+/// Waits until every partition's hot list reflects everything up to its end offset.
+async fn caught_up(zk: &Zk, topology: &Topology) -> HashMap<u32, (HotList, i32)> {
+    let ends = testing::end_offsets(topology);
+    eventually(120, "hot lists to reach the end of every partition", || async {
+        let lists = hot_lists(zk).await;
+        let done = ends.iter().enumerate().all(|(p, &end)| {
+            end == 0 || lists.get(&(p as u32)).is_some_and(|(l, _)| l.offset == end)
+        });
+        done.then_some(lists)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn published_hot_lists_hold_the_exact_top_n_of_a_fixed_workload() {
+    let mut t = topology("accuracy", 6);
+    t.count.capacity = 1000;
+    t.count.top_n = 50;
+    let keys = zipf_keys(200_000, 50_000, 1.0, 7);
+    testing::produce(&t, keys.iter().map(|k| Record::openresty(k))).await;
+    let file = testing::write_topology(&t);
+    let _w1 = Worker::start(&file, &[], &[]);
+    let _w2 = Worker::start(&file, &[], &[]);
+    let zk = Zk::connect(&t).await.expect("zk");
+    let lists = caught_up(&zk, &t).await;
+
+    let exact = exact_counts(&keys);
+    let mut merged: Vec<_> = lists
+        .values()
+        .flat_map(|(l, _)| l.items.iter().cloned())
+        .collect();
+    merged.sort_by(|a, b| b.count.cmp(&a.count));
+    merged.truncate(50);
+    for item in &merged {
+        let truth = exact[&item.key];
+        let error = item.error.expect("space-saving publishes error bounds");
+        assert!(
+            item.count >= truth && item.count - error <= truth,
+            "{}: published {}±{} but true count is {truth}",
+            item.key,
+            item.count,
+            error
+        );
+    }
+    let mut truth: Vec<_> = exact.iter().collect();
+    truth.sort_by(|a, b| b.1.cmp(a.1));
+    let cutoff = *truth[50].1;
+    let published: std::collections::HashSet<_> = merged.iter().map(|i| i.key.as_str()).collect();
+    for (key, count) in truth.iter().take_while(|(_, c)| **c > cutoff) {
+        assert!(published.contains(key.as_str()), "top key {key} ({count}) missing");
+    }
+    let events: u64 = lists.values().map(|(l, _)| l.events).sum();
+    assert_eq!(events, keys.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flash_crowd_key_enters_its_task_list_on_the_next_publish() {
+    let t = topology("flash", 3);
+    let background = zipf_keys(30_000, 10_000, 1.0, 11);
+    testing::produce(&t, background.iter().map(|k| Record::openresty(k))).await;
+    let file = testing::write_topology(&t);
+    let _w = Worker::start(&file, &[], &[]);
+    let zk = Zk::connect(&t).await.expect("zk");
+    caught_up(&zk, &t).await;
+
+    let started = Instant::now();
+    let burst = (0..3000).map(|i| {
+        if i % 2 == 0 {
+            Record::openresty("flash-1")
+        } else {
+            Record::openresty(&background[i])
+        }
+    });
+    testing::produce(&t, burst).await;
+    let delivered: HashMap<u32, i32> = hot_lists(&zk)
+        .await
+        .into_iter()
+        .map(|(task, (_, v))| (task, v))
+        .collect();
+    let (task, version) = eventually(60, "the flash-crowd key in a hot list", || async {
+        hot_lists(&zk).await.into_iter().find_map(|(task, (l, v))| {
+            l.items
+                .iter()
+                .take(10)
+                .any(|i| i.key == "flash-1")
+                .then_some((task, v))
+        })
+    })
+    .await;
+    eprintln!(
+        "flash crowd detected {:?} after the burst started",
+        started.elapsed()
+    );
+    assert!(
+        version <= delivered[&task] + 2,
+        "detected at version {version}, burst delivered at {}",
+        delivered[&task]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_worker_hands_its_tasks_over_without_losing_or_double_counting() {
+    let t = topology("handover", 6);
+    let first = zipf_keys(60_000, 5_000, 1.0, 21);
+    testing::produce(&t, first.iter().map(|k| Record::openresty(k))).await;
+    let file = testing::write_topology(&t);
+    let mut workers: Vec<Worker> = (0..3).map(|_| Worker::start(&file, &[], &[])).collect();
+    let zk = Zk::connect(&t).await.expect("zk");
+    let before = caught_up(&zk, &t).await;
+    let victim = workers[0].child.id();
+    let owned_by_victim: Vec<u32> = before
+        .iter()
+        .filter(|(_, (l, _))| l.owner.as_deref().is_some_and(|o| o.ends_with(&format!(":{victim}"))))
+        .map(|(task, _)| *task)
+        .collect();
+    // SIGKILL: no final publish, no leaving the group.
+    workers[0].child.kill().expect("kill");
+    workers[0].child.wait().expect("reap");
+
+    let second = zipf_keys(60_000, 5_000, 1.0, 22);
+    testing::produce(&t, second.iter().map(|k| Record::openresty(k))).await;
+    let after = caught_up(&zk, &t).await;
+
+    for (task, (list, version)) in &after {
+        assert!(version > &before[task].1, "task {task} stopped publishing");
+        assert!(
+            !list.owner.as_deref().unwrap_or_default().ends_with(&format!(":{victim}")),
+            "task {task} still owned by the killed worker"
+        );
+    }
+    assert!(!owned_by_victim.is_empty(), "the killed worker owned no task");
+    let all: Vec<String> = first.into_iter().chain(second).collect();
+    let events: u64 = after.values().map(|(l, _)| l.events).sum();
+    assert_eq!(events, all.len() as u64, "events lost or counted twice");
+    let exact = exact_counts(&all);
+    for (list, _) in after.values() {
+        for item in &list.items {
+            assert_eq!(item.count, exact[&item.key], "count of {}", item.key);
+        }
+    }
+    drop(workers);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_zookeeper_session_is_replaced_and_publishing_resumes() {
+    let t = topology("zk-expiry", 2);
+    let proxy = testing::TcpProxy::start(&t.zookeeper.connect).await;
+    let first = zipf_keys(10_000, 2_000, 1.0, 31);
+    testing::produce(&t, first.iter().map(|k| Record::openresty(k))).await;
+    let file = testing::write_topology(&t);
+    let worker = Worker::start(
+        &file,
+        &[
+            ("HOTKEYS_ZOOKEEPER_CONNECT", proxy.addr.to_string()),
+            ("HOTKEYS_ZOOKEEPER_SESSION_TIMEOUT", "2s".into()),
+        ],
+        &[],
+    );
+    let zk = Zk::connect(&t).await.expect("zk");
+    let before = caught_up(&zk, &t).await;
+
+    proxy.cut();
+    let second = zipf_keys(10_000, 2_000, 1.0, 32);
+    testing::produce(&t, second.iter().map(|k| Record::openresty(k))).await;
+    // Well past the 2 s session timeout: the server expires the session meanwhile.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    proxy.restore();
+
+    let after = caught_up(&zk, &t).await;
+    for (task, (_, version)) in &after {
+        assert!(version > &before[task].1, "task {task} stopped publishing");
+    }
+    let events: u64 = after.values().map(|(l, _)| l.events).sum();
+    assert_eq!(events, 20_000);
+    let log = worker.log();
+    assert!(
+        log.contains("new ZooKeeper session established"),
+        "the worker never replaced its session:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_events_are_counted_and_forwarded_and_counting_goes_on() {
+    let mut t = topology("malformed", 2);
+    t.kafka.dead_letter = format!("{}-dlq", t.kafka.topic);
+    let mut records = Vec::new();
+    for i in 0..1500 {
+        records.push(match i % 3 {
+            0 => Record {
+                key: Some("1".into()),
+                payload: b"GET /product?productId=1 HTTP/1.1".to_vec(),
+                timestamp_ms: None,
+            },
+            1 => Record {
+                key: None,
+                payload: br#"{"uri_args":{"shopId":"1"}}"#.to_vec(),
+                timestamp_ms: None,
+            },
+            _ => Record::openresty(&(i % 17).to_string()),
+        });
+    }
+    testing::produce(&t, records).await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let file = testing::write_topology(&t);
+    let _w = Worker::start(&file, &[], &["--metrics", &format!("127.0.0.1:{port}")]);
+    let zk = Zk::connect(&t).await.expect("zk");
+    let lists = caught_up(&zk, &t).await;
+    let events: u64 = lists.values().map(|(l, _)| l.events).sum();
+    assert_eq!(events, 500);
+
+    let malformed = eventually(30, "malformed counters in the metrics", || async {
+        let body = scrape(port).await?;
+        let total: f64 = body
+            .lines()
+            .filter(|l| l.starts_with("hotkeys_counter_malformed_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        (total >= 1000.0).then_some(total)
+    })
+    .await;
+    assert_eq!(malformed, 1000.0);
+
+    let mut dlq = t.clone();
+    dlq.kafka.topic = t.kafka.dead_letter.clone();
+    let forwarded = eventually(30, "malformed events in the dead-letter topic", || async {
+        let total: i64 = testing::end_offsets(&dlq).iter().sum();
+        (total >= 1000).then_some(total)
+    })
+    .await;
+    assert_eq!(forwarded, 1000);
+}
+
+async fn scrape(port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok()?;
+    Some(body)
+}

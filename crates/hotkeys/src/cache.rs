@@ -1,0 +1,537 @@
+//! The Redis node set a cache write goes to, built from the topology's `[redis]` section.
+//!
+//! [`CacheNodes`] owns the connections and the placement rule of one data centre's cache:
+//!
+//! - `single`: one node takes every key;
+//! - `ring`: client-side placement over several independent nodes with a [`Ring`] that
+//!   reproduces the site's other clients (PECL memcache, Flexihash, twemproxy ketama);
+//! - `cluster`: Redis Cluster through the redis crate's cluster client.
+//!
+//! Writes are pipelined per node. A `set` goes to the node the placement picks; a `delete`
+//! goes to every node of a ring and succeeds only when every node answered, because "first
+//! OK wins" would hide a failure on the node that actually holds the key. Writes to the same
+//! key keep their order, so a batch of mixed sets and deletes lands as it was issued.
+//!
+//! The connections raise the redis crate's 500 ms default response timeout to
+//! `redis.timeout`: a pipeline of a thousand values easily takes longer under load.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures::future::{join_all, try_join_all};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
+
+use crate::config::{RedisConfig, RedisMode};
+use crate::ring::{Ring, RingError};
+
+/// What went wrong talking to the cache.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The `[redis]` settings cannot describe a working node set.
+    #[error("redis configuration: {0}")]
+    Config(String),
+    #[error("redis configuration: {0}")]
+    Ring(#[from] RingError),
+    /// A node could not be reached when the set was built.
+    #[error("redis node {node}: cannot connect: {source}")]
+    Connect { node: String, source: RedisError },
+    /// A node failed or did not answer a command in time.
+    #[error("redis node {node}: {source}")]
+    Command { node: String, source: RedisError },
+}
+
+impl CacheError {
+    /// Whether the error means a node is down or unreachable rather than a refused command.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            CacheError::Connect { .. } => true,
+            CacheError::Command { source, .. } => {
+                source.is_io_error()
+                    || source.is_timeout()
+                    || source.is_connection_refusal()
+                    || source.is_connection_dropped()
+            }
+            CacheError::Config(_) | CacheError::Ring(_) => false,
+        }
+    }
+}
+
+/// One cache write. Writes to the same key are applied in the order they are given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write<'a> {
+    Set {
+        key: &'a str,
+        value: &'a [u8],
+        /// `None` keeps the key without expiry.
+        ttl: Option<Duration>,
+        /// `SET … NX`: leave a value that is already there (prewarm must not overwrite a
+        /// fresher value the application wrote meanwhile).
+        only_if_absent: bool,
+    },
+    /// Removed from every node that could hold it.
+    Delete { key: &'a str },
+}
+
+/// What a batch of writes did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// Sets that stored their value.
+    pub written: usize,
+    /// `NX` sets that found a value already there and left it.
+    pub already_present: usize,
+    /// Deletes that removed the key from at least one node.
+    pub deleted: usize,
+}
+
+/// A connection to one node or to the whole cluster; cheap to clone, shared by clones.
+///
+/// The replication queue and the receiver's stream state live on [`CacheNodes::home`].
+#[derive(Clone)]
+pub enum RedisConn {
+    Node(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Node(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Node(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl RedisConn {
+    /// Connects to the home of `cfg` only (see [`CacheNodes::home`]): the first node, or the
+    /// cluster. The replication queue needs nothing else, and must not depend on the other
+    /// nodes of a ring being up.
+    pub async fn connect_home(cfg: &RedisConfig) -> Result<RedisConn, CacheError> {
+        let first = cfg
+            .nodes
+            .first()
+            .ok_or_else(|| CacheError::Config("redis.nodes lists no node".into()))?;
+        match cfg.mode {
+            RedisMode::Cluster => Ok(RedisConn::Cluster(
+                connect_cluster(&cfg.nodes, cfg.timeout).await?,
+            )),
+            RedisMode::Single | RedisMode::Ring => {
+                Ok(RedisConn::Node(connect_node(first, cfg.timeout).await?))
+            }
+            RedisMode::Sentinel => Err(sentinel_unsupported()),
+        }
+    }
+}
+
+/// The nodes of one data centre's cache and the rule that places keys on them.
+#[derive(Clone)]
+pub struct CacheNodes {
+    /// Node URLs as configured; they name nodes in errors.
+    names: Vec<String>,
+    nodes: Nodes,
+    /// Commands per pipeline sent to one node.
+    pipeline: usize,
+}
+
+#[derive(Clone)]
+enum Nodes {
+    /// `single` (no ring) or `ring`; connections in the order of `names`.
+    Independent {
+        conns: Vec<ConnectionManager>,
+        ring: Option<Ring>,
+    },
+    Cluster(ClusterConnection),
+}
+
+impl CacheNodes {
+    /// Connects to every node of `cfg`; fails if any node cannot be reached now.
+    pub async fn connect(cfg: &RedisConfig) -> Result<CacheNodes, CacheError> {
+        if cfg.nodes.is_empty() {
+            return Err(CacheError::Config("redis.nodes lists no node".into()));
+        }
+        let pipeline = cfg.pipeline.max(1);
+        let nodes = match cfg.mode {
+            RedisMode::Single | RedisMode::Ring => {
+                let ring = match cfg.mode {
+                    RedisMode::Ring => Some(Ring::new(cfg.ring, cfg.ketama_hash, &cfg.nodes)?),
+                    _ if cfg.nodes.len() == 1 => None,
+                    _ => {
+                        return Err(CacheError::Config(format!(
+                            "mode `single` takes one node, {} given (use `ring` or `cluster`)",
+                            cfg.nodes.len()
+                        )));
+                    }
+                };
+                let conns = try_join_all(cfg.nodes.iter().map(|n| connect_node(n, cfg.timeout)))
+                    .await?;
+                Nodes::Independent { conns, ring }
+            }
+            RedisMode::Cluster => Nodes::Cluster(connect_cluster(&cfg.nodes, cfg.timeout).await?),
+            RedisMode::Sentinel => return Err(sentinel_unsupported()),
+        };
+        Ok(CacheNodes {
+            names: cfg.nodes.clone(),
+            nodes,
+            pipeline,
+        })
+    }
+
+    /// The configured node URLs, in order; [`CacheNodes::node_for`] indexes into them.
+    pub fn nodes(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Index of the node a `set` of `key` goes to. Redis Cluster places keys itself, so a
+    /// cluster answers 0: the cluster is one logical node here.
+    pub fn node_for(&self, key: &str) -> usize {
+        match &self.nodes {
+            Nodes::Independent {
+                ring: Some(ring), ..
+            } => ring.node_for(key.as_bytes()),
+            Nodes::Independent { ring: None, .. } | Nodes::Cluster(_) => 0,
+        }
+    }
+
+    /// The connection that holds the replication queue and the receiver's stream state:
+    /// the first node, or the cluster.
+    pub fn home(&self) -> RedisConn {
+        match &self.nodes {
+            Nodes::Independent { conns, .. } => RedisConn::Node(conns[0].clone()),
+            Nodes::Cluster(c) => RedisConn::Cluster(c.clone()),
+        }
+    }
+
+    /// Name of the node behind [`CacheNodes::home`], for errors.
+    pub fn home_name(&self) -> &str {
+        &self.names[0]
+    }
+
+    /// `SET key value PX ttl NX` for every entry: keys already present are left alone.
+    pub async fn set_many_nx<K, V>(
+        &self,
+        entries: &[(K, V, Duration)],
+    ) -> Result<WriteOutcome, CacheError>
+    where
+        K: AsRef<str>,
+        V: AsRef<[u8]>,
+    {
+        self.set_many_with(entries, true).await
+    }
+
+    /// `SET key value PX ttl` for every entry, overwriting what is there.
+    pub async fn set_many<K, V>(
+        &self,
+        entries: &[(K, V, Duration)],
+    ) -> Result<WriteOutcome, CacheError>
+    where
+        K: AsRef<str>,
+        V: AsRef<[u8]>,
+    {
+        self.set_many_with(entries, false).await
+    }
+
+    async fn set_many_with<K, V>(
+        &self,
+        entries: &[(K, V, Duration)],
+        only_if_absent: bool,
+    ) -> Result<WriteOutcome, CacheError>
+    where
+        K: AsRef<str>,
+        V: AsRef<[u8]>,
+    {
+        let writes: Vec<Write<'_>> = entries
+            .iter()
+            .map(|(k, v, ttl)| Write::Set {
+                key: k.as_ref(),
+                value: v.as_ref(),
+                ttl: Some(*ttl),
+                only_if_absent,
+            })
+            .collect();
+        self.apply(&writes).await
+    }
+
+    /// Removes `key` from every node that could hold it. Succeeds only when every node
+    /// answered; answers whether any node had the key.
+    pub async fn delete(&self, key: &str) -> Result<bool, CacheError> {
+        let outcome = self.apply(&[Write::Delete { key }]).await?;
+        Ok(outcome.deleted > 0)
+    }
+
+    /// The value of `key` on the node that holds it.
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+        let node = self.node_for(key);
+        let mut conn = self.conn(node);
+        redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .map_err(|source| self.command_error(node, source))
+    }
+
+    /// Applies `writes`: each set on its node, each delete on every node of a ring. One
+    /// pipeline per node at a time (at most `redis.pipeline` commands), nodes in parallel;
+    /// fails if any node fails, after the others finished.
+    pub async fn apply(&self, writes: &[Write<'_>]) -> Result<WriteOutcome, CacheError> {
+        match &self.nodes {
+            Nodes::Independent { conns, ring } => {
+                let mut per_node: Vec<Vec<usize>> = vec![Vec::new(); conns.len()];
+                for (i, write) in writes.iter().enumerate() {
+                    match write {
+                        Write::Set { key, .. } => {
+                            let node = ring.as_ref().map_or(0, |r| r.node_for(key.as_bytes()));
+                            per_node[node].push(i);
+                        }
+                        Write::Delete { .. } => per_node.iter_mut().for_each(|n| n.push(i)),
+                    }
+                }
+                let runs = per_node
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, batch)| !batch.is_empty())
+                    .map(|(node, batch)| {
+                        self.run_on(node, RedisConn::Node(conns[node].clone()), writes, batch)
+                    });
+                merge(join_all(runs).await)
+            }
+            Nodes::Cluster(conn) => {
+                // A cluster pipeline must stay within one slot; order per key is kept since
+                // a key never leaves its slot.
+                let mut per_slot: HashMap<Slot, Vec<usize>> = HashMap::new();
+                for (i, write) in writes.iter().enumerate() {
+                    per_slot
+                        .entry(Slot::for_key(write.key().as_bytes()))
+                        .or_default()
+                        .push(i);
+                }
+                let runs = per_slot
+                    .values()
+                    .map(|batch| self.run_on(0, RedisConn::Cluster(conn.clone()), writes, batch));
+                merge(join_all(runs).await)
+            }
+        }
+    }
+
+    /// Sends `writes` to one node in pipelines of at most `self.pipeline` commands, one after
+    /// the other so that later writes of a key never overtake earlier ones.
+    async fn run_on(
+        &self,
+        node: usize,
+        mut conn: RedisConn,
+        writes: &[Write<'_>],
+        batch: &[usize],
+    ) -> Result<Tally, CacheError> {
+        let mut tally = Tally::default();
+        for chunk in batch.chunks(self.pipeline) {
+            let mut pipe = redis::pipe();
+            for &i in chunk {
+                match writes[i] {
+                    Write::Set {
+                        key,
+                        value,
+                        ttl,
+                        only_if_absent,
+                    } => {
+                        let cmd = pipe.cmd("SET").arg(key).arg(value);
+                        if let Some(ttl) = ttl {
+                            // PX 0 is refused by Redis; a sub-millisecond TTL rounds up.
+                            cmd.arg("PX").arg(ttl.as_millis().max(1) as u64);
+                        }
+                        if only_if_absent {
+                            cmd.arg("NX");
+                        }
+                    }
+                    Write::Delete { key } => {
+                        pipe.cmd("DEL").arg(key);
+                    }
+                }
+            }
+            let replies: Vec<Value> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(|source| self.command_error(node, source))?;
+            for (&i, reply) in chunk.iter().zip(replies) {
+                match (&writes[i], reply) {
+                    (Write::Set { .. }, Value::Nil) => tally.already_present += 1,
+                    (Write::Set { .. }, _) => tally.written += 1,
+                    (Write::Delete { .. }, Value::Int(n)) if n > 0 => tally.deleted.push(i),
+                    (Write::Delete { .. }, _) => {}
+                }
+            }
+        }
+        Ok(tally)
+    }
+
+    fn conn(&self, node: usize) -> RedisConn {
+        match &self.nodes {
+            Nodes::Independent { conns, .. } => RedisConn::Node(conns[node].clone()),
+            Nodes::Cluster(c) => RedisConn::Cluster(c.clone()),
+        }
+    }
+
+    fn command_error(&self, node: usize, source: RedisError) -> CacheError {
+        let node = match &self.nodes {
+            Nodes::Independent { .. } => self.names[node].clone(),
+            Nodes::Cluster(_) => format!("cluster {}", self.names.join(",")),
+        };
+        CacheError::Command { node, source }
+    }
+}
+
+impl Write<'_> {
+    /// The key the write is about.
+    pub fn key(&self) -> &str {
+        match self {
+            Write::Set { key, .. } | Write::Delete { key } => key,
+        }
+    }
+}
+
+/// Counts from one node. Deletes are kept by their index in the batch because a delete
+/// reaches every node of a ring and counts once however many nodes had the key.
+#[derive(Default)]
+struct Tally {
+    written: usize,
+    already_present: usize,
+    deleted: Vec<usize>,
+}
+
+/// Adds up the nodes' counts, or returns the first failure once every node has finished.
+fn merge(results: Vec<Result<Tally, CacheError>>) -> Result<WriteOutcome, CacheError> {
+    let mut outcome = WriteOutcome::default();
+    let mut deleted = HashSet::new();
+    for result in results {
+        let tally = result?;
+        outcome.written += tally.written;
+        outcome.already_present += tally.already_present;
+        deleted.extend(tally.deleted);
+    }
+    outcome.deleted = deleted.len();
+    Ok(outcome)
+}
+
+fn sentinel_unsupported() -> CacheError {
+    CacheError::Config("mode `sentinel` is not supported yet; use single, ring or cluster".into())
+}
+
+async fn connect_node(url: &str, timeout: Duration) -> Result<ConnectionManager, CacheError> {
+    let connect_error = |source| CacheError::Connect {
+        node: url.to_string(),
+        source,
+    };
+    let client = redis::Client::open(url).map_err(|e| {
+        CacheError::Config(format!("redis node `{url}`: not a valid Redis URL: {e}"))
+    })?;
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(timeout))
+        .set_connection_timeout(Some(timeout));
+    ConnectionManager::new_with_config(client, config)
+        .await
+        .map_err(connect_error)
+}
+
+async fn connect_cluster(seeds: &[String], timeout: Duration) -> Result<ClusterConnection, CacheError> {
+    let client = redis::cluster::ClusterClient::builder(seeds.iter().map(String::as_str))
+        .response_timeout(timeout)
+        .connection_timeout(timeout)
+        .build()
+        .map_err(|e| CacheError::Config(format!("redis cluster seeds: {e}")))?;
+    client
+        .get_async_connection()
+        .await
+        .map_err(|source| CacheError::Connect {
+            node: format!("cluster {}", seeds.join(",")),
+            source,
+        })
+}
+
+/// The cache key of a hot key: `redis.key` with `{key}` replaced.
+pub fn cache_key(cfg: &RedisConfig, hot_key: &str) -> String {
+    cfg.key.replace("{key}", hot_key)
+}
+
+/// `redis.ttl` plus a random share of up to `redis.ttl_jitter` of it, so that keys warmed
+/// together do not all expire together.
+pub fn jittered_ttl(cfg: &RedisConfig) -> Duration {
+    let jitter = cfg.ttl_jitter.clamp(0.0, 1.0) * rand::random::<f64>();
+    cfg.ttl + cfg.ttl.mul_f64(jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_key_fills_the_template() {
+        let cfg = RedisConfig::default();
+        assert_eq!(cache_key(&cfg, "11"), "product:11");
+    }
+
+    #[test]
+    fn jittered_ttl_stays_within_the_configured_fraction() {
+        let cfg = RedisConfig {
+            ttl: Duration::from_secs(100),
+            ttl_jitter: 0.1,
+            ..RedisConfig::default()
+        };
+        for _ in 0..1000 {
+            let ttl = jittered_ttl(&cfg);
+            assert!(ttl >= Duration::from_secs(100) && ttl <= Duration::from_secs(110));
+        }
+    }
+
+    #[tokio::test]
+    async fn single_mode_with_several_nodes_is_a_configuration_error() {
+        let cfg = RedisConfig {
+            nodes: vec!["redis://127.0.0.1:1".into(), "redis://127.0.0.1:2".into()],
+            ..RedisConfig::default()
+        };
+        let err = CacheNodes::connect(&cfg).await.err().unwrap();
+        assert!(matches!(err, CacheError::Config(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_ring_with_a_bad_node_address_is_a_configuration_error() {
+        let cfg = RedisConfig {
+            mode: RedisMode::Ring,
+            nodes: vec!["redis://127.0.0.1:6379".into(), "not a node".into()],
+            ..RedisConfig::default()
+        };
+        let err = CacheNodes::connect(&cfg).await.err().unwrap();
+        assert!(matches!(err, CacheError::Ring(_)), "{err}");
+        assert!(!err.is_unreachable());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_node_is_reported_as_unreachable() {
+        // Port 1 on loopback: nothing listens there, the connection is refused at once.
+        let cfg = RedisConfig {
+            nodes: vec!["redis://127.0.0.1:1".into()],
+            ..RedisConfig::default()
+        };
+        let err = CacheNodes::connect(&cfg).await.err().unwrap();
+        assert!(err.is_unreachable(), "{err}");
+        assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+    }
+}

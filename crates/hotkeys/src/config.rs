@@ -1,0 +1,680 @@
+//! The topology file: the single configuration of one pipeline.
+//!
+//! This module owns the typed form of `topology/*.toml`, its defaults, the environment
+//! overrides (`HOTKEYS_<SECTION>_<KEY>`, `HOTKEYS_<KEY>` for top-level keys) and the errors a
+//! bad file produces. Every other module receives the section it needs from here; nothing
+//! else reads the file or the `HOTKEYS_*` variables.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What went wrong loading a topology; every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: not valid TOML: {message}")]
+    Syntax { file: PathBuf, message: String },
+    #[error("{file}: key `{key}`: {message}")]
+    Key {
+        file: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("{file}: environment variable {var}: {message}")]
+    Env {
+        file: PathBuf,
+        var: String,
+        message: String,
+    },
+}
+
+/// One pipeline: a Kafka topic counted into hot lists that prewarm and cache-sync consume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    /// ZooKeeper path segment; several topologies can share a cluster.
+    #[serde(default = "default_name")]
+    pub name: String,
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub count: CountConfig,
+    #[serde(default)]
+    pub zookeeper: ZookeeperConfig,
+    #[serde(default)]
+    pub mysql: MysqlConfig,
+    #[serde(default)]
+    pub redis: RedisConfig,
+    #[serde(default)]
+    pub sync: SyncConfig,
+}
+
+fn default_name() -> String {
+    "product-detail".into()
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Topology {
+            name: default_name(),
+            kafka: KafkaConfig::default(),
+            source: SourceConfig::default(),
+            count: CountConfig::default(),
+            zookeeper: ZookeeperConfig::default(),
+            mysql: MysqlConfig::default(),
+            redis: RedisConfig::default(),
+            sync: SyncConfig::default(),
+        }
+    }
+}
+
+/// Where the access events live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated.
+    pub brokers: String,
+    /// Topic of access events, keyed by the hot key.
+    pub topic: String,
+    /// Partition count used when the tools create the topic; one task per partition.
+    pub partitions: u32,
+    /// Replication factor used when the tools create the topic.
+    pub replication: u16,
+    /// Consumer group of the hot-counter workers.
+    pub group: String,
+    /// Topic that receives malformed events unchanged; empty turns it off.
+    pub dead_letter: String,
+    /// librdkafka settings for producers (SASL, TLS, tuning); they win over ours.
+    pub producer: BTreeMap<String, String>,
+    /// librdkafka settings for consumers; they win over ours.
+    pub consumer: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "access-log".into(),
+            partitions: 6,
+            replication: 1,
+            group: "hot-counter".into(),
+            dead_letter: String::new(),
+            producer: BTreeMap::new(),
+            consumer: BTreeMap::new(),
+        }
+    }
+}
+
+/// How the hot key is found in an event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    /// JSON pointer into the event; the Kafka message key is used when it is absent.
+    pub key: String,
+    /// Query parameter holding the key in nginx access-log lines.
+    pub query_param: String,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            key: "/uri_args/productId".into(),
+            query_param: "productId".into(),
+        }
+    }
+}
+
+/// Counting algorithm of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Algorithm {
+    /// Space-Saving (Metwally et al. 2005): guaranteed error bounds.
+    SpaceSaving,
+    /// A bounded LRU map of counters: the least recently seen key is evicted.
+    Lru,
+}
+
+/// Per-task counting: memory bound, window and what gets published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CountConfig {
+    pub algorithm: Algorithm,
+    /// Counter entries per task (per window bucket).
+    pub capacity: usize,
+    /// Length of the rolling window, by event time.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Buckets the window is split into; it advances one bucket at a time.
+    pub buckets: u32,
+    /// Items in a published hot list.
+    pub top_n: usize,
+    /// How often each task publishes its hot list.
+    #[serde(with = "humantime_serde")]
+    pub publish_every: Duration,
+}
+
+impl Default for CountConfig {
+    fn default() -> Self {
+        CountConfig {
+            algorithm: Algorithm::SpaceSaving,
+            capacity: 10_000,
+            window: Duration::from_secs(300),
+            buckets: 10,
+            top_n: 100,
+            publish_every: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The coordination cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ZookeeperConfig {
+    /// Connect string, `host:port[,host:port…]`.
+    pub connect: String,
+    /// Root path; the topology name is appended to it.
+    pub root: String,
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+}
+
+impl Default for ZookeeperConfig {
+    fn default() -> Self {
+        ZookeeperConfig {
+            connect: "127.0.0.1:2181".into(),
+            root: "/hotkeys".into(),
+            session_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The database the cache is warmed from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MysqlConfig {
+    pub url: String,
+    /// Row query; `{ids}` is replaced by the bound key list, and one column must be `id`.
+    pub query: String,
+    /// Keys per `IN (…)` query.
+    pub batch: usize,
+    /// Connections in the pool of one process.
+    pub pool: u32,
+}
+
+impl Default for MysqlConfig {
+    fn default() -> Self {
+        MysqlConfig {
+            url: "mysql://hotkeys:hotkeys@127.0.0.1:3306/hotkeys".into(),
+            query: "SELECT id, shop_id, name, price, stock, attributes, updated_at FROM products WHERE id IN ({ids})".into(),
+            batch: 500,
+            pool: 8,
+        }
+    }
+}
+
+/// How Redis nodes are addressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RedisMode {
+    Single,
+    Ring,
+    Cluster,
+    Sentinel,
+}
+
+/// Client-side placement of keys over the nodes in `ring` mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RingAlgorithm {
+    PeclMemcache,
+    Flexihash,
+    Ketama,
+}
+
+/// Key hash of the `ketama` ring, spelled as in twemproxy's `hash:` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KetamaHash {
+    /// twemproxy's default; computed in 32-bit arithmetic as twemproxy does.
+    #[serde(rename = "fnv1a_64")]
+    Fnv1a64,
+    /// Standard CRC-32 (twemproxy's `crc32` is a different, truncated hash).
+    #[serde(rename = "crc32a")]
+    Crc32a,
+}
+
+/// The cache being warmed and replicated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub mode: RedisMode,
+    /// Node URLs; in `ring` mode their `host:port` is what the ring hashes.
+    pub nodes: Vec<String>,
+    pub ring: RingAlgorithm,
+    /// Key hash of the `ketama` ring (the other rings always hash with CRC-32).
+    pub ketama_hash: KetamaHash,
+    /// Cache key of a hot key; `{key}` is replaced by it.
+    pub key: String,
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Fraction of the TTL added at random so a warmed set does not expire at once.
+    pub ttl_jitter: f64,
+    /// Commands per pipeline.
+    pub pipeline: usize,
+    /// Response timeout of one command or pipeline.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            mode: RedisMode::Single,
+            nodes: vec!["redis://127.0.0.1:6379".into()],
+            ring: RingAlgorithm::PeclMemcache,
+            ketama_hash: KetamaHash::Fnv1a64,
+            key: "product:{key}".into(),
+            ttl: Duration::from_secs(3600),
+            ttl_jitter: 0.1,
+            pipeline: 1000,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Encoding of the HTTP batches `cache-sync ship` sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncCompression {
+    Zstd,
+    Gzip,
+    None,
+}
+
+/// The replication path to the other data centre.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// Redis list holding queued operations (on the first local node).
+    pub queue: String,
+    /// Operations per HTTP batch.
+    pub batch: usize,
+    /// Receiver URL of the other data centre.
+    pub remote: String,
+    /// Address `cache-sync receive` listens on.
+    pub listen: String,
+    /// Name of the environment variable holding the shared HMAC secret.
+    pub secret_env: String,
+    /// Key prefixes whose writes are queued for replication.
+    pub replicate: Vec<String>,
+    /// Largest request body the receiver accepts, in bytes (after decompression).
+    pub max_body: usize,
+    /// Redis nodes of the receiving data centre.
+    pub apply_nodes: Vec<String>,
+    /// Compression of the request bodies the shipper sends.
+    pub compression: SyncCompression,
+    /// Time one HTTP batch may take, request and answer, before it is retried.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Longest pause between two tries while the receiver is unreachable.
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Failed tries in a row after which the shipper gives up; 0 keeps trying.
+    pub retries: u32,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            queue: "FIFO:MEM".into(),
+            batch: 1000,
+            remote: "http://127.0.0.1:8480/sync".into(),
+            listen: "127.0.0.1:8480".into(),
+            secret_env: "HOTKEYS_SYNC_SECRET".into(),
+            replicate: vec!["product:".into()],
+            max_body: 16 * 1024 * 1024,
+            apply_nodes: vec!["redis://127.0.0.1:6380".into()],
+            compression: SyncCompression::Zstd,
+            timeout: Duration::from_secs(30),
+            retry_max: Duration::from_secs(10),
+            retries: 0,
+        }
+    }
+}
+
+impl Topology {
+    /// Reads a topology file and applies the `HOTKEYS_*` overrides of this process.
+    pub fn load(path: &Path) -> Result<Topology, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Topology::parse(path, &text, std::env::vars())
+    }
+
+    /// Parses topology text with the given environment; `file` only names it in errors.
+    pub fn parse(
+        file: &Path,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Topology, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            ConfigError::Syntax {
+                file: file.to_path_buf(),
+                message: e.message().to_string(),
+            }
+        })?;
+        apply_env(file, &mut table, env)?;
+        let topology: Topology =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                ConfigError::Key {
+                    file: file.to_path_buf(),
+                    key: e.path().to_string(),
+                    message: e.inner().to_string(),
+                }
+            })?;
+        topology.validate(file)?;
+        Ok(topology)
+    }
+
+    fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: &str| {
+            Err(ConfigError::Key {
+                file: file.to_path_buf(),
+                key: key.into(),
+                message: message.into(),
+            })
+        };
+        if self.name.is_empty() || self.name.contains('/') {
+            return bad("name", "expected a non-empty name without `/`");
+        }
+        if self.kafka.partitions == 0 {
+            return bad("kafka.partitions", "expected at least 1");
+        }
+        if !self.source.key.is_empty() && !self.source.key.starts_with('/') {
+            return bad("source.key", "expected a JSON pointer starting with `/`");
+        }
+        if self.count.capacity == 0 {
+            return bad("count.capacity", "expected at least 1");
+        }
+        if self.count.buckets == 0 {
+            return bad("count.buckets", "expected at least 1");
+        }
+        if self.count.window.as_millis() < u128::from(self.count.buckets) {
+            return bad("count.window", "expected at least one millisecond per bucket");
+        }
+        if self.count.top_n == 0 || self.count.top_n > self.count.capacity {
+            return bad("count.top_n", "expected between 1 and count.capacity");
+        }
+        // A hot list must fit a znode (1 MB) with its checkpoint; ~100 bytes per item.
+        if self.count.top_n > 5_000 {
+            return bad("count.top_n", "expected at most 5000 (a hot list must fit a znode)");
+        }
+        if self.count.publish_every.is_zero() {
+            return bad("count.publish_every", "expected a positive duration");
+        }
+        if !self.zookeeper.root.starts_with('/') || self.zookeeper.root.ends_with('/') {
+            return bad("zookeeper.root", "expected an absolute path without trailing `/`");
+        }
+        if !self.mysql.query.contains("{ids}") {
+            return bad("mysql.query", "expected the `{ids}` placeholder");
+        }
+        if self.mysql.batch == 0 || self.mysql.batch > 65_535 {
+            return bad("mysql.batch", "expected between 1 and 65535 (MySQL bind limit)");
+        }
+        if self.redis.nodes.is_empty() {
+            return bad("redis.nodes", "expected at least one node URL");
+        }
+        if self.redis.mode == RedisMode::Single && self.redis.nodes.len() != 1 {
+            return bad("redis.nodes", "expected exactly one node in `single` mode");
+        }
+        if !self.redis.key.contains("{key}") {
+            return bad("redis.key", "expected the `{key}` placeholder");
+        }
+        if !(0.0..=1.0).contains(&self.redis.ttl_jitter) {
+            return bad("redis.ttl_jitter", "expected a fraction between 0 and 1");
+        }
+        if self.redis.pipeline == 0 {
+            return bad("redis.pipeline", "expected at least 1");
+        }
+        if self.sync.batch == 0 {
+            return bad("sync.batch", "expected at least 1");
+        }
+        Ok(())
+    }
+
+    /// The secret shared by `cache-sync ship` and `receive`, read from `sync.secret_env`.
+    pub fn sync_secret(&self) -> Option<String> {
+        std::env::var(&self.sync.secret_env)
+            .ok()
+            .filter(|s| !s.is_empty())
+    }
+}
+
+/// Applies `HOTKEYS_<SECTION>_<KEY>` and `HOTKEYS_<KEY>` to the keys a topology knows.
+///
+/// Only names of known keys are taken, so unrelated variables that share the prefix (the
+/// sync secret, say) are left alone. The value is read with the type of the key's default:
+/// numbers and booleans as such, lists as comma-separated strings.
+fn apply_env(
+    file: &Path,
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let defaults = toml::Table::try_from(Topology::default())
+        .expect("the default topology serializes to a table");
+    let mut overrides: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("HOTKEYS_"))
+        .collect();
+    overrides.sort();
+    for (var, value) in overrides {
+        let name = var["HOTKEYS_".len()..].to_ascii_lowercase();
+        let Some((section, key, default)) = resolve(&defaults, &name) else {
+            continue;
+        };
+        let parsed = typed_value(&value, default).ok_or_else(|| ConfigError::Env {
+            file: file.to_path_buf(),
+            var: var.clone(),
+            message: format!("expected {}, found `{value}`", default.type_str()),
+        })?;
+        match section {
+            None => {
+                table.insert(key, parsed);
+            }
+            Some(section) => {
+                let entry = table
+                    .entry(section.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                let toml::Value::Table(t) = entry else {
+                    return Err(ConfigError::Key {
+                        file: file.to_path_buf(),
+                        key: section,
+                        message: "expected a table".into(),
+                    });
+                };
+                t.insert(key, parsed);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Finds which key of the default topology an override name such as `count_publish_every`
+/// refers to. Optional keys without a default (none serialized) cannot be set this way.
+fn resolve<'a>(
+    defaults: &'a toml::Table,
+    name: &str,
+) -> Option<(Option<String>, String, &'a toml::Value)> {
+    if let Some(v) = defaults.get(name).filter(|v| !v.is_table()) {
+        return Some((None, name.to_string(), v));
+    }
+    let (section, key) = name.split_once('_')?;
+    let v = defaults.get(section)?.as_table()?.get(key)?;
+    (!v.is_table()).then(|| (Some(section.to_string()), key.to_string(), v))
+}
+
+fn typed_value(raw: &str, like: &toml::Value) -> Option<toml::Value> {
+    Some(match like {
+        toml::Value::Integer(_) => toml::Value::Integer(raw.trim().parse().ok()?),
+        toml::Value::Float(_) => toml::Value::Float(raw.trim().parse().ok()?),
+        toml::Value::Boolean(_) => toml::Value::Boolean(raw.trim().parse().ok()?),
+        toml::Value::Array(_) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        ),
+        _ => toml::Value::String(raw.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Topology, ConfigError> {
+        parse_env(text, &[])
+    }
+
+    fn parse_env(text: &str, env: &[(&str, &str)]) -> Result<Topology, ConfigError> {
+        Topology::parse(
+            Path::new("t.toml"),
+            text,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn shipped_default_topology_equals_the_built_in_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../topology/default.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let loaded = parse(&text).unwrap();
+        assert_eq!(loaded, Topology::default());
+    }
+
+    #[test]
+    fn empty_file_takes_every_default() {
+        assert_eq!(parse("").unwrap(), Topology::default());
+    }
+
+    #[test]
+    fn durations_read_human_units() {
+        let t = parse("[count]\nwindow = \"2m\"\npublish_every = \"250ms\"\n").unwrap();
+        assert_eq!(t.count.window, Duration::from_secs(120));
+        assert_eq!(t.count.publish_every, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_path() {
+        let err = parse("[count]\ncapacty = 5\n").unwrap_err().to_string();
+        assert!(err.starts_with("t.toml: key `count"), "{err}");
+        assert!(err.contains("capacty"), "{err}");
+    }
+
+    #[test]
+    fn unknown_section_is_rejected() {
+        let err = parse("[kafak]\nbrokers = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("kafak"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_file_key_and_expectation() {
+        let err = parse("[count]\ncapacity = \"lots\"\n").unwrap_err().to_string();
+        assert!(err.contains("t.toml"), "{err}");
+        assert!(err.contains("count.capacity"), "{err}");
+        assert!(err.contains("expected"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_key() {
+        let err = parse("[count]\nwindow = \"five minutes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("count.window"), "{err}");
+    }
+
+    #[test]
+    fn syntax_error_names_the_file() {
+        let err = parse("[count\n").unwrap_err().to_string();
+        assert!(err.starts_with("t.toml: not valid TOML"), "{err}");
+    }
+
+    #[test]
+    fn missing_keys_take_their_defaults_section_by_section() {
+        let t = parse("name = \"x\"\n[kafka]\ntopic = \"t\"\n").unwrap();
+        assert_eq!(t.name, "x");
+        assert_eq!(t.kafka.topic, "t");
+        assert_eq!(t.kafka.brokers, KafkaConfig::default().brokers);
+        assert_eq!(t.count, CountConfig::default());
+    }
+
+    #[test]
+    fn env_overrides_sections_and_top_level_keys_with_types() {
+        let t = parse_env(
+            "[kafka]\nbrokers = \"file:1\"\n",
+            &[
+                ("HOTKEYS_KAFKA_BROKERS", "env:9092"),
+                ("HOTKEYS_COUNT_PUBLISH_EVERY", "1s"),
+                ("HOTKEYS_COUNT_CAPACITY", "777"),
+                ("HOTKEYS_REDIS_NODES", "redis://a:1, redis://b:2"),
+                ("HOTKEYS_REDIS_MODE", "ring"),
+                ("HOTKEYS_NAME", "other"),
+                ("HOTKEYS_SYNC_SECRET", "not-a-key-so-ignored"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(t.kafka.brokers, "env:9092");
+        assert_eq!(t.count.publish_every, Duration::from_secs(1));
+        assert_eq!(t.count.capacity, 777);
+        assert_eq!(t.redis.nodes, vec!["redis://a:1", "redis://b:2"]);
+        assert_eq!(t.name, "other");
+    }
+
+    #[test]
+    fn env_override_of_wrong_type_names_the_variable() {
+        let err = parse_env("", &[("HOTKEYS_COUNT_CAPACITY", "many")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("HOTKEYS_COUNT_CAPACITY"), "{err}");
+        assert!(err.contains("integer"), "{err}");
+    }
+
+    #[test]
+    fn librdkafka_passthrough_tables_are_kept() {
+        let t = parse("[kafka.producer]\n\"compression.type\" = \"zstd\"\n").unwrap();
+        assert_eq!(t.kafka.producer["compression.type"], "zstd");
+    }
+
+    #[test]
+    fn invalid_values_are_rejected_with_the_key() {
+        for (text, key) in [
+            ("[count]\ncapacity = 0\n", "count.capacity"),
+            ("[count]\ntop_n = 20000\ncapacity = 30000\n", "count.top_n"),
+            ("[mysql]\nquery = \"SELECT 1\"\n", "mysql.query"),
+            ("[redis]\nkey = \"product\"\n", "redis.key"),
+            ("[source]\nkey = \"uri_args\"\n", "source.key"),
+            ("[zookeeper]\nroot = \"hotkeys\"\n", "zookeeper.root"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_algorithm_lists_the_choices() {
+        let err = parse("[count]\nalgorithm = \"count-min\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("space-saving") && err.contains("lru"), "{err}");
+    }
+}

@@ -1,0 +1,430 @@
+//! Per-task counting over a rolling event-time window, in bounded memory.
+//!
+//! A [`WindowCounter`] splits `count.window` into `count.buckets` buckets by the events'
+//! Kafka timestamps (so a replay yields the same lists) and keeps one bounded summary per
+//! bucket, of the topology's algorithm:
+//!
+//! - [`SpaceSaving`] (default): error-bounded counts of the frequent keys;
+//! - [`LruCounter`]: the original design, an LRU map of counters.
+//!
+//! The window advances when an event opens a newer bucket; the oldest falls out. At publish
+//! time the buckets are merged into the top-N with, for Space-Saving, each item's error
+//! bound and whether the list is provably exact. A window serializes to a compact
+//! [`Checkpoint`] so a new owner of the partition resumes where the last publish left off.
+
+mod lru_counter;
+mod space_saving;
+
+use std::collections::VecDeque;
+use std::io::Read;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Algorithm, CountConfig};
+use crate::hotlist::HotItem;
+
+pub use lru_counter::LruCounter;
+pub use space_saving::SpaceSaving;
+
+/// One bucket's summary.
+#[derive(Debug, Clone)]
+enum Summary {
+    SpaceSaving(SpaceSaving),
+    Lru(LruCounter),
+}
+
+impl Summary {
+    fn new(algorithm: Algorithm, capacity: usize) -> Summary {
+        match algorithm {
+            Algorithm::SpaceSaving => Summary::SpaceSaving(SpaceSaving::new(capacity)),
+            Algorithm::Lru => Summary::Lru(LruCounter::new(capacity)),
+        }
+    }
+
+    #[inline]
+    fn offer(&mut self, key: &str) {
+        match self {
+            Summary::SpaceSaving(s) => s.offer(key, 1),
+            Summary::Lru(l) => l.offer(key, 1),
+        }
+    }
+
+    fn total(&self) -> u64 {
+        match self {
+            Summary::SpaceSaving(s) => s.total(),
+            Summary::Lru(l) => l.total(),
+        }
+    }
+
+    /// Upper bound of the count of a key this bucket does not hold.
+    fn floor(&self) -> u64 {
+        match self {
+            Summary::SpaceSaving(s) => s.floor(),
+            // LRU eviction forgets counts entirely: no bound exists.
+            Summary::Lru(_) => 0,
+        }
+    }
+
+    fn entries(&self) -> Vec<(String, u64, u64)> {
+        match self {
+            Summary::SpaceSaving(s) => s.entries().map(|(k, c, e)| (k.to_owned(), c, e)).collect(),
+            Summary::Lru(l) => l.entries().map(|(k, c)| (k.to_owned(), c, 0)).collect(),
+        }
+    }
+}
+
+/// A task's counts over the rolling window.
+#[derive(Debug, Clone)]
+pub struct WindowCounter {
+    algorithm: Algorithm,
+    capacity: usize,
+    buckets: usize,
+    bucket_ms: i64,
+    /// `(bucket number, summary)`, oldest first; bucket number = timestamp / bucket_ms.
+    ring: VecDeque<(i64, Summary)>,
+    /// Events older than the window when they arrived; not counted.
+    late: u64,
+}
+
+/// A merged view of the window, ready to become a hot list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Top {
+    pub items: Vec<HotItem>,
+    /// Whether guaranteed counts prove membership and order (Space-Saving only).
+    pub exact: Option<bool>,
+    /// Events inside the window.
+    pub events: u64,
+}
+
+impl WindowCounter {
+    pub fn new(config: &CountConfig) -> WindowCounter {
+        let buckets = config.buckets as usize;
+        WindowCounter {
+            algorithm: config.algorithm,
+            capacity: config.capacity,
+            buckets,
+            bucket_ms: (config.window.as_millis() as i64 / buckets as i64).max(1),
+            ring: VecDeque::with_capacity(buckets + 1),
+            late: 0,
+        }
+    }
+
+    /// Counts one event of `key` that happened at `timestamp_ms`.
+    #[inline]
+    pub fn offer(&mut self, key: &str, timestamp_ms: i64) {
+        let bucket = timestamp_ms.div_euclid(self.bucket_ms);
+        match self.ring.back_mut() {
+            Some((newest, summary)) if *newest == bucket => summary.offer(key),
+            _ => self.offer_slow(key, bucket),
+        }
+    }
+
+    #[cold]
+    fn offer_slow(&mut self, key: &str, bucket: i64) {
+        let newest = self.ring.back().map(|(b, _)| *b);
+        if newest.is_none_or(|n| bucket > n) {
+            let mut summary = Summary::new(self.algorithm, self.capacity);
+            summary.offer(key);
+            self.ring.push_back((bucket, summary));
+            let oldest_allowed = bucket - self.buckets as i64 + 1;
+            while self.ring.front().is_some_and(|(b, _)| *b < oldest_allowed) {
+                self.ring.pop_front();
+            }
+            return;
+        }
+        let newest = newest.unwrap_or(bucket);
+        if bucket <= newest - self.buckets as i64 {
+            self.late += 1;
+            return;
+        }
+        // An out-of-order event inside the window: find or open its bucket in place.
+        let at = self.ring.partition_point(|(b, _)| *b < bucket);
+        if self.ring.get(at).is_none_or(|(b, _)| *b != bucket) {
+            self.ring
+                .insert(at, (bucket, Summary::new(self.algorithm, self.capacity)));
+        }
+        self.ring[at].1.offer(key);
+    }
+
+    /// Events that arrived after their bucket had left the window.
+    pub fn late(&self) -> u64 {
+        self.late
+    }
+
+    /// Events inside the window.
+    pub fn events(&self) -> u64 {
+        self.ring.iter().map(|(_, s)| s.total()).sum()
+    }
+
+    /// Merges the buckets into the `n` keys with the highest counts.
+    ///
+    /// For Space-Saving a key's reported count is its upper bound: the sum of its counts
+    /// where monitored plus, where not, the bucket's floor; `error` is the distance to the
+    /// guaranteed lower bound. The list is exact when every item's lower bound is at least
+    /// the upper bound of the item after it and of every key left out.
+    pub fn top(&self, n: usize) -> Top {
+        let floors: u64 = self.ring.iter().map(|(_, s)| s.floor()).sum();
+        let mut merged: hashbrown::HashMap<&str, (u64, u64, u64), foldhash::fast::RandomState> =
+            hashbrown::HashMap::default();
+        for (_, summary) in &self.ring {
+            let floor = summary.floor();
+            let mut add = |key, count: u64, error: u64| {
+                let e = merged.entry(key).or_insert((0, 0, 0));
+                e.0 += count;
+                e.1 += count - error;
+                e.2 += floor;
+            };
+            match summary {
+                Summary::SpaceSaving(s) => s.entries().for_each(|(k, c, e)| add(k, c, e)),
+                Summary::Lru(l) => l.entries().for_each(|(k, c)| add(k, c, 0)),
+            }
+        }
+        // (key, upper, lower): floors of the buckets where the key is not monitored count
+        // towards its upper bound.
+        let mut all: Vec<(&str, u64, u64)> = merged
+            .into_iter()
+            .map(|(k, (count, lower, own_floors))| (k, count + floors - own_floors, lower))
+            .collect();
+        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(b.0)));
+        let exact = match self.algorithm {
+            Algorithm::Lru => None,
+            Algorithm::SpaceSaving => {
+                let kept = &all[..all.len().min(n)];
+                let outside = all.get(n).map_or(floors, |x| x.1.max(floors));
+                let ordered = kept.windows(2).all(|w| w[0].2 >= w[1].1);
+                let separated = kept.last().is_none_or(|last| last.2 >= outside);
+                Some(ordered && separated)
+            }
+        };
+        all.truncate(n);
+        Top {
+            items: all
+                .into_iter()
+                .map(|(key, upper, lower)| HotItem {
+                    key: key.to_owned(),
+                    count: upper,
+                    error: match self.algorithm {
+                        Algorithm::SpaceSaving => Some(upper - lower),
+                        Algorithm::Lru => None,
+                    },
+                })
+                .collect(),
+            exact,
+            events: self.events(),
+        }
+    }
+
+    /// The state to store beside a hot list. Buckets are trimmed to their largest counts
+    /// when the compressed form would exceed `max_bytes` (a znode holds at most 1 MB).
+    pub fn checkpoint(&self, max_bytes: usize) -> Vec<u8> {
+        let mut keep = self.capacity;
+        loop {
+            let cp = Checkpoint {
+                algorithm: self.algorithm,
+                capacity: self.capacity,
+                bucket_ms: self.bucket_ms,
+                late: self.late,
+                buckets: self
+                    .ring
+                    .iter()
+                    .map(|(b, s)| {
+                        let mut entries = s.entries();
+                        if entries.len() > keep {
+                            entries.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+                            entries.truncate(keep);
+                        }
+                        CheckpointBucket {
+                            bucket: *b,
+                            total: s.total(),
+                            entries,
+                        }
+                    })
+                    .collect(),
+            };
+            let json = serde_json::to_vec(&cp).expect("checkpoint serializes");
+            let packed = zstd::bulk::compress(&json, 3).expect("in-memory zstd cannot fail");
+            if packed.len() <= max_bytes || keep <= 1 {
+                return packed;
+            }
+            keep /= 2;
+        }
+    }
+
+    /// Rebuilds a window from [`checkpoint`](Self::checkpoint) bytes. A checkpoint made
+    /// with another algorithm, capacity or bucket size is refused: its counts would not
+    /// mean the same thing.
+    pub fn restore(config: &CountConfig, bytes: &[u8]) -> Result<WindowCounter, CheckpointError> {
+        let mut json = Vec::new();
+        zstd::stream::read::Decoder::new(bytes)
+            .and_then(|mut d| d.read_to_end(&mut json))
+            .map_err(|e| CheckpointError(format!("not zstd: {e}")))?;
+        let cp: Checkpoint =
+            serde_json::from_slice(&json).map_err(|e| CheckpointError(e.to_string()))?;
+        let mut window = WindowCounter::new(config);
+        if cp.algorithm != window.algorithm
+            || cp.capacity != window.capacity
+            || cp.bucket_ms != window.bucket_ms
+        {
+            return Err(CheckpointError(format!(
+                "made with {:?}/capacity {}/bucket {} ms, configured {:?}/{}/{} ms",
+                cp.algorithm,
+                cp.capacity,
+                cp.bucket_ms,
+                window.algorithm,
+                window.capacity,
+                window.bucket_ms
+            )));
+        }
+        window.late = cp.late;
+        for b in cp.buckets {
+            let summary = match cp.algorithm {
+                Algorithm::SpaceSaving => {
+                    Summary::SpaceSaving(SpaceSaving::restore(cp.capacity, b.entries, b.total))
+                }
+                Algorithm::Lru => Summary::Lru(LruCounter::restore(
+                    cp.capacity,
+                    b.entries.into_iter().map(|(k, c, _)| (k, c)).collect(),
+                    b.total,
+                )),
+            };
+            window.ring.push_back((b.bucket, summary));
+        }
+        Ok(window)
+    }
+}
+
+/// A checkpoint that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unusable checkpoint: {0}")]
+pub struct CheckpointError(String);
+
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    algorithm: Algorithm,
+    capacity: usize,
+    bucket_ms: i64,
+    late: u64,
+    buckets: Vec<CheckpointBucket>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CheckpointBucket {
+    bucket: i64,
+    total: u64,
+    /// `[key, count, error]`.
+    entries: Vec<(String, u64, u64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn config(algorithm: Algorithm, capacity: usize) -> CountConfig {
+        CountConfig {
+            algorithm,
+            capacity,
+            window: Duration::from_secs(10),
+            buckets: 10,
+            top_n: 3,
+            publish_every: Duration::from_secs(1),
+        }
+    }
+
+    fn keys(top: &Top) -> Vec<(&str, u64)> {
+        top.items.iter().map(|i| (i.key.as_str(), i.count)).collect()
+    }
+
+    #[test]
+    fn counts_merge_across_buckets_in_the_window() {
+        let mut w = WindowCounter::new(&config(Algorithm::SpaceSaving, 10));
+        for (k, t) in [("a", 0), ("a", 1500), ("b", 2500), ("a", 9999), ("b", 100)] {
+            w.offer(k, t);
+        }
+        let top = w.top(3);
+        assert_eq!(keys(&top), vec![("a", 3), ("b", 2)]);
+        assert_eq!(top.exact, Some(true));
+        assert_eq!(top.events, 5);
+    }
+
+    #[test]
+    fn old_buckets_fall_out_as_event_time_advances() {
+        let mut w = WindowCounter::new(&config(Algorithm::SpaceSaving, 10));
+        w.offer("old", 0);
+        w.offer("old", 500);
+        w.offer("new", 10_000);
+        assert_eq!(keys(&w.top(3)), vec![("new", 1)]);
+        w.offer("late", 0);
+        assert_eq!(w.late(), 1);
+    }
+
+    #[test]
+    fn out_of_order_events_inside_the_window_are_counted() {
+        let mut w = WindowCounter::new(&config(Algorithm::SpaceSaving, 10));
+        w.offer("a", 5000);
+        w.offer("a", 2000);
+        w.offer("a", 5100);
+        assert_eq!(keys(&w.top(1)), vec![("a", 3)]);
+    }
+
+    #[test]
+    fn lru_counts_have_no_error_bound() {
+        let mut w = WindowCounter::new(&config(Algorithm::Lru, 2));
+        for k in ["a", "a", "b", "c"] {
+            w.offer(k, 0);
+        }
+        let top = w.top(3);
+        assert_eq!(keys(&top), vec![("b", 1), ("c", 1)]);
+        assert_eq!(top.exact, None);
+        assert!(top.items.iter().all(|i| i.error.is_none()));
+    }
+
+    #[test]
+    fn list_is_not_exact_when_bounds_overlap() {
+        let mut w = WindowCounter::new(&config(Algorithm::SpaceSaving, 2));
+        for k in ["a", "b", "c", "d"] {
+            w.offer(k, 0);
+        }
+        assert_eq!(w.top(1).exact, Some(false));
+    }
+
+    #[test]
+    fn checkpoint_restores_the_same_top_and_keeps_counting() {
+        let cfg = config(Algorithm::SpaceSaving, 100);
+        let mut w = WindowCounter::new(&cfg);
+        for i in 0..1000i64 {
+            w.offer(&(i % 37).to_string(), i * 10);
+        }
+        let bytes = w.checkpoint(1 << 20);
+        let mut r = WindowCounter::restore(&cfg, &bytes).unwrap();
+        assert_eq!(r.top(10), w.top(10));
+        w.offer("5", 9_999);
+        r.offer("5", 9_999);
+        assert_eq!(r.top(10), w.top(10));
+    }
+
+    #[test]
+    fn oversized_checkpoint_keeps_the_largest_counts() {
+        let cfg = config(Algorithm::SpaceSaving, 5000);
+        let mut w = WindowCounter::new(&cfg);
+        for i in 0..5000u64 {
+            w.offer(&format!("key-{}", i * 7919 % 100_003), 0);
+        }
+        w.offer("hot", 0);
+        w.offer("hot", 0);
+        let bytes = w.checkpoint(2_000);
+        assert!(bytes.len() <= 2_000, "{}", bytes.len());
+        let r = WindowCounter::restore(&cfg, &bytes).unwrap();
+        assert_eq!(r.top(1).items[0].key, "hot");
+    }
+
+    #[test]
+    fn checkpoint_of_another_configuration_is_refused() {
+        let mut w = WindowCounter::new(&config(Algorithm::SpaceSaving, 10));
+        w.offer("a", 0);
+        let bytes = w.checkpoint(1 << 20);
+        let err = WindowCounter::restore(&config(Algorithm::Lru, 10), &bytes).unwrap_err();
+        assert!(err.to_string().contains("configured"), "{err}");
+        assert!(WindowCounter::restore(&config(Algorithm::Lru, 10), b"junk").is_err());
+    }
+}

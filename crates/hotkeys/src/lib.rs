@@ -1,0 +1,40 @@
+//! The shared library of the hotkeys pipeline.
+//!
+//! Every binary of the workspace (`access-producer`, `hot-counter`, `prewarm`, `cache-sync`,
+//! `hotctl`) is a thin shell over this crate and its own `lib.rs`. Each concept lives in
+//! exactly one module:
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | the topology file, its defaults, environment overrides and errors |
+//! | [`event`] | access-event formats and hot-key extraction |
+//! | [`count`] | per-task windowed counting: Space-Saving and LRU |
+//! | [`hotlist`] | the hot-list JSON published per task, and the `warmed` / `lock` records |
+//! | [`zk`] | the ZooKeeper layout (`/hotkeys/<topology>/tasks/<task>/…`) and session handling |
+//! | [`kafka`] | librdkafka client settings from the topology, topic creation |
+//! | [`mysql`] | the product catalogue: pool, migrations, seeding, row loading |
+//! | [`ring`] | client-side key placement compatible with PECL memcache, Flexihash, ketama |
+//! | [`cache`] | the Redis node set a cache write goes to (single, ring, cluster) |
+//! | [`sync_queue`] | replication operations and the durable Redis-list queue |
+//! | [`telemetry`] | tracing and Prometheus metrics set-up |
+//! | [`shutdown`] | SIGINT/SIGTERM turned into a cancellation token |
+//! | [`exit`] | the process exit codes every binary shares |
+//! | `testing` | (feature `testing`) isolated topologies for integration tests on the local stack |
+
+pub mod cache;
+pub mod config;
+pub mod count;
+pub mod event;
+pub mod exit;
+pub mod hotlist;
+pub mod kafka;
+pub mod mysql;
+pub mod ring;
+pub mod shutdown;
+pub mod sync_queue;
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod zk;
+
+pub use config::Topology;

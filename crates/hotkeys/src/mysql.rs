@@ -1,0 +1,207 @@
+//! The product catalogue in MySQL/MariaDB: connection pool, embedded migrations, deterministic
+//! seeding, and loading rows as the JSON values the cache holds.
+//!
+//! | item | owns |
+//! |---|---|
+//! | [`connect`] | a pool from `[mysql]`, after one probe connection that fails fast and clearly |
+//! | [`migrate`] | the migrations of `migrations/` at the repository root, embedded at build time |
+//! | [`seed`] | `products` rows `1..=n` computed from `(id, seed)` alone ([`SeedProduct`]) |
+//! | [`RowQuery`] | the configured `mysql.query`, validated before it is ever sent |
+//! | [`RowLoader`] / [`load_rows`] | `WHERE id IN (…)` in batches, rows encoded as JSON objects |
+//!
+//! Row values are JSON objects with one member per selected column, in select order, under
+//! the column's name (its alias if it has one). How each column type is written:
+//!
+//! | MySQL type | JSON |
+//! |---|---|
+//! | integer types, `YEAR`, `BIT` | number (`BIGINT UNSIGNED` up to 2^64-1) |
+//! | `FLOAT`, `DOUBLE` | number (shortest text that reads back to the same float) |
+//! | `DECIMAL` | **string**, exactly as the server prints it (`"19.90"`): scale is kept and no float rounding happens in a consumer |
+//! | `TIMESTAMP` | RFC 3339 string in UTC, milliseconds (`"2024-05-01T12:00:00.250Z"`; six digits when the value has sub-millisecond digits) |
+//! | `DATETIME` | the same without the `Z`: MySQL stores no zone for it |
+//! | `DATE`, `TIME` | `"2024-05-01"`, `"-12:30:00"` |
+//! | `JSON` (MySQL 8), or a MariaDB column with a `json_valid()` check (how MariaDB stores `JSON`) | the document itself, nested |
+//! | character types, `ENUM`, `SET` | string |
+//! | binary types | string if valid UTF-8, else the row cannot be encoded |
+//! | `NULL` (and MySQL's zero dates) | `null` |
+//!
+//! A row that cannot be encoded (invalid UTF-8, a JSON column holding something that is not
+//! JSON) is reported in [`Loaded::unencodable`] and left out; the others proceed.
+
+mod encode;
+mod load;
+mod query;
+mod seed;
+
+use std::time::Duration;
+
+use sqlx::ConnectOptions;
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPoolOptions};
+
+use crate::config::MysqlConfig;
+
+pub use encode::{RowFailure, RowJson};
+pub use load::{Loaded, RowLoader, load_rows};
+pub use query::RowQuery;
+pub use seed::{SeedProduct, SeedReport, seed};
+
+/// A pool of connections to the catalogue database.
+pub type Pool = sqlx::MySqlPool;
+
+/// What went wrong with the database, told apart where callers act differently: retry
+/// ([`MysqlError::is_unreachable`]), fix the configuration, or give up.
+#[derive(Debug, thiserror::Error)]
+pub enum MysqlError {
+    #[error("mysql.url: {0}")]
+    BadUrl(String),
+    #[error("mysql.query: {0}")]
+    BadQuery(String),
+    #[error("MySQL at {target} is unreachable: {source}")]
+    Unreachable { target: String, source: sqlx::Error },
+    #[error("MySQL at {target} did not answer within {timeout:?}")]
+    Timeout { target: String, timeout: Duration },
+    /// The server answered but refused us: wrong password, unknown database, no privilege.
+    #[error("MySQL at {target} refused the connection: {source}")]
+    Rejected { target: String, source: sqlx::Error },
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A statement failed; `what` says which one.
+    #[error("{what}: {source}")]
+    Query {
+        what: &'static str,
+        source: sqlx::Error,
+    },
+}
+
+impl MysqlError {
+    /// True when waiting and retrying may help: the server is down, restarting or overloaded.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            MysqlError::Unreachable { .. } | MysqlError::Timeout { .. } => true,
+            MysqlError::Query { source, .. } => is_transient(source),
+            _ => false,
+        }
+    }
+
+    fn query(what: &'static str, source: sqlx::Error) -> MysqlError {
+        MysqlError::Query { what, source }
+    }
+}
+
+/// Errors that say nothing about the statement itself, only about the server or the link.
+fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => matches!(
+            db.code().as_deref(),
+            // too many connections, server shutdown, lock wait timeout, deadlock,
+            // connection killed, query interrupted
+            Some("1040" | "1053" | "1205" | "1213" | "1927" | "1317")
+        ),
+        _ => false,
+    }
+}
+
+/// `host:port/database` of a URL, for messages: never the password.
+pub fn target(opts: &MySqlConnectOptions) -> String {
+    match opts.get_socket() {
+        Some(socket) => format!("{}/{}", socket.display(), opts.get_database().unwrap_or("")),
+        None => format!(
+            "{}:{}/{}",
+            opts.get_host(),
+            opts.get_port(),
+            opts.get_database().unwrap_or("")
+        ),
+    }
+}
+
+/// Parses `mysql.url`.
+pub fn options(url: &str) -> Result<MySqlConnectOptions, MysqlError> {
+    url.parse::<MySqlConnectOptions>().map_err(|e| MysqlError::BadUrl(format!("cannot parse the URL: {e}")))
+}
+
+/// Opens a pool of `mysql.pool` connections. One connection is made first, within
+/// `connect_timeout`, so that an unreachable server or a refused login is reported now, with
+/// its real cause, rather than as a pool timeout at the first query.
+pub async fn connect(cfg: &MysqlConfig, connect_timeout: Duration) -> Result<Pool, MysqlError> {
+    let opts = options(&cfg.url)?;
+    let target = target(&opts);
+    match tokio::time::timeout(connect_timeout, MySqlConnection::connect_with(&opts)).await {
+        Err(_) => {
+            return Err(MysqlError::Timeout {
+                target,
+                timeout: connect_timeout,
+            });
+        }
+        Ok(Err(source)) => {
+            return Err(if matches!(source, sqlx::Error::Database(_)) {
+                MysqlError::Rejected { target, source }
+            } else {
+                MysqlError::Unreachable { target, source }
+            });
+        }
+        Ok(Ok(probe)) => {
+            // Closing politely is a nicety; a failure here changes nothing for the pool.
+            let _ = sqlx::Connection::close(probe).await;
+        }
+    }
+    Ok(MySqlPoolOptions::new()
+        .max_connections(cfg.pool.max(1))
+        .min_connections(0)
+        .acquire_timeout(connect_timeout)
+        .connect_lazy_with(opts))
+}
+
+/// The migrations of `migrations/`, compiled in.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// Applies the migrations not applied yet and answers which ones it applied (version and
+/// description). Safe to run from several processes at once: sqlx takes a database lock.
+pub async fn migrate(pool: &Pool) -> Result<Vec<(i64, String)>, MysqlError> {
+    let before = applied_versions(pool).await;
+    MIGRATOR.run(pool).await?;
+    Ok(MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration() && !before.contains(&m.version))
+        .map(|m| (m.version, m.description.to_string()))
+        .collect())
+}
+
+/// Versions already applied; empty when the bookkeeping table does not exist yet.
+async fn applied_versions(pool: &Pool) -> Vec<i64> {
+    sqlx::query_scalar::<_, i64>("SELECT version FROM _sqlx_migrations WHERE success = 1")
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_never_shows_the_password() {
+        let opts = options("mysql://u:secret@db.example:3307/shop").unwrap();
+        assert_eq!(target(&opts), "db.example:3307/shop");
+    }
+
+    #[test]
+    fn bad_url_is_a_configuration_error() {
+        let err = options("postgres://x").unwrap_err();
+        assert!(matches!(err, MysqlError::BadUrl(_)), "{err}");
+        assert!(!err.is_unreachable());
+    }
+
+    #[test]
+    fn migrations_are_embedded() {
+        assert!(
+            MIGRATOR.iter().any(|m| m.description.contains("products")),
+            "migrations/ should create the products table"
+        );
+    }
+}

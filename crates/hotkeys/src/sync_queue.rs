@@ -1,0 +1,658 @@
+//! Replication operations and the durable Redis-list queue they wait in.
+//!
+//! A writer that has just changed a key in its own data centre enqueues the change
+//! ([`SyncQueue::enqueue`]) if the key's prefix is one of `sync.replicate`. Operations are
+//! self-describing JSON lines, one list element each:
+//!
+//! ```json
+//! {"op":"set","key":"product:11","value":"{\"id\":11}","ttl_ms":3600000,"at_ms":1700000000000}
+//! {"op":"set","key":"blob:1","value_b64":"AAEC/w==","at_ms":1700000000000}
+//! {"op":"delete","key":"product:11","at_ms":1700000000000}
+//! ```
+//!
+//! `value` carries a UTF-8 value as is, `value_b64` any other value in standard base64;
+//! `ttl_ms` is the TTL the writer set (absent: no expiry) and `at_ms` the enqueue time, which
+//! dates the TTL and measures lag.
+//!
+//! The shipper moves operations out in batches that are never lost: a Lua script takes up to
+//! `sync.batch` operations from the head of the list into an in-flight list and tags them
+//! with the next stamp of the queue's stream, all in one atomic step. The batch stays in
+//! flight, and is handed out again with the same stamp, until that stamp is acknowledged —
+//! so a shipper killed at any moment re-sends exactly the batch the receiver may have missed,
+//! and the receiver recognises it by its stamp.
+//!
+//! Keys, all in one Redis Cluster slot (the queue name is their hash tag unless it has one):
+//! `<queue>` the list, `{<queue>}:inflight` the batch in flight, `{<queue>}:meta` a hash with
+//! `stream` (the stream id), `stamp` (last stamp taken), `inflight` (stamp in flight) and
+//! `acked` (last stamp acknowledged), and `{<queue>}:dead` for elements that are not
+//! operations. (In Redis Cluster a queue name with braces must hold a valid hash tag.)
+
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use redis::RedisError;
+use serde::{Deserialize, Serialize};
+
+use crate::cache::{CacheError, RedisConn};
+use crate::config::{RedisConfig, SyncConfig};
+
+/// A change to one cache key, to be made in the other data centre.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Set {
+        key: String,
+        value: Vec<u8>,
+        /// TTL in milliseconds; `None` keeps the key without expiry.
+        ttl_ms: Option<u64>,
+    },
+    Delete {
+        key: String,
+    },
+}
+
+impl Op {
+    /// A `set` with an optional TTL.
+    pub fn set(key: impl Into<String>, value: impl Into<Vec<u8>>, ttl: Option<Duration>) -> Op {
+        Op::Set {
+            key: key.into(),
+            value: value.into(),
+            ttl_ms: ttl.map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64),
+        }
+    }
+
+    /// A `delete`.
+    pub fn delete(key: impl Into<String>) -> Op {
+        Op::Delete { key: key.into() }
+    }
+
+    /// The key the operation changes.
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Set { key, .. } | Op::Delete { key } => key,
+        }
+    }
+}
+
+/// An operation as it waits in the queue and travels: the operation and when it was queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedOp {
+    pub op: Op,
+    /// Milliseconds since the Unix epoch when the operation was queued.
+    pub at_ms: u64,
+}
+
+/// Why a queue element or request body is not a valid operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct OpError(pub String);
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    Set,
+    Delete,
+}
+
+/// The JSON form of [`QueuedOp`]; borrowed on decode where the JSON has no escapes.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireOp<'a> {
+    op: Kind,
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    value: Option<Cow<'a, str>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    value_b64: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ttl_ms: Option<u64>,
+    at_ms: u64,
+}
+
+impl QueuedOp {
+    /// The operation stamped with the current time.
+    pub fn now(op: Op) -> QueuedOp {
+        QueuedOp {
+            op,
+            at_ms: now_ms(),
+        }
+    }
+
+    /// The JSON line stored in the queue.
+    pub fn to_json(&self) -> String {
+        let wire = match &self.op {
+            Op::Set { key, value, ttl_ms } => {
+                let (value, value_b64) = match std::str::from_utf8(value) {
+                    Ok(text) => (Some(Cow::Borrowed(text)), None),
+                    Err(_) => (None, Some(Cow::Owned(BASE64.encode(value)))),
+                };
+                WireOp {
+                    op: Kind::Set,
+                    key: Cow::Borrowed(key),
+                    value,
+                    value_b64,
+                    ttl_ms: *ttl_ms,
+                    at_ms: self.at_ms,
+                }
+            }
+            Op::Delete { key } => WireOp {
+                op: Kind::Delete,
+                key: Cow::Borrowed(key),
+                value: None,
+                value_b64: None,
+                ttl_ms: None,
+                at_ms: self.at_ms,
+            },
+        };
+        serde_json::to_string(&wire).expect("an operation always serializes")
+    }
+
+    /// Reads one JSON line; the error says what is wrong with it.
+    pub fn from_json(bytes: &[u8]) -> Result<QueuedOp, OpError> {
+        let wire: WireOp<'_> =
+            serde_json::from_slice(bytes).map_err(|e| OpError(e.to_string()))?;
+        QueuedOp::from_wire(wire)
+    }
+
+    fn from_wire(wire: WireOp<'_>) -> Result<QueuedOp, OpError> {
+        if wire.key.is_empty() {
+            return Err(OpError("empty key".into()));
+        }
+        let op = match wire.op {
+            Kind::Set => {
+                let value = match (wire.value, wire.value_b64) {
+                    (Some(v), None) => v.into_owned().into_bytes(),
+                    (None, Some(b)) => BASE64
+                        .decode(b.as_bytes())
+                        .map_err(|e| OpError(format!("value_b64 is not base64: {e}")))?,
+                    (Some(_), Some(_)) => {
+                        return Err(OpError("set has both value and value_b64".into()));
+                    }
+                    (None, None) => return Err(OpError("set has no value".into())),
+                };
+                Op::Set {
+                    key: wire.key.into_owned(),
+                    value,
+                    ttl_ms: wire.ttl_ms,
+                }
+            }
+            Kind::Delete => {
+                if wire.value.is_some() || wire.value_b64.is_some() || wire.ttl_ms.is_some() {
+                    return Err(OpError("delete carries a value or ttl_ms".into()));
+                }
+                Op::Delete {
+                    key: wire.key.into_owned(),
+                }
+            }
+        };
+        Ok(QueuedOp {
+            op,
+            at_ms: wire.at_ms,
+        })
+    }
+}
+
+/// A list of operations in the JSON form of the queue, e.g. the `ops` array of a request.
+/// Every element is checked; the error names the index of the first bad one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpList(pub Vec<QueuedOp>);
+
+impl<'de> Deserialize<'de> for OpList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<OpList, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = OpList;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of operations")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<OpList, A::Error> {
+                let mut ops = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(10_000));
+                while let Some(wire) = seq
+                    .next_element::<WireOp<'de>>()
+                    .map_err(|e| serde::de::Error::custom(format!("ops[{}]: {e}", ops.len())))?
+                {
+                    let op = QueuedOp::from_wire(wire).map_err(|e| {
+                        serde::de::Error::custom(format!("ops[{}]: {e}", ops.len()))
+                    })?;
+                    ops.push(op);
+                }
+                Ok(OpList(ops))
+            }
+        }
+        d.deserialize_seq(Visitor)
+    }
+}
+
+/// What went wrong with the queue.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("sync queue `{queue}`: {source}")]
+    Redis { queue: String, source: RedisError },
+    #[error("sync queue `{queue}`: unexpected reply: {message}")]
+    Reply { queue: String, message: String },
+}
+
+impl SyncError {
+    /// Whether the queue's Redis is down or unreachable.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            SyncError::Cache(e) => e.is_unreachable(),
+            SyncError::Redis { source, .. } => {
+                source.is_io_error()
+                    || source.is_timeout()
+                    || source.is_connection_refusal()
+                    || source.is_connection_dropped()
+            }
+            SyncError::Reply { .. } => false,
+        }
+    }
+}
+
+/// A batch handed to the shipper: the operations of one stamp, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// Position of the batch in its stream: 1 for the first batch, then one more each time.
+    pub stamp: u64,
+    /// The queue elements, oldest first, as raw bytes (they are checked by the shipper).
+    pub items: Vec<Vec<u8>>,
+    /// Whether the batch was already in flight: handed out before and not acknowledged.
+    pub resent: bool,
+    /// Operations still waiting in the queue behind this batch.
+    pub queued: u64,
+}
+
+/// A snapshot of a queue, for operators and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueStatus {
+    pub queue: String,
+    /// The stream id, once a shipper has started one.
+    pub stream: Option<String>,
+    /// Operations waiting, not counting the batch in flight.
+    pub length: u64,
+    /// Stamp of the batch in flight, if any.
+    pub in_flight: Option<u64>,
+    /// Operations in the batch in flight.
+    pub in_flight_ops: u64,
+    /// Last stamp handed out.
+    pub last_stamp: u64,
+    /// Last stamp the receiver acknowledged.
+    pub acked: u64,
+    /// Elements set aside because they were not operations.
+    pub dead: u64,
+    /// Age of the oldest operation not yet acknowledged, in milliseconds.
+    pub lag_ms: u64,
+}
+
+/// The Redis keys of one queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct QueueKeys {
+    list: String,
+    inflight: String,
+    meta: String,
+    dead: String,
+}
+
+impl QueueKeys {
+    fn new(queue: &str) -> QueueKeys {
+        // Redis Cluster hashes only the first `{…}` of a key: wrapping the name in braces
+        // puts the derived keys in the list's own slot, unless the name has a tag already.
+        let tag = match queue.find('{') {
+            Some(open) if queue[open + 1..].find('}').is_some_and(|len| len > 0) => {
+                queue.to_string()
+            }
+            _ => format!("{{{queue}}}"),
+        };
+        QueueKeys {
+            list: queue.to_string(),
+            inflight: format!("{tag}:inflight"),
+            meta: format!("{tag}:meta"),
+            dead: format!("{tag}:dead"),
+        }
+    }
+}
+
+/// Takes the next batch, or hands out the batch in flight again; acknowledges first.
+///
+/// KEYS: list, inflight, meta. ARGV: most operations to take (0: only acknowledge), stamp
+/// to acknowledge (0: none). Returns {stamp, items, operations left in the list, resent};
+/// stamp 0 when there is nothing to send.
+const TAKE_SCRIPT: &str = r"
+local list, inflight, meta = KEYS[1], KEYS[2], KEYS[3]
+local max = tonumber(ARGV[1])
+local ack = tonumber(ARGV[2])
+local current = tonumber(redis.call('HGET', meta, 'inflight') or '0')
+if ack > 0 and current == ack then
+  redis.call('DEL', inflight)
+  redis.call('HDEL', meta, 'inflight')
+  redis.call('HSET', meta, 'acked', ack)
+  current = 0
+end
+if current > 0 then
+  return {current, redis.call('LRANGE', inflight, 0, -1), redis.call('LLEN', list), 1}
+end
+if max <= 0 then
+  return {0, {}, redis.call('LLEN', list), 0}
+end
+local items = redis.call('LRANGE', list, 0, max - 1)
+if #items == 0 then
+  return {0, {}, 0, 0}
+end
+redis.call('LTRIM', list, #items, -1)
+local stamp = redis.call('HINCRBY', meta, 'stamp', 1)
+redis.call('DEL', inflight)
+for i = 1, #items, 1000 do
+  redis.call('RPUSH', inflight, unpack(items, i, math.min(i + 999, #items)))
+end
+redis.call('HSET', meta, 'inflight', stamp)
+return {stamp, items, redis.call('LLEN', list), 0}
+";
+
+/// Elements per RPUSH when enqueueing many operations.
+const PUSH_CHUNK: usize = 1000;
+
+/// The durable queue of one data centre's outgoing operations.
+#[derive(Clone)]
+pub struct SyncQueue {
+    conn: RedisConn,
+    keys: QueueKeys,
+    replicate: Vec<String>,
+    take: std::sync::Arc<redis::Script>,
+}
+
+impl SyncQueue {
+    /// The queue `sync.queue` on the given connection (the home of the local cache).
+    pub fn new(conn: RedisConn, sync: &SyncConfig) -> SyncQueue {
+        SyncQueue {
+            conn,
+            keys: QueueKeys::new(&sync.queue),
+            replicate: sync.replicate.clone(),
+            take: std::sync::Arc::new(redis::Script::new(TAKE_SCRIPT)),
+        }
+    }
+
+    /// Connects to the home of the local cache (its first node, or the cluster).
+    pub async fn connect(redis: &RedisConfig, sync: &SyncConfig) -> Result<SyncQueue, SyncError> {
+        Ok(SyncQueue::new(RedisConn::connect_home(redis).await?, sync))
+    }
+
+    /// The name of the Redis list.
+    pub fn name(&self) -> &str {
+        &self.keys.list
+    }
+
+    /// Whether writes of `key` replicate: its prefix is one of `sync.replicate`.
+    pub fn replicates(&self, key: &str) -> bool {
+        self.replicate.iter().any(|p| key.starts_with(p.as_str()))
+    }
+
+    /// Queues `op` if its key replicates; answers whether it was queued.
+    pub async fn enqueue(&self, op: &Op) -> Result<bool, SyncError> {
+        Ok(self.enqueue_many(std::slice::from_ref(op)).await? == 1)
+    }
+
+    /// Queues, in order, those of `ops` whose keys replicate; answers how many.
+    pub async fn enqueue_many(&self, ops: &[Op]) -> Result<usize, SyncError> {
+        let at_ms = now_ms();
+        let lines: Vec<String> = ops
+            .iter()
+            .filter(|op| self.replicates(op.key()))
+            .map(|op| {
+                QueuedOp {
+                    op: op.clone(),
+                    at_ms,
+                }
+                .to_json()
+            })
+            .collect();
+        self.push_raw(&lines).await?;
+        metrics::counter!("hotkeys_sync_ops_enqueued_total").increment(lines.len() as u64);
+        Ok(lines.len())
+    }
+
+    /// Appends already-encoded elements as they are, without the prefix check.
+    async fn push_raw(&self, lines: &[String]) -> Result<(), SyncError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for chunk in lines.chunks(PUSH_CHUNK) {
+            pipe.cmd("RPUSH").arg(&self.keys.list).arg(chunk).ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))
+    }
+
+    /// The id of the queue's stream, created on first use. A queue whose Redis lost its data
+    /// starts a new stream, so the receiver never mistakes its stamps for old ones.
+    pub async fn stream_id(&self) -> Result<String, SyncError> {
+        let fresh = format!("{}@{:016x}", self.keys.list, rand::random::<u64>());
+        let mut conn = self.conn.clone();
+        let (id,): (String,) = redis::pipe()
+            .atomic()
+            .cmd("HSETNX")
+            .arg(&self.keys.meta)
+            .arg("stream")
+            .arg(&fresh)
+            .ignore()
+            .cmd("HGET")
+            .arg(&self.keys.meta)
+            .arg("stream")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        Ok(id)
+    }
+
+    /// Acknowledges `ack` if given, then hands out the batch in flight again or takes up to
+    /// `max` operations as the next batch. `None` when there is nothing to send.
+    pub async fn take(&self, max: usize, ack: Option<u64>) -> Result<Option<Batch>, SyncError> {
+        let mut conn = self.conn.clone();
+        let (stamp, items, queued, resent): (u64, Vec<Vec<u8>>, u64, u8) = self
+            .take
+            .key(&self.keys.list)
+            .key(&self.keys.inflight)
+            .key(&self.keys.meta)
+            .arg(max.max(1))
+            .arg(ack.unwrap_or(0))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        if stamp == 0 {
+            return Ok(None);
+        }
+        if items.is_empty() {
+            return Err(SyncError::Reply {
+                queue: self.keys.list.clone(),
+                message: format!("batch {stamp} is in flight but holds no operation"),
+            });
+        }
+        Ok(Some(Batch {
+            stamp,
+            items,
+            resent: resent == 1,
+            queued,
+        }))
+    }
+
+    /// Acknowledges the batch `stamp`: the receiver has applied it, it leaves the queue for
+    /// good. Acknowledging a stamp that is not in flight does nothing.
+    pub async fn ack(&self, stamp: u64) -> Result<(), SyncError> {
+        let mut conn = self.conn.clone();
+        let _: redis::Value = self
+            .take
+            .key(&self.keys.list)
+            .key(&self.keys.inflight)
+            .key(&self.keys.meta)
+            .arg(0)
+            .arg(stamp)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        Ok(())
+    }
+
+    /// Keeps elements that are not operations out of the stream, for an operator to inspect.
+    pub async fn dead_letter(&self, items: &[Vec<u8>]) -> Result<(), SyncError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        redis::cmd("RPUSH")
+            .arg(&self.keys.dead)
+            .arg(items)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))
+    }
+
+    /// Length, stamps and lag of the queue, read in one atomic step.
+    pub async fn status(&self) -> Result<QueueStatus, SyncError> {
+        let mut conn = self.conn.clone();
+        type Reply = (
+            (Option<String>, Option<u64>, Option<u64>, Option<u64>),
+            u64,
+            u64,
+            u64,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+        );
+        let ((stream, last_stamp, in_flight, acked), length, in_flight_ops, dead, head, first): Reply =
+            redis::pipe()
+                .atomic()
+                .cmd("HMGET")
+                .arg(&self.keys.meta)
+                .arg(&["stream", "stamp", "inflight", "acked"])
+                .cmd("LLEN")
+                .arg(&self.keys.list)
+                .cmd("LLEN")
+                .arg(&self.keys.inflight)
+                .cmd("LLEN")
+                .arg(&self.keys.dead)
+                .cmd("LINDEX")
+                .arg(&self.keys.list)
+                .arg(0)
+                .cmd("LINDEX")
+                .arg(&self.keys.inflight)
+                .arg(0)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.redis_error(e))?;
+        // The oldest operation not yet acknowledged heads the batch in flight, if any.
+        let oldest = first
+            .or(head)
+            .and_then(|bytes| QueuedOp::from_json(&bytes).ok());
+        let lag_ms = oldest.map_or(0, |op| now_ms().saturating_sub(op.at_ms));
+        Ok(QueueStatus {
+            queue: self.keys.list.clone(),
+            stream,
+            length,
+            in_flight,
+            in_flight_ops,
+            last_stamp: last_stamp.unwrap_or(0),
+            acked: acked.unwrap_or(0),
+            dead,
+            lag_ms,
+        })
+    }
+
+    fn redis_error(&self, source: RedisError) -> SyncError {
+        SyncError::Redis {
+            queue: self.keys.list.clone(),
+            source,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(op: Op) -> (String, QueuedOp) {
+        let queued = QueuedOp { op, at_ms: 42 };
+        let json = queued.to_json();
+        let back = QueuedOp::from_json(json.as_bytes()).unwrap();
+        assert_eq!(back, queued);
+        (json, back)
+    }
+
+    #[test]
+    fn utf8_values_travel_as_text() {
+        let (json, _) = round_trip(Op::set("product:1", "{\"name\":\"café\"}", Some(Duration::from_secs(60))));
+        assert_eq!(
+            json,
+            r#"{"op":"set","key":"product:1","value":"{\"name\":\"café\"}","ttl_ms":60000,"at_ms":42}"#
+        );
+    }
+
+    #[test]
+    fn non_utf8_values_travel_as_base64() {
+        let (json, _) = round_trip(Op::set("blob:1", vec![0u8, 1, 2, 0xff], None));
+        assert_eq!(
+            json,
+            r#"{"op":"set","key":"blob:1","value_b64":"AAEC/w==","at_ms":42}"#
+        );
+    }
+
+    #[test]
+    fn deletes_carry_only_the_key() {
+        let (json, _) = round_trip(Op::delete("product:1"));
+        assert_eq!(json, r#"{"op":"delete","key":"product:1","at_ms":42}"#);
+    }
+
+    #[test]
+    fn malformed_operations_say_what_is_wrong() {
+        for (line, expected) in [
+            (r#"{"op":"set","key":"k","at_ms":1}"#, "no value"),
+            (r#"{"op":"set","key":"k","value":"a","value_b64":"YQ==","at_ms":1}"#, "both"),
+            (r#"{"op":"set","key":"k","value_b64":"!!","at_ms":1}"#, "base64"),
+            (r#"{"op":"delete","key":"k","value":"a","at_ms":1}"#, "delete carries"),
+            (r#"{"op":"set","key":"","value":"a","at_ms":1}"#, "empty key"),
+            (r#"{"op":"rename","key":"k","at_ms":1}"#, "unknown variant"),
+            (r#"{"op":"set","key":"k","value":"a"}"#, "at_ms"),
+            (r#"{"op":"set","key":"k","value":"a","at_ms":1,"x":1}"#, "unknown field"),
+            ("not json", "expected"),
+        ] {
+            let err = QueuedOp::from_json(line.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(expected), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_op_list_names_the_index_of_the_first_bad_operation() {
+        let body = r#"[{"op":"delete","key":"a","at_ms":1},{"op":"set","key":"b","at_ms":1}]"#;
+        let err = serde_json::from_str::<OpList>(body).unwrap_err().to_string();
+        assert!(err.contains("ops[1]") && err.contains("no value"), "{err}");
+        let ok = r#"[{"op":"delete","key":"a","at_ms":1}]"#;
+        assert_eq!(serde_json::from_str::<OpList>(ok).unwrap().0.len(), 1);
+    }
+
+    #[test]
+    fn escaped_keys_and_values_decode() {
+        let line = br#"{"op":"set","key":"k\"1","value":"line\nbreak","at_ms":1}"#;
+        let op = QueuedOp::from_json(line).unwrap();
+        assert_eq!(op.op, Op::set("k\"1", "line\nbreak", None));
+    }
+
+    #[test]
+    fn derived_keys_share_the_queue_slot() {
+        let keys = QueueKeys::new("FIFO:MEM");
+        assert_eq!(keys.list, "FIFO:MEM");
+        assert_eq!(keys.inflight, "{FIFO:MEM}:inflight");
+        assert_eq!(keys.meta, "{FIFO:MEM}:meta");
+        let tagged = QueueKeys::new("sync:{dc1}");
+        assert_eq!(tagged.inflight, "sync:{dc1}:inflight");
+    }
+}

@@ -1,0 +1,188 @@
+//! Support for the workspace's integration tests (feature `testing`): a topology pointed at
+//! the local stack (`scripts/stack.sh`, whose `.stack/env` sets the `HOTKEYS_*` overrides)
+//! with names no other test uses, so tests can share the servers and run in parallel.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::Topology;
+
+/// The repository's `topology/default.toml`.
+pub fn default_topology_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../topology/default.toml")
+}
+
+/// A name unique to this test process and call: `<prefix>-<pid>-<n>-<nanos>`.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The default topology with this process's overrides, isolated under a unique name: its
+/// own ZooKeeper subtree, Kafka topic and group, Redis key space and replication queue.
+pub fn topology(test: &str) -> Topology {
+    let mut t = Topology::load(&default_topology_path()).expect("topology/default.toml loads");
+    let id = unique(test);
+    t.name = id.clone();
+    t.kafka.topic = format!("{id}-access");
+    t.kafka.group = format!("{id}-group");
+    t.redis.key = format!("{id}:product:{{key}}");
+    t.sync.queue = format!("{id}:FIFO");
+    t.sync.replicate = vec![format!("{id}:product:")];
+    t
+}
+
+/// One access event for [`produce`]: the message key, its value, and an optional timestamp.
+pub struct Record {
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub timestamp_ms: Option<i64>,
+}
+
+impl Record {
+    /// An OpenResty-format event for product `key`.
+    pub fn openresty(key: &str) -> Record {
+        let payload = format!(
+            r#"{{"request_module":"product_detail_info","headers":{{"host":"shop.example","user-agent":"test"}},"uri_args":{{"productId":"{key}","shopId":"1"}},"http_version":1.1,"method":"GET","raw_reader":"GET /product?productId={key}&shopId=1 HTTP/1.1\r\n","body_data":null}}"#
+        );
+        Record {
+            key: Some(key.to_string()),
+            payload: payload.into_bytes(),
+            timestamp_ms: None,
+        }
+    }
+}
+
+/// Creates the topology's topic if needed and publishes `records` with the project's
+/// producer settings, waiting for every delivery. Panics on failure: it is test set-up.
+pub async fn produce(topology: &Topology, records: impl IntoIterator<Item = Record>) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    crate::kafka::ensure_topic(&topology.kafka)
+        .await
+        .expect("Kafka reachable (is scripts/stack.sh up?)");
+    let producer: FutureProducer = crate::kafka::producer_config(&topology.kafka)
+        .create()
+        .expect("producer");
+    let mut pending = Vec::new();
+    for r in records {
+        let mut fr = FutureRecord::to(&topology.kafka.topic).payload(&r.payload);
+        if let Some(k) = &r.key {
+            fr = fr.key(k);
+        }
+        if let Some(ts) = r.timestamp_ms {
+            fr = fr.timestamp(ts);
+        }
+        pending.push(
+            producer
+                .send_result(fr)
+                .map_err(|(e, _)| e)
+                .expect("enqueue"),
+        );
+        if pending.len() >= 10_000 {
+            for p in pending.drain(..) {
+                p.await.expect("delivery").expect("delivered");
+            }
+        }
+    }
+    for p in pending {
+        p.await.expect("delivery").expect("delivered");
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, panicking with `what` after
+/// `seconds`. The deadline only guards against hanging; it measures nothing.
+pub async fn eventually<T, F, Fut>(seconds: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A TCP forwarder a test can cut, to partition a client from a server (e.g. to let a
+/// ZooKeeper session expire) without disturbing anyone else using the server.
+pub struct TcpProxy {
+    pub addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl TcpProxy {
+    /// Starts forwarding a fresh loopback port to `target`.
+    pub async fn start(target: &str) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (cut, watch) = tokio::sync::watch::channel(false);
+        let target = target.to_string();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                if *watch.borrow() {
+                    continue;
+                }
+                let target = target.clone();
+                let mut watch = watch.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = watch.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        TcpProxy { addr, cut }
+    }
+
+    /// Drops every connection and refuses new ones until [`restore`](Self::restore).
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    pub fn restore(&self) {
+        self.cut.send_replace(false);
+    }
+}
+
+/// Writes `topology` to a fresh file for a child process's `--topology`.
+pub fn write_topology(topology: &Topology) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("{}.toml", unique("topology")));
+    let text = toml::to_string(topology).expect("topology serializes");
+    std::fs::write(&path, text).expect("write topology");
+    path
+}
+
+/// The end offset (high watermark) of every partition of the topology's topic.
+pub fn end_offsets(topology: &Topology) -> Vec<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &topology.kafka.brokers)
+        .create()
+        .expect("consumer");
+    let partitions = crate::kafka::partition_count(&topology.kafka, &topology.kafka.topic)
+        .expect("metadata")
+        .expect("topic exists");
+    (0..partitions as i32)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(&topology.kafka.topic, p, std::time::Duration::from_secs(10))
+                .expect("watermarks")
+                .1
+        })
+        .collect()
+}

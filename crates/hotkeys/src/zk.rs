@@ -1,0 +1,403 @@
+//! The ZooKeeper layout of a topology and every read and write the tools make in it.
+//!
+//! ```text
+//! <root>/<topology>/tasks/<task>              persistent; task id = partition number
+//! <root>/<topology>/tasks/<task>/hot          persistent; hot list JSON (hotlist::HotList)
+//! <root>/<topology>/tasks/<task>/checkpoint   persistent; counter state matching `hot`
+//! <root>/<topology>/tasks/<task>/lock         ephemeral; the prewarm process warming it
+//! <root>/<topology>/tasks/<task>/warmed       persistent; hotlist::Warmed
+//! ```
+//!
+//! `hot` and `checkpoint` are always written together in one multi-op, conditioned on the
+//! version of `hot` the writer last saw: a worker that lost its partition can never
+//! overwrite what the new owner published (fencing by znode version).
+//!
+//! A [`Zk`] is one session. After `SessionExpired` the client does not recover; callers call
+//! [`Zk::reconnect`] and recreate their ephemerals.
+
+use std::time::Duration;
+
+use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, Error as ZkClientError, Stat};
+
+use crate::config::{Topology, ZookeeperConfig};
+use crate::hotlist::{HotList, LockInfo, Warmed};
+
+/// A ZooKeeper failure, told apart where callers act differently.
+#[derive(Debug, thiserror::Error)]
+pub enum ZkError {
+    #[error("ZooKeeper at {connect} is unreachable: {source}")]
+    Unreachable {
+        connect: String,
+        source: ZkClientError,
+    },
+    #[error("ZooKeeper session expired")]
+    SessionExpired,
+    #[error("ZooKeeper did not answer in time")]
+    Timeout,
+    #[error("{path}: lost a race (another writer changed the node)")]
+    Fenced { path: String },
+    #[error("{path}: {source}")]
+    Op {
+        path: String,
+        source: ZkClientError,
+    },
+    #[error("{path}: malformed record: {source}")]
+    Malformed {
+        path: String,
+        source: serde_json::Error,
+    },
+}
+
+impl ZkError {
+    fn op(path: &str, source: ZkClientError) -> ZkError {
+        match source {
+            ZkClientError::SessionExpired | ZkClientError::ClientClosed => ZkError::SessionExpired,
+            ZkClientError::BadVersion => ZkError::Fenced { path: path.into() },
+            source => ZkError::Op {
+                path: path.into(),
+                source,
+            },
+        }
+    }
+
+    /// True when the session is gone and only a new one ([`Zk::reconnect`]) helps.
+    pub fn is_session_lost(&self) -> bool {
+        matches!(self, ZkError::SessionExpired)
+    }
+}
+
+/// Paths of one topology; the only place that spells them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    base: String,
+}
+
+impl Layout {
+    pub fn new(root: &str, topology: &str) -> Layout {
+        Layout {
+            base: format!("{root}/{topology}"),
+        }
+    }
+
+    pub fn of(topology: &Topology) -> Layout {
+        Layout::new(&topology.zookeeper.root, &topology.name)
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn tasks(&self) -> String {
+        format!("{}/tasks", self.base)
+    }
+
+    pub fn task(&self, task: u32) -> String {
+        format!("{}/tasks/{task}", self.base)
+    }
+
+    pub fn hot(&self, task: u32) -> String {
+        format!("{}/tasks/{task}/hot", self.base)
+    }
+
+    pub fn checkpoint(&self, task: u32) -> String {
+        format!("{}/tasks/{task}/checkpoint", self.base)
+    }
+
+    pub fn lock(&self, task: u32) -> String {
+        format!("{}/tasks/{task}/lock", self.base)
+    }
+
+    pub fn warmed(&self, task: u32) -> String {
+        format!("{}/tasks/{task}/warmed", self.base)
+    }
+}
+
+const PERSISTENT: CreateOptions<'static> = CreateMode::Persistent.with_acls(Acls::anyone_all());
+const EPHEMERAL: CreateOptions<'static> = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+
+/// A published hot list with the znode version it was read at.
+#[derive(Debug, Clone)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub version: i32,
+    pub modified_ms: i64,
+}
+
+/// What a new owner of a task resumes from.
+#[derive(Debug, Clone)]
+pub struct Restorable {
+    pub hot: HotList,
+    /// Counter state, as [`crate::count::WindowCounter::checkpoint`] wrote it.
+    pub checkpoint: Vec<u8>,
+    /// Version of `hot`, to condition the next publish on.
+    pub version: i32,
+}
+
+/// One ZooKeeper session bound to one topology's layout.
+#[derive(Clone)]
+pub struct Zk {
+    client: Client,
+    layout: Layout,
+    config: ZookeeperConfig,
+}
+
+impl Zk {
+    /// Opens a session; fails fast with [`ZkError::Unreachable`] when no server answers.
+    pub async fn connect(topology: &Topology) -> Result<Zk, ZkError> {
+        Zk::connect_with(&topology.zookeeper, Layout::of(topology)).await
+    }
+
+    pub async fn connect_with(config: &ZookeeperConfig, layout: Layout) -> Result<Zk, ZkError> {
+        let client = Client::connector()
+            .with_session_timeout(config.session_timeout)
+            .with_connection_timeout(Duration::from_secs(5))
+            .with_fail_eagerly()
+            .connect(&config.connect)
+            .await
+            .map_err(|source| ZkError::Unreachable {
+                connect: config.connect.clone(),
+                source,
+            })?;
+        Ok(Zk {
+            client,
+            layout,
+            config: config.clone(),
+        })
+    }
+
+    /// A new session with the same settings, for use after [`ZkError::SessionExpired`].
+    pub async fn reconnect(&self) -> Result<Zk, ZkError> {
+        Zk::connect_with(&self.config, self.layout.clone()).await
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The raw client, for watches and for tests that need to act on the session.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Creates `tasks/<task>` (and its parents) if missing.
+    pub async fn ensure_task(&self, task: u32) -> Result<(), ZkError> {
+        let path = self.layout.task(task);
+        self.client
+            .mkdir(&path, &PERSISTENT)
+            .await
+            .map_err(|e| ZkError::op(&path, e))
+    }
+
+    /// Task ids under `tasks/`, sorted; empty when nothing was published yet.
+    pub async fn list_tasks(&self) -> Result<Vec<u32>, ZkError> {
+        let path = self.layout.tasks();
+        let children = match self.client.list_children(&path).await {
+            Ok(c) => c,
+            Err(ZkClientError::NoNode) => return Ok(Vec::new()),
+            Err(e) => return Err(ZkError::op(&path, e)),
+        };
+        let mut tasks: Vec<u32> = children.iter().filter_map(|c| c.parse().ok()).collect();
+        tasks.sort_unstable();
+        Ok(tasks)
+    }
+
+    async fn get(&self, path: &str) -> Result<Option<(Vec<u8>, Stat)>, ZkError> {
+        match self.client.get_data(path).await {
+            Ok(found) => Ok(Some(found)),
+            Err(ZkClientError::NoNode) => Ok(None),
+            Err(e) => Err(ZkError::op(path, e)),
+        }
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Option<Versioned<T>>, ZkError> {
+        let Some((data, stat)) = self.get(path).await? else {
+            return Ok(None);
+        };
+        let value = serde_json::from_slice(&data).map_err(|source| ZkError::Malformed {
+            path: path.into(),
+            source,
+        })?;
+        Ok(Some(Versioned {
+            value,
+            version: stat.version,
+            modified_ms: stat.mtime,
+        }))
+    }
+
+    pub async fn read_hot(&self, task: u32) -> Result<Option<Versioned<HotList>>, ZkError> {
+        self.get_json(&self.layout.hot(task)).await
+    }
+
+    pub async fn read_warmed(&self, task: u32) -> Result<Option<Versioned<Warmed>>, ZkError> {
+        self.get_json(&self.layout.warmed(task)).await
+    }
+
+    pub async fn read_lock(&self, task: u32) -> Result<Option<Versioned<LockInfo>>, ZkError> {
+        self.get_json(&self.layout.lock(task)).await
+    }
+
+    /// The hot list, the checkpoint published with it and the `hot` version, read in one
+    /// multi-op so the pair is consistent with a concurrent publish.
+    pub async fn read_checkpoint(&self, task: u32) -> Result<Option<Restorable>, ZkError> {
+        use zookeeper_client::MultiReadResult::{Data, Error};
+        let hot = self.layout.hot(task);
+        let checkpoint = self.layout.checkpoint(task);
+        let mut reader = self.client.new_multi_reader();
+        reader
+            .add_get_data(&hot)
+            .and_then(|()| reader.add_get_data(&checkpoint))
+            .map_err(|e| ZkError::op(&hot, e))?;
+        let results = reader.commit().await.map_err(|e| ZkError::op(&hot, e))?;
+        match (results.first(), results.get(1)) {
+            (Some(Data { data: hot_data, stat }), Some(Data { data, .. })) => {
+                let list = serde_json::from_slice(hot_data).map_err(|source| {
+                    ZkError::Malformed {
+                        path: hot.clone(),
+                        source,
+                    }
+                })?;
+                Ok(Some(Restorable {
+                    hot: list,
+                    checkpoint: data.clone(),
+                    version: stat.version,
+                }))
+            }
+            (Some(Error { err }), _) | (_, Some(Error { err })) => match err {
+                ZkClientError::NoNode => Ok(None),
+                err => Err(ZkError::op(&hot, err.clone())),
+            },
+            _ => Ok(None),
+        }
+    }
+
+    /// Writes `hot` and `checkpoint` atomically. `seen` is the `hot` version this writer
+    /// last read or wrote (`None`: it believes the task was never published). Returns the
+    /// new version, or [`ZkError::Fenced`] when another writer got there first.
+    pub async fn publish(
+        &self,
+        task: u32,
+        seen: Option<i32>,
+        hot: &[u8],
+        checkpoint: &[u8],
+    ) -> Result<i32, ZkError> {
+        let hot_path = self.layout.hot(task);
+        let checkpoint_path = self.layout.checkpoint(task);
+        let mut writer = self.client.new_multi_writer();
+        let staged = match seen {
+            None => writer
+                .add_create(&hot_path, hot, &PERSISTENT)
+                .and_then(|()| writer.add_create(&checkpoint_path, checkpoint, &PERSISTENT)),
+            Some(v) => writer
+                .add_set_data(&hot_path, hot, Some(v))
+                .and_then(|()| writer.add_set_data(&checkpoint_path, checkpoint, None)),
+        };
+        staged.map_err(|e| ZkError::op(&hot_path, e))?;
+        match writer.commit().await {
+            Ok(results) => Ok(match results.first() {
+                Some(zookeeper_client::MultiWriteResult::SetData { stat }) => stat.version,
+                _ => 0,
+            }),
+            Err(zookeeper_client::MultiWriteError::OperationFailed { source, .. })
+                if matches!(source, ZkClientError::NodeExists | ZkClientError::BadVersion) =>
+            {
+                Err(ZkError::Fenced { path: hot_path })
+            }
+            Err(e) => Err(ZkError::op(&hot_path, e.into())),
+        }
+    }
+
+    /// Takes the task's ephemeral lock if nobody holds it; never waits.
+    /// `Ok(false)` means somebody else holds it.
+    pub async fn try_lock(&self, task: u32, holder: &LockInfo) -> Result<bool, ZkError> {
+        let path = self.layout.lock(task);
+        let data = serde_json::to_vec(holder).expect("lock info serializes");
+        match self.client.create(&path, &data, &EPHEMERAL).await {
+            Ok(_) => Ok(true),
+            Err(ZkClientError::NodeExists) => Ok(false),
+            Err(e) => Err(ZkError::op(&path, e)),
+        }
+    }
+
+    /// Releases a lock this session holds; a lock already gone is not an error.
+    pub async fn unlock(&self, task: u32) -> Result<(), ZkError> {
+        let path = self.layout.lock(task);
+        match self.client.delete(&path, None).await {
+            Ok(()) | Err(ZkClientError::NoNode) => Ok(()),
+            Err(e) => Err(ZkError::op(&path, e)),
+        }
+    }
+
+    /// Records that a hot-list version was warmed.
+    pub async fn mark_warmed(&self, task: u32, warmed: &Warmed) -> Result<(), ZkError> {
+        let path = self.layout.warmed(task);
+        let data = serde_json::to_vec(warmed).expect("warmed record serializes");
+        self.put(&path, &data).await
+    }
+
+    /// Creates or overwrites a persistent node.
+    async fn put(&self, path: &str, data: &[u8]) -> Result<(), ZkError> {
+        match self.client.set_data(path, data, None).await {
+            Ok(_) => Ok(()),
+            Err(ZkClientError::NoNode) => match self.client.create(path, data, &PERSISTENT).await {
+                Ok(_) => Ok(()),
+                Err(ZkClientError::NodeExists) => self
+                    .client
+                    .set_data(path, data, None)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| ZkError::op(path, e)),
+                Err(e) => Err(ZkError::op(path, e)),
+            },
+            Err(e) => Err(ZkError::op(path, e)),
+        }
+    }
+
+    /// Deletes the `warmed` marks so the next prewarm pass loads every task again.
+    pub async fn clear_warmed(&self, task: u32) -> Result<(), ZkError> {
+        let path = self.layout.warmed(task);
+        match self.client.delete(&path, None).await {
+            Ok(()) | Err(ZkClientError::NoNode) => Ok(()),
+            Err(e) => Err(ZkError::op(&path, e)),
+        }
+    }
+
+    /// Deletes the whole topology subtree (hotctl reset, tests).
+    pub async fn delete_all(&self) -> Result<(), ZkError> {
+        let base = self.layout.base().to_string();
+        self.delete_tree(&base).await
+    }
+
+    async fn delete_tree(&self, path: &str) -> Result<(), ZkError> {
+        let children = match self.client.list_children(path).await {
+            Ok(c) => c,
+            Err(ZkClientError::NoNode) => return Ok(()),
+            Err(e) => return Err(ZkError::op(path, e)),
+        };
+        for child in children {
+            Box::pin(self.delete_tree(&format!("{path}/{child}"))).await?;
+        }
+        match self.client.delete(path, None).await {
+            Ok(()) | Err(ZkClientError::NoNode) => Ok(()),
+            Err(e) => Err(ZkError::op(path, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_follows_the_design() {
+        let l = Layout::new("/hotkeys", "product-detail");
+        assert_eq!(l.tasks(), "/hotkeys/product-detail/tasks");
+        assert_eq!(l.task(3), "/hotkeys/product-detail/tasks/3");
+        assert_eq!(l.hot(3), "/hotkeys/product-detail/tasks/3/hot");
+        assert_eq!(l.lock(3), "/hotkeys/product-detail/tasks/3/lock");
+        assert_eq!(l.warmed(3), "/hotkeys/product-detail/tasks/3/warmed");
+        assert_eq!(l.checkpoint(3), "/hotkeys/product-detail/tasks/3/checkpoint");
+    }
+}
