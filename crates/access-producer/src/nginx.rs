@@ -135,7 +135,7 @@ impl Converter {
         let Some(request) = Request::split(&self.request) else {
             return Err(Reject::NoKey);
         };
-        self.parse_query(request.uri);
+        parse_query(request.uri, &mut self.decoded, &mut self.args);
         let found = self.args.iter().find(|a| {
             self.decoded[a.name.clone()] == self.param[..]
                 && a.value.as_ref().is_some_and(|v| !v.is_empty())
@@ -187,39 +187,6 @@ impl Converter {
         Ok(())
     }
 
-    /// Splits and percent-decodes the query of `uri` into `args`, as
-    /// `ngx.req.get_uri_args()` does: `&`-separated, `+` is a space, empty names are dropped.
-    fn parse_query(&mut self, uri: &[u8]) {
-        self.decoded.clear();
-        self.args.clear();
-        let Some(q) = uri.iter().position(|&b| b == b'?') else {
-            return;
-        };
-        let query = &uri[q + 1..];
-        let query = query
-            .iter()
-            .position(|&b| b == b'#')
-            .map_or(query, |h| &query[..h]);
-        for pair in query.split(|&b| b == b'&') {
-            let (name, value) = match pair.iter().position(|&b| b == b'=') {
-                Some(eq) => (&pair[..eq], Some(&pair[eq + 1..])),
-                None => (pair, None),
-            };
-            if name.is_empty() {
-                continue;
-            }
-            let start = self.decoded.len();
-            percent_decode(name, &mut self.decoded);
-            let name = start..self.decoded.len();
-            let value = value.map(|v| {
-                let start = self.decoded.len();
-                percent_decode(v, &mut self.decoded);
-                start..self.decoded.len()
-            });
-            self.args.push(Arg { name, value });
-        }
-    }
-
     /// Writes `uri_args` as OpenResty does: a repeated name becomes an array of its values,
     /// a name without `=` is `true`; names keep the order of their first appearance.
     fn write_args(&self, out: &mut Vec<u8>) {
@@ -256,6 +223,39 @@ impl Converter {
             }
         }
         out.push(b'}');
+    }
+}
+
+/// Splits and percent-decodes the query of `uri` into `args`, as
+/// `ngx.req.get_uri_args()` does: `&`-separated, `+` is a space, empty names are dropped.
+fn parse_query(uri: &[u8], decoded: &mut Vec<u8>, args: &mut Vec<Arg>) {
+    decoded.clear();
+    args.clear();
+    let Some(q) = uri.iter().position(|&b| b == b'?') else {
+        return;
+    };
+    let query = &uri[q + 1..];
+    let query = query
+        .iter()
+        .position(|&b| b == b'#')
+        .map_or(query, |h| &query[..h]);
+    for pair in query.split(|&b| b == b'&') {
+        let (name, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (&pair[..eq], Some(&pair[eq + 1..])),
+            None => (pair, None),
+        };
+        if name.is_empty() {
+            continue;
+        }
+        let start = decoded.len();
+        percent_decode(name, decoded);
+        let name = start..decoded.len();
+        let value = value.map(|v| {
+            let start = decoded.len();
+            percent_decode(v, decoded);
+            start..decoded.len()
+        });
+        args.push(Arg { name, value });
     }
 }
 

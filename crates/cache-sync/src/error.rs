@@ -29,6 +29,9 @@ pub enum Error {
         tries: u32,
         last: String,
     },
+    /// Something that should not fail did.
+    #[error("{0}")]
+    Internal(String),
     #[error("cannot serve on {addr}: {source}")]
     Listen {
         addr: String,
@@ -50,9 +53,11 @@ impl Error {
             // A wrong shared secret is a configuration mismatch between the two sides.
             Error::Refused { status: 401, .. } => exit::USAGE,
             Error::GaveUp { .. } => exit::UNREACHABLE,
-            Error::Queue(_) | Error::Cache(_) | Error::Refused { .. } | Error::Listen { .. } => {
-                exit::FAILED
-            }
+            Error::Queue(_)
+            | Error::Cache(_)
+            | Error::Refused { .. }
+            | Error::Internal(_)
+            | Error::Listen { .. } => exit::FAILED,
         }
     }
 }

@@ -191,10 +191,10 @@ impl Shipper {
             metrics::counter!("hotkeys_sync_batches_resent_total").increment(1);
         }
 
-        let compression = self.compression;
+        // Level-1 compression of a batch takes well under a millisecond: no blocking pool.
         let plain = wire::encode_batch(stream, batch.stamp, &ops);
-        let body = tokio::task::block_in_place(|| wire::compress(plain, compression))
-            .map_err(|e| Error::Config(format!("cannot compress a batch: {e}")))?;
+        let body = wire::compress(plain, self.compression)
+            .map_err(|e| Error::Internal(format!("cannot compress a batch: {e}")))?;
         let body = Bytes::from(body);
         let signature = wire::sign(&self.secret, &body);
 

@@ -42,6 +42,14 @@ impl Worker {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Whether the worker's latest assignment holds at least one partition.
+    fn owns_tasks(&self) -> bool {
+        self.log()
+            .lines()
+            .rfind(|l| l.contains("partitions assigned"))
+            .is_some_and(|l| !l.contains("tasks=[]"))
+    }
 }
 
 impl Drop for Worker {
@@ -120,7 +128,7 @@ async fn published_hot_lists_hold_the_exact_top_n_of_a_fixed_workload() {
         .values()
         .flat_map(|(l, _)| l.items.iter().cloned())
         .collect();
-    merged.sort_by(|a, b| b.count.cmp(&a.count));
+    merged.sort_by_key(|i| std::cmp::Reverse(i.count));
     merged.truncate(50);
     for item in &merged {
         let truth = exact[&item.key];
@@ -192,10 +200,15 @@ async fn flash_crowd_key_enters_its_task_list_on_the_next_publish() {
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_worker_hands_its_tasks_over_without_losing_or_double_counting() {
     let t = topology("handover", 6);
-    let first = zipf_keys(60_000, 5_000, 1.0, 21);
-    testing::produce(&t, first.iter().map(|k| Record::openresty(k))).await;
     let file = testing::write_topology(&t);
     let mut workers: Vec<Worker> = (0..3).map(|_| Worker::start(&file, &[], &[])).collect();
+    // The group settles before any event flows, so every worker publishes some tasks.
+    eventually(60, "every worker to own partitions", || async {
+        workers.iter().all(|w| w.owns_tasks()).then_some(())
+    })
+    .await;
+    let first = zipf_keys(60_000, 5_000, 1.0, 21);
+    testing::produce(&t, first.iter().map(|k| Record::openresty(k))).await;
     let zk = Zk::connect(&t).await.expect("zk");
     let before = caught_up(&zk, &t).await;
     let victim = workers[0].child.id();

@@ -35,7 +35,7 @@ mod seed;
 
 use std::time::Duration;
 
-use sqlx::ConnectOptions;
+use sqlx::Connection;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPoolOptions};
 
 use crate::config::MysqlConfig;
@@ -122,6 +122,11 @@ pub fn target(opts: &MySqlConnectOptions) -> String {
 
 /// Parses `mysql.url`.
 pub fn options(url: &str) -> Result<MySqlConnectOptions, MysqlError> {
+    if !(url.starts_with("mysql://") || url.starts_with("mariadb://")) {
+        return Err(MysqlError::BadUrl(
+            "expected mysql://user:password@host:port/database".into(),
+        ));
+    }
     url.parse::<MySqlConnectOptions>().map_err(|e| MysqlError::BadUrl(format!("cannot parse the URL: {e}")))
 }
 
@@ -147,7 +152,7 @@ pub async fn connect(cfg: &MysqlConfig, connect_timeout: Duration) -> Result<Poo
         }
         Ok(Ok(probe)) => {
             // Closing politely is a nicety; a failure here changes nothing for the pool.
-            let _ = sqlx::Connection::close(probe).await;
+            let _ = probe.close().await;
         }
     }
     Ok(MySqlPoolOptions::new()

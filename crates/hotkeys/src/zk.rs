@@ -300,11 +300,10 @@ impl Zk {
                 Some(zookeeper_client::MultiWriteResult::SetData { stat }) => stat.version,
                 _ => 0,
             }),
-            Err(zookeeper_client::MultiWriteError::OperationFailed { source, .. })
-                if matches!(source, ZkClientError::NodeExists | ZkClientError::BadVersion) =>
-            {
-                Err(ZkError::Fenced { path: hot_path })
-            }
+            Err(zookeeper_client::MultiWriteError::OperationFailed {
+                source: ZkClientError::NodeExists | ZkClientError::BadVersion,
+                ..
+            }) => Err(ZkError::Fenced { path: hot_path }),
             Err(e) => Err(ZkError::op(&hot_path, e.into())),
         }
     }

@@ -230,7 +230,7 @@ impl WindowCounter {
                     .map(|(b, s)| {
                         let mut entries = s.entries();
                         if entries.len() > keep {
-                            entries.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+                            entries.sort_unstable_by_key(|e| std::cmp::Reverse(e.1));
                             entries.truncate(keep);
                         }
                         CheckpointBucket {

@@ -85,7 +85,7 @@ pub(crate) type Origin = (String, String);
 /// The origin of a result column, if it is a plain table column.
 pub(crate) fn origin(column: &MySqlColumn) -> Option<Origin> {
     match column.origin() {
-        sqlx::column::ColumnOrigin::Table(t) => Some((t.table.to_string(), t.name.to_string())),
+        sqlx::ColumnOrigin::Table(t) => Some((t.table.to_string(), t.name.to_string())),
         _ => None,
     }
 }
@@ -223,10 +223,6 @@ fn write_value(out: &mut String, kind: Kind, value: MySqlValueRef<'_>) -> Result
         out.push_str("null");
         return Ok(());
     }
-    let text = |value: MySqlValueRef<'_>| -> Result<&str, Reason> {
-        let bytes = <&[u8] as Decode<MySql>>::decode(value).map_err(|e| e.to_string())?;
-        std::str::from_utf8(bytes).map_err(|_| "not valid UTF-8".to_string())
-    };
     match kind {
         Kind::Null => out.push_str("null"),
         Kind::Signed => {
@@ -272,6 +268,11 @@ fn write_value(out: &mut String, kind: Kind, value: MySqlValueRef<'_>) -> Result
         }
     }
     Ok(())
+}
+
+fn text(value: MySqlValueRef<'_>) -> Result<&str, Reason> {
+    let bytes = <&[u8] as Decode<MySql>>::decode(value).map_err(|e| e.to_string())?;
+    std::str::from_utf8(bytes).map_err(|_| "not valid UTF-8".to_string())
 }
 
 fn write_float(out: &mut String, finite: bool, text: &str) -> Result<(), Reason> {

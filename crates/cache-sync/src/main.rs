@@ -1,0 +1,69 @@
+//! `cache-sync`: see the library crate for what it does.
+
+use std::process::ExitCode;
+
+use cache_sync::{Cli, Command};
+use clap::Parser;
+use hotkeys::{Topology, exit};
+
+fn main() -> ExitCode {
+    hotkeys::telemetry::init_logs();
+    let cli = Cli::parse();
+    if let Command::Ring {
+        algorithm,
+        hash,
+        nodes,
+        keys,
+    } = &cli.command
+    {
+        return match cache_sync::commands::ring((*algorithm).into(), (*hash).into(), nodes, keys) {
+            Ok(()) => code(exit::OK),
+            Err(e) => {
+                let c = e.exit_code();
+                fail(&e.into(), c)
+            }
+        };
+    }
+    let mut topology = match Topology::load(&cli.topology) {
+        Ok(t) => t,
+        Err(e) => return fail(&e.into(), exit::USAGE),
+    };
+    cli.apply_overrides(&mut topology);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return fail(
+                &anyhow::Error::new(e).context("cannot start the async runtime"),
+                exit::FAILED,
+            );
+        }
+    };
+    let result = runtime.block_on(async {
+        if let Some(addr) = cli.metrics {
+            hotkeys::telemetry::serve_metrics(addr)
+                .map_err(|e| cache_sync::Error::Config(format!("--metrics {addr}: {e}")))?;
+        }
+        let shutdown = hotkeys::shutdown::on_signals();
+        cache_sync::run(cli.command, topology, shutdown).await
+    });
+    match result {
+        Ok(()) => code(exit::OK),
+        Err(e) => {
+            let c = e.exit_code();
+            fail(&e.into(), c)
+        }
+    }
+}
+
+fn fail(e: &anyhow::Error, c: i32) -> ExitCode {
+    tracing::error!("{e:#}");
+    code(c)
+}
+
+fn code(c: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(c).unwrap_or(1))
+}

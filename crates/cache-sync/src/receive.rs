@@ -1,0 +1,459 @@
+//! `cache-sync receive`: the HTTP endpoint that applies batches to this data centre's cache.
+//!
+//! A request is checked whole before anything is applied — size, signature, encoding, every
+//! operation — so a refused request changes nothing. A batch is applied only if its stamp is
+//! the next one of its stream. Per stream, a Redis hash on the home of the receiving cache
+//! (`cache-sync:stream:<stream>`) records `processing` (the stamp being applied),
+//! `processed` (the last stamp fully applied), `applied` / `applied_ops` (batch applications
+//! started, and their operations: with no receiver crash, `applied == processed`) and a
+//! lease that keeps a second receiver process off a batch being applied. A re-sent stamp is
+//! answered as a success without applying it again; a stamp that skips ahead is refused,
+//! since the shipper never skips one. A receiver that dies half-way leaves `processing`
+//! ahead of `processed`: the shipper re-sends, and the batch is applied again in full, which
+//! lands on the same final state because it is the newest batch of its stream.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header::{CONTENT_ENCODING, RETRY_AFTER};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hotkeys::Topology;
+use hotkeys::cache::{CacheNodes, RedisConn, Write};
+use hotkeys::shutdown::CancellationToken;
+use hotkeys::sync_queue::{Op, QueuedOp, now_ms};
+use redis::Script;
+
+use crate::error::Error;
+use crate::wire::{self, BatchReply, BatchRequest, DecodeError, ErrorReply, Outcome};
+
+/// Starts applying a stamp if it is the next one and no other receiver holds the stream.
+///
+/// KEYS: the stream hash. ARGV: stamp, operations, now (ms), lease end (ms), owner.
+/// Returns {0 duplicate | 1 go | 2 gap | 3 busy, processed}.
+const BEGIN_SCRIPT: &str = r"
+local processed = tonumber(redis.call('HGET', KEYS[1], 'processed') or '0')
+local stamp = tonumber(ARGV[1])
+if stamp <= processed then return {0, processed} end
+if stamp > processed + 1 then return {2, processed} end
+local owner = redis.call('HGET', KEYS[1], 'owner')
+local lease_end = tonumber(redis.call('HGET', KEYS[1], 'lease_end') or '0')
+if owner and owner ~= ARGV[5] and lease_end > tonumber(ARGV[3]) then return {3, processed} end
+redis.call('HSET', KEYS[1], 'processing', ARGV[1], 'owner', ARGV[5], 'lease_end', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'applied', 1)
+redis.call('HINCRBY', KEYS[1], 'applied_ops', ARGV[2])
+return {1, processed}
+";
+
+/// Marks a stamp fully applied. KEYS: the stream hash. ARGV: stamp, now (ms).
+/// Returns 1, or 0 if the stamp is no longer the next one (another receiver finished it).
+const COMMIT_SCRIPT: &str = r"
+local processed = tonumber(redis.call('HGET', KEYS[1], 'processed') or '0')
+if tonumber(ARGV[1]) ~= processed + 1 then return 0 end
+redis.call('HSET', KEYS[1], 'processed', ARGV[1], 'updated_ms', ARGV[2])
+redis.call('HDEL', KEYS[1], 'owner', 'lease_end')
+return 1
+";
+
+/// The Redis hash holding the state of `stream` on the receiving side.
+pub fn stream_key(stream: &str) -> String {
+    format!("cache-sync:stream:{stream}")
+}
+
+/// The receiving side's record of one stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamState {
+    pub processing: u64,
+    pub processed: u64,
+    /// Batch applications started; equal to `processed` unless a receiver died mid-batch.
+    pub applied: u64,
+    /// Operations in those applications.
+    pub applied_ops: u64,
+}
+
+/// Reads the record of `stream` (all zero for a stream never seen).
+pub async fn stream_state(conn: &RedisConn, stream: &str) -> redis::RedisResult<StreamState> {
+    let mut conn = conn.clone();
+    let (processing, processed, applied, applied_ops): (
+        Option<u64>,
+        Option<u64>,
+        Option<u64>,
+        Option<u64>,
+    ) = redis::cmd("HMGET")
+        .arg(stream_key(stream))
+        .arg(&["processing", "processed", "applied", "applied_ops"])
+        .query_async(&mut conn)
+        .await?;
+    Ok(StreamState {
+        processing: processing.unwrap_or(0),
+        processed: processed.unwrap_or(0),
+        applied: applied.unwrap_or(0),
+        applied_ops: applied_ops.unwrap_or(0),
+    })
+}
+
+/// Applies authenticated batches to the receiving cache.
+pub struct Receiver {
+    cache: CacheNodes,
+    secret: Vec<u8>,
+    max_body: usize,
+    /// How long another receiver process keeps off a batch this one is applying.
+    lease: Duration,
+    /// Names this process in stream leases.
+    owner: String,
+    /// One lock per stream: requests of one stream are applied one after the other here.
+    streams: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    begin: Script,
+    commit: Script,
+}
+
+/// A refused request: its status, a bounded metric label, and the message sent back.
+struct Refusal {
+    status: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        metrics::counter!("hotkeys_sync_requests_refused_total", "reason" => self.reason)
+            .increment(1);
+        tracing::warn!(status = self.status.as_u16(), reason = self.reason, message = %self.message, "request refused");
+        let mut response =
+            (self.status, axum::Json(ErrorReply { error: self.message })).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl Receiver {
+    /// Connects to the receiving cache: the topology's `[redis]` settings with
+    /// `sync.apply_nodes` as the nodes (when given).
+    pub async fn connect(topology: &Topology, secret: &str) -> Result<Receiver, Error> {
+        let mut redis = topology.redis.clone();
+        if !topology.sync.apply_nodes.is_empty() {
+            redis.nodes = topology.sync.apply_nodes.clone();
+        }
+        let cache = CacheNodes::connect(&redis).await?;
+        Receiver::new(cache, topology, secret)
+    }
+
+    /// A receiver applying to `cache`.
+    pub fn new(cache: CacheNodes, topology: &Topology, secret: &str) -> Result<Receiver, Error> {
+        if secret.is_empty() {
+            return Err(Error::Config(format!(
+                "no shared secret: set the environment variable {}",
+                topology.sync.secret_env
+            )));
+        }
+        Ok(Receiver {
+            cache,
+            secret: secret.as_bytes().to_vec(),
+            max_body: topology.sync.max_body,
+            // A shipper gives up on a request after `sync.timeout`; by then the batch is
+            // either applied or abandoned by a dead receiver.
+            lease: topology.sync.timeout.max(Duration::from_secs(1)),
+            owner: format!(
+                "{}:{}:{:08x}",
+                gethostname::gethostname().to_string_lossy(),
+                std::process::id(),
+                rand::random::<u32>()
+            ),
+            streams: Mutex::new(HashMap::new()),
+            begin: Script::new(BEGIN_SCRIPT),
+            commit: Script::new(COMMIT_SCRIPT),
+        })
+    }
+
+    /// The connection holding the stream records.
+    pub fn state_conn(&self) -> RedisConn {
+        self.cache.home()
+    }
+
+    /// The HTTP routes: `POST /sync` and `GET /healthz`.
+    pub fn router(self: Arc<Self>) -> Router {
+        let limit = self.max_body;
+        Router::new()
+            .route("/sync", post(handle))
+            .route("/healthz", get(|| async { "ok" }))
+            .layer(DefaultBodyLimit::max(limit))
+            .with_state(self)
+    }
+
+    async fn receive(
+        &self,
+        headers: &HeaderMap,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Result<BatchReply, Refusal> {
+        let body = body.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Refusal::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("body is larger than {} bytes", self.max_body),
+                )
+            } else {
+                Refusal::new(StatusCode::BAD_REQUEST, "malformed", rejection.body_text())
+            }
+        })?;
+        let signature = headers
+            .get(wire::SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::UNAUTHORIZED,
+                    "signature",
+                    format!("missing {} header", wire::SIGNATURE_HEADER),
+                )
+            })?;
+        if !wire::verify(&self.secret, &body, signature) {
+            return Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "signature",
+                "signature does not match the body",
+            ));
+        }
+        let encoding = match headers.get(CONTENT_ENCODING) {
+            None => None,
+            Some(v) => Some(v.to_str().map(str::to_string).map_err(|_| {
+                Refusal::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "encoding",
+                    "Content-Encoding is not text",
+                )
+            })?),
+        };
+        let limit = self.max_body;
+        // Decompressing and checking a large batch is CPU work of several milliseconds.
+        let request = tokio::task::spawn_blocking(move || decode(&body, encoding.as_deref(), limit))
+            .await
+            .map_err(|e| {
+                Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })??;
+        self.apply(request).await
+    }
+
+    async fn apply(&self, request: BatchRequest) -> Result<BatchReply, Refusal> {
+        let ops = request.ops.0;
+        let stamp = request.stamp;
+        let lock = self.stream_lock(&request.stream);
+        let _held = lock.lock().await;
+
+        let key = stream_key(&request.stream);
+        let now = now_ms();
+        let lease_end = now + self.lease.as_millis() as u64;
+        let mut conn = self.cache.home();
+        let (verdict, processed): (u8, u64) = self
+            .begin
+            .key(&key)
+            .arg(stamp)
+            .arg(ops.len())
+            .arg(now)
+            .arg(lease_end)
+            .arg(&self.owner)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_failed(e))?;
+        match verdict {
+            0 => {
+                metrics::counter!("hotkeys_sync_batches_duplicate_total").increment(1);
+                tracing::info!(stream = %request.stream, stamp, processed, "stamp already applied; acknowledged again");
+                return Ok(BatchReply {
+                    status: Outcome::Duplicate,
+                    stamp,
+                    ops: ops.len(),
+                });
+            }
+            1 => {}
+            2 => {
+                return Err(Refusal::new(
+                    StatusCode::CONFLICT,
+                    "gap",
+                    format!(
+                        "stamp {stamp} skips ahead: stream {} has processed {processed}, expects {}",
+                        request.stream,
+                        processed + 1
+                    ),
+                ));
+            }
+            _ => {
+                return Err(Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    format!("stamp {stamp} is being applied by another receiver"),
+                ));
+            }
+        }
+
+        let writes: Vec<Write<'_>> = ops.iter().map(|op| to_write(op, now)).collect();
+        self.cache.apply(&writes).await.map_err(|e| {
+            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "redis", e.to_string())
+        })?;
+        let committed: u8 = self
+            .commit
+            .key(&key)
+            .arg(stamp)
+            .arg(now_ms())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_failed(e))?;
+        if committed == 0 {
+            tracing::warn!(stream = %request.stream, stamp, "another receiver committed this stamp first");
+        }
+        metrics::counter!("hotkeys_sync_batches_applied_total").increment(1);
+        metrics::counter!("hotkeys_sync_ops_applied_total").increment(ops.len() as u64);
+        tracing::debug!(stream = %request.stream, stamp, ops = ops.len(), "batch applied");
+        Ok(BatchReply {
+            status: Outcome::Applied,
+            stamp,
+            ops: ops.len(),
+        })
+    }
+
+    fn stream_lock(&self, stream: &str) -> Arc<tokio::sync::Mutex<()>> {
+        // A poisoned map only means another request panicked while inserting: the map is
+        // still whole, so keep using it.
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        streams.entry(stream.to_string()).or_default().clone()
+    }
+
+    fn redis_failed(&self, e: redis::RedisError) -> Refusal {
+        Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "redis",
+            format!("redis {}: {e}", self.cache.home_name()),
+        )
+    }
+}
+
+async fn handle(
+    State(receiver): State<Arc<Receiver>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match receiver.receive(&headers, body).await {
+        Ok(reply) => axum::Json(reply).into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+fn decode(body: &[u8], encoding: Option<&str>, limit: usize) -> Result<BatchRequest, Refusal> {
+    let plain = wire::decompress(body, encoding, limit).map_err(|e| match e {
+        DecodeError::TooLarge(_) => Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string()),
+        DecodeError::Unsupported(_) => {
+            Refusal::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "encoding", e.to_string())
+        }
+        DecodeError::Corrupt { .. } => Refusal::new(StatusCode::BAD_REQUEST, "malformed", e.to_string()),
+    })?;
+    BatchRequest::parse(&plain).map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "malformed", e))
+}
+
+/// The cache write of an operation. The TTL runs from when the operation was queued, so
+/// both data centres expire the key together however late it arrives; a set whose TTL ran
+/// out on the way is a delete, as the key is gone at the source too. Clocks that disagree
+/// never lengthen a TTL.
+fn to_write(op: &QueuedOp, now_ms: u64) -> Write<'_> {
+    match &op.op {
+        Op::Set { key, value, ttl_ms } => {
+            let ttl = match ttl_ms {
+                None => None,
+                Some(ttl) => {
+                    let left = ttl.saturating_sub(now_ms.saturating_sub(op.at_ms));
+                    if left == 0 {
+                        return Write::Delete { key };
+                    }
+                    Some(Duration::from_millis(left))
+                }
+            };
+            Write::Set {
+                key,
+                value,
+                ttl,
+                only_if_absent: false,
+            }
+        }
+        Op::Delete { key } => Write::Delete { key },
+    }
+}
+
+/// Serves `receiver` on `listener` until `shutdown`, finishing the requests under way.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    receiver: Arc<Receiver>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    tracing::info!(%addr, "receiving");
+    axum::serve(listener, receiver.router())
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .map_err(|source| Error::Listen { addr, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ttl_ms: Option<u64>, at_ms: u64) -> QueuedOp {
+        QueuedOp {
+            op: Op::Set {
+                key: "k".into(),
+                value: b"v".to_vec(),
+                ttl_ms,
+            },
+            at_ms,
+        }
+    }
+
+    #[test]
+    fn a_ttl_runs_from_the_enqueue_time() {
+        let op = set(Some(10_000), 1_000);
+        let Write::Set { ttl, .. } = to_write(&op, 4_000) else {
+            panic!("expected a set");
+        };
+        assert_eq!(ttl, Some(Duration::from_millis(7_000)));
+    }
+
+    #[test]
+    fn a_ttl_that_ran_out_on_the_way_becomes_a_delete() {
+        assert_eq!(to_write(&set(Some(1_000), 1_000), 2_000), Write::Delete { key: "k" });
+    }
+
+    #[test]
+    fn a_receiver_clock_behind_the_sender_never_lengthens_a_ttl() {
+        let Write::Set { ttl, .. } = to_write(&set(Some(5_000), 9_000), 1_000) else {
+            panic!("expected a set");
+        };
+        assert_eq!(ttl, Some(Duration::from_millis(5_000)));
+    }
+
+    #[test]
+    fn a_set_without_ttl_keeps_no_expiry() {
+        let Write::Set { ttl, only_if_absent, .. } = to_write(&set(None, 0), 99) else {
+            panic!("expected a set");
+        };
+        assert_eq!((ttl, only_if_absent), (None, false));
+    }
+}

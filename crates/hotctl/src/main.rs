@@ -1,0 +1,81 @@
+//! `hotctl`: the operator's command line. Each subcommand group lives in its own module
+//! (`db` for the catalogue database); this file only parses arguments, loads the topology,
+//! dispatches, and turns errors into the exit codes of `hotkeys::exit`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hotkeys::Topology;
+use hotkeys::config::ConfigError;
+use hotkeys::exit;
+use hotkeys::mysql::MysqlError;
+
+mod db;
+
+#[derive(Parser)]
+#[command(name = "hotctl", version, about = "Operate a hotkeys pipeline: its database, tasks, hot lists and locks.")]
+struct Cli {
+    /// Topology file; `HOTKEYS_*` variables override its keys.
+    #[arg(long, global = true, env = "HOTKEYS_TOPOLOGY", default_value = "topology/default.toml")]
+    topology: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The product catalogue in MySQL: schema migrations and seed data.
+    #[command(subcommand)]
+    Db(db::DbCommand),
+}
+
+fn main() -> ExitCode {
+    hotkeys::telemetry::init_logs();
+    let cli = Cli::parse();
+    let topology = match Topology::load(&cli.topology) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("hotctl: {e}");
+            return ExitCode::from(exit::USAGE as u8);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hotctl: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILED as u8);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Db(cmd) => db::run(&topology, cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::from(exit::OK as u8),
+        Err(e) => {
+            eprintln!("hotctl: {e:#}");
+            ExitCode::from(exit_code(&e) as u8)
+        }
+    }
+}
+
+/// The exit code an error deserves: 3 when a dependency is unreachable, 2 for bad
+/// configuration, 1 for anything else.
+fn exit_code(e: &anyhow::Error) -> i32 {
+    for cause in e.chain() {
+        if let Some(m) = cause.downcast_ref::<MysqlError>() {
+            return match m {
+                _ if m.is_unreachable() => exit::UNREACHABLE,
+                MysqlError::BadUrl(_) | MysqlError::BadQuery(_) => exit::USAGE,
+                MysqlError::Rejected { .. } => exit::UNREACHABLE,
+                _ => exit::FAILED,
+            };
+        }
+        if cause.downcast_ref::<ConfigError>().is_some() {
+            return exit::USAGE;
+        }
+    }
+    exit::FAILED
+}
