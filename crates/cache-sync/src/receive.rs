@@ -3,14 +3,19 @@
 //! A request is checked whole before anything is applied — size, signature, encoding, every
 //! operation — so a refused request changes nothing. A batch is applied only if its stamp is
 //! the next one of its stream. Per stream, a Redis hash on the home of the receiving cache
-//! (`cache-sync:stream:<stream>`) records `processing` (the stamp being applied),
-//! `processed` (the last stamp fully applied), `applied` / `applied_ops` (batch applications
-//! started, and their operations: with no receiver crash, `applied == processed`) and a
-//! lease that keeps a second receiver process off a batch being applied. A re-sent stamp is
-//! answered as a success without applying it again; a stamp that skips ahead is refused,
-//! since the shipper never skips one. A receiver that dies half-way leaves `processing`
-//! ahead of `processed`: the shipper re-sends, and the batch is applied again in full, which
-//! lands on the same final state because it is the newest batch of its stream.
+//! (`cache-sync:stream:<stream>`) records:
+//!
+//! - `processing`: the stamp being applied; `processed`: the last stamp fully applied;
+//! - `applied` / `applied_ops`: batch applications started and their operations (with no
+//!   receiver crash, `applied == processed`); `duplicates`: re-sent stamps acknowledged
+//!   without applying them;
+//! - `owner` / `lease_end`: a lease that keeps a second receiver process off a batch being
+//!   applied (requests of one stream are serialized inside one process anyway).
+//!
+//! A re-sent stamp is answered as a success without applying it again; a stamp that skips
+//! ahead is refused, since the shipper never skips one. A receiver that dies half-way leaves
+//! `processing` ahead of `processed`: the shipper re-sends, and the batch is applied again in
+//! full, which lands on the same final state because it is the newest batch of its stream.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,7 +45,10 @@ use crate::wire::{self, BatchReply, BatchRequest, DecodeError, ErrorReply, Outco
 const BEGIN_SCRIPT: &str = r"
 local processed = tonumber(redis.call('HGET', KEYS[1], 'processed') or '0')
 local stamp = tonumber(ARGV[1])
-if stamp <= processed then return {0, processed} end
+if stamp <= processed then
+  redis.call('HINCRBY', KEYS[1], 'duplicates', 1)
+  return {0, processed}
+end
 if stamp > processed + 1 then return {2, processed} end
 local owner = redis.call('HGET', KEYS[1], 'owner')
 local lease_end = tonumber(redis.call('HGET', KEYS[1], 'lease_end') or '0')
@@ -75,26 +83,25 @@ pub struct StreamState {
     pub applied: u64,
     /// Operations in those applications.
     pub applied_ops: u64,
+    /// Re-sent stamps acknowledged without applying them.
+    pub duplicates: u64,
 }
 
 /// Reads the record of `stream` (all zero for a stream never seen).
 pub async fn stream_state(conn: &RedisConn, stream: &str) -> redis::RedisResult<StreamState> {
     let mut conn = conn.clone();
-    let (processing, processed, applied, applied_ops): (
-        Option<u64>,
-        Option<u64>,
-        Option<u64>,
-        Option<u64>,
-    ) = redis::cmd("HMGET")
+    let fields: Vec<Option<u64>> = redis::cmd("HMGET")
         .arg(stream_key(stream))
-        .arg(&["processing", "processed", "applied", "applied_ops"])
+        .arg(&["processing", "processed", "applied", "applied_ops", "duplicates"])
         .query_async(&mut conn)
         .await?;
+    let field = |i: usize| fields.get(i).copied().flatten().unwrap_or(0);
     Ok(StreamState {
-        processing: processing.unwrap_or(0),
-        processed: processed.unwrap_or(0),
-        applied: applied.unwrap_or(0),
-        applied_ops: applied_ops.unwrap_or(0),
+        processing: field(0),
+        processed: field(1),
+        applied: field(2),
+        applied_ops: field(3),
+        duplicates: field(4),
     })
 }
 

@@ -1,5 +1,5 @@
 //! `hotctl`: the operator's command line. Each subcommand group lives in its own module
-//! (`db` for the catalogue database); this file only parses arguments, loads the topology,
+//! (`db` for the catalogue database, `tasks` for what ZooKeeper holds per task); this file only parses arguments, loads the topology,
 //! dispatches, and turns errors into the exit codes of `hotkeys::exit`.
 
 use std::path::PathBuf;
@@ -10,8 +10,10 @@ use hotkeys::Topology;
 use hotkeys::config::ConfigError;
 use hotkeys::exit;
 use hotkeys::mysql::MysqlError;
+use hotkeys::zk::ZkError;
 
 mod db;
+mod tasks;
 
 #[derive(Parser)]
 #[command(name = "hotctl", version, about = "Operate a hotkeys pipeline: its database, tasks, hot lists and locks.")]
@@ -28,6 +30,14 @@ enum Command {
     /// The product catalogue in MySQL: schema migrations and seed data.
     #[command(subcommand)]
     Db(db::DbCommand),
+    /// Every task: owner, hot-list version and age, items, warmed status, lock holder.
+    Tasks(tasks::TasksArgs),
+    /// One task's hot list, or all tasks merged and sorted.
+    Hot(tasks::HotArgs),
+    /// A live view that refreshes whenever a task publishes, locks or is warmed.
+    Watch(tasks::WatchArgs),
+    /// Clear the warmed marks (--warmed) or delete the topology's whole subtree (--yes).
+    Reset(tasks::ResetArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +60,10 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Db(cmd) => db::run(&topology, cmd).await,
+            Command::Tasks(args) => tasks::tasks(&topology, args).await,
+            Command::Hot(args) => tasks::hot(&topology, args).await,
+            Command::Watch(args) => tasks::watch(&topology, args).await,
+            Command::Reset(args) => tasks::reset(&topology, args).await,
         }
     });
     match result {
@@ -70,6 +84,12 @@ fn exit_code(e: &anyhow::Error) -> i32 {
                 _ if m.is_unreachable() => exit::UNREACHABLE,
                 MysqlError::BadUrl(_) | MysqlError::BadQuery(_) => exit::USAGE,
                 MysqlError::Rejected { .. } => exit::UNREACHABLE,
+                _ => exit::FAILED,
+            };
+        }
+        if let Some(z) = cause.downcast_ref::<ZkError>() {
+            return match z {
+                ZkError::Unreachable { .. } | ZkError::Timeout => exit::UNREACHABLE,
                 _ => exit::FAILED,
             };
         }

@@ -443,9 +443,13 @@ async fn connect_node(url: &str, timeout: Duration) -> Result<ConnectionManager,
     let client = redis::Client::open(url).map_err(|e| {
         CacheError::Config(format!("redis node `{url}`: not a valid Redis URL: {e}"))
     })?;
+    // Few, quick reconnection attempts: a node that stays down should fail the command
+    // soon, and the callers (shipper, receiver, prewarm) have their own retry policies.
     let config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(timeout))
-        .set_connection_timeout(Some(timeout));
+        .set_connection_timeout(Some(timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500));
     ConnectionManager::new_with_config(client, config)
         .await
         .map_err(connect_error)

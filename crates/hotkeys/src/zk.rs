@@ -123,6 +123,25 @@ pub struct Versioned<T> {
     pub modified_ms: i64,
 }
 
+/// What ZooKeeper holds for one task.
+#[derive(Debug, Clone)]
+pub struct TaskView {
+    pub task: u32,
+    pub hot: Option<Versioned<HotList>>,
+    pub warmed: Option<Versioned<Warmed>>,
+    pub lock: Option<Versioned<LockInfo>>,
+}
+
+impl TaskView {
+    /// Whether the warmed mark covers the current hot-list version.
+    pub fn is_warm(&self) -> bool {
+        match (&self.hot, &self.warmed) {
+            (Some(hot), Some(w)) => w.value.hot_version >= i64::from(hot.version),
+            _ => false,
+        }
+    }
+}
+
 /// What a new owner of a task resumes from.
 #[derive(Debug, Clone)]
 pub struct Restorable {
@@ -352,6 +371,35 @@ impl Zk {
             },
             Err(e) => Err(ZkError::op(path, e)),
         }
+    }
+
+    /// Everything stored for every task, in task order (hotctl, the demo, prewarm's report).
+    pub async fn task_views(&self) -> Result<Vec<TaskView>, ZkError> {
+        let mut views = Vec::new();
+        for task in self.list_tasks().await? {
+            views.push(TaskView {
+                task,
+                hot: self.read_hot(task).await?,
+                warmed: self.read_warmed(task).await?,
+                lock: self.read_lock(task).await?,
+            });
+        }
+        Ok(views)
+    }
+
+    /// A persistent recursive watch on the topology's tasks: it fires on every publish,
+    /// lock and warmed mark. Events can be lost across a reconnect (ZOOKEEPER-4698), so a
+    /// watcher re-reads the whole state after every session event, not just the node named.
+    pub async fn watch_tasks(&self) -> Result<zookeeper_client::PersistentWatcher, ZkError> {
+        let path = self.layout.tasks();
+        self.client
+            .mkdir(&path, &PERSISTENT)
+            .await
+            .map_err(|e| ZkError::op(&path, e))?;
+        self.client
+            .watch(&path, zookeeper_client::AddWatchMode::PersistentRecursive)
+            .await
+            .map_err(|e| ZkError::op(&path, e))
     }
 
     /// Deletes the `warmed` marks so the next prewarm pass loads every task again.

@@ -1,0 +1,222 @@
+//! `hotctl tasks | hot | watch | reset`: what ZooKeeper holds for a topology's tasks.
+//!
+//! Tables on a terminal, JSON (`--json`) for scripts; both come from the same
+//! `hotkeys::zk::TaskView` values so they never disagree.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use comfy_table::Table;
+use hotkeys::Topology;
+use hotkeys::hotlist::{HotItem, merge, now_ms};
+use hotkeys::zk::{TaskView, Zk};
+use serde_json::json;
+
+#[derive(Args)]
+pub struct TasksArgs {
+    /// One JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct HotArgs {
+    /// Only this task; all tasks merged when absent.
+    task: Option<u32>,
+    /// Items to show.
+    #[arg(long, default_value_t = 20)]
+    top: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct WatchArgs {
+    /// Items of the merged list to show.
+    #[arg(long, default_value_t = 20)]
+    top: usize,
+    /// One JSON line per change instead of a redrawn screen.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct ResetArgs {
+    /// Delete only the `warmed` marks, so the next prewarm loads every task again.
+    #[arg(long)]
+    warmed: bool,
+    /// Required to delete the whole topology subtree (hot lists and checkpoints included).
+    #[arg(long)]
+    yes: bool,
+}
+
+pub async fn tasks(topology: &Topology, args: TasksArgs) -> anyhow::Result<()> {
+    let views = connect(topology).await?.task_views().await?;
+    if args.json {
+        let doc: Vec<_> = views.iter().map(task_json).collect();
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!("{}", tasks_table(&views));
+    }
+    Ok(())
+}
+
+pub async fn hot(topology: &Topology, args: HotArgs) -> anyhow::Result<()> {
+    let zk = connect(topology).await?;
+    let items = match args.task {
+        Some(task) => {
+            let hot = zk
+                .read_hot(task)
+                .await?
+                .with_context(|| format!("task {task} has no hot list"))?;
+            hot.value.items.into_iter().take(args.top).collect()
+        }
+        None => merged(&zk.task_views().await?, args.top),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&items)?);
+    } else {
+        println!("{}", items_table(&items));
+    }
+    Ok(())
+}
+
+pub async fn watch(topology: &Topology, args: WatchArgs) -> anyhow::Result<()> {
+    let mut zk = connect(topology).await?;
+    let mut watcher = zk.watch_tasks().await?;
+    let terminal = std::io::stdout().is_terminal() && !args.json;
+    let mut last = None;
+    loop {
+        let views = zk.task_views().await?;
+        let versions: Vec<_> = views
+            .iter()
+            .map(|v| (v.task, v.hot.as_ref().map(|h| h.version), v.is_warm(), v.lock.is_some()))
+            .collect();
+        if last.as_ref() != Some(&versions) {
+            if args.json {
+                let doc = json!({
+                    "at_ms": now_ms(),
+                    "versions": views.iter().map(|v| json!({"task": v.task, "version": v.hot.as_ref().map(|h| h.version)})).collect::<Vec<_>>(),
+                    "items": merged(&views, args.top),
+                });
+                println!("{doc}");
+            } else {
+                if terminal {
+                    print!("\x1b[2J\x1b[H");
+                }
+                println!("{}\n{}", tasks_table(&views), items_table(&merged(&views, args.top)));
+            }
+            last = Some(versions);
+        }
+        tokio::select! {
+            event = watcher.changed() => {
+                if event.session_state.is_terminated() {
+                    // The watch died with the session: open a new one and read everything.
+                    zk = zk.reconnect().await?;
+                    watcher = zk.watch_tasks().await?;
+                    last = None;
+                }
+            }
+            // A periodic re-read covers events lost across a reconnect and keeps ages fresh.
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        // Publishes of several tasks arrive together: coalesce them into one redraw.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn reset(topology: &Topology, args: ResetArgs) -> anyhow::Result<()> {
+    let zk = connect(topology).await?;
+    if args.warmed {
+        let tasks = zk.list_tasks().await?;
+        for &task in &tasks {
+            zk.clear_warmed(task).await?;
+        }
+        println!("cleared the warmed marks of {} tasks", tasks.len());
+        return Ok(());
+    }
+    if !args.yes {
+        bail!(
+            "this deletes every hot list and checkpoint of `{}`; add --yes, or use --warmed",
+            topology.name
+        );
+    }
+    zk.delete_all().await?;
+    println!("deleted {}", zk.layout().base());
+    Ok(())
+}
+
+async fn connect(topology: &Topology) -> anyhow::Result<Zk> {
+    Ok(Zk::connect(topology).await?)
+}
+
+fn merged(views: &[TaskView], n: usize) -> Vec<HotItem> {
+    merge(views.iter().filter_map(|v| v.hot.as_ref().map(|h| &h.value)), n)
+}
+
+fn task_json(v: &TaskView) -> serde_json::Value {
+    json!({
+        "task": v.task,
+        "owner": v.hot.as_ref().and_then(|h| h.value.owner.clone()),
+        "version": v.hot.as_ref().map(|h| h.version),
+        "offset": v.hot.as_ref().map(|h| h.value.offset),
+        "age_ms": v.hot.as_ref().map(|h| now_ms() - h.value.generated_at_ms),
+        "items": v.hot.as_ref().map(|h| h.value.items.len()),
+        "events": v.hot.as_ref().map(|h| h.value.events),
+        "exact": v.hot.as_ref().and_then(|h| h.value.exact),
+        "warmed": v.warmed.as_ref().map(|w| &w.value),
+        "warm": v.is_warm(),
+        "lock": v.lock.as_ref().map(|l| &l.value),
+    })
+}
+
+fn tasks_table(views: &[TaskView]) -> Table {
+    let mut table = Table::new();
+    table.set_header([
+        "task", "owner", "version", "age", "items", "events", "warmed", "lock",
+    ]);
+    for v in views {
+        let hot = v.hot.as_ref();
+        let warmed = match (&v.warmed, v.is_warm()) {
+            (None, _) => "-".to_string(),
+            (Some(w), true) => format!("v{} ({} rows)", w.value.hot_version, w.value.rows),
+            (Some(w), false) => format!("stale (v{})", w.value.hot_version),
+        };
+        table.add_row([
+            v.task.to_string(),
+            hot.and_then(|h| h.value.owner.clone()).unwrap_or("-".into()),
+            hot.map_or("-".into(), |h| h.version.to_string()),
+            hot.map_or("-".into(), |h| age(now_ms() - h.value.generated_at_ms)),
+            hot.map_or("-".into(), |h| h.value.items.len().to_string()),
+            hot.map_or("-".into(), |h| h.value.events.to_string()),
+            warmed,
+            v.lock.as_ref().map_or("-".into(), |l| l.value.holder()),
+        ]);
+    }
+    table
+}
+
+fn items_table(items: &[HotItem]) -> Table {
+    let mut table = Table::new();
+    table.set_header(["rank", "key", "count", "± error"]);
+    for (i, item) in items.iter().enumerate() {
+        table.add_row([
+            (i + 1).to_string(),
+            item.key.clone(),
+            item.count.to_string(),
+            item.error.map_or("-".into(), |e| e.to_string()),
+        ]);
+    }
+    table
+}
+
+fn age(ms: i64) -> String {
+    match ms.max(0) {
+        ms if ms < 10_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        ms if ms < 3_600_000 => format!("{}s", ms / 1000),
+        ms => format!("{}h", ms / 3_600_000),
+    }
+}
