@@ -32,6 +32,10 @@ pub struct Cli {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
     #[arg(long, global = true, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// Kafka producer clients publishing in parallel, each owning a share of the partitions
+    /// (per-key order is kept); 1 leaves placement to the configured partitioner.
+    #[arg(long, global = true, value_name = "N", default_value_t = 2, value_parser = producers)]
+    pub producers: usize,
     #[command(subcommand)]
     pub mode: Mode,
 }
@@ -100,6 +104,13 @@ pub struct SyntheticArgs {
     /// `-` is stdout.
     #[arg(long, value_name = "FILE")]
     pub write: Option<PathBuf>,
+}
+
+fn producers(s: &str) -> Result<usize, String> {
+    match s.parse() {
+        Ok(n @ 1..=64) => Ok(n),
+        _ => Err("expected 1 to 64".into()),
+    }
 }
 
 impl Cli {
@@ -175,6 +186,7 @@ mod tests {
             &["access-producer", "synthetic", "--rate", "-1"],
             &["access-producer", "replay", "--format", "csv"],
             &["access-producer", "--partitions", "0", "replay"],
+            &["access-producer", "--producers", "0", "replay"],
         ] {
             let err = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(err.exit_code(), hotkeys::exit::USAGE, "{args:?}");

@@ -55,6 +55,7 @@ pub async fn run(cli: Cli, topology: Topology, shutdown: CancellationToken) -> R
     let output = Output {
         quiet: cli.quiet,
         metrics: cli.metrics.is_some(),
+        producers: cli.producers,
     };
     if let Some(addr) = cli.metrics {
         hotkeys::telemetry::serve_metrics(addr).map_err(|e| Error::Metrics(e.to_string()))?;
@@ -111,11 +112,13 @@ impl Target {
     }
 }
 
-/// What a run reports besides its result.
+/// How a run publishes and reports, besides what it publishes.
 #[derive(Debug, Clone, Copy)]
 struct Output {
     quiet: bool,
     metrics: bool,
+    /// librdkafka clients publishing in parallel.
+    producers: usize,
 }
 
 /// Opens the target, runs `work` on a blocking thread, flushes, and summarises.
@@ -128,13 +131,19 @@ async fn publish<F>(
     work: F,
 ) -> Result<Summary, Error>
 where
-    F: FnOnce(&mut dyn Sink, &Stats, &CancellationToken) -> Result<(), Error> + Send + 'static,
+    F: FnOnce(&mut dyn Sink, &Arc<Stats>, &CancellationToken) -> Result<(), Error> + Send + 'static,
 {
     let stats = Arc::new(Stats::default());
     let (mut sink, label): (Box<dyn Sink>, String) = match &target {
         Target::Kafka(kafka) => {
-            prepare_topic(kafka).await?;
-            let sink = KafkaSink::new(kafka, Arc::clone(&stats), shutdown.clone())?;
+            let partitions = prepare_topic(kafka).await?;
+            let sink = KafkaSink::new(
+                kafka,
+                Some(partitions),
+                output.producers,
+                Arc::clone(&stats),
+                shutdown.clone(),
+            )?;
             (Box::new(sink), format!("topic {}", kafka.topic))
         }
         Target::File(path) => {
@@ -173,12 +182,13 @@ where
     Ok(summary)
 }
 
-/// Makes sure the topic exists with the topology's partitions, and says what it found.
-async fn prepare_topic(kafka: &KafkaConfig) -> Result<(), Error> {
+/// Makes sure the topic exists with the topology's partitions, says what it found, and
+/// returns its partition count.
+async fn prepare_topic(kafka: &KafkaConfig) -> Result<usize, Error> {
     match hotkeys::kafka::ensure_topic(kafka).await {
         Ok(TopicState::Created) => {
             tracing::info!(topic = %kafka.topic, partitions = kafka.partitions, "created the topic");
-            Ok(())
+            Ok(kafka.partitions as usize)
         }
         Ok(TopicState::Exists { partitions }) if partitions != kafka.partitions as usize => {
             tracing::warn!(
@@ -187,11 +197,11 @@ async fn prepare_topic(kafka: &KafkaConfig) -> Result<(), Error> {
                 configured = kafka.partitions,
                 "the topic exists with another partition count than the topology's; using it as it is"
             );
-            Ok(())
+            Ok(partitions)
         }
         Ok(TopicState::Exists { partitions }) => {
             tracing::info!(topic = %kafka.topic, partitions, "publishing to the existing topic");
-            Ok(())
+            Ok(partitions)
         }
         Err(error @ (KafkaError::MetadataFetch(_) | KafkaError::ClientCreation(_))) => {
             Err(Error::Unreachable {

@@ -3,10 +3,10 @@
 //! The Kafka sink uses a `BaseProducer` polled from the publishing thread itself. A
 //! `FutureProducer` would allocate a oneshot channel and a boxed future per message, and a
 //! `ThreadedProducer` adds a polling thread that competes for the two cores with the broker;
-//! here delivery reports are served in batches between sends and just bump counters. The
+//! here the few delivery reports (failures only) are served between sends. The
 //! number of messages in flight is bounded by librdkafka's queue
-//! (`queue.buffering.max.messages`): when it is full, the sender serves delivery reports
-//! until there is room, so memory stays bounded whatever the input rate.
+//! (`queue.buffering.max.messages`): when it is full, the sender waits until acknowledgements
+//! make room, so memory stays bounded whatever the input rate.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -30,8 +30,7 @@ use rdkafka::util::Timeout;
 use crate::error::Error;
 use crate::report::Stats;
 
-/// Sends between two polls for delivery reports: often enough that reports never pile up
-/// (a full report queue holds messages in librdkafka's count), rarely enough to cost nothing.
+/// Sends between two polls for delivery reports and updates of the delivered count.
 const POLL_EVERY: u32 = 256;
 
 /// What became of one event handed to a sink.
@@ -86,24 +85,27 @@ impl ProducerContext for Delivery {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => {
-                self.stats.delivered.fetch_add(1, Relaxed);
-            }
-            Err((error, message)) => self.stats.delivery_failed(|| {
+        // Successes are not counted here (see `KafkaSink::account`); with the default
+        // `delivery.report.only.error` they are not even reported.
+        if let Err((error, message)) = result {
+            self.stats.delivery_failed(|| {
                 format!(
                     "{error} (partition {}, key {})",
                     message.partition(),
                     String::from_utf8_lossy(message.key().unwrap_or_default())
                 )
-            }),
+            });
         }
     }
 }
 
 /// Publishes to the topology's topic.
 pub struct KafkaSink {
-    producer: BaseProducer<Delivery>,
+    /// Independent librdkafka clients, each owning the partitions `p % len == index`.
+    clients: Vec<BaseProducer<Delivery>>,
+    /// Partition count when this sink places messages itself; `None` leaves placement to
+    /// librdkafka's configured partitioner (then there is one client).
+    placement: Option<i32>,
     topic: String,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
@@ -111,42 +113,129 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
-    /// Creates the producer from the topology's tuning and `[kafka.producer]` passthrough.
-    pub fn new(kafka: &KafkaConfig, stats: Arc<Stats>, shutdown: CancellationToken) -> Result<KafkaSink, Error> {
-        let producer = hotkeys::kafka::producer_config(kafka)
-            .set_log_level(RDKafkaLogLevel::Warning)
-            .create_with_context(Delivery {
-                stats: Arc::clone(&stats),
+    /// Creates the clients from the topology's tuning and `[kafka.producer]` passthrough.
+    ///
+    /// A librdkafka client serves all partitions of a broker from one thread, which builds,
+    /// compresses and acknowledges every batch; with one broker that thread becomes the
+    /// bottleneck. With `clients > 1` and `partitions` known, messages are placed here with
+    /// the same murmur2 hash as the configured `murmur2_random` partitioner, and each client
+    /// gets a fixed share of the partitions. A key still maps to one partition and so to one
+    /// client, which keeps per-key order. An operator-chosen partitioner other than murmur2
+    /// turns this off.
+    pub fn new(
+        kafka: &KafkaConfig,
+        partitions: Option<usize>,
+        clients: usize,
+        stats: Arc<Stats>,
+        shutdown: CancellationToken,
+    ) -> Result<KafkaSink, Error> {
+        let mut config = hotkeys::kafka::producer_config(kafka);
+        if !kafka.producer.contains_key("delivery.report.only.error") {
+            // A report per delivered message costs the sending thread about a fifth of its
+            // time; successes are derived from the counts instead (see `account`).
+            config.set("delivery.report.only.error", "true");
+        }
+        config.set_log_level(RDKafkaLogLevel::Warning);
+        let murmur2 = matches!(
+            config.get("partitioner"),
+            Some("murmur2_random" | "murmur2")
+        );
+        let placement = partitions
+            .filter(|&p| murmur2 && clients > 1 && p > 1)
+            .and_then(|p| i32::try_from(p).ok());
+        let count = match placement {
+            Some(p) => clients.min(p as usize),
+            None => 1,
+        };
+        let clients = (0..count)
+            .map(|_| {
+                config.create_with_context(Delivery {
+                    stats: Arc::clone(&stats),
+                })
             })
+            .collect::<Result<Vec<_>, _>>()
             .map_err(Error::ProducerConfig)?;
         Ok(KafkaSink {
-            producer,
+            clients,
+            placement,
             topic: kafka.topic.clone(),
             stats,
             shutdown,
             until_poll: POLL_EVERY,
         })
     }
+
+    /// Serves pending reports and updates the delivered count: every message sent that is
+    /// neither in flight nor failed has been acknowledged. Exact once the queues are empty.
+    fn account(&self) {
+        let mut in_flight = 0u64;
+        for c in &self.clients {
+            c.poll(Duration::ZERO);
+            in_flight += u64::try_from(c.in_flight_count()).unwrap_or(0);
+        }
+        let sent = self.stats.sent.load(Relaxed);
+        let failed = self.stats.failed.load(Relaxed);
+        self.stats
+            .delivered
+            .store(sent.saturating_sub(failed + in_flight), Relaxed);
+    }
+}
+
+/// The partition of `key` among `partitions`, as Kafka's Java client and librdkafka's
+/// `murmur2_random` partitioner compute it.
+pub fn murmur2_partition(key: &[u8], partitions: i32) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ key.len() as u32;
+    let chunks = key.chunks_exact(4);
+    let tail = chunks.remainder();
+    for c in chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    match *tail {
+        [a, b, c] => h = (h ^ u32::from(c) << 16 ^ u32::from(b) << 8 ^ u32::from(a)).wrapping_mul(M),
+        [a, b] => h = (h ^ u32::from(b) << 8 ^ u32::from(a)).wrapping_mul(M),
+        [a] => h = (h ^ u32::from(a)).wrapping_mul(M),
+        _ => {}
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    ((h & 0x7fff_ffff) % partitions as u32) as i32
 }
 
 impl Sink for KafkaSink {
     fn send(&mut self, key: &[u8], payload: &[u8]) -> Result<Sent, Error> {
+        let partition = self.placement.map(|n| murmur2_partition(key, n));
+        let client = match partition {
+            Some(p) => &self.clients[p as usize % self.clients.len()],
+            None => &self.clients[0],
+        };
         loop {
-            let record = BaseRecord::to(&self.topic).key(key).payload(payload);
-            match self.producer.send(record) {
+            let mut record = BaseRecord::to(&self.topic).key(key).payload(payload);
+            if let Some(p) = partition {
+                record = record.partition(p);
+            }
+            match client.send(record) {
                 Ok(()) => break,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     if self.shutdown.is_cancelled() {
                         return Ok(Sent::Cancelled);
                     }
-                    // Serves delivery reports, which is what frees room in the queue.
-                    self.producer.poll(Duration::from_millis(1));
+                    // Acknowledgements free room; this waits a little for them.
+                    client.poll(Duration::from_millis(1));
                 }
-                Err((KafkaError::MessageProduction(
-                    code @ (RDKafkaErrorCode::MessageSizeTooLarge
-                    | RDKafkaErrorCode::InvalidMessageSize
-                    | RDKafkaErrorCode::InvalidMessage),
-                ), _)) => return Ok(Sent::Rejected(code)),
+                Err((
+                    KafkaError::MessageProduction(
+                        code @ (RDKafkaErrorCode::MessageSizeTooLarge
+                        | RDKafkaErrorCode::InvalidMessageSize
+                        | RDKafkaErrorCode::InvalidMessage),
+                    ),
+                    _,
+                )) => return Ok(Sent::Rejected(code)),
                 Err((e, _)) => return Err(Error::Produce(e)),
             }
         }
@@ -154,20 +243,23 @@ impl Sink for KafkaSink {
         self.until_poll -= 1;
         if self.until_poll == 0 {
             self.until_poll = POLL_EVERY;
-            self.producer.poll(Duration::ZERO);
+            self.account();
         }
         Ok(Sent::Queued)
     }
 
     fn idle(&mut self) {
-        self.producer.poll(Duration::ZERO);
+        self.account();
     }
 
     fn finish(&mut self) -> Result<(), Error> {
         // librdkafka fails what it cannot deliver within message.timeout.ms, so this ends;
         // an impatient operator's second signal exits at once.
-        let flushed = self.producer.flush(Timeout::Never);
-        self.producer.poll(Duration::ZERO);
+        let mut flushed = Ok(());
+        for c in &self.clients {
+            flushed = flushed.and(c.flush(Timeout::Never));
+        }
+        self.account();
         flushed.map_err(Error::Produce)
     }
 }
@@ -245,5 +337,28 @@ impl Sink for FileSink {
             other => other.writer().flush(),
         };
         done.map_err(|e| self.error(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hashes and partitions published with Kafka's own `Utils.murmur2` tests.
+    #[test]
+    fn murmur2_matches_the_java_client() {
+        let to_partition = |h: i32, n: i32| ((h as u32 & 0x7fff_ffff) % n as u32) as i32;
+        for (key, java) in [
+            ("21", -973_932_308),
+            ("foobar", -790_332_482),
+            ("a-little-bit-long-string", -985_981_536),
+            ("a-little-bit-longer-string", -1_486_304_829),
+            ("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            ("abc", 479_470_107),
+        ] {
+            for n in [1, 6, 7, 100] {
+                assert_eq!(murmur2_partition(key.as_bytes(), n), to_partition(java, n), "{key} % {n}");
+            }
+        }
     }
 }

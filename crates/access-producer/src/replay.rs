@@ -1,16 +1,21 @@
 //! `replay`: access events from files or stdin, published in input order.
 //!
-//! A reader thread does the I/O and gzip decoding and hands over chunks of whole lines
-//! (about 1 MiB each, recycled) to the publishing thread, which splits, decodes and sends
-//! them. The split keeps decompression off the publishing core, and lets the publishing
-//! thread wait for input with a timeout: a blocked `read` on stdin (`tail -F … | replay -`)
-//! neither delays shutdown nor stalls delivery reports.
+//! Two threads share the work. The input thread reads (and un-gzips) the sources into
+//! ~1 MiB batches of whole lines and decodes them: format detection, key extraction, nginx
+//! conversion, counting and sampling what it skips. The publishing thread only hands the
+//! decoded events to the sink. Decoding is a third of the per-event cost and librdkafka's
+//! `produce` most of the rest, so the split lets them use both cores; batches (and their
+//! buffers, which are recycled) keep the hand-over cost per event near zero. Waiting for a
+//! batch with a timeout also means a blocked read on stdin (`tail -F … | replay -`) neither
+//! delays shutdown nor stalls the producer's housekeeping.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufReader, Read};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::time::Duration;
 
 use flate2::read::MultiGzDecoder;
@@ -21,16 +26,18 @@ use crate::format::{BadKind, Decoded, Decoder};
 use crate::publish::{Sent, Sink};
 use crate::report::Stats;
 
-/// Bytes a chunk is filled to before it is handed over.
+/// Bytes of input a batch is filled to before it is decoded and handed over.
 const CHUNK: usize = 1 << 20;
 /// A line longer than this is handed over in pieces (each then counts as malformed) rather
 /// than buffered without bound.
 const MAX_LINE: usize = 16 << 20;
-/// Chunks in flight between the reader and the publisher.
-const CHUNKS_IN_FLIGHT: usize = 4;
-/// How long the publisher waits for input before serving delivery reports and checking
-/// for shutdown.
+/// Batches in flight between the input thread and the publisher.
+const BATCHES_IN_FLIGHT: usize = 4;
+/// How long the publisher waits for input before doing the producer's housekeeping and
+/// checking for shutdown.
 const INPUT_WAIT: Duration = Duration::from_millis(100);
+/// Bytes of a line quoted in a `--strict` error.
+const QUOTE: usize = 160;
 
 /// The bytes that start a gzip stream.
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
@@ -81,92 +88,257 @@ impl Source {
     /// A reader of the decoded bytes: gzip is recognised by its magic bytes, whatever the
     /// file is called (rotated logs are often `access.log.1.gz` or have no suffix at all).
     fn reader(self) -> io::Result<Box<dyn Read>> {
-        let raw: Box<dyn Read> = match self.input {
+        let mut raw: Box<dyn Read> = match self.input {
             Input::File(f) => Box::new(f),
             Input::Stdin => Box::new(io::stdin().lock()),
         };
-        let mut buffered = BufReader::with_capacity(256 * 1024, raw);
-        let head = buffered.fill_buf()?;
-        if head.starts_with(&GZIP_MAGIC) {
+        // Sniffed by hand rather than through a BufReader, which would copy every byte of
+        // a plain file once more on its way into the batch.
+        let mut head = Vec::with_capacity(GZIP_MAGIC.len());
+        raw.by_ref()
+            .take(GZIP_MAGIC.len() as u64)
+            .read_to_end(&mut head)?;
+        let gzip = head == GZIP_MAGIC;
+        let whole = io::Cursor::new(head).chain(raw);
+        if gzip {
             // Multi-member: concatenated .gz files (logrotate, `cat a.gz b.gz`) decode whole.
-            Ok(Box::new(MultiGzDecoder::new(buffered)))
+            Ok(Box::new(MultiGzDecoder::new(BufReader::with_capacity(
+                256 * 1024,
+                whole,
+            ))))
         } else {
-            Ok(Box::new(buffered))
+            Ok(Box::new(whole))
         }
     }
 }
 
-/// A message from the reader thread.
-enum Chunk {
-    /// Whole lines of source `source` (the last chunk of a source may lack its final `\n`).
-    Lines { source: usize, data: Vec<u8> },
-    Failed { source: usize, error: io::Error },
+/// Where a piece of an event lives in its batch.
+#[derive(Debug, Clone)]
+enum Span {
+    /// In the input bytes: a JSON line, or a key borrowed from it.
+    Input(Range<usize>),
+    /// In the batch's own output: a converted nginx event, or an unescaped key.
+    Output(Range<usize>),
 }
 
-/// Reads every source in order into chunks that end at a line boundary.
-fn read_sources(sources: Vec<Source>, chunks: &SyncSender<Chunk>, free: &Receiver<Vec<u8>>) {
-    for (index, source) in sources.into_iter().enumerate() {
-        let fail = |error| {
-            let _ = chunks.send(Chunk::Failed {
-                source: index,
-                error,
-            });
-        };
+/// One decoded event of a batch.
+#[derive(Debug, Clone)]
+struct Event {
+    key: Span,
+    payload: Span,
+    line: u64,
+}
+
+/// Decoded lines of one source, ready to publish; recycled once published.
+#[derive(Debug, Default)]
+struct Batch {
+    source: usize,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    events: Vec<Event>,
+}
+
+impl Batch {
+    fn get(&self, span: &Span) -> &[u8] {
+        match span {
+            Span::Input(r) => &self.input[r.clone()],
+            Span::Output(r) => &self.output[r.clone()],
+        }
+    }
+}
+
+/// A message from the input thread.
+enum Msg {
+    Batch(Batch),
+    Failed {
+        source: usize,
+        line: u64,
+        error: io::Error,
+    },
+    /// `--strict` met a malformed line; everything before it was in earlier batches.
+    Strict(Error),
+}
+
+/// What the input thread needs besides the sources.
+struct InputThread {
+    decoder: Decoder,
+    strict: bool,
+    stats: Arc<Stats>,
+    names: Vec<String>,
+    batches: SyncSender<Msg>,
+    free: Receiver<Batch>,
+}
+
+impl InputThread {
+    /// Reads every source in order into batches of whole lines, decodes and hands them over.
+    fn run(mut self, sources: Vec<Source>) {
+        for (index, source) in sources.into_iter().enumerate() {
+            if !self.read_source(index, source) {
+                return;
+            }
+        }
+    }
+
+    /// False when the publisher is gone or the input thread must stop.
+    fn read_source(&mut self, index: usize, source: Source) -> bool {
+        let mut line_no = 0u64;
+        let eager = matches!(source.input, Input::Stdin);
         let mut reader = match source.reader() {
             Ok(r) => r,
-            Err(e) => return fail(e),
+            Err(error) => return self.fail(index, line_no, error),
         };
         let mut carry: Vec<u8> = Vec::new();
         loop {
-            let mut buf = free.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK + 64 * 1024));
-            buf.clear();
-            buf.append(&mut carry);
-            let eof = match fill(&mut reader, &mut buf) {
+            let mut batch = self.free.try_recv().unwrap_or_default();
+            batch.source = index;
+            batch.input.clear();
+            batch.input.append(&mut carry);
+            let eof = match fill(&mut reader, &mut batch.input, eager) {
                 Ok(eof) => eof,
-                Err(e) => return fail(e),
+                Err(error) => return self.fail(index, line_no, error),
             };
             if !eof {
-                // Hand over whole lines only; the partial last line starts the next chunk.
-                match memchr::memrchr(b'\n', &buf) {
-                    Some(nl) => carry.extend_from_slice(&buf[nl + 1..]),
-                    None if buf.len() < MAX_LINE => {
-                        carry = buf;
+                // Decode whole lines only; the partial last line starts the next batch.
+                match memchr::memrchr(b'\n', &batch.input) {
+                    Some(nl) => carry.extend_from_slice(&batch.input[nl + 1..]),
+                    None if batch.input.len() < MAX_LINE => {
+                        std::mem::swap(&mut carry, &mut batch.input);
                         continue;
                     }
                     None => {}
                 }
-                let keep = buf.len() - carry.len();
-                buf.truncate(keep);
+                let keep = batch.input.len() - carry.len();
+                batch.input.truncate(keep);
             }
-            if !buf.is_empty()
-                && chunks
-                    .send(Chunk::Lines {
-                        source: index,
-                        data: buf,
-                    })
-                    .is_err()
-            {
-                return; // The publisher has stopped.
+            let strict = self.decode(&mut batch, &mut line_no);
+            let sent = batch.events.is_empty() || self.batches.send(Msg::Batch(batch)).is_ok();
+            if let Some(e) = strict {
+                let _ = self.batches.send(Msg::Strict(e));
+                return false;
+            }
+            if !sent {
+                return false;
             }
             if eof {
-                break;
+                return true;
             }
         }
     }
+
+    /// Decodes the lines of `batch.input` into its events; under `--strict`, stops at the
+    /// first malformed line and returns the error to report after the events before it.
+    fn decode(&mut self, batch: &mut Batch, line_no: &mut u64) -> Option<Error> {
+        let Batch {
+            source,
+            input,
+            output,
+            events,
+        } = batch;
+        output.clear();
+        events.clear();
+        let name = &self.names[*source];
+        let mut lines = 0;
+        let mut rest = &input[..];
+        let mut result = None;
+        while !rest.is_empty() {
+            let (mut line, next) = match memchr::memchr(b'\n', rest) {
+                Some(nl) => (&rest[..nl], &rest[nl + 1..]),
+                None => (rest, &rest[rest.len()..]),
+            };
+            rest = next;
+            *line_no += 1;
+            lines += 1;
+            if let Some(l) = line.strip_suffix(b"\r") {
+                line = l;
+            }
+            if *line_no == 1
+                && let Some(l) = line.strip_prefix(b"\xef\xbb\xbf")
+            {
+                line = l;
+            }
+            let at = || format!("{name}:{line_no}");
+            let kind = match self.decoder.decode(line) {
+                Decoded::Event { key, payload } => {
+                    events.push(Event {
+                        key: locate(input, output, key),
+                        payload: locate(input, output, payload),
+                        line: *line_no,
+                    });
+                    continue;
+                }
+                Decoded::Blank => {
+                    self.stats.blank.fetch_add(1, Relaxed);
+                    continue;
+                }
+                Decoded::NoKey => {
+                    self.stats.keyless(at, line);
+                    continue;
+                }
+                Decoded::Bad(kind) => kind,
+            };
+            self.stats.bad_line(at, kind.describe(), line);
+            if self.strict {
+                result = Some(strict_error(at(), kind, line));
+                break;
+            }
+        }
+        self.stats.read.fetch_add(lines, Relaxed);
+        result
+    }
+
+    fn fail(&self, source: usize, line: u64, error: io::Error) -> bool {
+        let _ = self.batches.send(Msg::Failed {
+            source,
+            line,
+            error,
+        });
+        false
+    }
 }
 
-/// Reads until `buf` holds a chunk's worth or the input ends; returns whether it ended.
-fn fill(reader: &mut dyn Read, buf: &mut Vec<u8>) -> io::Result<bool> {
+/// Where `piece` lies: inside `input` (found by address, as the decoder borrows from the
+/// line it is given), or else copied to the end of `output`.
+fn locate(input: &[u8], output: &mut Vec<u8>, piece: &[u8]) -> Span {
+    let base = input.as_ptr() as usize;
+    let at = piece.as_ptr() as usize;
+    if at >= base && at + piece.len() <= base + input.len() {
+        let start = at - base;
+        return Span::Input(start..start + piece.len());
+    }
+    let start = output.len();
+    output.extend_from_slice(piece);
+    Span::Output(start..output.len())
+}
+
+fn strict_error(at: String, kind: BadKind, line: &[u8]) -> Error {
+    Error::Strict {
+        at,
+        why: kind.describe(),
+        text: String::from_utf8_lossy(&line[..line.len().min(QUOTE)])
+            .escape_debug()
+            .to_string(),
+    }
+}
+
+/// Reads until `buf` holds a batch's worth or the input ends; returns whether it ended.
+/// From a pipe or terminal (`eager`), whole lines are handed over as soon as a read brings
+/// some, so a slow `tail -F` is published line by line rather than a megabyte at a time.
+fn fill(reader: &mut dyn Read, buf: &mut Vec<u8>, eager: bool) -> io::Result<bool> {
     let target = buf.len().max(CHUNK - 1) + 1;
     while buf.len() < target {
         let start = buf.len();
-        buf.resize(start + (target - start).max(64 * 1024), 0);
+        buf.resize(target, 0);
         match reader.read(&mut buf[start..]) {
             Ok(0) => {
                 buf.truncate(start);
                 return Ok(true);
             }
-            Ok(n) => buf.truncate(start + n),
+            Ok(n) => {
+                buf.truncate(start + n);
+                if eager && memchr::memchr(b'\n', &buf[start..]).is_some() {
+                    return Ok(false);
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
             Err(e) => {
                 buf.truncate(start);
@@ -180,101 +352,76 @@ fn fill(reader: &mut dyn Read, buf: &mut Vec<u8>) -> io::Result<bool> {
 /// Publishes every valid line of `sources` through `sink`, in input order.
 pub fn replay(
     sources: Vec<Source>,
-    mut decoder: Decoder,
+    decoder: Decoder,
     strict: bool,
     sink: &mut dyn Sink,
-    stats: &Stats,
+    stats: &Arc<Stats>,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
     let names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
-    let mut line_numbers = vec![0u64; names.len()];
-    let (chunk_tx, chunk_rx) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
+    let (batch_tx, batches) = mpsc::sync_channel(BATCHES_IN_FLIGHT);
     let (free_tx, free_rx) = mpsc::channel();
+    let input = InputThread {
+        decoder,
+        strict,
+        stats: Arc::clone(stats),
+        names: names.clone(),
+        batches: batch_tx,
+        free: free_rx,
+    };
     // Not joined: it may sit in a read on stdin; it ends when it sees the receiver gone.
     std::thread::Builder::new()
-        .name("reader".into())
-        .spawn(move || read_sources(sources, &chunk_tx, &free_rx))
+        .name("input".into())
+        .spawn(move || input.run(sources))
         .map_err(|e| Error::Thread(e.to_string()))?;
 
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        let chunk = match chunk_rx.recv_timeout(INPUT_WAIT) {
-            Ok(c) => c,
+        let batch = match batches.recv_timeout(INPUT_WAIT) {
+            Ok(Msg::Batch(b)) => b,
+            Ok(Msg::Strict(e)) => return Err(e),
+            Ok(Msg::Failed {
+                source,
+                line,
+                error,
+            }) => {
+                return Err(Error::Read {
+                    source_name: names[source].clone(),
+                    line,
+                    error,
+                });
+            }
             Err(RecvTimeoutError::Timeout) => {
                 sink.idle();
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
         };
-        let (source, data) = match chunk {
-            Chunk::Lines { source, data } => (source, data),
-            Chunk::Failed { source, error } => {
-                return Err(Error::Read {
-                    source_name: names[source].clone(),
-                    line: line_numbers[source],
-                    error,
-                });
-            }
-        };
-        let name = &names[source];
-        let line_no = &mut line_numbers[source];
-        let mut rest = &data[..];
-        while !rest.is_empty() {
-            let (mut line, next) = match memchr::memchr(b'\n', rest) {
-                Some(nl) => (&rest[..nl], &rest[nl + 1..]),
-                None => (rest, &rest[rest.len()..]),
-            };
-            rest = next;
-            *line_no += 1;
-            stats.read.fetch_add(1, Relaxed);
-            if let Some(l) = line.strip_suffix(b"\r") {
-                line = l;
-            }
-            if *line_no == 1
-                && let Some(l) = line.strip_prefix(b"\xef\xbb\xbf")
-            {
-                line = l;
-            }
-            let at = || format!("{name}:{line_no}");
-            let bad = match decoder.decode(line) {
-                Decoded::Event { key, payload } => match sink.send(key, payload)? {
-                    Sent::Queued => continue,
-                    Sent::Cancelled => return Ok(()),
-                    Sent::Rejected(code) => {
-                        tracing::debug!(?code, "message refused");
-                        BadKind::Rejected
+        for event in &batch.events {
+            let payload = batch.get(&event.payload);
+            match sink.send(batch.get(&event.key), payload)? {
+                Sent::Queued => {}
+                Sent::Cancelled => return Ok(()),
+                Sent::Rejected(code) => {
+                    tracing::debug!(?code, "message refused");
+                    let at = || format!("{}:{}", names[batch.source], event.line);
+                    stats.bad_line(at, BadKind::Rejected.describe(), payload);
+                    if strict {
+                        return Err(strict_error(at(), BadKind::Rejected, payload));
                     }
-                },
-                Decoded::Blank => {
-                    stats.blank.fetch_add(1, Relaxed);
-                    continue;
                 }
-                Decoded::NoKey => {
-                    stats.keyless(at, line);
-                    continue;
-                }
-                Decoded::Bad(kind) => kind,
-            };
-            stats.bad_line(at, bad.describe(), line);
-            if strict {
-                return Err(Error::Strict {
-                    at: at(),
-                    why: bad.describe(),
-                    text: String::from_utf8_lossy(&line[..line.len().min(160)]).escape_debug().to_string(),
-                });
             }
         }
-        // Recycling the buffer spares the reader an allocation per chunk.
-        let _ = free_tx.send(data);
+        // Recycling spares the input thread an allocation per batch.
+        let _ = free_tx.send(batch);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::io::Write;
-    use std::sync::Arc;
 
     use flate2::write::GzEncoder;
     use hotkeys::config::SourceConfig;
@@ -413,7 +560,7 @@ mod tests {
         let token = CancellationToken::new();
         token.cancel();
         let mut sink = Memory::default();
-        let stats = Stats::default();
+        let stats = Arc::new(Stats::default());
         let decoder = Decoder::new(Format::Auto, &SourceConfig::default());
         replay(Source::open_all(&[path]).unwrap(), decoder, false, &mut sink, &stats, &token).unwrap();
         assert!(sink.events.is_empty());

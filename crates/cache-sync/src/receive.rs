@@ -208,7 +208,7 @@ impl Receiver {
     }
 
     async fn receive(
-        &self,
+        self: &Arc<Self>,
         headers: &HeaderMap,
         body: Result<Bytes, BytesRejection>,
     ) -> Result<BatchReply, Refusal> {
@@ -257,7 +257,15 @@ impl Receiver {
             .map_err(|e| {
                 Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             })??;
-        self.apply(request).await
+        // hyper drops a handler whose client hung up. Applying runs in a task of its own so
+        // that it always finishes and records its stamp: a shipper killed mid-request then
+        // finds its batch applied once, not half-applied and due again.
+        let receiver = Arc::clone(self);
+        tokio::spawn(async move { receiver.apply(request).await })
+            .await
+            .map_err(|e| {
+                Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?
     }
 
     async fn apply(&self, request: BatchRequest) -> Result<BatchReply, Refusal> {

@@ -1,21 +1,29 @@
 //! `cache-sync ship`: moves the queue to the other data centre's receiver, losing nothing.
 //!
-//! One batch at a time: take (or take back the batch in flight), send, and acknowledge only
-//! once the receiver confirmed the stamp — the acknowledgement rides on the next take, so a
-//! batch costs one Redis round trip. A shipper killed anywhere in that cycle leaves the batch
-//! in flight, and its successor sends it again with the same stamp; the receiver applies a
-//! stamp once. While the receiver is down the shipper backs off exponentially with jitter,
-//! up to `sync.retry_max`, and the queue just grows.
+//! Batches are taken from the queue with consecutive stamps and sent concurrently, up to
+//! `sync.in_flight` at a time, each by a task of its own that retries it until the receiver
+//! confirms it. Confirmations are acknowledged strictly in stamp order, so a batch leaves the
+//! queue only once it and every batch before it have landed. A shipper killed anywhere
+//! leaves its unacknowledged batches in flight; its successor sends them again first, with
+//! the same stamps, and the receiver applies each stamp once and in order.
+//!
+//! While the receiver is down every try backs off exponentially with jitter, up to
+//! `sync.retry_max`, and the queue just grows. Queue elements are checked only when the
+//! receiver refuses a batch as malformed: the bad ones go to the dead-letter list and the
+//! rest of the batch is sent again under its stamp.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use hotkeys::config::{SyncCompression, SyncConfig};
 use hotkeys::shutdown::CancellationToken;
-use hotkeys::sync_queue::{Batch, QueuedOp, SyncQueue, now_ms};
+use hotkeys::sync_queue::{Batch, QueuedOp, SyncError, SyncQueue, now_ms};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
+use tokio::task::JoinHandle;
 
 use crate::error::Error;
 use crate::wire::{self, BatchReply, ErrorReply, Outcome};
@@ -43,19 +51,39 @@ pub struct ShipSummary {
 /// Sends one queue's batches to one receiver.
 pub struct Shipper {
     queue: SyncQueue,
-    client: reqwest::Client,
-    remote: String,
-    secret: Vec<u8>,
+    sender: Sender,
     batch: usize,
+    window: usize,
+}
+
+/// What a delivery task needs; cheap to clone.
+#[derive(Clone)]
+struct Sender {
+    queue: SyncQueue,
+    client: reqwest::Client,
+    remote: Arc<str>,
+    secret: Arc<[u8]>,
     compression: SyncCompression,
+    /// How long the receiver may hold a batch for the ones before it.
+    wait_ms: u64,
     retry_max: Duration,
     retries: u32,
     /// Bad queue elements are logged once with a sample, then only counted.
-    logged_invalid: AtomicBool,
+    logged_invalid: Arc<AtomicBool>,
+}
+
+/// A batch the receiver confirmed.
+struct Delivery {
+    ops: u64,
+    invalid: u64,
+    retries: u64,
+    duplicate: bool,
 }
 
 enum Attempt {
     Delivered(BatchReply),
+    /// 400: the receiver found something in the batch that is not an operation.
+    Malformed(Error),
     Retry(String),
     Fatal(Error),
 }
@@ -75,19 +103,26 @@ impl Shipper {
             .build()
             .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
         Ok(Shipper {
-            queue,
-            client,
-            remote: sync.remote.clone(),
-            secret: secret.as_bytes().to_vec(),
+            queue: queue.clone(),
+            sender: Sender {
+                queue,
+                client,
+                remote: sync.remote.as_str().into(),
+                secret: secret.as_bytes().into(),
+                compression: sync.compression,
+                // Half the request timeout: a held batch is answered before the shipper
+                // gives up on the request.
+                wait_ms: (sync.timeout / 2).as_millis() as u64,
+                retry_max: sync.retry_max.max(RETRY_MIN),
+                retries: sync.retries,
+                logged_invalid: Arc::new(AtomicBool::new(false)),
+            },
             batch: sync.batch.max(1),
-            compression: sync.compression,
-            retry_max: sync.retry_max.max(RETRY_MIN),
-            retries: sync.retries,
-            logged_invalid: AtomicBool::new(false),
+            window: sync.in_flight.max(1),
         })
     }
 
-    /// Ships until `shutdown` (finishing the batch being sent, unless the receiver is
+    /// Ships until `shutdown` (finishing the batches under way, unless the receiver is
     /// down), or until the queue is empty when `until_empty` is set.
     pub async fn run(
         &self,
@@ -95,45 +130,15 @@ impl Shipper {
         until_empty: bool,
     ) -> Result<ShipSummary, Error> {
         let mut summary = ShipSummary::default();
-        let Some(stream) = self
-            .with_retries(&shutdown, &mut summary, || self.queue.stream_id())
-            .await?
-        else {
-            return Ok(summary);
-        };
-        tracing::info!(queue = self.queue.name(), %stream, remote = %self.remote, "shipping");
-        let mut ack = None;
-        loop {
-            if shutdown.is_cancelled() {
-                break;
-            }
-            let Some(taken) = self
-                .with_retries(&shutdown, &mut summary, || self.queue.take(self.batch, ack))
-                .await?
-            else {
-                break;
-            };
-            ack = None;
-            let Some(batch) = taken else {
-                metrics::gauge!("hotkeys_sync_queue_length").set(0.0);
-                metrics::gauge!("hotkeys_sync_lag_seconds").set(0.0);
-                if until_empty {
-                    break;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(IDLE) => continue,
-                    _ = shutdown.cancelled() => break,
-                }
-            };
-            match self.ship(&stream, &batch, &shutdown, &mut summary).await? {
-                Some(reply) => ack = Some(reply.stamp),
-                // Shut down while the receiver was unreachable: the batch stays in flight.
-                None => break,
-            }
+        let mut pending = VecDeque::new();
+        let result = self
+            .pump(&mut pending, &shutdown, until_empty, &mut summary)
+            .await;
+        // Batches still under way stay in flight for the next shipper.
+        for (_, task) in &pending {
+            task.abort();
         }
-        if let Some(stamp) = ack {
-            self.queue.ack(stamp).await?;
-        }
+        result?;
         tracing::info!(
             batches = summary.batches,
             ops = summary.ops,
@@ -145,82 +150,180 @@ impl Shipper {
         Ok(summary)
     }
 
+    async fn pump(
+        &self,
+        pending: &mut VecDeque<(u64, JoinHandle<Result<Option<Delivery>, Error>>)>,
+        shutdown: &CancellationToken,
+        until_empty: bool,
+        summary: &mut ShipSummary,
+    ) -> Result<(), Error> {
+        let Some(stream) = self
+            .retrying(shutdown, summary, || self.queue.stream_id())
+            .await?
+        else {
+            return Ok(());
+        };
+        let stream: Arc<str> = stream.into();
+        tracing::info!(queue = self.queue.name(), %stream, remote = %self.sender.remote, "shipping");
+        let Some(left) = self
+            .retrying(shutdown, summary, || self.queue.in_flight())
+            .await?
+        else {
+            return Ok(());
+        };
+        if !left.is_empty() {
+            tracing::info!(batches = left.len(), first = left[0].stamp, "re-sending the batches in flight first");
+            metrics::counter!("hotkeys_sync_batches_resent_total").increment(left.len() as u64);
+        }
+        for batch in left {
+            pending.push_back(self.launch(&stream, batch, shutdown));
+        }
+
+        loop {
+            while !shutdown.is_cancelled() && pending.len() < self.window {
+                let Some(taken) = self
+                    .retrying(shutdown, summary, || self.queue.take(self.batch, self.window))
+                    .await?
+                else {
+                    break;
+                };
+                let Some(batch) = taken else {
+                    break;
+                };
+                metrics::gauge!("hotkeys_sync_queue_length").set(batch.queued as f64);
+                pending.push_back(self.launch(&stream, batch, shutdown));
+            }
+            let Some((stamp, task)) = pending.pop_front() else {
+                metrics::gauge!("hotkeys_sync_queue_length").set(0.0);
+                metrics::gauge!("hotkeys_sync_lag_seconds").set(0.0);
+                if until_empty || shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(IDLE) => continue,
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            };
+            let delivered = task
+                .await
+                .map_err(|e| Error::Internal(format!("delivery of batch {stamp}: {e}")))??;
+            // Shut down while the receiver was unreachable: the batch stays in flight.
+            let Some(delivery) = delivered else {
+                return Ok(());
+            };
+            summary.batches += 1;
+            summary.ops += delivery.ops;
+            summary.invalid += delivery.invalid;
+            summary.retries += delivery.retries;
+            summary.duplicates += u64::from(delivery.duplicate);
+            if self
+                .retrying(shutdown, summary, || self.queue.ack(stamp))
+                .await?
+                .is_none()
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Starts the delivery of `batch` in a task of its own.
+    fn launch(
+        &self,
+        stream: &Arc<str>,
+        batch: Batch,
+        shutdown: &CancellationToken,
+    ) -> (u64, JoinHandle<Result<Option<Delivery>, Error>>) {
+        if let Some(op) = batch.items().next().and_then(|i| QueuedOp::from_json(i).ok()) {
+            let lag = now_ms().saturating_sub(op.at_ms) as f64 / 1000.0;
+            metrics::gauge!("hotkeys_sync_lag_seconds").set(lag);
+        }
+        let sender = self.sender.clone();
+        let stream = Arc::clone(stream);
+        let shutdown = shutdown.clone();
+        let stamp = batch.stamp;
+        let task = tokio::spawn(async move { sender.deliver(&stream, &batch, &shutdown).await });
+        (stamp, task)
+    }
+
+    /// Runs a queue operation, trying again while the local Redis fails; `None` if shut
+    /// down first.
+    async fn retrying<T, F, Fut>(
+        &self,
+        shutdown: &CancellationToken,
+        summary: &mut ShipSummary,
+        mut op: F,
+    ) -> Result<Option<T>, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, SyncError>>,
+    {
+        let mut failures = 0u32;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(Some(v)),
+                Err(e) if e.is_unreachable() => {
+                    failures += 1;
+                    summary.retries += 1;
+                    let reason = e.to_string();
+                    if !self.sender.pause(failures, &reason, 0, shutdown).await? {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl Sender {
     /// Sends one batch until the receiver confirms it; `None` if shut down first.
-    async fn ship(
+    async fn deliver(
         &self,
         stream: &str,
         batch: &Batch,
         shutdown: &CancellationToken,
-        summary: &mut ShipSummary,
-    ) -> Result<Option<BatchReply>, Error> {
-        let mut ops: Vec<&[u8]> = Vec::with_capacity(batch.items.len());
-        let mut invalid = Vec::new();
-        let mut oldest = None;
-        for item in &batch.items {
-            match QueuedOp::from_json(item) {
-                Ok(op) => {
-                    oldest.get_or_insert(op.at_ms);
-                    ops.push(item);
-                }
-                Err(e) => {
-                    if !self.logged_invalid.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(
-                            error = %e,
-                            sample = %String::from_utf8_lossy(&item[..item.len().min(200)]),
-                            "queue element is not an operation; moved to the dead-letter list"
-                        );
-                    }
-                    invalid.push(item.clone());
-                }
-            }
-        }
-        if !invalid.is_empty() {
-            // Filtering is deterministic, so a re-sent batch carries the same operations;
-            // only the dead-letter copy may repeat after a crash, which is harmless.
-            self.queue.dead_letter(&invalid).await?;
-            summary.invalid += invalid.len() as u64;
-            metrics::counter!("hotkeys_sync_invalid_ops_total").increment(invalid.len() as u64);
-        }
-        metrics::gauge!("hotkeys_sync_queue_length").set(batch.queued as f64);
-        if let Some(at_ms) = oldest {
-            let lag = now_ms().saturating_sub(at_ms) as f64 / 1000.0;
-            metrics::gauge!("hotkeys_sync_lag_seconds").set(lag);
-        }
-        if batch.resent {
-            tracing::info!(stamp = batch.stamp, ops = ops.len(), "re-sending the batch in flight");
-            metrics::counter!("hotkeys_sync_batches_resent_total").increment(1);
-        }
-
-        // Level-1 compression of a batch takes well under a millisecond: no blocking pool.
-        let plain = wire::encode_batch(stream, batch.stamp, &ops);
-        let body = wire::compress(plain, self.compression)
-            .map_err(|e| Error::Internal(format!("cannot compress a batch: {e}")))?;
-        let body = Bytes::from(body);
-        let signature = wire::sign(&self.secret, &body);
-
+    ) -> Result<Option<Delivery>, Error> {
+        let stamp = batch.stamp;
+        let mut ops: Vec<&[u8]> = batch.items().collect();
+        let mut invalid = 0;
+        let mut checked = false;
+        let (mut body, mut signature) = self.body(stream, stamp, &ops)?;
         let mut failures = 0u32;
         loop {
-            match self.post(batch.stamp, &body, &signature).await {
+            match self.post(stamp, &body, &signature).await {
                 Attempt::Delivered(reply) => {
-                    summary.batches += 1;
-                    summary.ops += ops.len() as u64;
                     metrics::counter!("hotkeys_sync_batches_shipped_total").increment(1);
-                    metrics::counter!("hotkeys_sync_ops_shipped_total")
-                        .increment(ops.len() as u64);
-                    if reply.status == Outcome::Duplicate {
-                        summary.duplicates += 1;
-                        tracing::info!(stamp = batch.stamp, "receiver had this batch already");
+                    metrics::counter!("hotkeys_sync_ops_shipped_total").increment(ops.len() as u64);
+                    let duplicate = reply.status == Outcome::Duplicate;
+                    if duplicate {
+                        tracing::info!(stamp, "receiver had this batch already");
                     }
-                    tracing::debug!(stamp = batch.stamp, ops = ops.len(), "batch delivered");
-                    return Ok(Some(reply));
+                    tracing::debug!(stamp, ops = ops.len(), "batch delivered");
+                    return Ok(Some(Delivery {
+                        ops: ops.len() as u64,
+                        invalid,
+                        retries: u64::from(failures),
+                        duplicate,
+                    }));
                 }
-                Attempt::Fatal(e) => return Err(e),
+                Attempt::Malformed(refusal) if !checked => {
+                    checked = true;
+                    let (good, bad): (Vec<&[u8]>, Vec<&[u8]>) = ops
+                        .iter()
+                        .partition(|item| QueuedOp::from_json(item).is_ok());
+                    if bad.is_empty() {
+                        return Err(refusal);
+                    }
+                    self.set_aside(&bad).await?;
+                    invalid = bad.len() as u64;
+                    // Deterministic: a re-sent batch is filtered the same way.
+                    ops = good;
+                    (body, signature) = self.body(stream, stamp, &ops)?;
+                }
+                Attempt::Malformed(refusal) | Attempt::Fatal(refusal) => return Err(refusal),
                 Attempt::Retry(reason) => {
                     failures += 1;
-                    if !self
-                        .pause_after_failure(failures, &reason, batch.stamp, shutdown, summary)
-                        .await?
-                    {
+                    if !self.pause(failures, &reason, stamp, shutdown).await? {
                         return Ok(None);
                     }
                 }
@@ -228,10 +331,34 @@ impl Shipper {
         }
     }
 
+    /// The signed, compressed request body of a batch.
+    fn body(&self, stream: &str, stamp: u64, ops: &[&[u8]]) -> Result<(Bytes, String), Error> {
+        let plain = wire::encode_batch(stream, stamp, self.wait_ms, ops.iter().copied());
+        let body = wire::compress(plain, self.compression)
+            .map_err(|e| Error::Internal(format!("cannot compress batch {stamp}: {e}")))?;
+        let signature = wire::sign(&self.secret, &body);
+        Ok((Bytes::from(body), signature))
+    }
+
+    async fn set_aside(&self, bad: &[&[u8]]) -> Result<(), Error> {
+        if !self.logged_invalid.swap(true, Ordering::Relaxed) {
+            let sample = bad[0];
+            tracing::warn!(
+                count = bad.len(),
+                sample = %String::from_utf8_lossy(&sample[..sample.len().min(200)]),
+                "queue elements are not operations; moved to the dead-letter list"
+            );
+        }
+        metrics::counter!("hotkeys_sync_invalid_ops_total").increment(bad.len() as u64);
+        // A crash right after this may set the same elements aside twice: harmless.
+        self.queue.dead_letter(bad).await?;
+        Ok(())
+    }
+
     async fn post(&self, stamp: u64, body: &Bytes, signature: &str) -> Attempt {
         let mut request = self
             .client
-            .post(&self.remote)
+            .post(&*self.remote)
             .header(CONTENT_TYPE, "application/json")
             .header(wire::SIGNATURE_HEADER, signature);
         if let Some(encoding) = wire::content_encoding(self.compression) {
@@ -249,9 +376,11 @@ impl Shipper {
         if status == StatusCode::OK {
             return match serde_json::from_slice::<BatchReply>(&text) {
                 Ok(reply) if reply.stamp == stamp => Attempt::Delivered(reply),
-                Ok(reply) => Attempt::Fatal(self.refused(stamp, status, format!(
-                    "acknowledged stamp {} instead", reply.stamp
-                ))),
+                Ok(reply) => Attempt::Fatal(self.refused(
+                    stamp,
+                    status,
+                    format!("acknowledged stamp {} instead", reply.stamp),
+                )),
                 Err(e) => Attempt::Fatal(self.refused(stamp, status, format!("unreadable answer: {e}"))),
             };
         }
@@ -263,65 +392,35 @@ impl Shipper {
             || status == StatusCode::TOO_MANY_REQUESTS
         {
             Attempt::Retry(format!("HTTP {}: {message}", status.as_u16()))
+        } else if status == StatusCode::BAD_REQUEST {
+            Attempt::Malformed(self.refused(stamp, status, message))
         } else {
-            // 400, 401, 409, 413, 415: the same request would be refused again.
+            // 401, 409, 413, 415: the same request would be refused again.
             Attempt::Fatal(self.refused(stamp, status, message))
         }
     }
 
     fn refused(&self, stamp: u64, status: StatusCode, message: String) -> Error {
         Error::Refused {
-            remote: self.remote.clone(),
+            remote: self.remote.to_string(),
             stamp,
             status: status.as_u16(),
             message,
         }
     }
 
-    /// Runs a queue operation, trying again while the local Redis fails; `None` if shut
-    /// down first.
-    async fn with_retries<T, F, Fut>(
-        &self,
-        shutdown: &CancellationToken,
-        summary: &mut ShipSummary,
-        mut op: F,
-    ) -> Result<Option<T>, Error>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, hotkeys::sync_queue::SyncError>>,
-    {
-        let mut failures = 0u32;
-        loop {
-            match op().await {
-                Ok(v) => return Ok(Some(v)),
-                Err(e) if e.is_unreachable() => {
-                    failures += 1;
-                    if !self
-                        .pause_after_failure(failures, &e.to_string(), 0, shutdown, summary)
-                        .await?
-                    {
-                        return Ok(None);
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
     /// Counts a failed try and waits before the next one. `false`: shut down meanwhile.
-    async fn pause_after_failure(
+    async fn pause(
         &self,
         failures: u32,
         reason: &str,
         stamp: u64,
         shutdown: &CancellationToken,
-        summary: &mut ShipSummary,
     ) -> Result<bool, Error> {
-        summary.retries += 1;
         metrics::counter!("hotkeys_sync_retries_total").increment(1);
         if self.retries > 0 && failures >= self.retries {
             return Err(Error::GaveUp {
-                remote: self.remote.clone(),
+                remote: self.remote.to_string(),
                 tries: failures,
                 last: reason.to_string(),
             });

@@ -1,7 +1,10 @@
 //! The HTTP contract between `cache-sync ship` and `cache-sync receive`.
 //!
 //! One request carries one batch: `POST` of a JSON body
-//! `{"stream":"FIFO:MEM@…","stamp":17,"ops":[<queue elements, as stored>]}`, optionally
+//! `{"stream":"FIFO:MEM@…","stamp":17,"wait_ms":30000,"ops":[<queue elements, as stored>]}`
+//! (`wait_ms`, optional: how long the receiver may hold a batch whose predecessors have
+//! not arrived yet, since the shipper sends several at once; 0 refuses a gap at once),
+//! optionally
 //! compressed (`Content-Encoding: zstd` or `gzip`), signed with
 //! `X-Hotkeys-Signature: sha256=<hex HMAC-SHA256 of the body as sent>` under the shared
 //! secret. Signing the bytes on the wire lets the receiver refuse a forged request before it
@@ -46,14 +49,19 @@ pub fn verify(secret: &[u8], body: &[u8], header: &str) -> bool {
 
 /// The body of a batch, built around the queue elements without decoding them again: they
 /// are JSON objects already, and the shipper has checked each one.
-pub fn encode_batch(stream: &str, stamp: u64, ops: &[&[u8]]) -> Vec<u8> {
+pub fn encode_batch<'a>(
+    stream: &str,
+    stamp: u64,
+    wait_ms: u64,
+    ops: impl ExactSizeIterator<Item = &'a [u8]> + Clone,
+) -> Vec<u8> {
     let stream = serde_json::to_string(stream).expect("a string always serializes");
-    let len = ops.iter().map(|op| op.len() + 1).sum::<usize>() + stream.len() + 48;
+    let len = ops.clone().map(|op| op.len() + 1).sum::<usize>() + stream.len() + 64;
     let mut body = Vec::with_capacity(len);
     body.extend_from_slice(b"{\"stream\":");
     body.extend_from_slice(stream.as_bytes());
-    body.extend_from_slice(format!(",\"stamp\":{stamp},\"ops\":[").as_bytes());
-    for (i, op) in ops.iter().enumerate() {
+    body.extend_from_slice(format!(",\"stamp\":{stamp},\"wait_ms\":{wait_ms},\"ops\":[").as_bytes());
+    for (i, op) in ops.enumerate() {
         if i > 0 {
             body.push(b',');
         }
@@ -69,6 +77,9 @@ pub fn encode_batch(stream: &str, stamp: u64, ops: &[&[u8]]) -> Vec<u8> {
 pub struct BatchRequest {
     pub stream: String,
     pub stamp: u64,
+    /// How long the batch may wait for the stamps before it (milliseconds).
+    #[serde(default)]
+    pub wait_ms: u64,
     pub ops: OpList,
 }
 
@@ -211,12 +222,12 @@ mod tests {
             br#"{"op":"set","key":"a","value":"1","ttl_ms":5,"at_ms":1}"#,
             br#"{"op":"delete","key":"a","at_ms":2}"#,
         ];
-        let body = encode_batch("FIFO:MEM@\"x\"", 7, &ops);
+        let body = encode_batch("FIFO:MEM@\"x\"", 7, 250, ops.iter().copied());
         let request = BatchRequest::parse(&body).unwrap();
         assert_eq!(request.stream, "FIFO:MEM@\"x\"");
-        assert_eq!(request.stamp, 7);
+        assert_eq!((request.stamp, request.wait_ms), (7, 250));
         assert_eq!(request.ops.0.len(), 2);
-        let empty = BatchRequest::parse(&encode_batch("s", 1, &[])).unwrap();
+        let empty = BatchRequest::parse(&encode_batch("s", 1, 0, std::iter::empty())).unwrap();
         assert!(empty.ops.0.is_empty());
     }
 
@@ -233,7 +244,8 @@ mod tests {
 
     #[test]
     fn compressed_bodies_round_trip() {
-        let body = encode_batch("s", 1, &[br#"{"op":"delete","key":"a","at_ms":2}"#]);
+        let op: &[u8] = br#"{"op":"delete","key":"a","at_ms":2}"#;
+        let body = encode_batch("s", 1, 0, std::iter::once(op));
         for compression in [SyncCompression::Zstd, SyncCompression::Gzip, SyncCompression::None] {
             let sent = compress(body.clone(), compression).unwrap();
             let back = decompress(&sent, content_encoding(compression), 1 << 20).unwrap();

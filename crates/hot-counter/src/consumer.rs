@@ -56,6 +56,14 @@ struct Context {
 }
 
 impl ClientContext for Context {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        // End-of-partition is reported as an "error" by librdkafka; it is how
+        // `--until-caught-up` knows it is done.
+        if !matches!(error.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)) {
+            tracing::error!(%error, reason, "librdkafka error");
+        }
+    }
+
     fn stats(&self, stats: Statistics) {
         let worker = lock(&self.worker);
         let Some(topic) = stats.topics.get(&worker.topology.kafka.topic) else {
@@ -106,13 +114,32 @@ pub enum LoopError {
     Kafka(#[from] rdkafka::error::KafkaError),
 }
 
-/// Consumes until `shutdown`, then publishes, commits and leaves the group.
+/// How long the loop runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Until shutdown is requested: the normal worker.
+    Shutdown,
+    /// Until every assigned partition has been read to its end (backfills, benchmarks).
+    CaughtUp,
+}
+
+/// What one run of the loop counted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Summary {
+    pub events: u64,
+    pub malformed: u64,
+    /// From the first message to the last one counted.
+    pub busy: Duration,
+}
+
+/// Consumes until `until`, then publishes, commits and leaves the group.
 pub fn run(
     topology: Arc<Topology>,
     zk: Zk,
     runtime: Handle,
     shutdown: CancellationToken,
-) -> Result<(), LoopError> {
+    until: Until,
+) -> Result<Summary, LoopError> {
     let dead_letter = if topology.kafka.dead_letter.is_empty() {
         None
     } else {
@@ -131,6 +158,9 @@ pub fn run(
     }));
     let mut config = hotkeys::kafka::consumer_config(&topology.kafka, &topology.kafka.group);
     config.set("statistics.interval.ms", "5000");
+    if until == Until::CaughtUp {
+        config.set("enable.partition.eof", "true");
+    }
     let consumer: BaseConsumer<Context> = config.create_with_context(Context {
         worker: worker.clone(),
     })?;
@@ -139,16 +169,54 @@ pub fn run(
 
     let every = topology.count.publish_every;
     let mut next_publish = Instant::now() + every;
-    while !shutdown.is_cancelled() {
-        if let Some(result) = consumer.poll(Duration::from_millis(100)) {
+    let mut at_end: HashSet<i32> = HashSet::new();
+    let (mut first, mut last) = (None, Instant::now());
+    let mut summary = Summary::default();
+    // Reading the clock and the token costs more than counting an event: do it once per
+    // batch of messages, or whenever the consumer has nothing to give.
+    let mut since_check = 0u32;
+    loop {
+        let polled = consumer.poll(Duration::from_millis(100));
+        let idle = polled.is_none();
+        if let Some(result) = polled {
             match result {
-                Ok(message) => lock(&worker).count(&message),
+                Ok(message) => {
+                    if first.is_none() {
+                        first = Some(Instant::now());
+                        at_end.clear();
+                    }
+                    at_end.remove(&message.partition());
+                    if lock(&worker).count(&message) {
+                        summary.events += 1;
+                    } else {
+                        summary.malformed += 1;
+                    }
+                }
+                Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
+                    last = Instant::now();
+                    at_end.insert(p);
+                    let w = lock(&worker);
+                    if !w.tasks.is_empty() && w.tasks.keys().all(|p| at_end.contains(p)) {
+                        break;
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "consumer error"),
             }
         }
-        if Instant::now() >= next_publish {
-            lock(&worker).publish_all(&consumer);
-            next_publish = Instant::now() + every;
+        since_check += 1;
+        if idle || since_check >= 1024 {
+            since_check = 0;
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let now = Instant::now();
+            if !idle {
+                last = now;
+            }
+            if now >= next_publish {
+                lock(&worker).publish_all(&consumer);
+                next_publish = Instant::now() + every;
+            }
         }
     }
     tracing::info!("shutting down: final publish, commit, leave the group");
@@ -163,18 +231,19 @@ pub fn run(
     }
     // Dropping the consumer leaves the group; the revoke callback finds nothing dirty.
     drop(consumer);
-    Ok(())
+    summary.busy = first.map_or(Duration::ZERO, |f| last - f);
+    Ok(summary)
 }
 
 impl Worker {
-    /// Counts one message, or records it as malformed.
-    fn count(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) {
+    /// Counts one message, or records it as malformed (false).
+    fn count(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) -> bool {
         let Some(task) = self.tasks.get_mut(&message.partition()) else {
-            return;
+            return true;
         };
         let offset = message.offset();
         if offset < task.next_offset {
-            return;
+            return true;
         }
         task.next_offset = offset + 1;
         match self.pointer.extract(message.payload(), message.key()) {
@@ -182,11 +251,13 @@ impl Worker {
                 let ts = message.timestamp().to_millis().unwrap_or_else(now_ms);
                 task.counter.offer(&key, ts);
                 self.unflushed_events += 1;
+                true
             }
             Err(e) => {
                 task.malformed += 1;
                 let task_id = task.id;
                 self.malformed(task_id, message, &e);
+                false
             }
         }
     }

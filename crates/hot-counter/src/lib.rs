@@ -11,6 +11,8 @@
 pub mod consumer;
 pub mod task;
 
+pub use consumer::{Summary, Until};
+
 use std::sync::Arc;
 
 use hotkeys::Topology;
@@ -46,8 +48,13 @@ impl RunError {
     }
 }
 
-/// Runs one worker until `shutdown` is cancelled.
-pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), RunError> {
+/// Runs one worker until `shutdown` is cancelled or, with [`Until::CaughtUp`], until its
+/// partitions are read to the end.
+pub async fn run(
+    topology: Topology,
+    shutdown: CancellationToken,
+    until: Until,
+) -> Result<Summary, RunError> {
     let zk = Zk::connect(&topology).await?;
     let kafka_error = |source| RunError::Kafka {
         brokers: topology.kafka.brokers.clone(),
@@ -76,8 +83,9 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
     }
     let topology = Arc::new(topology);
     let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || consumer::run(topology, zk, runtime, shutdown))
-        .await
-        .map_err(|_| RunError::Panicked)??;
-    Ok(())
+    let summary =
+        tokio::task::spawn_blocking(move || consumer::run(topology, zk, runtime, shutdown, until))
+            .await
+            .map_err(|_| RunError::Panicked)??;
+    Ok(summary)
 }

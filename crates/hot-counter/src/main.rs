@@ -18,6 +18,10 @@ struct Args {
     /// Serve Prometheus metrics on this address.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Stop once every assigned partition is read to its end (final publish included),
+    /// and print what was counted: for backfills and benchmarks.
+    #[arg(long)]
+    until_caught_up: bool,
 }
 
 #[tokio::main]
@@ -38,8 +42,24 @@ async fn main() -> ExitCode {
         return ExitCode::from(exit::USAGE as u8);
     }
     let shutdown = hotkeys::shutdown::on_signals();
-    match hot_counter::run(topology, shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
+    let until = if args.until_caught_up {
+        hot_counter::Until::CaughtUp
+    } else {
+        hot_counter::Until::Shutdown
+    };
+    match hot_counter::run(topology, shutdown, until).await {
+        Ok(summary) => {
+            if until == hot_counter::Until::CaughtUp {
+                let secs = summary.busy.as_secs_f64();
+                println!(
+                    "counted {} events ({} malformed) in {secs:.3} s: {:.0} events/s",
+                    summary.events,
+                    summary.malformed,
+                    (summary.events + summary.malformed) as f64 / secs.max(1e-9)
+                );
+            }
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::from(e.exit_code() as u8)

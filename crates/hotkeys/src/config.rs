@@ -307,6 +307,8 @@ pub struct SyncConfig {
     pub queue: String,
     /// Operations per HTTP batch.
     pub batch: usize,
+    /// Batches sent before the oldest of them is acknowledged (1: strictly one at a time).
+    pub in_flight: usize,
     /// Receiver URL of the other data centre.
     pub remote: String,
     /// Address `cache-sync receive` listens on.
@@ -336,6 +338,7 @@ impl Default for SyncConfig {
         SyncConfig {
             queue: "FIFO:MEM".into(),
             batch: 1000,
+            in_flight: 4,
             remote: "http://127.0.0.1:8480/sync".into(),
             listen: "127.0.0.1:8480".into(),
             secret_env: "HOTKEYS_SYNC_SECRET".into(),
@@ -447,6 +450,9 @@ impl Topology {
         }
         if self.sync.batch == 0 {
             return bad("sync.batch", "expected at least 1");
+        }
+        if self.sync.in_flight == 0 || self.sync.in_flight > 64 {
+            return bad("sync.in_flight", "expected between 1 and 64");
         }
         Ok(())
     }

@@ -48,6 +48,9 @@ pub fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
         .set("heartbeat.interval.ms", "1000")
         .set("fetch.min.bytes", "1")
         .set("fetch.wait.max.ms", "100")
+        // librdkafka 2.x backs a partition's fetcher off for a whole second (the default)
+        // once its queue is full; a fast consumer then sits idle most of the time.
+        .set("fetch.queue.backoff.ms", "10")
         .set("queued.min.messages", "200000")
         .set("queued.max.messages.kbytes", "262144")
         .set("fetch.message.max.bytes", "4194304");

@@ -14,18 +14,24 @@
 //! `ttl_ms` is the TTL the writer set (absent: no expiry) and `at_ms` the enqueue time, which
 //! dates the TTL and measures lag.
 //!
-//! The shipper moves operations out in batches that are never lost: a Lua script takes up to
-//! `sync.batch` operations from the head of the list into an in-flight list and tags them
-//! with the next stamp of the queue's stream, all in one atomic step. The batch stays in
-//! flight, and is handed out again with the same stamp, until that stamp is acknowledged —
-//! so a shipper killed at any moment re-sends exactly the batch the receiver may have missed,
-//! and the receiver recognises it by its stamp.
+//! The shipper moves operations out in batches that are never lost: a Lua script moves up
+//! to `sync.batch` operations from the head of the list into an in-flight key tagged with
+//! the next stamp of the queue's stream, all in one atomic step. A batch stays in flight,
+//! and is handed out again with the same stamp, until that stamp is acknowledged — so a
+//! shipper killed at any moment re-sends exactly the batches the receiver may have missed,
+//! and the receiver recognises them by their stamps. Up to `sync.in_flight` batches may be
+//! on their way at once; they are acknowledged strictly in stamp order.
 //!
-//! Keys, all in one Redis Cluster slot (the queue name is their hash tag unless it has one):
-//! `<queue>` the list, `{<queue>}:inflight` the batch in flight, `{<queue>}:meta` a hash with
-//! `stream` (the stream id), `stamp` (last stamp taken), `inflight` (stamp in flight) and
-//! `acked` (last stamp acknowledged), and `{<queue>}:dead` for elements that are not
-//! operations. (In Redis Cluster a queue name with braces must hold a valid hash tag.)
+//! Keys, all in one Redis Cluster slot (the queue name is their hash tag unless it has one;
+//! in Redis Cluster a queue name with braces must hold a valid hash tag):
+//!
+//! - `<queue>`: the list of operations waiting;
+//! - `{<queue>}:inflight:<stamp>`: a batch in flight, its elements packed as
+//!   `<length>:<bytes>` one after the other;
+//! - `{<queue>}:meta`: a hash with `stream` (the stream id), `stamp` (last stamp taken),
+//!   `acked` (last stamp acknowledged; every batch up to it is done) and `ops:<stamp>`
+//!   (operations in a batch in flight);
+//! - `{<queue>}:dead`: elements that are not operations, set aside by the shipper.
 
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -257,12 +263,60 @@ impl SyncError {
 pub struct Batch {
     /// Position of the batch in its stream: 1 for the first batch, then one more each time.
     pub stamp: u64,
-    /// The queue elements, oldest first, as raw bytes (they are checked by the shipper).
-    pub items: Vec<Vec<u8>>,
-    /// Whether the batch was already in flight: handed out before and not acknowledged.
-    pub resent: bool,
-    /// Operations still waiting in the queue behind this batch.
+    /// The queue elements, each as `<length>:<bytes>`, oldest first: one string travels
+    /// from Redis where a thousand would.
+    packed: Vec<u8>,
+    /// Where each element lies in `packed`.
+    spans: Vec<std::ops::Range<usize>>,
+    /// Operations still waiting in the queue behind this batch when it was taken.
     pub queued: u64,
+}
+
+impl Batch {
+    fn unpack(stamp: u64, packed: Vec<u8>, queued: u64) -> Result<Batch, String> {
+        let mut spans = Vec::new();
+        let mut at = 0;
+        while at < packed.len() {
+            let colon = packed[at..]
+                .iter()
+                .position(|&b| b == b':')
+                .ok_or_else(|| format!("batch {stamp}: element without length at byte {at}"))?;
+            let len: usize = std::str::from_utf8(&packed[at..at + colon])
+                .ok()
+                .and_then(|l| l.parse().ok())
+                .ok_or_else(|| format!("batch {stamp}: bad element length at byte {at}"))?;
+            let start = at + colon + 1;
+            if start + len > packed.len() {
+                return Err(format!("batch {stamp}: element at byte {at} runs past the end"));
+            }
+            spans.push(start..start + len);
+            at = start + len;
+        }
+        if spans.is_empty() {
+            return Err(format!("batch {stamp} holds no operation"));
+        }
+        Ok(Batch {
+            stamp,
+            packed,
+            spans,
+            queued,
+        })
+    }
+
+    /// The queue elements of the batch, oldest first, as stored (checked by the shipper).
+    pub fn items(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        self.spans.iter().map(|r| &self.packed[r.clone()])
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether the batch has no element (never true for a batch handed out).
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
 }
 
 /// A snapshot of a queue, for operators and metrics.
@@ -271,15 +325,17 @@ pub struct QueueStatus {
     pub queue: String,
     /// The stream id, once a shipper has started one.
     pub stream: Option<String>,
-    /// Operations waiting, not counting the batch in flight.
+    /// Operations waiting, not counting the batches in flight.
     pub length: u64,
-    /// Stamp of the batch in flight, if any.
+    /// Stamp of the oldest batch in flight, if any.
     pub in_flight: Option<u64>,
-    /// Operations in the batch in flight.
+    /// Batches taken and not yet acknowledged.
+    pub in_flight_batches: u64,
+    /// Operations in those batches.
     pub in_flight_ops: u64,
     /// Last stamp handed out.
     pub last_stamp: u64,
-    /// Last stamp the receiver acknowledged.
+    /// Last stamp the receiver acknowledged; every stamp up to it is acknowledged.
     pub acked: u64,
     /// Elements set aside because they were not operations.
     pub dead: u64,
@@ -291,8 +347,9 @@ pub struct QueueStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct QueueKeys {
     list: String,
-    inflight: String,
     meta: String,
+    /// Batch `n` in flight is the string `<inflight>:<n>`.
+    inflight: String,
     dead: String,
 }
 
@@ -308,51 +365,113 @@ impl QueueKeys {
         };
         QueueKeys {
             list: queue.to_string(),
-            inflight: format!("{tag}:inflight"),
             meta: format!("{tag}:meta"),
+            inflight: format!("{tag}:inflight"),
             dead: format!("{tag}:dead"),
         }
     }
 }
 
-/// Takes the next batch, or hands out the batch in flight again; acknowledges first.
+// The scripts name the in-flight batches from a prefix passed in KEYS: the stamp is only
+// known inside the script. All of them share the list's hash slot (see `QueueKeys`), which
+// is what Redis Cluster requires of the keys one script touches.
+
+/// Takes the next batch unless `window` batches are in flight already.
 ///
-/// KEYS: list, inflight, meta. ARGV: most operations to take (0: only acknowledge), stamp
-/// to acknowledge (0: none). Returns {stamp, items, operations left in the list, resent};
-/// stamp 0 when there is nothing to send.
+/// KEYS: list, meta, in-flight prefix. ARGV: most operations, window.
+/// Returns {stamp, packed elements, operations left in the list}; stamp 0 when there is
+/// nothing to take or the window is full.
 const TAKE_SCRIPT: &str = r"
-local list, inflight, meta = KEYS[1], KEYS[2], KEYS[3]
-local max = tonumber(ARGV[1])
-local ack = tonumber(ARGV[2])
-local current = tonumber(redis.call('HGET', meta, 'inflight') or '0')
-if ack > 0 and current == ack then
-  redis.call('DEL', inflight)
-  redis.call('HDEL', meta, 'inflight')
-  redis.call('HSET', meta, 'acked', ack)
-  current = 0
-end
-if current > 0 then
-  return {current, redis.call('LRANGE', inflight, 0, -1), redis.call('LLEN', list), 1}
-end
-if max <= 0 then
-  return {0, {}, redis.call('LLEN', list), 0}
+local list, meta, prefix = KEYS[1], KEYS[2], KEYS[3]
+local max, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local stamp = tonumber(redis.call('HGET', meta, 'stamp') or '0')
+local acked = tonumber(redis.call('HGET', meta, 'acked') or '0')
+if stamp - acked >= window then
+  return {0, '', redis.call('LLEN', list)}
 end
 local items = redis.call('LRANGE', list, 0, max - 1)
 if #items == 0 then
-  return {0, {}, 0, 0}
+  return {0, '', 0}
 end
 redis.call('LTRIM', list, #items, -1)
-local stamp = redis.call('HINCRBY', meta, 'stamp', 1)
-redis.call('DEL', inflight)
-for i = 1, #items, 1000 do
-  redis.call('RPUSH', inflight, unpack(items, i, math.min(i + 999, #items)))
+local parts = {}
+for i, item in ipairs(items) do
+  parts[i] = #item .. ':' .. item
 end
-redis.call('HSET', meta, 'inflight', stamp)
-return {stamp, items, redis.call('LLEN', list), 0}
+stamp = stamp + 1
+redis.call('SET', prefix .. ':' .. stamp, table.concat(parts))
+redis.call('HSET', meta, 'stamp', stamp, 'ops:' .. stamp, #items)
+return {stamp, redis.call('GET', prefix .. ':' .. stamp), redis.call('LLEN', list)}
+";
+
+/// The batches in flight, oldest first. KEYS: meta, in-flight prefix.
+/// Returns {stamp, packed, stamp, packed, …}.
+const IN_FLIGHT_SCRIPT: &str = r"
+local meta, prefix = KEYS[1], KEYS[2]
+local stamp = tonumber(redis.call('HGET', meta, 'stamp') or '0')
+local acked = tonumber(redis.call('HGET', meta, 'acked') or '0')
+local out = {}
+for s = acked + 1, stamp do
+  out[#out + 1] = s
+  out[#out + 1] = redis.call('GET', prefix .. ':' .. s) or ''
+end
+return out
+";
+
+/// Acknowledges a stamp if it is the oldest in flight; returns the last acknowledged stamp.
+/// KEYS: meta, in-flight prefix. ARGV: stamp.
+const ACK_SCRIPT: &str = r"
+local meta, prefix = KEYS[1], KEYS[2]
+local acked = tonumber(redis.call('HGET', meta, 'acked') or '0')
+local stamp = tonumber(redis.call('HGET', meta, 'stamp') or '0')
+local s = tonumber(ARGV[1])
+if s ~= acked + 1 or s > stamp then
+  return acked
+end
+redis.call('DEL', prefix .. ':' .. s)
+redis.call('HSET', meta, 'acked', s)
+redis.call('HDEL', meta, 'ops:' .. s)
+return s
+";
+
+/// Everything `status` shows, read in one atomic step. KEYS: list, meta, in-flight prefix,
+/// dead letters. Returns {stream, stamp, acked, length, in-flight ops, dead, oldest element}.
+const STATUS_SCRIPT: &str = r"
+local list, meta, prefix, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local stamp = tonumber(redis.call('HGET', meta, 'stamp') or '0')
+local acked = tonumber(redis.call('HGET', meta, 'acked') or '0')
+local ops = 0
+for s = acked + 1, stamp do
+  ops = ops + tonumber(redis.call('HGET', meta, 'ops:' .. s) or '0')
+end
+local oldest = false
+if stamp > acked then
+  local packed = redis.call('GET', prefix .. ':' .. (acked + 1))
+  if packed then
+    local colon = string.find(packed, ':', 1, true)
+    if colon then
+      local len = tonumber(string.sub(packed, 1, colon - 1)) or 0
+      oldest = string.sub(packed, colon + 1, colon + len)
+    end
+  end
+end
+if not oldest then
+  oldest = redis.call('LINDEX', list, 0)
+end
+return {redis.call('HGET', meta, 'stream') or '', stamp, acked, redis.call('LLEN', list),
+        ops, redis.call('LLEN', dead), oldest or ''}
 ";
 
 /// Elements per RPUSH when enqueueing many operations.
 const PUSH_CHUNK: usize = 1000;
+
+/// The Lua scripts of a queue, loaded once per process.
+struct Scripts {
+    take: redis::Script,
+    in_flight: redis::Script,
+    ack: redis::Script,
+    status: redis::Script,
+}
 
 /// The durable queue of one data centre's outgoing operations.
 #[derive(Clone)]
@@ -360,7 +479,7 @@ pub struct SyncQueue {
     conn: RedisConn,
     keys: QueueKeys,
     replicate: Vec<String>,
-    take: std::sync::Arc<redis::Script>,
+    scripts: std::sync::Arc<Scripts>,
 }
 
 impl SyncQueue {
@@ -370,7 +489,12 @@ impl SyncQueue {
             conn,
             keys: QueueKeys::new(&sync.queue),
             replicate: sync.replicate.clone(),
-            take: std::sync::Arc::new(redis::Script::new(TAKE_SCRIPT)),
+            scripts: std::sync::Arc::new(Scripts {
+                take: redis::Script::new(TAKE_SCRIPT),
+                in_flight: redis::Script::new(IN_FLIGHT_SCRIPT),
+                ack: redis::Script::new(ACK_SCRIPT),
+                status: redis::Script::new(STATUS_SCRIPT),
+            }),
         }
     }
 
@@ -408,15 +532,8 @@ impl SyncQueue {
                 .to_json()
             })
             .collect();
-        self.push_raw(&lines).await?;
-        metrics::counter!("hotkeys_sync_ops_enqueued_total").increment(lines.len() as u64);
-        Ok(lines.len())
-    }
-
-    /// Appends already-encoded elements as they are, without the prefix check.
-    async fn push_raw(&self, lines: &[String]) -> Result<(), SyncError> {
         if lines.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let mut pipe = redis::pipe();
         for chunk in lines.chunks(PUSH_CHUNK) {
@@ -425,7 +542,9 @@ impl SyncQueue {
         let mut conn = self.conn.clone();
         pipe.query_async::<()>(&mut conn)
             .await
-            .map_err(|e| self.redis_error(e))
+            .map_err(|e| self.redis_error(e))?;
+        metrics::counter!("hotkeys_sync_ops_enqueued_total").increment(lines.len() as u64);
+        Ok(lines.len())
     }
 
     /// The id of the queue's stream, created on first use. A queue whose Redis lost its data
@@ -449,56 +568,74 @@ impl SyncQueue {
         Ok(id)
     }
 
-    /// Acknowledges `ack` if given, then hands out the batch in flight again or takes up to
-    /// `max` operations as the next batch. `None` when there is nothing to send.
-    pub async fn take(&self, max: usize, ack: Option<u64>) -> Result<Option<Batch>, SyncError> {
+    /// Takes up to `max` operations from the head of the queue as the next batch, unless
+    /// `window` batches are in flight already. `None`: nothing to take, or the window is full.
+    pub async fn take(&self, max: usize, window: usize) -> Result<Option<Batch>, SyncError> {
         let mut conn = self.conn.clone();
-        let (stamp, items, queued, resent): (u64, Vec<Vec<u8>>, u64, u8) = self
+        let (stamp, packed, queued): (u64, Vec<u8>, u64) = self
+            .scripts
             .take
             .key(&self.keys.list)
-            .key(&self.keys.inflight)
             .key(&self.keys.meta)
+            .key(&self.keys.inflight)
             .arg(max.max(1))
-            .arg(ack.unwrap_or(0))
+            .arg(window.max(1))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.redis_error(e))?;
         if stamp == 0 {
             return Ok(None);
         }
-        if items.is_empty() {
-            return Err(SyncError::Reply {
-                queue: self.keys.list.clone(),
-                message: format!("batch {stamp} is in flight but holds no operation"),
-            });
-        }
-        Ok(Some(Batch {
-            stamp,
-            items,
-            resent: resent == 1,
-            queued,
-        }))
+        Batch::unpack(stamp, packed, queued)
+            .map(Some)
+            .map_err(|message| self.reply_error(message))
     }
 
-    /// Acknowledges the batch `stamp`: the receiver has applied it, it leaves the queue for
-    /// good. Acknowledging a stamp that is not in flight does nothing.
-    pub async fn ack(&self, stamp: u64) -> Result<(), SyncError> {
+    /// The batches taken and not yet acknowledged, oldest first: a shipper that starts
+    /// sends them again, with their stamps, before anything new.
+    pub async fn in_flight(&self) -> Result<Vec<Batch>, SyncError> {
         let mut conn = self.conn.clone();
-        let _: redis::Value = self
-            .take
-            .key(&self.keys.list)
-            .key(&self.keys.inflight)
+        let flat: Vec<redis::Value> = self
+            .scripts
+            .in_flight
             .key(&self.keys.meta)
-            .arg(0)
-            .arg(stamp)
+            .key(&self.keys.inflight)
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.redis_error(e))?;
-        Ok(())
+        flat.chunks(2)
+            .map(|pair| {
+                let stamp: u64 = redis::from_redis_value(pair[0].clone())
+                    .map_err(|e| self.reply_error(e.to_string()))?;
+                let packed: Vec<u8> = pair
+                    .get(1)
+                    .cloned()
+                    .map(redis::from_redis_value)
+                    .transpose()
+                    .map_err(|e| self.reply_error(e.to_string()))?
+                    .unwrap_or_default();
+                Batch::unpack(stamp, packed, 0).map_err(|message| self.reply_error(message))
+            })
+            .collect()
+    }
+
+    /// Acknowledges the batch `stamp`, which must be the oldest in flight: the receiver has
+    /// applied it, it leaves the queue for good. Any other stamp changes nothing. Answers the
+    /// last acknowledged stamp.
+    pub async fn ack(&self, stamp: u64) -> Result<u64, SyncError> {
+        let mut conn = self.conn.clone();
+        self.scripts
+            .ack
+            .key(&self.keys.meta)
+            .key(&self.keys.inflight)
+            .arg(stamp)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))
     }
 
     /// Keeps elements that are not operations out of the stream, for an operator to inspect.
-    pub async fn dead_letter(&self, items: &[Vec<u8>]) -> Result<(), SyncError> {
+    pub async fn dead_letter(&self, items: &[&[u8]]) -> Result<(), SyncError> {
         if items.is_empty() {
             return Ok(());
         }
@@ -514,48 +651,36 @@ impl SyncQueue {
     /// Length, stamps and lag of the queue, read in one atomic step.
     pub async fn status(&self) -> Result<QueueStatus, SyncError> {
         let mut conn = self.conn.clone();
-        type Reply = (
-            (Option<String>, Option<u64>, Option<u64>, Option<u64>),
+        let (stream, last_stamp, acked, length, in_flight_ops, dead, oldest): (
+            String,
             u64,
             u64,
             u64,
-            Option<Vec<u8>>,
-            Option<Vec<u8>>,
-        );
-        let ((stream, last_stamp, in_flight, acked), length, in_flight_ops, dead, head, first): Reply =
-            redis::pipe()
-                .atomic()
-                .cmd("HMGET")
-                .arg(&self.keys.meta)
-                .arg(&["stream", "stamp", "inflight", "acked"])
-                .cmd("LLEN")
-                .arg(&self.keys.list)
-                .cmd("LLEN")
-                .arg(&self.keys.inflight)
-                .cmd("LLEN")
-                .arg(&self.keys.dead)
-                .cmd("LINDEX")
-                .arg(&self.keys.list)
-                .arg(0)
-                .cmd("LINDEX")
-                .arg(&self.keys.inflight)
-                .arg(0)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.redis_error(e))?;
-        // The oldest operation not yet acknowledged heads the batch in flight, if any.
-        let oldest = first
-            .or(head)
-            .and_then(|bytes| QueuedOp::from_json(&bytes).ok());
-        let lag_ms = oldest.map_or(0, |op| now_ms().saturating_sub(op.at_ms));
+            u64,
+            u64,
+            Vec<u8>,
+        ) = self
+            .scripts
+            .status
+            .key(&self.keys.list)
+            .key(&self.keys.meta)
+            .key(&self.keys.inflight)
+            .key(&self.keys.dead)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        let lag_ms = QueuedOp::from_json(&oldest)
+            .map_or(0, |op| now_ms().saturating_sub(op.at_ms));
+        let in_flight_batches = last_stamp.saturating_sub(acked);
         Ok(QueueStatus {
             queue: self.keys.list.clone(),
-            stream,
+            stream: (!stream.is_empty()).then_some(stream),
             length,
-            in_flight,
+            in_flight: (in_flight_batches > 0).then_some(acked + 1),
+            in_flight_batches,
             in_flight_ops,
-            last_stamp: last_stamp.unwrap_or(0),
-            acked: acked.unwrap_or(0),
+            last_stamp,
+            acked,
             dead,
             lag_ms,
         })
@@ -565,6 +690,13 @@ impl SyncQueue {
         SyncError::Redis {
             queue: self.keys.list.clone(),
             source,
+        }
+    }
+
+    fn reply_error(&self, message: String) -> SyncError {
+        SyncError::Reply {
+            queue: self.keys.list.clone(),
+            message,
         }
     }
 }
@@ -647,10 +779,21 @@ mod tests {
     }
 
     #[test]
+    fn packed_batches_split_into_their_elements() {
+        let batch = Batch::unpack(3, b"2:ab0:5:c:d:e".to_vec(), 0).unwrap();
+        let items: Vec<&[u8]> = batch.items().collect();
+        assert_eq!(items, [&b"ab"[..], b"", b"c:d:e"]);
+        for bad in [&b""[..], b"x", b"5:ab", b"ab:c"] {
+            assert!(Batch::unpack(1, bad.to_vec(), 0).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn derived_keys_share_the_queue_slot() {
         let keys = QueueKeys::new("FIFO:MEM");
         assert_eq!(keys.list, "FIFO:MEM");
         assert_eq!(keys.inflight, "{FIFO:MEM}:inflight");
+        assert_eq!(keys.dead, "{FIFO:MEM}:dead");
         assert_eq!(keys.meta, "{FIFO:MEM}:meta");
         let tagged = QueueKeys::new("sync:{dc1}");
         assert_eq!(tagged.inflight, "sync:{dc1}:inflight");

@@ -1,0 +1,211 @@
+//! `hotkeys::cache` against the real Redis servers: placement, NX writes, deletes that must
+//! reach every node, and write order.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::Stack;
+use hotkeys::cache::{CacheNodes, WriteOutcome, Write};
+use hotkeys::config::{RedisConfig, RedisMode, RingAlgorithm};
+
+/// A ring over the stack's two servers (standing in for two nodes of one data centre).
+fn ring_config(stack: &Stack, algorithm: RingAlgorithm) -> RedisConfig {
+    RedisConfig {
+        mode: RedisMode::Ring,
+        nodes: vec![stack.local_url.clone(), stack.remote_url.clone()],
+        ring: algorithm,
+        ..RedisConfig::default()
+    }
+}
+
+async fn exists(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> bool {
+    redis::cmd("EXISTS").arg(key).query_async::<i64>(conn).await.unwrap() == 1
+}
+
+#[tokio::test]
+async fn ring_mode_writes_each_key_only_to_the_node_the_ring_picks() {
+    let Some(mut stack) = common::stack("ring_placement").await else {
+        return;
+    };
+    for algorithm in [
+        RingAlgorithm::PeclMemcache,
+        RingAlgorithm::Flexihash,
+        RingAlgorithm::Ketama,
+    ] {
+        let cache = CacheNodes::connect(&ring_config(&stack, algorithm)).await.unwrap();
+        let entries: Vec<(String, String, Duration)> = (0..200)
+            .map(|i| (format!("{}{algorithm:?}:{i}", stack.prefix()), format!("v{i}"), Duration::from_secs(60)))
+            .collect();
+        let outcome = cache.set_many(&entries).await.unwrap();
+        assert_eq!(outcome.written, 200);
+        let mut per_node = [0; 2];
+        for (key, value, _) in &entries {
+            let node = cache.node_for(key);
+            per_node[node] += 1;
+            assert_eq!(exists(&mut stack.local, key).await, node == 0, "{algorithm:?} {key}");
+            assert_eq!(exists(&mut stack.remote, key).await, node == 1, "{algorithm:?} {key}");
+            assert_eq!(cache.get(key).await.unwrap(), Some(value.clone().into_bytes()));
+        }
+        assert!(per_node.iter().all(|&n| n > 0), "{algorithm:?}: {per_node:?}");
+    }
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn set_many_nx_leaves_present_keys_alone_and_counts_them() {
+    let Some(mut stack) = common::stack("nx").await else {
+        return;
+    };
+    let cache = CacheNodes::connect(&ring_config(&stack, RingAlgorithm::Ketama)).await.unwrap();
+    let key = |i: usize| format!("{}{i}", stack.prefix());
+    let ttl = Duration::from_secs(60);
+    let first: Vec<_> = (0..10).map(|i| (key(i), "old", ttl)).collect();
+    cache.set_many_nx(&first).await.unwrap();
+    let second: Vec<_> = (0..20).map(|i| (key(i), "new", ttl)).collect();
+    let outcome = cache.set_many_nx(&second).await.unwrap();
+    assert_eq!(
+        outcome,
+        WriteOutcome {
+            written: 10,
+            already_present: 10,
+            deleted: 0
+        }
+    );
+    assert_eq!(cache.get(&key(3)).await.unwrap().as_deref(), Some(&b"old"[..]));
+    assert_eq!(cache.get(&key(13)).await.unwrap().as_deref(), Some(&b"new"[..]));
+
+    let forced = cache.set_many(&second).await.unwrap();
+    assert_eq!(forced.written, 20);
+    assert_eq!(cache.get(&key(3)).await.unwrap().as_deref(), Some(&b"new"[..]));
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn delete_removes_a_key_from_every_node_of_the_ring() {
+    let Some(mut stack) = common::stack("delete_all").await else {
+        return;
+    };
+    let cache = CacheNodes::connect(&ring_config(&stack, RingAlgorithm::PeclMemcache)).await.unwrap();
+    // A stale copy on the node the ring does not pick, as left behind by a ring change.
+    let key = format!("{}stale", stack.prefix());
+    for conn in [&mut stack.local, &mut stack.remote] {
+        redis::cmd("SET").arg(&key).arg("v").query_async::<()>(conn).await.unwrap();
+    }
+    assert!(cache.delete(&key).await.unwrap());
+    assert!(!exists(&mut stack.local, &key).await);
+    assert!(!exists(&mut stack.remote, &key).await);
+    assert!(!cache.delete(&key).await.unwrap(), "nothing left to delete");
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn writes_to_one_key_land_in_the_order_given() {
+    let Some(mut stack) = common::stack("order").await else {
+        return;
+    };
+    let cache = CacheNodes::connect(&ring_config(&stack, RingAlgorithm::Flexihash)).await.unwrap();
+    let (a, b) = (format!("{}a", stack.prefix()), format!("{}b", stack.prefix()));
+    let writes = [
+        Write::Set { key: &a, value: b"1", ttl: None, only_if_absent: false },
+        Write::Set { key: &b, value: b"1", ttl: Some(Duration::from_secs(60)), only_if_absent: false },
+        Write::Delete { key: &a },
+        Write::Delete { key: &b },
+        Write::Set { key: &a, value: b"2", ttl: None, only_if_absent: false },
+    ];
+    let outcome = cache.apply(&writes).await.unwrap();
+    assert_eq!((outcome.written, outcome.deleted), (3, 2));
+    assert_eq!(cache.get(&a).await.unwrap().as_deref(), Some(&b"2"[..]));
+    assert_eq!(cache.get(&b).await.unwrap(), None);
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_command_slower_than_the_redis_crate_default_timeout_still_succeeds() {
+    let Some(stack) = common::stack("slow").await else {
+        return;
+    };
+    let cache = CacheNodes::connect(&RedisConfig {
+        nodes: vec![stack.local_url.clone()],
+        ..RedisConfig::default()
+    })
+    .await
+    .unwrap();
+    // A script that busy-waits 700 ms: longer than the crate's 500 ms default.
+    let script = "local t = redis.call('TIME'); local start = t[1] * 1000000 + t[2]; \
+                  repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > 700000; \
+                  return 1";
+    let mut conn = cache.home();
+    let done: i64 = redis::cmd("EVAL").arg(script).arg(0).query_async(&mut conn).await.unwrap();
+    assert_eq!(done, 1);
+}
+
+/// A Redis server of this test's own, on a free port, that the test can stop.
+struct OwnRedis {
+    child: std::process::Child,
+    url: String,
+}
+
+impl OwnRedis {
+    fn start() -> Option<OwnRedis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) if std::env::var_os("CI").is_some() => panic!("cannot run redis-server: {e}"),
+            Err(e) => {
+                eprintln!("SKIPPED: cannot run redis-server: {e}");
+                return None;
+            }
+        };
+        Some(OwnRedis {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+        })
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn delete_fails_when_one_ring_node_does_not_answer() {
+    let Some(mut stack) = common::stack("delete_node_down").await else {
+        return;
+    };
+    let Some(mut own) = OwnRedis::start() else {
+        return;
+    };
+    let cfg = RedisConfig {
+        mode: RedisMode::Ring,
+        nodes: vec![stack.local_url.clone(), own.url.clone()],
+        timeout: Duration::from_secs(2),
+        ..RedisConfig::default()
+    };
+    let cache = loop {
+        match CacheNodes::connect(&cfg).await {
+            Ok(c) => break c,
+            // The server takes a moment to listen.
+            Err(e) if e.is_unreachable() => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let key = format!("{}k", stack.prefix());
+    redis::cmd("SET").arg(&key).arg("v").query_async::<()>(&mut stack.local).await.unwrap();
+
+    own.child.kill().unwrap();
+    own.child.wait().unwrap();
+    let err = cache.delete(&key).await.unwrap_err();
+    assert!(err.to_string().contains(&own.url), "{err}");
+    assert!(err.is_unreachable(), "{err}");
+    stack.cleanup().await;
+}

@@ -1,0 +1,289 @@
+//! The receiver's answers to every kind of request, against the real remote Redis: a
+//! refused request changes nothing, a re-sent stamp is not applied twice.
+
+mod common;
+
+use cache_sync::receive::{self, StreamState};
+use cache_sync::wire::{self, BatchReply, ErrorReply, Outcome};
+use common::{RunningReceiver, SECRET, Stack};
+use hotkeys::config::SyncCompression;
+use hotkeys::sync_queue::{Op, QueuedOp, now_ms};
+use reqwest::StatusCode;
+
+/// A receiver of the test's topology and a client that speaks to it.
+struct Harness {
+    stack: Stack,
+    receiver: RunningReceiver,
+    client: reqwest::Client,
+    /// This test's stream: no other test sends on it.
+    stream: String,
+}
+
+impl Harness {
+    async fn start(test: &str, max_body: usize) -> Option<Harness> {
+        let stack = common::stack(test).await?;
+        let mut t = stack.topology();
+        t.sync.max_body = max_body;
+        let receiver = RunningReceiver::start(&t, "127.0.0.1:0").await;
+        let stream = format!("test:{}:stream", stack.id);
+        Some(Harness {
+            stack,
+            receiver,
+            client: reqwest::Client::new(),
+            stream,
+        })
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.stack.prefix())
+    }
+
+    fn body(&self, stamp: u64, ops: &[Op]) -> Vec<u8> {
+        let lines: Vec<String> = ops.iter().map(|op| QueuedOp::now(op.clone()).to_json()).collect();
+        let refs: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+        wire::encode_batch(&self.stream, stamp, &refs)
+    }
+
+    async fn post(
+        &self,
+        body: Vec<u8>,
+        signature: Option<String>,
+        encoding: Option<&str>,
+    ) -> (StatusCode, String) {
+        let mut request = self.client.post(self.receiver.url()).body(body);
+        if let Some(signature) = signature {
+            request = request.header(wire::SIGNATURE_HEADER, signature);
+        }
+        if let Some(encoding) = encoding {
+            request = request.header("content-encoding", encoding);
+        }
+        let response = request.send().await.unwrap();
+        (response.status(), response.text().await.unwrap())
+    }
+
+    async fn post_signed(&self, body: Vec<u8>) -> (StatusCode, String) {
+        let signature = wire::sign(SECRET.as_bytes(), &body);
+        self.post(body, Some(signature), None).await
+    }
+
+    async fn send(&self, stamp: u64, ops: &[Op]) -> (StatusCode, String) {
+        self.post_signed(self.body(stamp, ops)).await
+    }
+
+    async fn remote_get(&mut self, key: &str) -> Option<String> {
+        redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut self.stack.remote)
+            .await
+            .unwrap()
+    }
+
+    async fn state(&self) -> StreamState {
+        let t = self.stack.topology();
+        let conn = hotkeys::cache::RedisConn::connect_home(&common::remote_redis(&t))
+            .await
+            .unwrap();
+        receive::stream_state(&conn, &self.stream).await.unwrap()
+    }
+
+    async fn finish(mut self) {
+        self.receiver.stop().await;
+        self.stack.cleanup().await;
+    }
+}
+
+fn applied(text: &str) -> BatchReply {
+    serde_json::from_str(text).unwrap()
+}
+
+fn error(text: &str) -> String {
+    serde_json::from_str::<ErrorReply>(text).unwrap().error
+}
+
+#[tokio::test]
+async fn a_signed_batch_is_applied_and_its_stamp_recorded() {
+    let Some(mut h) = Harness::start("applied", 1 << 20).await else {
+        return;
+    };
+    let (a, b) = (h.key("a"), h.key("b"));
+    let (status, text) = h
+        .send(1, &[Op::set(&a, "1", None), Op::set(&b, "2", None), Op::delete(&b)])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let reply = applied(&text);
+    assert_eq!((reply.status, reply.stamp, reply.ops), (Outcome::Applied, 1, 3));
+    assert_eq!(h.remote_get(&a).await.as_deref(), Some("1"));
+    assert_eq!(h.remote_get(&b).await, None);
+    let state = h.state().await;
+    assert_eq!((state.processing, state.processed, state.applied), (1, 1, 1));
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_wrong_or_missing_signature_is_refused_with_401_and_changes_nothing() {
+    let Some(mut h) = Harness::start("signature", 1 << 20).await else {
+        return;
+    };
+    let key = h.key("k");
+    let body = h.body(1, &[Op::set(&key, "v", None)]);
+    let forged = wire::sign(b"not the secret", &body);
+    let other_body = wire::sign(SECRET.as_bytes(), b"another body");
+    for signature in [Some(forged), Some(other_body), Some("sha256=".into()), None] {
+        let (status, text) = h.post(body.clone(), signature, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{text}");
+    }
+    assert_eq!(h.remote_get(&key).await, None);
+    assert_eq!(h.state().await, StreamState::default());
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_refused_with_413_and_changes_nothing() {
+    let Some(mut h) = Harness::start("oversized", 4096).await else {
+        return;
+    };
+    let key = h.key("k");
+    // Too large as sent.
+    let big = h.body(1, &[Op::set(&key, "x".repeat(8192), None)]);
+    let (status, text) = h.post_signed(big.clone()).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
+    // Small as sent, too large once decompressed.
+    let packed = wire::compress(big, SyncCompression::Zstd).unwrap();
+    assert!(packed.len() < 4096);
+    let signature = wire::sign(SECRET.as_bytes(), &packed);
+    let (status, text) = h.post(packed, Some(signature), Some("zstd")).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
+    assert_eq!(h.remote_get(&key).await, None);
+    assert_eq!(h.state().await, StreamState::default());
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_malformed_body_is_refused_with_400_naming_the_first_error_and_changes_nothing() {
+    let Some(mut h) = Harness::start("malformed", 1 << 20).await else {
+        return;
+    };
+    let good = h.key("good");
+    let first = QueuedOp::now(Op::set(&good, "v", None)).to_json();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            format!(
+                r#"{{"stream":"{}","stamp":1,"ops":[{first},{{"op":"set","key":"x","at_ms":1}}]}}"#,
+                h.stream
+            )
+            .into_bytes(),
+            "ops[1]",
+        ),
+        (b"{not json".to_vec(), "key must be a string"),
+        (format!(r#"{{"stream":"{}","ops":[]}}"#, h.stream).into_bytes(), "stamp"),
+    ];
+    for (body, expected) in cases {
+        let (status, text) = h.post_signed(body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+        assert!(error(&text).contains(expected), "{text}");
+    }
+    // Signed, but not the compression it claims.
+    let body = b"plain bytes".to_vec();
+    let signature = wire::sign(SECRET.as_bytes(), &body);
+    let (status, _) = h.post(body, Some(signature), Some("gzip")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // The valid first operation of the refused batch was not applied either.
+    assert_eq!(h.remote_get(&good).await, None);
+    assert_eq!(h.state().await, StreamState::default());
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_replayed_stamp_is_acknowledged_without_being_applied_again() {
+    let Some(mut h) = Harness::start("replay", 1 << 20).await else {
+        return;
+    };
+    let key = h.key("k");
+    let first = h.body(1, &[Op::set(&key, "first", None)]);
+    let (status, _) = h.post_signed(first.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = h.send(2, &[Op::set(&key, "second", None)]).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Stamp 1 again, byte for byte: were it applied, the key would go back to "first".
+    let (status, text) = h.post_signed(first).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(applied(&text).status, Outcome::Duplicate);
+    assert_eq!(h.remote_get(&key).await.as_deref(), Some("second"));
+    let state = h.state().await;
+    assert_eq!((state.processed, state.applied, state.duplicates), (2, 2, 1));
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_stamp_that_skips_ahead_is_refused_with_409_and_changes_nothing() {
+    let Some(mut h) = Harness::start("gap", 1 << 20).await else {
+        return;
+    };
+    let key = h.key("k");
+    let (status, _) = h.send(1, &[Op::set(&key, "one", None)]).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, text) = h.send(3, &[Op::set(&key, "three", None)]).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{text}");
+    assert!(error(&text).contains("expects 2"), "{text}");
+    assert_eq!(h.remote_get(&key).await.as_deref(), Some("one"));
+    let state = h.state().await;
+    assert_eq!((state.processed, state.applied), (1, 1));
+    // A new stream must begin at stamp 1.
+    h.stream.push_str("-new");
+    let (status, _) = h.send(2, &[Op::set(&key, "two", None)]).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(h.remote_get(&key).await.as_deref(), Some("one"));
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn zstd_gzip_and_plain_bodies_are_all_applied() {
+    let Some(mut h) = Harness::start("encodings", 1 << 20).await else {
+        return;
+    };
+    for (stamp, compression) in [
+        (1, SyncCompression::Zstd),
+        (2, SyncCompression::Gzip),
+        (3, SyncCompression::None),
+    ] {
+        let key = h.key(&format!("{compression:?}"));
+        let body = h.body(stamp, &[Op::set(&key, vec![0u8, 159, 146, 150], None)]);
+        let body = wire::compress(body, compression).unwrap();
+        let signature = wire::sign(SECRET.as_bytes(), &body);
+        let (status, text) = h
+            .post(body, Some(signature), wire::content_encoding(compression))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{compression:?}: {text}");
+        let value: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut h.stack.remote)
+            .await
+            .unwrap();
+        assert_eq!(value, Some(vec![0u8, 159, 146, 150]), "{compression:?}");
+    }
+    let signature = wire::sign(SECRET.as_bytes(), b"x");
+    let (status, _) = h.post(b"x".to_vec(), Some(signature), Some("br")).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_set_whose_ttl_ran_out_on_the_way_deletes_the_key() {
+    let Some(mut h) = Harness::start("expired", 1 << 20).await else {
+        return;
+    };
+    let key = h.key("k");
+    let (status, _) = h.send(1, &[Op::set(&key, "old", None)]).await;
+    assert_eq!(status, StatusCode::OK);
+    let expired = QueuedOp {
+        op: Op::set(&key, "new", Some(std::time::Duration::from_secs(1))),
+        at_ms: now_ms() - 5_000,
+    }
+    .to_json();
+    let body = wire::encode_batch(&h.stream, 2, &[expired.as_bytes()]);
+    let (status, _) = h.post_signed(body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h.remote_get(&key).await, None);
+    h.finish().await;
+}

@@ -1,0 +1,91 @@
+//! Publishes synthetic hot lists for benchmarks and demos without Kafka or hot-counter.
+//!
+//! Reads keys (one per line) from stdin and deals them round-robin into `--tasks` tasks, the
+//! way a keyed Kafka topic spreads products over partitions, then publishes each task's hot
+//! list as a new version (counts decrease with position). `--fresh` first deletes the
+//! topology's subtree, warmed marks included.
+//!
+//! ```text
+//! seq 1 100000 | cargo run --release -p prewarm --example publish_hot -- \
+//!     --topology topology/default.toml --tasks 20 --fresh
+//! ```
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use hotkeys::Topology;
+use hotkeys::hotlist::{HotItem, HotList, now_ms};
+use hotkeys::zk::Zk;
+
+#[derive(Parser)]
+struct Cli {
+    #[arg(long, env = "HOTKEYS_TOPOLOGY", default_value = "topology/default.toml")]
+    topology: PathBuf,
+    /// Tasks to spread the keys over.
+    #[arg(long)]
+    tasks: u32,
+    /// Delete the topology's subtree in ZooKeeper first.
+    #[arg(long)]
+    fresh: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let topology = Topology::load(&cli.topology)?;
+    anyhow::ensure!(cli.tasks > 0, "--tasks must be at least 1");
+    let mut per_task: Vec<Vec<String>> = vec![Vec::new(); cli.tasks as usize];
+    for (i, line) in std::io::stdin().lock().lines().enumerate() {
+        let key = line.context("reading keys from stdin")?.trim().to_string();
+        if !key.is_empty() {
+            per_task[i % cli.tasks as usize].push(key);
+        }
+    }
+    let zk = Zk::connect(&topology).await?;
+    if cli.fresh {
+        zk.delete_all().await?;
+    }
+    let mut total = 0;
+    for (task, keys) in per_task.into_iter().enumerate() {
+        let task = task as u32;
+        total += keys.len();
+        let version = publish(&zk, &topology.name, task, &keys).await?;
+        eprintln!("task {task}: {} keys, version {version}", keys.len());
+    }
+    eprintln!("published {total} keys over {} tasks of {}", cli.tasks, topology.name);
+    Ok(())
+}
+
+/// Publishes `keys` as the next version of `task`'s hot list.
+async fn publish(zk: &Zk, topology: &str, task: u32, keys: &[String]) -> anyhow::Result<i32> {
+    zk.ensure_task(task).await?;
+    let seen = zk.read_hot(task).await.ok().flatten().map(|h| h.version);
+    let next = seen.map_or(0, |v| v + 1);
+    let n = keys.len() as u64;
+    let hot = HotList {
+        topology: topology.to_string(),
+        task,
+        version: i64::from(next),
+        generated_at_ms: now_ms(),
+        window_ms: 300_000,
+        offset: 0,
+        exact: None,
+        owner: Some("publish_hot".into()),
+        events: n * (n + 1) / 2,
+        items: keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| HotItem {
+                key: k.clone(),
+                count: n - i as u64,
+                error: None,
+            })
+            .collect(),
+    };
+    let version = zk
+        .publish(task, seen, &serde_json::to_vec(&hot)?, b"{}")
+        .await?;
+    Ok(version)
+}

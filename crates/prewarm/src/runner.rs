@@ -1,0 +1,385 @@
+//! A run: connect to ZooKeeper, MySQL and Redis (retrying while they are unreachable), then
+//! passes over the tasks. A pass lists the tasks, shuffles them (parallel processes then
+//! start on different tasks and rarely meet on a lock) and warms `C` at a time.
+//!
+//! `--once` then re-checks the tasks it found locked by another process until each is warmed
+//! by its holder, or its lock disappears with the holder's session (and this process warms it),
+//! or `--wait-for-others` runs out. `--watch` repeats the pass every `--interval` instead.
+//!
+//! A failure that ends the run (a dependency unreachable for the whole retry budget) aborts
+//! the tasks in flight; each releases its lock before the run returns.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hotkeys::Topology;
+use hotkeys::cache::CacheNodes;
+use hotkeys::hotlist::LockInfo;
+use hotkeys::mysql::{self, MysqlError, RowLoader};
+use hotkeys::sync_queue::SyncQueue;
+use rand::seq::SliceRandom;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Dependency, Halt, PrewarmError};
+use crate::report::{Progress, Summary, TaskOutcome, TaskRecord, show_progress};
+use crate::retry::{Policy, retry};
+use crate::session::Session;
+use crate::{Mode, Options, pass};
+
+/// How long the first connection to MySQL may take before the attempt counts as failed.
+const MYSQL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often `--once` looks at tasks locked by others at the end of its pass. This polls
+/// the `warmed` and `lock` nodes; it never blocks on a lock.
+const RECHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// Everything the tasks of a run share.
+pub(crate) struct Ctx {
+    pub topology: Topology,
+    pub opts: Options,
+    /// This process, `host:pid`.
+    pub by: String,
+    pub session: Session,
+    pub pool: mysql::Pool,
+    pub loader: RowLoader,
+    /// `None` in a dry run.
+    pub cache: Option<CacheNodes>,
+    /// `None` in a dry run, or when `sync.replicate` is empty.
+    pub sync: Option<SyncQueue>,
+    /// Retry budget; its token aborts the tasks (shutdown or a fatal error).
+    pub policy: Policy,
+    pub shutdown: CancellationToken,
+    pub progress: Arc<Progress>,
+    /// Batches of one task in flight at once.
+    pub batch_parallelism: usize,
+}
+
+impl Ctx {
+    fn stopping(&self) -> bool {
+        self.policy.abort.is_cancelled()
+    }
+}
+
+/// The result of a run: the summary, and the error that ended it early, if any.
+#[derive(Debug)]
+pub struct Finished {
+    pub summary: Summary,
+    pub error: Option<PrewarmError>,
+}
+
+impl Finished {
+    /// 0 when every task is warmed by someone (or a `--watch` run ended on a signal), 3 when
+    /// a dependency stayed unreachable, 2 for configuration, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match &self.error {
+            Some(e) => e.exit_code(),
+            None if self.summary.complete || self.summary.mode == Mode::Watch => hotkeys::exit::OK,
+            None => hotkeys::exit::FAILED,
+        }
+    }
+}
+
+/// Runs prewarm until its pass is done (`--once`), or until `shutdown` (`--watch`).
+pub async fn run(topology: Topology, opts: Options, shutdown: CancellationToken) -> Finished {
+    let started = Instant::now();
+    let by = LockInfo::this_process().holder();
+    let mut summary = Summary::new(
+        by.clone(),
+        topology.name.clone(),
+        opts.mode,
+        opts.force,
+        opts.dry_run,
+    );
+    let policy = Policy {
+        budget: opts.retry_for,
+        // Shutdown aborts too: retries and held locks stop, locks are released.
+        abort: shutdown.child_token(),
+    };
+    let ctx = match setup(topology, opts, by, policy, shutdown).await {
+        Ok(ctx) => Arc::new(ctx),
+        Err(e) => {
+            let error = match e {
+                Halt::Fatal(e) => e,
+                other => PrewarmError::Failed {
+                    dependency: Dependency::ZooKeeper,
+                    message: format!("stopped while connecting: {other:?}"),
+                },
+            };
+            summary.finish(Vec::new(), started.elapsed(), Some(error.to_string()));
+            return Finished {
+                summary,
+                error: Some(error),
+            };
+        }
+    };
+    let stop_progress = CancellationToken::new();
+    if ctx.opts.progress {
+        show_progress(ctx.progress.clone(), started, stop_progress.clone());
+    }
+
+    let mut records = BTreeMap::new();
+    let mut error = None;
+    loop {
+        summary.passes += 1;
+        if let Err(e) = one_pass(&ctx, &mut records).await {
+            error = Some(e);
+            break;
+        }
+        if ctx.opts.mode == Mode::Once || ctx.shutdown.is_cancelled() {
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(ctx.opts.interval) => {}
+            () = ctx.shutdown.cancelled() => break,
+        }
+    }
+    stop_progress.cancel();
+    summary.finish(
+        records.into_values().collect(),
+        started.elapsed(),
+        error.as_ref().map(|e| e.to_string()),
+    );
+    if let Ok(ctx) = Arc::try_unwrap(ctx) {
+        ctx.close().await;
+    }
+    Finished { summary, error }
+}
+
+impl Ctx {
+    async fn close(self) {
+        self.pool.close().await;
+        drop(self.session);
+        // Give the dropped ZooKeeper client a moment to close its session, so that a lock it
+        // could not delete goes now rather than one session timeout later.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn setup(
+    topology: Topology,
+    opts: Options,
+    by: String,
+    policy: Policy,
+    shutdown: CancellationToken,
+) -> Result<Ctx, Halt> {
+    let session = Session::connect(&topology, &policy).await?;
+    let pool = retry(&policy, Dependency::MySql, "connecting", || {
+        mysql::connect(&topology.mysql, MYSQL_CONNECT_TIMEOUT)
+    })
+    .await?
+    .map_err(mysql_setup_error)?;
+    let loader = retry(&policy, Dependency::MySql, "preparing mysql.query", || {
+        RowLoader::new(&pool, &topology.mysql)
+    })
+    .await?
+    .map_err(mysql_setup_error)?;
+    let (cache, sync) = if opts.dry_run {
+        (None, None)
+    } else {
+        let cache = retry(&policy, Dependency::Redis, "connecting", || {
+            CacheNodes::connect(&topology.redis)
+        })
+        .await?
+        .map_err(|e| Halt::Fatal(PrewarmError::Config(e.to_string())))?;
+        let sync = if topology.sync.replicate.is_empty() {
+            None
+        } else {
+            Some(SyncQueue::new(cache.home(), &topology.sync))
+        };
+        (Some(cache), sync)
+    };
+    Ok(Ctx {
+        batch_parallelism: (topology.mysql.pool as usize).max(1),
+        progress: Arc::new(Progress::default()),
+        topology,
+        opts,
+        by,
+        session,
+        pool,
+        loader,
+        cache,
+        sync,
+        policy,
+        shutdown,
+    })
+}
+
+fn mysql_setup_error(e: MysqlError) -> Halt {
+    Halt::Fatal(match e {
+        MysqlError::BadUrl(_) | MysqlError::BadQuery(_) | MysqlError::Rejected { .. } => {
+            PrewarmError::Config(e.to_string())
+        }
+        e => PrewarmError::Failed {
+            dependency: Dependency::MySql,
+            message: e.to_string(),
+        },
+    })
+}
+
+/// One pass: every task once, then (`--once`) the re-check of tasks locked elsewhere.
+async fn one_pass(ctx: &Arc<Ctx>, records: &mut BTreeMap<u32, TaskRecord>) -> Result<(), PrewarmError> {
+    let mut tasks = ctx
+        .session
+        .read(&ctx.policy, "listing tasks", |zk| async move { zk.list_tasks().await })
+        .await
+        .map_err(halt_to_error)?;
+    tasks.shuffle(&mut rand::rng());
+    ctx.progress.set_total(tasks.len());
+    run_tasks(ctx, tasks, records).await?;
+    if ctx.opts.mode == Mode::Once {
+        recheck(ctx, records).await?;
+    }
+    Ok(())
+}
+
+fn halt_to_error(h: Halt) -> PrewarmError {
+    match h {
+        Halt::Fatal(e) => e,
+        other => PrewarmError::Failed {
+            dependency: Dependency::ZooKeeper,
+            message: format!("{other:?}"),
+        },
+    }
+}
+
+/// Warms `tasks`, `C` at a time. Returns the first failure that ends the run, after every
+/// task in flight has stopped and released its lock.
+async fn run_tasks(
+    ctx: &Arc<Ctx>,
+    tasks: Vec<u32>,
+    records: &mut BTreeMap<u32, TaskRecord>,
+) -> Result<(), PrewarmError> {
+    let mut queue = tasks.into_iter();
+    let mut running = JoinSet::new();
+    let mut ids = HashMap::new();
+    let mut first_error = None;
+    loop {
+        while running.len() < ctx.opts.concurrency.max(1) && !ctx.stopping() {
+            let Some(task) = queue.next() else { break };
+            let c = ctx.clone();
+            let handle = running.spawn(async move { pass::warm(&c, task).await });
+            ids.insert(handle.id(), task);
+        }
+        let Some(joined) = running.join_next_with_id().await else {
+            break;
+        };
+        let (task, result) = match joined {
+            Ok((id, result)) => (ids[&id], result),
+            Err(e) => (
+                ids[&e.id()],
+                Err(PrewarmError::Failed {
+                    dependency: Dependency::ZooKeeper,
+                    message: format!("task crashed: {e}"),
+                }),
+            ),
+        };
+        let record = match result {
+            Ok(record) => record,
+            Err(e) => {
+                let mut record = TaskRecord::new(task, TaskOutcome::Failed);
+                record.error = Some(e.to_string());
+                if first_error.is_none() {
+                    tracing::error!(task, error = %e, "giving up; stopping the other tasks");
+                    ctx.policy.abort.cancel();
+                    first_error = Some(e);
+                }
+                record
+            }
+        };
+        keep(ctx, records, record);
+    }
+    for task in queue {
+        records
+            .entry(task)
+            .or_insert_with(|| TaskRecord::new(task, TaskOutcome::Aborted));
+    }
+    ctx.progress.update(records.values());
+    first_error.map_or(Ok(()), Err)
+}
+
+fn keep(ctx: &Ctx, records: &mut BTreeMap<u32, TaskRecord>, record: TaskRecord) {
+    ctx.progress.record(&record);
+    let record = match records.get(&record.task) {
+        // In --watch, a later pass that found the task up to date says less than the pass
+        // that warmed it.
+        Some(prev) if ctx.opts.mode == Mode::Watch && record.outcome == TaskOutcome::UpToDate => {
+            prev.clone()
+        }
+        Some(prev) => record.after(prev),
+        None => record,
+    };
+    records.insert(record.task, record);
+    ctx.progress.update(records.values());
+}
+
+/// `--once`: tasks another process held are looked at again until they are warmed, or their
+/// lock is gone (then warmed here), or the deadline passes.
+async fn recheck(ctx: &Arc<Ctx>, records: &mut BTreeMap<u32, TaskRecord>) -> Result<(), PrewarmError> {
+    let deadline = Instant::now() + ctx.opts.wait_for_others;
+    loop {
+        let pending: Vec<u32> = records
+            .values()
+            .filter(|r| r.outcome.is_pending())
+            .map(|r| r.task)
+            .collect();
+        if pending.is_empty() || ctx.stopping() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            for task in pending {
+                if let Some(r) = records.get_mut(&task) {
+                    r.outcome = TaskOutcome::StillLocked;
+                    r.error = Some(format!(
+                        "still locked by {} and not warmed after waiting {}",
+                        r.holder.as_deref().unwrap_or("another process"),
+                        humantime::format_duration(ctx.opts.wait_for_others)
+                    ));
+                }
+            }
+            ctx.progress.update(records.values());
+            return Ok(());
+        }
+        tokio::select! {
+            () = tokio::time::sleep(RECHECK_EVERY) => {}
+            () = ctx.policy.abort.cancelled() => return Ok(()),
+        }
+        let mut free = Vec::new();
+        for task in pending {
+            let (hot, warmed, lock) = ctx
+                .session
+                .read(&ctx.policy, "re-checking a locked task", |zk| async move {
+                    let hot = zk.read_hot(task).await;
+                    let warmed = zk.read_warmed(task).await;
+                    let lock = zk.read_lock(task).await;
+                    Ok((hot, warmed, lock))
+                })
+                .await
+                .map_err(halt_to_error)?;
+            let Some(record) = records.get_mut(&task) else { continue };
+            let hot_version = match hot {
+                Ok(Some(h)) => i64::from(h.version),
+                // Gone or unreadable now: the next attempt reports it properly.
+                _ => {
+                    free.push(task);
+                    continue;
+                }
+            };
+            match (warmed, lock) {
+                (Ok(Some(w)), _) if w.value.hot_version >= hot_version => {
+                    record.outcome = TaskOutcome::WarmedByOther;
+                    record.hot_version = Some(hot_version);
+                    record.holder = Some(w.value.by);
+                }
+                (_, Ok(None)) => free.push(task),
+                (_, Ok(Some(l))) => record.holder = Some(l.value.holder()),
+                (_, Err(_)) => {}
+            }
+        }
+        ctx.progress.update(records.values());
+        if !free.is_empty() {
+            run_tasks(ctx, free, records).await?;
+        }
+    }
+}

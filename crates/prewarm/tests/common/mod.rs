@@ -1,0 +1,295 @@
+//! Helpers of prewarm's integration tests, against the real servers of `scripts/stack.sh`.
+//!
+//! Every test gets its own topology name (so its own ZooKeeper subtree), its own Redis key
+//! prefix and replication queue (`hotkeys::testing::topology`), and shares one catalogue:
+//! products `1..=CATALOGUE` of seed `SEED` in the database `hotkeys_test`, seeded once and
+//! idempotently. Keys from `ABSENT` up never exist. Tests therefore run in parallel with each
+//! other and with anything else using the stack.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use hotkeys::Topology;
+use hotkeys::config::MysqlConfig;
+use hotkeys::hotlist::{HotItem, HotList, LockInfo, Warmed, now_ms};
+use hotkeys::mysql::{self, Pool};
+use hotkeys::testing;
+use hotkeys::zk::Zk;
+use prewarm::Summary;
+use redis::AsyncCommands;
+
+/// Products in the shared test catalogue.
+pub const CATALOGUE: u64 = 5_000;
+/// Seed of the shared test catalogue.
+pub const SEED: u64 = 42;
+/// First id that is never in the catalogue.
+pub const ABSENT: u64 = 10_000_000;
+/// Upper bound on any wait: a broken server fails a test instead of hanging it.
+pub const PATIENCE: u64 = 90;
+
+/// The database the tests use, next to the configured one (the stack grants `hotkeys_*`).
+pub fn test_db_url(url: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("mysql.url has a database path");
+    format!("{base}/hotkeys_test")
+}
+
+/// True when ZooKeeper, MySQL and Redis answer. Otherwise the test is skipped on a
+/// developer machine and fails when `CI` is set.
+pub fn stack_is_up(t: &Topology) -> bool {
+    let redis = t.redis.nodes[0]
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_string();
+    let mysql = mysql::options(&t.mysql.url).expect("mysql.url parses");
+    let servers = [
+        ("ZooKeeper", t.zookeeper.connect.split(',').next().unwrap_or("").to_string()),
+        ("MySQL", format!("{}:{}", mysql.get_host(), mysql.get_port())),
+        ("Redis", redis),
+    ];
+    for (name, addr) in servers {
+        let up = addr
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .and_then(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(3)).ok())
+            .is_some();
+        if !up {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{name} at {addr} is unreachable and CI is set"
+            );
+            eprintln!("skipping: {name} at {addr} is unreachable; start it with scripts/stack.sh up");
+            return false;
+        }
+    }
+    true
+}
+
+/// A pool on the test catalogue (`test`), created through `admin` (the configured
+/// database), migrated and seeded on first use.
+pub async fn catalogue(admin: &MysqlConfig, test: &MysqlConfig) -> Pool {
+    static READY: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    READY
+        .get_or_init(|| async {
+            let pool = mysql::connect(admin, Duration::from_secs(10)).await.expect("MySQL");
+            sqlx::query("CREATE DATABASE IF NOT EXISTS hotkeys_test CHARACTER SET utf8mb4")
+                .execute(&pool)
+                .await
+                .expect("create database hotkeys_test");
+            pool.close().await;
+            let pool = mysql::connect(test, Duration::from_secs(10)).await.expect("MySQL");
+            mysql::migrate(&pool).await.expect("migrate");
+            let have: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM products WHERE id BETWEEN 1 AND ?")
+                    .bind(CATALOGUE as i64)
+                    .fetch_one(&pool)
+                    .await
+                    .expect("count products");
+            if have != CATALOGUE as i64 {
+                mysql::seed(&pool, CATALOGUE, SEED).await.expect("seed");
+            }
+            pool.close().await;
+        })
+        .await;
+    mysql::connect(test, Duration::from_secs(10)).await.expect("MySQL")
+}
+
+/// Keys as strings.
+pub fn keys(ids: impl IntoIterator<Item = u64>) -> Vec<String> {
+    ids.into_iter().map(|i| i.to_string()).collect()
+}
+
+/// One test's world: a topology file for the child processes, and clients to inspect it.
+pub struct Fixture {
+    pub t: Topology,
+    pub path: PathBuf,
+    pub zk: Zk,
+    pub redis: redis::aio::MultiplexedConnection,
+}
+
+impl Fixture {
+    /// A fresh topology for `test`, with `adjust` applied; `None` when the stack is down.
+    pub async fn new(test: &str, adjust: impl FnOnce(&mut Topology)) -> Option<Fixture> {
+        let mut t = testing::topology(test);
+        let admin = t.mysql.clone();
+        t.mysql.url = test_db_url(&t.mysql.url);
+        let test_db = t.mysql.clone();
+        // Short sessions: a killed holder's lock goes quickly (the stack allows 1 s).
+        t.zookeeper.session_timeout = Duration::from_secs(2);
+        t.sync.replicate = Vec::new();
+        adjust(&mut t);
+        let mut probe = t.clone();
+        probe.mysql = test_db.clone();
+        if !stack_is_up(&probe) {
+            return None;
+        }
+        catalogue(&admin, &test_db).await.close().await;
+        let path = testing::write_topology(&t);
+        let zk = Zk::connect(&t).await.expect("ZooKeeper");
+        let redis = redis::Client::open(t.redis.nodes[0].as_str())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis");
+        Some(Fixture { t, path, zk, redis })
+    }
+
+    /// Publishes `keys` as the next version of `task`'s hot list; returns the version.
+    pub async fn publish(&self, task: u32, keys: &[String]) -> i32 {
+        self.zk.ensure_task(task).await.expect("ensure task");
+        let seen = self.zk.read_hot(task).await.ok().flatten().map(|h| h.version);
+        let n = keys.len() as u64;
+        let hot = HotList {
+            topology: self.t.name.clone(),
+            task,
+            version: i64::from(seen.map_or(0, |v| v + 1)),
+            generated_at_ms: now_ms(),
+            window_ms: 300_000,
+            offset: 0,
+            exact: None,
+            owner: Some("test".into()),
+            events: n,
+            items: keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| HotItem {
+                    key: k.clone(),
+                    count: n - i as u64,
+                    error: None,
+                })
+                .collect(),
+        };
+        let bytes = serde_json::to_vec(&hot).expect("hot list JSON");
+        self.zk.publish(task, seen, &bytes, b"{}").await.expect("publish")
+    }
+
+    /// Publishes bytes that are not a hot list.
+    pub async fn publish_raw(&self, task: u32, bytes: &[u8]) {
+        self.zk.ensure_task(task).await.expect("ensure task");
+        self.zk.publish(task, None, bytes, b"{}").await.expect("publish");
+    }
+
+    /// `prewarm --topology <this> …`, without the `HOTKEYS_*` overrides of the test's own
+    /// environment (they would point the child elsewhere than this topology).
+    pub fn prewarm(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_prewarm"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("HOTKEYS_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.arg("--topology")
+            .arg(&self.path)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs `prewarm --json …` to the end: exit code, summary, stderr.
+    pub async fn run(&self, args: &[&str]) -> (i32, Summary, String) {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.prewarm(&all).output().await.expect("run prewarm");
+        finished(out)
+    }
+
+    pub async fn warmed(&self, task: u32) -> Option<Warmed> {
+        self.zk.read_warmed(task).await.expect("read warmed").map(|w| w.value)
+    }
+
+    pub async fn lock(&self, task: u32) -> Option<LockInfo> {
+        self.zk.read_lock(task).await.expect("read lock").map(|l| l.value)
+    }
+
+    /// Tasks whose lock node exists.
+    pub async fn locked_tasks(&self) -> Vec<u32> {
+        let mut locked = Vec::new();
+        for task in self.zk.list_tasks().await.expect("list tasks") {
+            if self.lock(task).await.is_some() {
+                locked.push(task);
+            }
+        }
+        locked
+    }
+
+    pub fn cache_key(&self, key: &str) -> String {
+        hotkeys::cache::cache_key(&self.t.redis, key)
+    }
+
+    pub async fn get(&mut self, key: &str) -> Option<String> {
+        let k = self.cache_key(key);
+        self.redis.get(k).await.expect("GET")
+    }
+
+    pub async fn ttl_ms(&mut self, key: &str) -> i64 {
+        let k = self.cache_key(key);
+        self.redis.pttl(k).await.expect("PTTL")
+    }
+
+    pub async fn set(&mut self, key: &str, value: &str) {
+        let k = self.cache_key(key);
+        let _: () = self.redis.set_ex(k, value, 600).await.expect("SET");
+    }
+
+    /// Every Redis key of this test.
+    pub async fn cache_keys(&mut self) -> Vec<String> {
+        let pattern = self.cache_key("*");
+        let mut keys: Vec<String> = Vec::new();
+        let mut iter: redis::AsyncIter<String> =
+            self.redis.scan_match(pattern).await.expect("SCAN");
+        while let Some(k) = iter.next_item().await {
+            keys.push(k.expect("key"));
+        }
+        keys.sort();
+        keys
+    }
+
+    /// Removes what the test left in ZooKeeper and Redis.
+    pub async fn cleanup(mut self) {
+        let _ = self.zk.delete_all().await;
+        let keys = self.cache_keys().await;
+        if !keys.is_empty() {
+            let _: Result<(), _> = self.redis.del(keys).await;
+        }
+        let _: Result<(), _> = self.redis.del(&self.t.sync.queue).await;
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Exit code, parsed `--json` summary and stderr of a finished prewarm.
+pub fn finished(out: std::process::Output) -> (i32, Summary, String) {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let code = out.status.code().unwrap_or(-1);
+    let summary: Summary = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "prewarm (exit {code}) printed no JSON summary ({e}):\n{}\nstderr:\n{stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    (code, summary, stderr)
+}
+
+/// Polls every 100 ms until `check` answers, for at most [`PATIENCE`] seconds.
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    testing::eventually(PATIENCE, what, check).await
+}
+
+/// Sends a signal to a child by pid (`kill -STOP`, `-CONT`, `-TERM`).
+pub fn signal(pid: u32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{sig} {pid}");
+}
