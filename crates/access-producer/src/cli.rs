@@ -15,7 +15,12 @@ use crate::synthetic::{Burst, Drift, Rate};
 #[command(name = "access-producer", version)]
 pub struct Cli {
     /// Topology file (HOTKEYS_* environment variables override its keys).
-    #[arg(long, env = "HOTKEYS_TOPOLOGY", default_value = "topology/default.toml", global = true)]
+    #[arg(
+        long,
+        env = "HOTKEYS_TOPOLOGY",
+        default_value = "topology/default.toml",
+        global = true
+    )]
     pub topology: PathBuf,
     /// Kafka bootstrap servers; overrides kafka.brokers.
     #[arg(long, global = true)]
@@ -155,7 +160,14 @@ mod tests {
         ]);
         let mut t = Topology::default();
         cli.apply_overrides(&mut t);
-        assert_eq!((t.kafka.brokers.as_str(), t.kafka.topic.as_str(), t.kafka.partitions), ("b:1", "t", 3));
+        assert_eq!(
+            (
+                t.kafka.brokers.as_str(),
+                t.kafka.topic.as_str(),
+                t.kafka.partitions
+            ),
+            ("b:1", "t", 3)
+        );
     }
 
     #[test]
@@ -172,7 +184,9 @@ mod tests {
             "--drift",
             "1m:50",
         ]);
-        let Mode::Synthetic(s) = cli.mode else { panic!("not synthetic") };
+        let Mode::Synthetic(s) = cli.mode else {
+            panic!("not synthetic")
+        };
         assert_eq!(s.rate, Some(Rate(500.0)));
         assert_eq!(s.burst.len(), 2);
         assert_eq!(s.drift.unwrap().step, 50);

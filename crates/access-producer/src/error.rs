@@ -36,7 +36,11 @@ pub enum Error {
     #[error("Kafka producer: {0}")]
     Produce(KafkaError),
     #[error("{failed} of {sent} messages failed delivery after retries; first: {first}")]
-    Delivery { failed: u64, sent: u64, first: String },
+    Delivery {
+        failed: u64,
+        sent: u64,
+        first: String,
+    },
     #[error("{path}: cannot write: {source}")]
     Write { path: PathBuf, source: io::Error },
     #[error("the publishing thread stopped unexpectedly: {0}")]
@@ -49,9 +53,10 @@ impl Error {
     /// The process exit code of DESIGN.md: 1 failed, 2 bad usage, 3 dependency unreachable.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Open { .. } | Error::Strict { .. } | Error::Spec(_) | Error::ProducerConfig(_) => {
-                exit::USAGE
-            }
+            Error::Open { .. }
+            | Error::Strict { .. }
+            | Error::Spec(_)
+            | Error::ProducerConfig(_) => exit::USAGE,
             Error::Unreachable { .. } => exit::UNREACHABLE,
             Error::Topic { error, .. } if is_bad_topic_setting(error) => exit::USAGE,
             Error::Read { .. }

@@ -9,6 +9,7 @@ use std::borrow::Cow;
 
 use hotkeys::config::SourceConfig;
 use hotkeys::event::{KeyError, KeyPointer};
+use serde::de::IgnoredAny;
 
 use crate::nginx::{self, Converter};
 
@@ -120,6 +121,11 @@ impl Decoder {
     }
 
     fn decode_json<'a>(&'a mut self, line: &'a [u8]) -> Decoded<'a> {
+        // The key pointer reads only as far as the key, but the line is published whole, so
+        // all of it must be JSON: a line cut short would reach every consumer broken.
+        if sonic_rs::from_slice::<IgnoredAny>(line).is_err() {
+            return Decoded::Bad(BadKind::NotJson);
+        }
         // The message key never stands in here: a replayed line has none.
         match self.pointer.extract(Some(line), None) {
             Ok(Cow::Borrowed(key)) => Decoded::Event {
@@ -180,17 +186,44 @@ mod tests {
     #[test]
     fn auto_calls_garbage_unrecognized_and_broken_json_not_json() {
         let mut d = decoder(Format::Auto);
-        assert_eq!(d.decode(b"hello world"), Decoded::Bad(BadKind::Unrecognized));
-        assert_eq!(d.decode(br#"{"uri_args":{"productId":"1"}"#), Decoded::Bad(BadKind::NotJson));
+        assert_eq!(
+            d.decode(b"hello world"),
+            Decoded::Bad(BadKind::Unrecognized)
+        );
+        assert_eq!(
+            d.decode(br#"{"uri_args":{"productId":"1"}"#),
+            Decoded::Bad(BadKind::NotJson)
+        );
         assert_eq!(d.decode(br#"  {"a":1} x"#), Decoded::Bad(BadKind::NotJson));
+        // Cut short after the key: the key is readable, but the line is not an event.
+        assert_eq!(
+            d.decode(br#"{"uri_args":{"productId":"1"},"method":"GE"#),
+            Decoded::Bad(BadKind::NotJson)
+        );
+        assert_eq!(
+            d.decode(b"{\"k\":\"\xff\"}"),
+            Decoded::Bad(BadKind::NotJson)
+        );
     }
 
     #[test]
     fn forced_formats_reject_the_other_format() {
-        assert_eq!(decoder(Format::Json).decode(NGINX.as_bytes()), Decoded::Bad(BadKind::NotJson));
-        assert_eq!(decoder(Format::Nginx).decode(JSON.as_bytes()), Decoded::Bad(BadKind::NotNginx));
-        assert!(matches!(decoder(Format::Json).decode(JSON.as_bytes()), Decoded::Event { .. }));
-        assert!(matches!(decoder(Format::Nginx).decode(NGINX.as_bytes()), Decoded::Event { .. }));
+        assert_eq!(
+            decoder(Format::Json).decode(NGINX.as_bytes()),
+            Decoded::Bad(BadKind::NotJson)
+        );
+        assert_eq!(
+            decoder(Format::Nginx).decode(JSON.as_bytes()),
+            Decoded::Bad(BadKind::NotNginx)
+        );
+        assert!(matches!(
+            decoder(Format::Json).decode(JSON.as_bytes()),
+            Decoded::Event { .. }
+        ));
+        assert!(matches!(
+            decoder(Format::Nginx).decode(NGINX.as_bytes()),
+            Decoded::Event { .. }
+        ));
     }
 
     #[test]
@@ -220,6 +253,9 @@ mod tests {
     fn numeric_and_escaped_json_keys_are_copied_out() {
         let mut d = decoder(Format::Auto);
         assert_eq!(event(&mut d, r#"{"uri_args":{"productId":42}}"#).0, "42");
-        assert_eq!(event(&mut d, r#"{"uri_args":{"productId":"a\u0041"}}"#).0, "aA");
+        assert_eq!(
+            event(&mut d, r#"{"uri_args":{"productId":"a\u0041"}}"#).0,
+            "aA"
+        );
     }
 }

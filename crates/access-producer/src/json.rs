@@ -69,7 +69,14 @@ mod tests {
 
     #[test]
     fn escaped_strings_round_trip_through_serde_json() {
-        for s in ["plain", "q\"uote", "back\\slash", "nl\n cr\r tab\t", "\u{1}\u{1f}", "ünï"] {
+        for s in [
+            "plain",
+            "q\"uote",
+            "back\\slash",
+            "nl\n cr\r tab\t",
+            "\u{1}\u{1f}",
+            "ünï",
+        ] {
             let json = escaped(s.as_bytes());
             let back: String = serde_json::from_str(&json).unwrap();
             assert_eq!(back, s, "{json}");

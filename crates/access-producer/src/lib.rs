@@ -51,7 +51,11 @@ use crate::synthetic::{Generator, Workload};
 ///
 /// The summary is printed (unless `--quiet`) before an error is returned, so a failed run
 /// still says what it did.
-pub async fn run(cli: Cli, topology: Topology, shutdown: CancellationToken) -> Result<Summary, Error> {
+pub async fn run(
+    cli: Cli,
+    topology: Topology,
+    shutdown: CancellationToken,
+) -> Result<Summary, Error> {
     let output = Output {
         quiet: cli.quiet,
         metrics: cli.metrics.is_some(),
@@ -66,9 +70,16 @@ pub async fn run(cli: Cli, topology: Topology, shutdown: CancellationToken) -> R
             let decoder = Decoder::new(args.format, &topology.source);
             let target = Target::new(args.write, &topology.kafka);
             let strict = args.strict;
-            publish(target, "replay", None, output, shutdown, move |sink, stats, shutdown| {
-                replay::replay(sources, decoder, strict, sink, stats, shutdown)
-            })
+            publish(
+                target,
+                "replay",
+                None,
+                output,
+                shutdown,
+                move |sink, stats, shutdown| {
+                    replay::replay(sources, decoder, strict, sink, stats, shutdown)
+                },
+            )
             .await
         }
         Mode::Synthetic(args) => {
@@ -85,13 +96,23 @@ pub async fn run(cli: Cli, topology: Topology, shutdown: CancellationToken) -> R
                 param: topology.source.query_param.clone(),
             })?;
             if args.seed.is_none() {
-                tracing::info!(seed, "no --seed given; pass this one to reproduce the stream");
+                tracing::info!(
+                    seed,
+                    "no --seed given; pass this one to reproduce the stream"
+                );
             }
             let target = Target::new(args.write, &topology.kafka);
             let events = args.events;
-            publish(target, "synthetic", Some(seed), output, shutdown, move |sink, stats, shutdown| {
-                synthetic::generate(&mut generator, events, rate, sink, stats, shutdown)
-            })
+            publish(
+                target,
+                "synthetic",
+                Some(seed),
+                output,
+                shutdown,
+                move |sink, stats, shutdown| {
+                    synthetic::generate(&mut generator, events, rate, sink, stats, shutdown)
+                },
+            )
             .await
         }
     }

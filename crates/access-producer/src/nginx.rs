@@ -272,7 +272,10 @@ impl<'a> Request<'a> {
     fn split(line: &'a [u8]) -> Option<Request<'a>> {
         let mut parts = line.split(|&b| b == b' ').filter(|p| !p.is_empty());
         let method = parts.next()?;
-        if !method.iter().all(|b| b.is_ascii_uppercase() || *b == b'-' || *b == b'_') {
+        if !method
+            .iter()
+            .all(|b| b.is_ascii_uppercase() || *b == b'-' || *b == b'_')
+        {
             return None;
         }
         let uri = parts.next()?;
@@ -474,10 +477,18 @@ mod tests {
         let (mut out, mut key) = (Vec::new(), Vec::new());
         c.convert(LINE.as_bytes(), &mut out, &mut key).unwrap();
         let text = String::from_utf8(out).unwrap();
-        let order: Vec<usize> = ["request_module", "headers", "uri_args", "http_version", "method", "raw_reader", "body_data"]
-            .iter()
-            .map(|f| text.find(&format!("\"{f}\"")).unwrap())
-            .collect();
+        let order: Vec<usize> = [
+            "request_module",
+            "headers",
+            "uri_args",
+            "http_version",
+            "method",
+            "raw_reader",
+            "body_data",
+        ]
+        .iter()
+        .map(|f| text.find(&format!("\"{f}\"")).unwrap())
+        .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
     }
 
@@ -496,7 +507,10 @@ mod tests {
         assert_eq!(key, "5");
         assert_eq!(event["headers"], json!({}));
         assert_eq!(event["http_version"], json!(1));
-        assert_eq!(event["raw_reader"], "GET /product?productId=5 HTTP/1.0\r\n\r\n");
+        assert_eq!(
+            event["raw_reader"],
+            "GET /product?productId=5 HTTP/1.0\r\n\r\n"
+        );
     }
 
     #[test]
@@ -521,7 +535,8 @@ mod tests {
 
     #[test]
     fn repeated_key_parameter_uses_its_first_value() {
-        let line = r#"1.2.3.4 - - [t] "GET /p?productId=&productId=3&productId=4 HTTP/1.1" 200 1 "-" "-""#;
+        let line =
+            r#"1.2.3.4 - - [t] "GET /p?productId=&productId=3&productId=4 HTTP/1.1" 200 1 "-" "-""#;
         let (event, key) = convert(line).unwrap();
         assert_eq!(key, "3");
         assert_eq!(event["uri_args"]["productId"], json!(["", "3", "4"]));

@@ -196,7 +196,9 @@ pub fn murmur2_partition(key: &[u8], partitions: i32) -> i32 {
         h = h.wrapping_mul(M) ^ k;
     }
     match *tail {
-        [a, b, c] => h = (h ^ u32::from(c) << 16 ^ u32::from(b) << 8 ^ u32::from(a)).wrapping_mul(M),
+        [a, b, c] => {
+            h = (h ^ u32::from(c) << 16 ^ u32::from(b) << 8 ^ u32::from(a)).wrapping_mul(M)
+        }
         [a, b] => h = (h ^ u32::from(b) << 8 ^ u32::from(a)).wrapping_mul(M),
         [a] => h = (h ^ u32::from(a)).wrapping_mul(M),
         _ => {}
@@ -353,11 +355,18 @@ mod tests {
             ("foobar", -790_332_482),
             ("a-little-bit-long-string", -985_981_536),
             ("a-little-bit-longer-string", -1_486_304_829),
-            ("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
             ("abc", 479_470_107),
         ] {
             for n in [1, 6, 7, 100] {
-                assert_eq!(murmur2_partition(key.as_bytes(), n), to_partition(java, n), "{key} % {n}");
+                assert_eq!(
+                    murmur2_partition(key.as_bytes(), n),
+                    to_partition(java, n),
+                    "{key} % {n}"
+                );
             }
         }
     }

@@ -454,13 +454,23 @@ mod tests {
         let stats = Arc::new(Stats::default());
         let decoder = Decoder::new(Format::Auto, &SourceConfig::default());
         let result = Source::open_all(files).and_then(|sources| {
-            replay(sources, decoder, strict, &mut sink, &stats, &CancellationToken::new())
+            replay(
+                sources,
+                decoder,
+                strict,
+                &mut sink,
+                &stats,
+                &CancellationToken::new(),
+            )
         });
         (sink, stats, result)
     }
 
     fn json(id: u32) -> String {
-        format!(r#"{{"uri_args":{{"productId":"{id}"}},"n":"{}"}}"#, "x".repeat(id as usize % 50))
+        format!(
+            r#"{{"uri_args":{{"productId":"{id}"}},"n":"{}"}}"#,
+            "x".repeat(id as usize % 50)
+        )
     }
 
     #[test]
@@ -476,7 +486,11 @@ mod tests {
         result.unwrap();
         let keys: Vec<&str> = sink.events.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["1", "2", "3", "4"]);
-        assert_eq!(sink.events[2].1, json(3), "the \\r is not part of the event");
+        assert_eq!(
+            sink.events[2].1,
+            json(3),
+            "the \\r is not part of the event"
+        );
     }
 
     #[test]
@@ -494,7 +508,12 @@ mod tests {
         result.unwrap();
         assert_eq!(sink.events.len(), n);
         assert_eq!(stats.bad.load(Relaxed), 0);
-        assert!(sink.events.iter().enumerate().all(|(i, (k, p))| *k == i.to_string() && *p == json(i as u32)));
+        assert!(
+            sink.events
+                .iter()
+                .enumerate()
+                .all(|(i, (k, p))| *k == i.to_string() && *p == json(i as u32))
+        );
     }
 
     #[test]
@@ -517,17 +536,39 @@ mod tests {
     fn bad_lines_are_counted_with_file_and_line_and_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mixed.log");
-        std::fs::write(&path, format!("\u{feff}{}\ngarbage\n\n{{\"uri_args\":{{}}}}\n{}\n", json(1), json(2))).unwrap();
+        std::fs::write(
+            &path,
+            format!(
+                "\u{feff}{}\ngarbage\n\n{{\"uri_args\":{{}}}}\n{}\n",
+                json(1),
+                json(2)
+            ),
+        )
+        .unwrap();
         let (sink, stats, result) = run(std::slice::from_ref(&path), false);
         result.unwrap();
-        assert_eq!(sink.events.len(), 2, "the BOM does not spoil the first line");
+        assert_eq!(
+            sink.events.len(),
+            2,
+            "the BOM does not spoil the first line"
+        );
         assert_eq!(stats.bad.load(Relaxed), 1);
         assert_eq!(stats.no_key.load(Relaxed), 1);
         assert_eq!(stats.blank.load(Relaxed), 1);
         assert_eq!(stats.read.load(Relaxed), 5);
-        let summary = crate::report::Summary::new("replay", String::new(), None, Duration::ZERO, false, &stats);
+        let summary = crate::report::Summary::new(
+            "replay",
+            String::new(),
+            None,
+            Duration::ZERO,
+            false,
+            &stats,
+        );
         assert_eq!(summary.bad_samples[0].at, format!("{}:2", path.display()));
-        assert_eq!(summary.no_key_samples[0].at, format!("{}:4", path.display()));
+        assert_eq!(
+            summary.no_key_samples[0].at,
+            format!("{}:4", path.display())
+        );
     }
 
     #[test]
@@ -538,7 +579,10 @@ mod tests {
         let (sink, _, result) = run(std::slice::from_ref(&path), true);
         let err = result.unwrap_err();
         assert_eq!(err.exit_code(), hotkeys::exit::USAGE);
-        assert!(err.to_string().contains(&format!("{}:2", path.display())), "{err}");
+        assert!(
+            err.to_string().contains(&format!("{}:2", path.display())),
+            "{err}"
+        );
         assert_eq!(sink.events.len(), 1);
     }
 
@@ -562,7 +606,15 @@ mod tests {
         let mut sink = Memory::default();
         let stats = Arc::new(Stats::default());
         let decoder = Decoder::new(Format::Auto, &SourceConfig::default());
-        replay(Source::open_all(&[path]).unwrap(), decoder, false, &mut sink, &stats, &token).unwrap();
+        replay(
+            Source::open_all(&[path]).unwrap(),
+            decoder,
+            false,
+            &mut sink,
+            &stats,
+            &token,
+        )
+        .unwrap();
         assert!(sink.events.is_empty());
     }
 }

@@ -149,7 +149,14 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn new(mode: &'static str, target: String, seed: Option<u64>, elapsed: Duration, interrupted: bool, stats: &Stats) -> Summary {
+    pub fn new(
+        mode: &'static str,
+        target: String,
+        seed: Option<u64>,
+        elapsed: Duration,
+        interrupted: bool,
+        stats: &Stats,
+    ) -> Summary {
         let samples = stats.lock().clone();
         Summary {
             mode,
@@ -173,7 +180,11 @@ impl Summary {
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.counts;
-        let how = if self.interrupted { "interrupted" } else { "done" };
+        let how = if self.interrupted {
+            "interrupted"
+        } else {
+            "done"
+        };
         writeln!(
             f,
             "access-producer {}: {how} in {:.2}s: {} delivered to {} ({:.0}/s), {} failed",
@@ -184,7 +195,11 @@ impl fmt::Display for Summary {
             self.rate(),
             c.failed,
         )?;
-        let unit = if self.mode == "replay" { "lines read" } else { "events generated" };
+        let unit = if self.mode == "replay" {
+            "lines read"
+        } else {
+            "events generated"
+        };
         writeln!(
             f,
             "  {} {unit}, {} sent, {} malformed, {} without a key, {} blank",
@@ -245,7 +260,10 @@ fn report_loop(stats: &Stats, stopped: &mpsc::Receiver<()>, line: bool, metrics:
     let start = Instant::now();
     let mut last = (start, 0u64);
     loop {
-        let done = !matches!(stopped.recv_timeout(Duration::from_secs(1)), Err(RecvTimeoutError::Timeout));
+        let done = !matches!(
+            stopped.recv_timeout(Duration::from_secs(1)),
+            Err(RecvTimeoutError::Timeout)
+        );
         let c = stats.snapshot();
         if metrics {
             for (outcome, n) in [
@@ -255,7 +273,8 @@ fn report_loop(stats: &Stats, stopped: &mpsc::Receiver<()>, line: bool, metrics:
                 ("malformed", c.bad),
                 ("no_key", c.no_key),
             ] {
-                metrics::counter!("hotkeys_producer_events_total", "outcome" => outcome).absolute(n);
+                metrics::counter!("hotkeys_producer_events_total", "outcome" => outcome)
+                    .absolute(n);
             }
         }
         if line {
@@ -295,7 +314,14 @@ mod tests {
         for i in 0..20 {
             stats.bad_line(|| format!("f:{i}"), "why", b"garbage");
         }
-        let s = Summary::new("replay", "topic t".into(), None, Duration::from_secs(1), false, &stats);
+        let s = Summary::new(
+            "replay",
+            "topic t".into(),
+            None,
+            Duration::from_secs(1),
+            false,
+            &stats,
+        );
         assert_eq!(s.counts.bad, 20);
         assert_eq!(s.bad_samples.len(), SAMPLES);
         assert_eq!(s.bad_samples[0].at, "f:0");
@@ -306,7 +332,14 @@ mod tests {
         let stats = Stats::default();
         stats.keyless(|| "f:1".into(), &[b'x'; 1000]);
         stats.bad_line(|| "f:2".into(), "why", b"a\x1b[31mb");
-        let s = Summary::new("replay", "topic t".into(), None, Duration::from_secs(1), false, &stats);
+        let s = Summary::new(
+            "replay",
+            "topic t".into(),
+            None,
+            Duration::from_secs(1),
+            false,
+            &stats,
+        );
         assert!(s.no_key_samples[0].text.ends_with('…'));
         assert!(s.no_key_samples[0].text.len() < 200);
         assert!(!s.bad_samples[0].text.contains('\x1b'));
@@ -320,12 +353,29 @@ mod tests {
         stats.delivered.store(6, Relaxed);
         stats.delivery_failed(|| "Message timed out".into());
         stats.bad_line(|| "in.log:3".into(), "unrecognized", b"junk");
-        let text = Summary::new("replay", "topic t".into(), Some(9), Duration::from_secs(2), true, &stats).to_string();
+        let text = Summary::new(
+            "replay",
+            "topic t".into(),
+            Some(9),
+            Duration::from_secs(2),
+            true,
+            &stats,
+        )
+        .to_string();
         assert!(text.contains("interrupted"), "{text}");
-        assert!(text.contains("6 delivered to topic t (3/s), 1 failed"), "{text}");
-        assert!(text.contains("10 lines read, 7 sent, 1 malformed"), "{text}");
+        assert!(
+            text.contains("6 delivered to topic t (3/s), 1 failed"),
+            "{text}"
+        );
+        assert!(
+            text.contains("10 lines read, 7 sent, 1 malformed"),
+            "{text}"
+        );
         assert!(text.contains("in.log:3: unrecognized: junk"), "{text}");
-        assert!(text.contains("first delivery failure: Message timed out"), "{text}");
+        assert!(
+            text.contains("first delivery failure: Message timed out"),
+            "{text}"
+        );
         assert!(text.contains("seed 9"), "{text}");
     }
 }

@@ -78,7 +78,9 @@ impl FromStr for Burst {
     fn from_str(s: &str) -> Result<Burst, SpecError> {
         let bad = |why: &str| SpecError(format!("--burst `{s}`: {why} (KEY@START[..END]:SHARE)"));
         let (key, rest) = s.split_once('@').ok_or_else(|| bad("missing `@`"))?;
-        let (when, share) = rest.rsplit_once(':').ok_or_else(|| bad("missing `:SHARE`"))?;
+        let (when, share) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| bad("missing `:SHARE`"))?;
         if key.is_empty()
             || !key
                 .bytes()
@@ -128,7 +130,9 @@ impl FromStr for Drift {
         };
         let every: At = every.parse()?;
         if every == At::Event(0) || every == At::Time(Duration::ZERO) || step == 0 {
-            return Err(SpecError(format!("--drift `{s}`: PERIOD and STEP must be positive")));
+            return Err(SpecError(format!(
+                "--drift `{s}`: PERIOD and STEP must be positive"
+            )));
         }
         Ok(Drift { every, step })
     }
@@ -145,7 +149,9 @@ impl FromStr for Rate {
         let n = s.strip_suffix("/s").unwrap_or(s);
         match n.trim().parse::<f64>() {
             Ok(r) if r > 0.0 && r.is_finite() => Ok(Rate(r)),
-            _ => Err(SpecError(format!("--rate `{s}`: expected a positive number of events per second"))),
+            _ => Err(SpecError(format!(
+                "--rate `{s}`: expected a positive number of events per second"
+            ))),
         }
     }
 }
@@ -222,7 +228,11 @@ const USER_AGENTS: &[&[u8]] = &[
 impl Generator {
     pub fn new(w: &Workload) -> Result<Generator, SpecError> {
         if w.keys == 0 || w.keys > u64::from(u32::MAX) {
-            return Err(SpecError(format!("--keys {}: expected 1 to {}", w.keys, u32::MAX)));
+            return Err(SpecError(format!(
+                "--keys {}: expected 1 to {}",
+                w.keys,
+                u32::MAX
+            )));
         }
         if w.shops == 0 {
             return Err(SpecError("--shops: expected at least 1".into()));
@@ -237,7 +247,10 @@ impl Generator {
                 None => u64::MAX,
             };
             if end <= start {
-                return Err(SpecError(format!("--burst {}: ends before it starts", b.key)));
+                return Err(SpecError(format!(
+                    "--burst {}: ends before it starts",
+                    b.key
+                )));
             }
             bursts.push(ActiveBurst {
                 key: b.key.as_bytes().to_vec(),
@@ -374,7 +387,7 @@ pub fn generate(
     let start = Instant::now();
     let mut i: u64 = 0;
     while events.is_none_or(|n| i < n) {
-        if i % 1024 == 0 && shutdown.is_cancelled() {
+        if i.is_multiple_of(1024) && shutdown.is_cancelled() {
             break;
         }
         if let Some(rate) = rate
@@ -388,7 +401,11 @@ pub fn generate(
             Sent::Queued => {}
             Sent::Cancelled => break,
             Sent::Rejected(code) => {
-                stats.bad_line(|| format!("event {i}"), BadKind::Rejected.describe(), payload);
+                stats.bad_line(
+                    || format!("event {i}"),
+                    BadKind::Rejected.describe(),
+                    payload,
+                );
                 tracing::debug!(?code, "message refused");
             }
         }
@@ -400,7 +417,13 @@ pub fn generate(
 /// Waits until event `i` is due at `rate`; false when shutdown came first. Sleeps only when
 /// at least a millisecond ahead, so high rates go out in small bursts rather than paying a
 /// system call per event.
-fn pace(start: Instant, i: u64, rate: f64, sink: &mut dyn Sink, shutdown: &CancellationToken) -> bool {
+fn pace(
+    start: Instant,
+    i: u64,
+    rate: f64,
+    sink: &mut dyn Sink,
+    shutdown: &CancellationToken,
+) -> bool {
     let due = Duration::from_secs_f64(i as f64 / rate);
     loop {
         let now = start.elapsed();
@@ -498,14 +521,23 @@ mod tests {
             let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
             assert_eq!(v["request_module"], "product_detail_info");
             assert_eq!(v["method"], "GET");
-            let id: u64 = v["uri_args"]["productId"].as_str().unwrap().parse().unwrap();
+            let id: u64 = v["uri_args"]["productId"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap();
             assert!((1..=10_000).contains(&id));
             let shop: u64 = v["uri_args"]["shopId"].as_str().unwrap().parse().unwrap();
             assert_eq!(shop, shop_of(id, 100));
             let raw = v["raw_reader"].as_str().unwrap();
-            assert!(raw.starts_with(&format!("GET /product?productId={id}&shopId={shop} HTTP/1.1\r\n")));
+            assert!(raw.starts_with(&format!(
+                "GET /product?productId={id}&shopId={shop} HTTP/1.1\r\n"
+            )));
             assert!(raw.ends_with("\r\n\r\n"));
-            assert_eq!(pointer.extract(Some(&payload), None).unwrap().as_bytes(), key);
+            assert_eq!(
+                pointer.extract(Some(&payload), None).unwrap().as_bytes(),
+                key
+            );
         }
     }
 
@@ -538,7 +570,10 @@ mod tests {
         let hottest: Vec<u64> = (0..100).map(|r| g.product(r, 0)).collect();
         let low = hottest.iter().filter(|&&id| id <= 1_000).count();
         // A tenth of the id space should hold about a tenth of the hot products, not all.
-        assert!((3..=20).contains(&low), "{low} of the 100 hottest have ids 1..=1000");
+        assert!(
+            (3..=20).contains(&low),
+            "{low} of the 100 hottest have ids 1..=1000"
+        );
     }
 
     #[test]
@@ -599,7 +634,12 @@ mod tests {
             for k in s {
                 *counts.entry(k).or_default() += 1;
             }
-            counts.into_iter().max_by_key(|(_, c)| *c).unwrap().0.to_string()
+            counts
+                .into_iter()
+                .max_by_key(|(_, c)| *c)
+                .unwrap()
+                .0
+                .to_string()
         };
         let g = Generator::new(&w).unwrap();
         assert_eq!(hottest(&ks[..20_000]), g.product(0, 0).to_string());
@@ -628,13 +668,24 @@ mod tests {
                 share: 0.25
             }
         );
-        for bad in ["4242", "4242@1", "@1:0.5", "a b@1:0.5", "k@1:0", "k@1:1.5", "k@soon:0.5"] {
+        for bad in [
+            "4242",
+            "4242@1",
+            "@1:0.5",
+            "a b@1:0.5",
+            "k@1:0",
+            "k@1:1.5",
+            "k@soon:0.5",
+        ] {
             assert!(bad.parse::<Burst>().is_err(), "{bad}");
         }
         assert_eq!("1m".parse::<Drift>().unwrap().step, DEFAULT_DRIFT_STEP);
         assert_eq!(
             "5000:7".parse::<Drift>().unwrap(),
-            Drift { every: At::Event(5000), step: 7 }
+            Drift {
+                every: At::Event(5000),
+                step: 7
+            }
         );
         assert!("0".parse::<Drift>().is_err());
         assert_eq!("2000/s".parse::<Rate>().unwrap(), Rate(2000.0));

@@ -54,16 +54,27 @@ fn replay_of_a_mixed_file_publishes_exactly_the_valid_lines_keyed_and_in_order_p
 
     let stderr = run_ok(producer(&topic).arg("replay").arg(&file));
 
-    let expected: Vec<&(String, Option<&str>)> = lines.iter().filter(|(_, k)| k.is_some()).collect();
+    let expected: Vec<&(String, Option<&str>)> =
+        lines.iter().filter(|(_, k)| k.is_some()).collect();
     let records = read_all(&topic);
     assert_eq!(records.len(), expected.len(), "stderr:\n{stderr}");
-    let malformed = lines.iter().filter(|(l, k)| k.is_none() && !l.is_empty()).count();
+    let malformed = lines
+        .iter()
+        .filter(|(l, k)| k.is_none() && !l.is_empty())
+        .count();
     let counts = format!("{} sent, {malformed} malformed", expected.len());
-    assert!(stderr.contains(&counts), "expected `{counts}` in:\n{stderr}");
+    assert!(
+        stderr.contains(&counts),
+        "expected `{counts}` in:\n{stderr}"
+    );
     // Per key, the sequence numbers arrive in file order, and JSON lines arrive unchanged.
     let mut published: BTreeMap<String, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
     for r in &records {
-        let seq: u64 = r.json()["uri_args"]["seq"].as_str().unwrap().parse().unwrap();
+        let seq: u64 = r.json()["uri_args"]["seq"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert_eq!(r.json()["uri_args"]["productId"], r.key_str());
         published
             .entry(r.key_str().to_string())
@@ -100,7 +111,10 @@ fn replay_of_a_mixed_file_publishes_exactly_the_valid_lines_keyed_and_in_order_p
         .iter()
         .find(|r| r.json()["uri_args"]["shopId"] == "2")
         .expect("a converted nginx line");
-    assert_eq!(converted.json()["headers"]["user-agent"], "Mozilla/5.0 (Linux; Android 14)");
+    assert_eq!(
+        converted.json()["headers"]["user-agent"],
+        "Mozilla/5.0 (Linux; Android 14)"
+    );
 }
 
 #[test]
@@ -141,16 +155,30 @@ fn strict_replay_exits_2_at_the_first_malformed_line() {
     let file = dir.path().join("strict.log");
     std::fs::write(
         &file,
-        format!("{}\nnot an event\n{}\n", json_event("1", 0), json_event("2", 1)),
+        format!(
+            "{}\nnot an event\n{}\n",
+            json_event("1", 0),
+            json_event("2", 1)
+        ),
     )
     .unwrap();
 
     let (code, stderr) = run(producer(&topic).args(["replay", "--strict"]).arg(&file));
 
     assert_eq!(code, 2, "stderr:\n{stderr}");
-    assert!(stderr.contains(&format!("{}:2", file.display())), "{stderr}");
-    let keys: Vec<String> = read_all(&topic).iter().map(|r| r.key_str().to_string()).collect();
-    assert_eq!(keys, ["1"], "lines before the bad one are delivered, none after");
+    assert!(
+        stderr.contains(&format!("{}:2", file.display())),
+        "{stderr}"
+    );
+    let keys: Vec<String> = read_all(&topic)
+        .iter()
+        .map(|r| r.key_str().to_string())
+        .collect();
+    assert_eq!(
+        keys,
+        ["1"],
+        "lines before the bad one are delivered, none after"
+    );
 }
 
 #[test]
@@ -161,7 +189,17 @@ fn synthetic_with_a_fixed_seed_publishes_the_same_keys_twice() {
     let runs: Vec<Vec<Record>> = (0..2)
         .map(|i| {
             let topic = unique_topic(&format!("seed{i}"));
-            run_ok(producer(&topic).args(["synthetic", "--events", "3000", "--keys", "500", "--seed", "7", "--burst", "4242@1000:0.2"]));
+            run_ok(producer(&topic).args([
+                "synthetic",
+                "--events",
+                "3000",
+                "--keys",
+                "500",
+                "--seed",
+                "7",
+                "--burst",
+                "4242@1000:0.2",
+            ]));
             read_all(&topic)
         })
         .collect();
@@ -169,7 +207,9 @@ fn synthetic_with_a_fixed_seed_publishes_the_same_keys_twice() {
     let per_partition = |records: &[Record]| -> BTreeMap<i32, Vec<(Option<Vec<u8>>, Vec<u8>)>> {
         let mut m: BTreeMap<i32, Vec<_>> = BTreeMap::new();
         for r in records {
-            m.entry(r.partition).or_default().push((r.key.clone(), r.payload.clone()));
+            m.entry(r.partition)
+                .or_default()
+                .push((r.key.clone(), r.payload.clone()));
         }
         m
     };
@@ -183,23 +223,46 @@ fn every_event_of_a_product_lands_in_its_one_kafka_partition() {
         return;
     }
     let topic = unique_topic("placement");
-    run_ok(producer(&topic).args(["synthetic", "--events", "5000", "--keys", "300", "--seed", "11"]));
+    run_ok(producer(&topic).args([
+        "synthetic",
+        "--events",
+        "5000",
+        "--keys",
+        "300",
+        "--seed",
+        "11",
+    ]));
 
     let partitions = partitions(&topic).unwrap();
-    assert_eq!(partitions, hotkeys::Topology::default().kafka.partitions as usize, "created with the topology's count");
+    assert_eq!(
+        partitions,
+        hotkeys::Topology::default().kafka.partitions as usize,
+        "created with the topology's count"
+    );
     let records = read_all(&topic);
     assert_eq!(records.len(), 5000);
     let mut placement: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
     for r in &records {
         assert!(!r.key_str().is_empty());
-        assert_eq!(r.json()["uri_args"]["productId"], r.key_str(), "key and event agree");
-        placement.entry(r.key_str().to_string()).or_default().insert(r.partition);
+        assert_eq!(
+            r.json()["uri_args"]["productId"],
+            r.key_str(),
+            "key and event agree"
+        );
+        placement
+            .entry(r.key_str().to_string())
+            .or_default()
+            .insert(r.partition);
     }
     assert!(placement.len() > 50);
     for (key, parts) in &placement {
         assert_eq!(parts.len(), 1, "product {key} is in partitions {parts:?}");
         let p = *parts.first().unwrap();
-        assert_eq!(p, murmur2_partition(key.as_bytes(), partitions), "product {key}: Java-compatible placement");
+        assert_eq!(
+            p,
+            murmur2_partition(key.as_bytes(), partitions),
+            "product {key}: Java-compatible placement"
+        );
     }
 }
 
@@ -210,7 +273,15 @@ fn written_stream_replays_to_the_same_messages_as_a_direct_publish() {
     }
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("stream.jsonl.gz");
-    let args = ["synthetic", "--events", "2000", "--seed", "5", "--drift", "500:10"];
+    let args = [
+        "synthetic",
+        "--events",
+        "2000",
+        "--seed",
+        "5",
+        "--drift",
+        "500:10",
+    ];
     let wrote = run_ok(producer("unused").args(args).arg("--write").arg(&file));
     assert!(wrote.contains("2000 delivered to file"), "{wrote}");
     let direct = unique_topic("direct");
@@ -218,7 +289,11 @@ fn written_stream_replays_to_the_same_messages_as_a_direct_publish() {
     let replayed = unique_topic("replayed");
     run_ok(producer(&replayed).arg("replay").arg(&file));
 
-    let strip = |rs: Vec<Record>| rs.into_iter().map(|r| (r.partition, r.key, r.payload)).collect::<Vec<_>>();
+    let strip = |rs: Vec<Record>| {
+        rs.into_iter()
+            .map(|r| (r.partition, r.key, r.payload))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(strip(read_all(&direct)), strip(read_all(&replayed)));
 }
 
@@ -228,7 +303,7 @@ fn sigterm_stops_reading_flushes_and_reports_every_delivered_event() {
         return;
     }
     let topic = unique_topic("sigterm");
-    let mut child = producer(&topic)
+    let child = producer(&topic)
         .args(["synthetic", "--rate", "2000/s", "--seed", "3"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -269,13 +344,25 @@ fn unreachable_kafka_exits_3() {
 #[test]
 fn write_mode_needs_no_kafka_and_is_byte_identical_for_the_same_seed() {
     let dir = tempfile::tempdir().unwrap();
-    let files: Vec<_> = (0..2).map(|i| dir.path().join(format!("s{i}.jsonl"))).collect();
+    let files: Vec<_> = (0..2)
+        .map(|i| dir.path().join(format!("s{i}.jsonl")))
+        .collect();
     for f in &files {
-        run_ok(producer("unused")
-            .env("HOTKEYS_KAFKA_BROKERS", "127.0.0.1:1")
-            .args(["synthetic", "--events", "5000", "--seed", "99", "--burst", "1@10:0.5"])
-            .arg("--write")
-            .arg(f));
+        run_ok(
+            producer("unused")
+                .env("HOTKEYS_KAFKA_BROKERS", "127.0.0.1:1")
+                .args([
+                    "synthetic",
+                    "--events",
+                    "5000",
+                    "--seed",
+                    "99",
+                    "--burst",
+                    "1@10:0.5",
+                ])
+                .arg("--write")
+                .arg(f),
+        );
     }
     let a = std::fs::read(&files[0]).unwrap();
     assert_eq!(a, std::fs::read(&files[1]).unwrap());
@@ -305,8 +392,15 @@ fn replay_from_stdin_writes_converted_nginx_lines_as_openresty_json() {
     writeln!(stdin, "{}", nginx_line("productId=5&shopId=8")).unwrap();
     drop(stdin);
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["uri_args"], serde_json::json!({"productId": "5", "shopId": "8"}));
+    assert_eq!(
+        v["uri_args"],
+        serde_json::json!({"productId": "5", "shopId": "8"})
+    );
     assert_eq!(v["method"], "GET");
 }

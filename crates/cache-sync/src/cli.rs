@@ -13,7 +13,12 @@ use hotkeys::ring::{KetamaHash, RingAlgorithm};
 #[command(name = "cache-sync", version)]
 pub struct Cli {
     /// Topology file (HOTKEYS_* environment variables override its keys).
-    #[arg(long, env = "HOTKEYS_TOPOLOGY", default_value = "topology/default.toml", global = true)]
+    #[arg(
+        long,
+        env = "HOTKEYS_TOPOLOGY",
+        default_value = "topology/default.toml",
+        global = true
+    )]
     pub topology: PathBuf,
     /// Redis list of queued operations; overrides sync.queue.
     #[arg(long, global = true)]

@@ -92,10 +92,14 @@ pub fn ring(
         .map(|n| NodeAddr::parse(n.trim()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::Config(e.to_string()))?;
-    let ring = Ring::from_addrs(algorithm, hash, &addrs).map_err(|e| Error::Config(e.to_string()))?;
+    let ring =
+        Ring::from_addrs(algorithm, hash, &addrs).map_err(|e| Error::Config(e.to_string()))?;
     let mut text = String::new();
     for key in keys {
-        text.push_str(&format!("{key}\t{}\n", addrs[ring.node_for(key.as_bytes())]));
+        text.push_str(&format!(
+            "{key}\t{}\n",
+            addrs[ring.node_for(key.as_bytes())]
+        ));
     }
     print_out(&text)
 }

@@ -33,7 +33,11 @@ pub use cli::{Cli, Command};
 pub use error::Error;
 
 /// Runs a command that needs the topology until it is done or `shutdown` fires.
-pub async fn run(command: Command, topology: Topology, shutdown: CancellationToken) -> Result<(), Error> {
+pub async fn run(
+    command: Command,
+    topology: Topology,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     match command {
         Command::Ship { until_empty, .. } => {
             let secret = secret(&topology)?;

@@ -12,8 +12,10 @@
 //! - `owner` / `lease_end`: a lease that keeps a second receiver process off a batch being
 //!   applied (requests of one stream are serialized inside one process anyway).
 //!
-//! A re-sent stamp is answered as a success without applying it again; a stamp that skips
-//! ahead is refused, since the shipper never skips one. A receiver that dies half-way leaves
+//! A re-sent stamp is answered as a success without applying it again. A stamp that skips
+//! ahead is refused, since the shipper never skips one — after waiting up to the request's
+//! `wait_ms` for the missing stamps, because the shipper sends several batches at once and
+//! they may arrive out of order. A receiver that dies half-way leaves
 //! `processing` ahead of `processed`: the shipper re-sends, and the batch is applied again in
 //! full, which lands on the same final state because it is the newest batch of its stream.
 
@@ -92,7 +94,13 @@ pub async fn stream_state(conn: &RedisConn, stream: &str) -> redis::RedisResult<
     let mut conn = conn.clone();
     let fields: Vec<Option<u64>> = redis::cmd("HMGET")
         .arg(stream_key(stream))
-        .arg(&["processing", "processed", "applied", "applied_ops", "duplicates"])
+        .arg(&[
+            "processing",
+            "processed",
+            "applied",
+            "applied_ops",
+            "duplicates",
+        ])
         .query_async(&mut conn)
         .await?;
     let field = |i: usize| fields.get(i).copied().flatten().unwrap_or(0);
@@ -114,11 +122,22 @@ pub struct Receiver {
     lease: Duration,
     /// Names this process in stream leases.
     owner: String,
-    /// One lock per stream: requests of one stream are applied one after the other here.
-    streams: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per stream: requests of one stream are applied one after the other here.
+    streams: Mutex<HashMap<String, Arc<StreamSlot>>>,
     begin: Script,
     commit: Script,
 }
+
+/// What the requests of one stream share inside this process.
+struct StreamSlot {
+    /// Held while a batch is checked, applied and committed.
+    lock: tokio::sync::Mutex<()>,
+    /// The last stamp applied here; wakes the batches that wait for their predecessors.
+    progress: tokio::sync::watch::Sender<u64>,
+}
+
+/// Longest a batch may wait for the ones before it, whatever the request asks.
+const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// A refused request: its status, a bounded metric label, and the message sent back.
 struct Refusal {
@@ -142,8 +161,13 @@ impl IntoResponse for Refusal {
         metrics::counter!("hotkeys_sync_requests_refused_total", "reason" => self.reason)
             .increment(1);
         tracing::warn!(status = self.status.as_u16(), reason = self.reason, message = %self.message, "request refused");
-        let mut response =
-            (self.status, axum::Json(ErrorReply { error: self.message })).into_response();
+        let mut response = (
+            self.status,
+            axum::Json(ErrorReply {
+                error: self.message,
+            }),
+        )
+            .into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
@@ -252,11 +276,12 @@ impl Receiver {
         };
         let limit = self.max_body;
         // Decompressing and checking a large batch is CPU work of several milliseconds.
-        let request = tokio::task::spawn_blocking(move || decode(&body, encoding.as_deref(), limit))
-            .await
-            .map_err(|e| {
-                Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })??;
+        let request =
+            tokio::task::spawn_blocking(move || decode(&body, encoding.as_deref(), limit))
+                .await
+                .map_err(|e| {
+                    Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                })??;
         // hyper drops a handler whose client hung up. Applying runs in a task of its own so
         // that it always finishes and records its stamp: a shipper killed mid-request then
         // finds its batch applied once, not half-applied and due again.
@@ -271,59 +296,69 @@ impl Receiver {
     async fn apply(&self, request: BatchRequest) -> Result<BatchReply, Refusal> {
         let ops = request.ops.0;
         let stamp = request.stamp;
-        let lock = self.stream_lock(&request.stream);
-        let _held = lock.lock().await;
-
+        let slot = self.stream_slot(&request.stream);
         let key = stream_key(&request.stream);
-        let now = now_ms();
-        let lease_end = now + self.lease.as_millis() as u64;
         let mut conn = self.cache.home();
-        let (verdict, processed): (u8, u64) = self
-            .begin
-            .key(&key)
-            .arg(stamp)
-            .arg(ops.len())
-            .arg(now)
-            .arg(lease_end)
-            .arg(&self.owner)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.redis_failed(e))?;
-        match verdict {
-            0 => {
-                metrics::counter!("hotkeys_sync_batches_duplicate_total").increment(1);
-                tracing::info!(stream = %request.stream, stamp, processed, "stamp already applied; acknowledged again");
-                return Ok(BatchReply {
-                    status: Outcome::Duplicate,
-                    stamp,
-                    ops: ops.len(),
-                });
+        let wait = Duration::from_millis(request.wait_ms).min(MAX_WAIT);
+        let deadline = tokio::time::Instant::now() + wait;
+        let _held = loop {
+            let held = slot.lock.lock().await;
+            let now = now_ms();
+            let (verdict, processed): (u8, u64) = self
+                .begin
+                .key(&key)
+                .arg(stamp)
+                .arg(ops.len())
+                .arg(now)
+                .arg(now + self.lease.as_millis() as u64)
+                .arg(&self.owner)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| self.redis_failed(e))?;
+            match verdict {
+                0 => {
+                    metrics::counter!("hotkeys_sync_batches_duplicate_total").increment(1);
+                    tracing::info!(stream = %request.stream, stamp, processed, "stamp already applied; acknowledged again");
+                    return Ok(BatchReply {
+                        status: Outcome::Duplicate,
+                        stamp,
+                        ops: ops.len(),
+                    });
+                }
+                1 => break held,
+                // The batches before this one are on their way: hold it until they land.
+                2 if tokio::time::Instant::now() < deadline => {
+                    let mut progress = slot.progress.subscribe();
+                    drop(held);
+                    let _ = tokio::time::timeout_at(deadline, progress.changed()).await;
+                }
+                2 => {
+                    return Err(Refusal::new(
+                        StatusCode::CONFLICT,
+                        "gap",
+                        format!(
+                            "stamp {stamp} skips ahead: stream {} has processed {processed}, expects {}",
+                            request.stream,
+                            processed + 1
+                        ),
+                    ));
+                }
+                _ => {
+                    return Err(Refusal::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "busy",
+                        format!("stamp {stamp} is being applied by another receiver"),
+                    ));
+                }
             }
-            1 => {}
-            2 => {
-                return Err(Refusal::new(
-                    StatusCode::CONFLICT,
-                    "gap",
-                    format!(
-                        "stamp {stamp} skips ahead: stream {} has processed {processed}, expects {}",
-                        request.stream,
-                        processed + 1
-                    ),
-                ));
-            }
-            _ => {
-                return Err(Refusal::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "busy",
-                    format!("stamp {stamp} is being applied by another receiver"),
-                ));
-            }
-        }
+        };
 
+        let now = now_ms();
         let writes: Vec<Write<'_>> = ops.iter().map(|op| to_write(op, now)).collect();
-        self.cache.apply(&writes).await.map_err(|e| {
-            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "redis", e.to_string())
-        })?;
+        self.cache
+            .apply(&writes)
+            .await
+            .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "redis", e.to_string()))?;
         let committed: u8 = self
             .commit
             .key(&key)
@@ -335,6 +370,7 @@ impl Receiver {
         if committed == 0 {
             tracing::warn!(stream = %request.stream, stamp, "another receiver committed this stamp first");
         }
+        slot.progress.send_replace(stamp);
         metrics::counter!("hotkeys_sync_batches_applied_total").increment(1);
         metrics::counter!("hotkeys_sync_ops_applied_total").increment(ops.len() as u64);
         tracing::debug!(stream = %request.stream, stamp, ops = ops.len(), "batch applied");
@@ -345,11 +381,19 @@ impl Receiver {
         })
     }
 
-    fn stream_lock(&self, stream: &str) -> Arc<tokio::sync::Mutex<()>> {
+    fn stream_slot(&self, stream: &str) -> Arc<StreamSlot> {
         // A poisoned map only means another request panicked while inserting: the map is
         // still whole, so keep using it.
         let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
-        streams.entry(stream.to_string()).or_default().clone()
+        streams
+            .entry(stream.to_string())
+            .or_insert_with(|| {
+                Arc::new(StreamSlot {
+                    lock: tokio::sync::Mutex::new(()),
+                    progress: tokio::sync::watch::Sender::new(0),
+                })
+            })
+            .clone()
     }
 
     fn redis_failed(&self, e: redis::RedisError) -> Refusal {
@@ -374,11 +418,17 @@ async fn handle(
 
 fn decode(body: &[u8], encoding: Option<&str>, limit: usize) -> Result<BatchRequest, Refusal> {
     let plain = wire::decompress(body, encoding, limit).map_err(|e| match e {
-        DecodeError::TooLarge(_) => Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string()),
-        DecodeError::Unsupported(_) => {
-            Refusal::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "encoding", e.to_string())
+        DecodeError::TooLarge(_) => {
+            Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
         }
-        DecodeError::Corrupt { .. } => Refusal::new(StatusCode::BAD_REQUEST, "malformed", e.to_string()),
+        DecodeError::Unsupported(_) => Refusal::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "encoding",
+            e.to_string(),
+        ),
+        DecodeError::Corrupt { .. } => {
+            Refusal::new(StatusCode::BAD_REQUEST, "malformed", e.to_string())
+        }
     })?;
     BatchRequest::parse(&plain).map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "malformed", e))
 }
@@ -453,7 +503,10 @@ mod tests {
 
     #[test]
     fn a_ttl_that_ran_out_on_the_way_becomes_a_delete() {
-        assert_eq!(to_write(&set(Some(1_000), 1_000), 2_000), Write::Delete { key: "k" });
+        assert_eq!(
+            to_write(&set(Some(1_000), 1_000), 2_000),
+            Write::Delete { key: "k" }
+        );
     }
 
     #[test]
@@ -466,7 +519,12 @@ mod tests {
 
     #[test]
     fn a_set_without_ttl_keeps_no_expiry() {
-        let Write::Set { ttl, only_if_absent, .. } = to_write(&set(None, 0), 99) else {
+        let Write::Set {
+            ttl,
+            only_if_absent,
+            ..
+        } = to_write(&set(None, 0), 99)
+        else {
             panic!("expected a set");
         };
         assert_eq!((ttl, only_if_absent), (None, false));

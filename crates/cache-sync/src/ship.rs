@@ -80,6 +80,12 @@ struct Delivery {
     duplicate: bool,
 }
 
+/// A batch being delivered by a task of its own: `None` when shut down before it landed.
+type DeliveryTask = JoinHandle<Result<Option<Delivery>, Error>>;
+
+/// The batches under way, oldest stamp first.
+type Pending = VecDeque<(u64, DeliveryTask)>;
+
 enum Attempt {
     Delivered(BatchReply),
     /// 400: the receiver found something in the batch that is not an operation.
@@ -152,7 +158,7 @@ impl Shipper {
 
     async fn pump(
         &self,
-        pending: &mut VecDeque<(u64, JoinHandle<Result<Option<Delivery>, Error>>)>,
+        pending: &mut Pending,
         shutdown: &CancellationToken,
         until_empty: bool,
         summary: &mut ShipSummary,
@@ -172,7 +178,11 @@ impl Shipper {
             return Ok(());
         };
         if !left.is_empty() {
-            tracing::info!(batches = left.len(), first = left[0].stamp, "re-sending the batches in flight first");
+            tracing::info!(
+                batches = left.len(),
+                first = left[0].stamp,
+                "re-sending the batches in flight first"
+            );
             metrics::counter!("hotkeys_sync_batches_resent_total").increment(left.len() as u64);
         }
         for batch in left {
@@ -182,7 +192,9 @@ impl Shipper {
         loop {
             while !shutdown.is_cancelled() && pending.len() < self.window {
                 let Some(taken) = self
-                    .retrying(shutdown, summary, || self.queue.take(self.batch, self.window))
+                    .retrying(shutdown, summary, || {
+                        self.queue.take(self.batch, self.window)
+                    })
                     .await?
                 else {
                     break;
@@ -232,8 +244,12 @@ impl Shipper {
         stream: &Arc<str>,
         batch: Batch,
         shutdown: &CancellationToken,
-    ) -> (u64, JoinHandle<Result<Option<Delivery>, Error>>) {
-        if let Some(op) = batch.items().next().and_then(|i| QueuedOp::from_json(i).ok()) {
+    ) -> (u64, DeliveryTask) {
+        if let Some(op) = batch
+            .items
+            .first()
+            .and_then(|i| QueuedOp::from_json(i).ok())
+        {
             let lag = now_ms().saturating_sub(op.at_ms) as f64 / 1000.0;
             metrics::gauge!("hotkeys_sync_lag_seconds").set(lag);
         }
@@ -284,7 +300,7 @@ impl Sender {
         shutdown: &CancellationToken,
     ) -> Result<Option<Delivery>, Error> {
         let stamp = batch.stamp;
-        let mut ops: Vec<&[u8]> = batch.items().collect();
+        let mut ops: Vec<&[u8]> = batch.items.iter().map(Vec::as_slice).collect();
         let mut invalid = 0;
         let mut checked = false;
         let (mut body, mut signature) = self.body(stream, stamp, &ops)?;
@@ -381,7 +397,9 @@ impl Sender {
                     status,
                     format!("acknowledged stamp {} instead", reply.stamp),
                 )),
-                Err(e) => Attempt::Fatal(self.refused(stamp, status, format!("unreadable answer: {e}"))),
+                Err(e) => {
+                    Attempt::Fatal(self.refused(stamp, status, format!("unreadable answer: {e}")))
+                }
             };
         }
         let message = serde_json::from_slice::<ErrorReply>(&text)

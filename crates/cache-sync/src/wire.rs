@@ -31,7 +31,10 @@ const SIGNATURE_PREFIX: &str = "sha256=";
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
     mac.update(body);
-    format!("{SIGNATURE_PREFIX}{}", hex::encode(mac.finalize().into_bytes()))
+    format!(
+        "{SIGNATURE_PREFIX}{}",
+        hex::encode(mac.finalize().into_bytes())
+    )
 }
 
 /// Whether `header` is the signature of `body` under `secret` (compared in constant time).
@@ -60,7 +63,9 @@ pub fn encode_batch<'a>(
     let mut body = Vec::with_capacity(len);
     body.extend_from_slice(b"{\"stream\":");
     body.extend_from_slice(stream.as_bytes());
-    body.extend_from_slice(format!(",\"stamp\":{stamp},\"wait_ms\":{wait_ms},\"ops\":[").as_bytes());
+    body.extend_from_slice(
+        format!(",\"stamp\":{stamp},\"wait_ms\":{wait_ms},\"ops\":[").as_bytes(),
+    );
     for (i, op) in ops.enumerate() {
         if i > 0 {
             body.push(b',');
@@ -163,7 +168,11 @@ pub enum DecodeError {
 }
 
 /// Decompresses a body, never producing more than `limit` bytes.
-pub fn decompress(body: &[u8], encoding: Option<&str>, limit: usize) -> Result<Vec<u8>, DecodeError> {
+pub fn decompress(
+    body: &[u8],
+    encoding: Option<&str>,
+    limit: usize,
+) -> Result<Vec<u8>, DecodeError> {
     let (name, reader): (&'static str, Box<dyn Read + '_>) =
         match encoding.map(str::trim).filter(|e| !e.is_empty()) {
             None | Some("identity") => {
@@ -246,7 +255,11 @@ mod tests {
     fn compressed_bodies_round_trip() {
         let op: &[u8] = br#"{"op":"delete","key":"a","at_ms":2}"#;
         let body = encode_batch("s", 1, 0, std::iter::once(op));
-        for compression in [SyncCompression::Zstd, SyncCompression::Gzip, SyncCompression::None] {
+        for compression in [
+            SyncCompression::Zstd,
+            SyncCompression::Gzip,
+            SyncCompression::None,
+        ] {
             let sent = compress(body.clone(), compression).unwrap();
             let back = decompress(&sent, content_encoding(compression), 1 << 20).unwrap();
             assert_eq!(back, body, "{compression:?}");
@@ -256,7 +269,11 @@ mod tests {
     #[test]
     fn decompression_stops_at_the_limit() {
         let big = vec![b'a'; 100_000];
-        for compression in [SyncCompression::Zstd, SyncCompression::Gzip, SyncCompression::None] {
+        for compression in [
+            SyncCompression::Zstd,
+            SyncCompression::Gzip,
+            SyncCompression::None,
+        ] {
             let sent = compress(big.clone(), compression).unwrap();
             let encoding = content_encoding(compression);
             assert!(matches!(

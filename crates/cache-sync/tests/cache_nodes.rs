@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::Stack;
-use hotkeys::cache::{CacheNodes, WriteOutcome, Write};
+use hotkeys::cache::{CacheNodes, Write, WriteOutcome};
 use hotkeys::config::{RedisConfig, RedisMode, RingAlgorithm};
 
 /// A ring over the stack's two servers (standing in for two nodes of one data centre).
@@ -21,7 +21,12 @@ fn ring_config(stack: &Stack, algorithm: RingAlgorithm) -> RedisConfig {
 }
 
 async fn exists(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> bool {
-    redis::cmd("EXISTS").arg(key).query_async::<i64>(conn).await.unwrap() == 1
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async::<i64>(conn)
+        .await
+        .unwrap()
+        == 1
 }
 
 #[tokio::test]
@@ -34,9 +39,17 @@ async fn ring_mode_writes_each_key_only_to_the_node_the_ring_picks() {
         RingAlgorithm::Flexihash,
         RingAlgorithm::Ketama,
     ] {
-        let cache = CacheNodes::connect(&ring_config(&stack, algorithm)).await.unwrap();
+        let cache = CacheNodes::connect(&ring_config(&stack, algorithm))
+            .await
+            .unwrap();
         let entries: Vec<(String, String, Duration)> = (0..200)
-            .map(|i| (format!("{}{algorithm:?}:{i}", stack.prefix()), format!("v{i}"), Duration::from_secs(60)))
+            .map(|i| {
+                (
+                    format!("{}{algorithm:?}:{i}", stack.prefix()),
+                    format!("v{i}"),
+                    Duration::from_secs(60),
+                )
+            })
             .collect();
         let outcome = cache.set_many(&entries).await.unwrap();
         assert_eq!(outcome.written, 200);
@@ -44,11 +57,25 @@ async fn ring_mode_writes_each_key_only_to_the_node_the_ring_picks() {
         for (key, value, _) in &entries {
             let node = cache.node_for(key);
             per_node[node] += 1;
-            assert_eq!(exists(&mut stack.local, key).await, node == 0, "{algorithm:?} {key}");
-            assert_eq!(exists(&mut stack.remote, key).await, node == 1, "{algorithm:?} {key}");
-            assert_eq!(cache.get(key).await.unwrap(), Some(value.clone().into_bytes()));
+            assert_eq!(
+                exists(&mut stack.local, key).await,
+                node == 0,
+                "{algorithm:?} {key}"
+            );
+            assert_eq!(
+                exists(&mut stack.remote, key).await,
+                node == 1,
+                "{algorithm:?} {key}"
+            );
+            assert_eq!(
+                cache.get(key).await.unwrap(),
+                Some(value.clone().into_bytes())
+            );
         }
-        assert!(per_node.iter().all(|&n| n > 0), "{algorithm:?}: {per_node:?}");
+        assert!(
+            per_node.iter().all(|&n| n > 0),
+            "{algorithm:?}: {per_node:?}"
+        );
     }
     stack.cleanup().await;
 }
@@ -58,7 +85,9 @@ async fn set_many_nx_leaves_present_keys_alone_and_counts_them() {
     let Some(mut stack) = common::stack("nx").await else {
         return;
     };
-    let cache = CacheNodes::connect(&ring_config(&stack, RingAlgorithm::Ketama)).await.unwrap();
+    let cache = CacheNodes::connect(&ring_config(&stack, RingAlgorithm::Ketama))
+        .await
+        .unwrap();
     let key = |i: usize| format!("{}{i}", stack.prefix());
     let ttl = Duration::from_secs(60);
     let first: Vec<_> = (0..10).map(|i| (key(i), "old", ttl)).collect();
@@ -73,12 +102,21 @@ async fn set_many_nx_leaves_present_keys_alone_and_counts_them() {
             deleted: 0
         }
     );
-    assert_eq!(cache.get(&key(3)).await.unwrap().as_deref(), Some(&b"old"[..]));
-    assert_eq!(cache.get(&key(13)).await.unwrap().as_deref(), Some(&b"new"[..]));
+    assert_eq!(
+        cache.get(&key(3)).await.unwrap().as_deref(),
+        Some(&b"old"[..])
+    );
+    assert_eq!(
+        cache.get(&key(13)).await.unwrap().as_deref(),
+        Some(&b"new"[..])
+    );
 
     let forced = cache.set_many(&second).await.unwrap();
     assert_eq!(forced.written, 20);
-    assert_eq!(cache.get(&key(3)).await.unwrap().as_deref(), Some(&b"new"[..]));
+    assert_eq!(
+        cache.get(&key(3)).await.unwrap().as_deref(),
+        Some(&b"new"[..])
+    );
     stack.cleanup().await;
 }
 
@@ -87,11 +125,18 @@ async fn delete_removes_a_key_from_every_node_of_the_ring() {
     let Some(mut stack) = common::stack("delete_all").await else {
         return;
     };
-    let cache = CacheNodes::connect(&ring_config(&stack, RingAlgorithm::PeclMemcache)).await.unwrap();
+    let cache = CacheNodes::connect(&ring_config(&stack, RingAlgorithm::PeclMemcache))
+        .await
+        .unwrap();
     // A stale copy on the node the ring does not pick, as left behind by a ring change.
     let key = format!("{}stale", stack.prefix());
     for conn in [&mut stack.local, &mut stack.remote] {
-        redis::cmd("SET").arg(&key).arg("v").query_async::<()>(conn).await.unwrap();
+        redis::cmd("SET")
+            .arg(&key)
+            .arg("v")
+            .query_async::<()>(conn)
+            .await
+            .unwrap();
     }
     assert!(cache.delete(&key).await.unwrap());
     assert!(!exists(&mut stack.local, &key).await);
@@ -105,14 +150,34 @@ async fn writes_to_one_key_land_in_the_order_given() {
     let Some(mut stack) = common::stack("order").await else {
         return;
     };
-    let cache = CacheNodes::connect(&ring_config(&stack, RingAlgorithm::Flexihash)).await.unwrap();
-    let (a, b) = (format!("{}a", stack.prefix()), format!("{}b", stack.prefix()));
+    let cache = CacheNodes::connect(&ring_config(&stack, RingAlgorithm::Flexihash))
+        .await
+        .unwrap();
+    let (a, b) = (
+        format!("{}a", stack.prefix()),
+        format!("{}b", stack.prefix()),
+    );
     let writes = [
-        Write::Set { key: &a, value: b"1", ttl: None, only_if_absent: false },
-        Write::Set { key: &b, value: b"1", ttl: Some(Duration::from_secs(60)), only_if_absent: false },
+        Write::Set {
+            key: &a,
+            value: b"1",
+            ttl: None,
+            only_if_absent: false,
+        },
+        Write::Set {
+            key: &b,
+            value: b"1",
+            ttl: Some(Duration::from_secs(60)),
+            only_if_absent: false,
+        },
         Write::Delete { key: &a },
         Write::Delete { key: &b },
-        Write::Set { key: &a, value: b"2", ttl: None, only_if_absent: false },
+        Write::Set {
+            key: &a,
+            value: b"2",
+            ttl: None,
+            only_if_absent: false,
+        },
     ];
     let outcome = cache.apply(&writes).await.unwrap();
     assert_eq!((outcome.written, outcome.deleted), (3, 2));
@@ -137,7 +202,12 @@ async fn a_command_slower_than_the_redis_crate_default_timeout_still_succeeds() 
                   repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > 700000; \
                   return 1";
     let mut conn = cache.home();
-    let done: i64 = redis::cmd("EVAL").arg(script).arg(0).query_async(&mut conn).await.unwrap();
+    let done: i64 = redis::cmd("EVAL")
+        .arg(script)
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(done, 1);
 }
 
@@ -149,9 +219,22 @@ struct OwnRedis {
 
 impl OwnRedis {
     fn start() -> Option<OwnRedis> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
         let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
@@ -200,7 +283,12 @@ async fn delete_fails_when_one_ring_node_does_not_answer() {
         }
     };
     let key = format!("{}k", stack.prefix());
-    redis::cmd("SET").arg(&key).arg("v").query_async::<()>(&mut stack.local).await.unwrap();
+    redis::cmd("SET")
+        .arg(&key)
+        .arg("v")
+        .query_async::<()>(&mut stack.local)
+        .await
+        .unwrap();
 
     own.child.kill().unwrap();
     own.child.wait().unwrap();

@@ -3,7 +3,15 @@
 
 mod common;
 
-use hotkeys::sync_queue::{Op, QueuedOp};
+use hotkeys::sync_queue::{Batch, Op, QueuedOp};
+
+fn ops_of(batch: &Batch) -> Vec<Op> {
+    batch
+        .items
+        .iter()
+        .map(|i| QueuedOp::from_json(i).unwrap().op)
+        .collect()
+}
 
 #[tokio::test]
 async fn keys_outside_the_replicate_prefixes_are_never_queued() {
@@ -16,42 +24,83 @@ async fn keys_outside_the_replicate_prefixes_are_never_queued() {
     assert!(queue.replicates(&mine));
     assert!(!queue.replicates("session:1"));
     assert!(!queue.enqueue(&Op::delete("session:1")).await.unwrap());
-    let ops = [Op::delete("session:2"), Op::delete(mine.clone()), Op::set("user:1", "x", None)];
+    let ops = [
+        Op::delete("session:2"),
+        Op::delete(mine.clone()),
+        Op::set("user:1", "x", None),
+    ];
     assert_eq!(queue.enqueue_many(&ops).await.unwrap(), 1);
     assert_eq!(stack.status(&t).await.length, 1);
     stack.cleanup().await;
 }
 
 #[tokio::test]
-async fn a_batch_is_handed_out_again_with_its_stamp_until_acknowledged() {
+async fn batches_in_flight_keep_their_stamps_until_acknowledged_in_order() {
     let Some(mut stack) = common::stack("in_flight").await else {
         return;
     };
-    let mut t = stack.topology();
-    t.sync.batch = 3;
+    let t = stack.topology();
     let queue = stack.queue(&t).await;
-    let ops: Vec<Op> = (0..5).map(|i| Op::set(format!("{}{i}", stack.prefix()), format!("{i}"), None)).collect();
+    let ops: Vec<Op> = (0..7)
+        .map(|i| Op::set(format!("{}{i}", stack.prefix()), format!("{i}"), None))
+        .collect();
     queue.enqueue_many(&ops).await.unwrap();
 
-    let first = queue.take(3, None).await.unwrap().unwrap();
-    assert_eq!((first.stamp, first.items.len(), first.resent, first.queued), (1, 3, false, 2));
-    // A shipper that crashed before the acknowledgement gets the same batch back.
-    let again = queue.take(3, None).await.unwrap().unwrap();
-    assert_eq!((again.stamp, &again.items, again.resent), (1, &first.items, true));
-    let decoded: Vec<Op> = first.items.iter().map(|i| QueuedOp::from_json(i).unwrap().op).collect();
-    assert_eq!(decoded, ops[..3]);
+    let first = queue.take(3, 2).await.unwrap().unwrap();
+    assert_eq!((first.stamp, first.items.len(), first.queued), (1, 3, 4));
+    assert_eq!(ops_of(&first), ops[..3]);
+    let second = queue.take(3, 2).await.unwrap().unwrap();
+    assert_eq!((second.stamp, second.items.len(), second.queued), (2, 3, 1));
+    // Two batches in flight fill a window of two.
+    assert_eq!(queue.take(3, 2).await.unwrap(), None);
 
-    // The acknowledgement rides on the next take.
-    let second = queue.take(3, Some(1)).await.unwrap().unwrap();
-    assert_eq!((second.stamp, second.items.len(), second.resent, second.queued), (2, 2, false, 0));
-    // Acknowledging a stamp that is not in flight changes nothing.
-    queue.ack(1).await.unwrap();
-    assert_eq!(stack.status(&t).await.in_flight, Some(2));
-    queue.ack(2).await.unwrap();
-    assert_eq!(queue.take(3, None).await.unwrap(), None);
+    // A shipper that crashed now finds both batches, in order, with their stamps.
+    let left: Vec<(u64, Vec<Op>)> = queue
+        .in_flight()
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| (b.stamp, ops_of(b)))
+        .collect();
+    assert_eq!(left, [(1, ops[..3].to_vec()), (2, ops[3..6].to_vec())]);
+
+    // Acknowledgements go strictly in stamp order.
+    assert_eq!(
+        queue.ack(2).await.unwrap(),
+        0,
+        "stamp 2 cannot go before stamp 1"
+    );
+    assert_eq!(queue.ack(1).await.unwrap(), 1);
+    assert_eq!(
+        queue.ack(1).await.unwrap(),
+        1,
+        "acknowledging again changes nothing"
+    );
+    let third = queue.take(3, 2).await.unwrap().unwrap();
+    assert_eq!((third.stamp, third.items.len(), third.queued), (3, 1, 0));
+    let left: Vec<u64> = queue
+        .in_flight()
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.stamp)
+        .collect();
+    assert_eq!(left, [2, 3]);
+    assert_eq!(queue.ack(2).await.unwrap(), 2);
+    assert_eq!(queue.ack(3).await.unwrap(), 3);
+    assert_eq!(queue.take(3, 2).await.unwrap(), None);
+    assert!(queue.in_flight().await.unwrap().is_empty());
 
     let status = stack.status(&t).await;
-    assert_eq!((status.length, status.in_flight, status.last_stamp, status.acked), (0, None, 2, 2));
+    assert_eq!(
+        (
+            status.length,
+            status.in_flight,
+            status.last_stamp,
+            status.acked
+        ),
+        (0, None, 3, 3)
+    );
     stack.cleanup().await;
 }
 
@@ -63,24 +112,51 @@ async fn status_reports_length_in_flight_stamps_and_lag() {
     let t = stack.topology();
     let queue = stack.queue(&t).await;
     let empty = stack.status(&t).await;
-    assert_eq!((empty.stream, empty.length, empty.in_flight, empty.lag_ms), (None, 0, None, 0));
+    assert_eq!(
+        (empty.stream, empty.length, empty.in_flight, empty.lag_ms),
+        (None, 0, None, 0)
+    );
 
     // An operation queued ten seconds ago, as written by another client of the queue.
     let old = QueuedOp {
         op: Op::delete(format!("{}old", stack.prefix())),
         at_ms: hotkeys::sync_queue::now_ms() - 10_000,
     };
-    redis::cmd("RPUSH").arg(&t.sync.queue).arg(old.to_json()).query_async::<()>(&mut stack.local).await.unwrap();
-    queue.enqueue(&Op::delete(format!("{}new", stack.prefix()))).await.unwrap();
+    redis::cmd("RPUSH")
+        .arg(&t.sync.queue)
+        .arg(old.to_json())
+        .query_async::<()>(&mut stack.local)
+        .await
+        .unwrap();
+    let new: Vec<Op> = (0..3)
+        .map(|i| Op::delete(format!("{}new{i}", stack.prefix())))
+        .collect();
+    queue.enqueue_many(&new).await.unwrap();
     let stream = queue.stream_id().await.unwrap();
-    assert_eq!(queue.stream_id().await.unwrap(), stream, "the stream id is stable");
+    assert_eq!(
+        queue.stream_id().await.unwrap(),
+        stream,
+        "the stream id is stable"
+    );
     assert!(stream.starts_with(&t.sync.queue));
 
-    let batch = queue.take(1, None).await.unwrap().unwrap();
+    queue.take(1, 4).await.unwrap().unwrap();
+    queue.take(2, 4).await.unwrap().unwrap();
     let status = stack.status(&t).await;
     assert_eq!(status.stream.as_deref(), Some(stream.as_str()));
-    assert_eq!((status.length, status.in_flight, status.in_flight_ops), (1, Some(batch.stamp), 1));
-    assert_eq!((status.last_stamp, status.acked), (1, 0));
-    assert!(status.lag_ms >= 10_000, "lag counts from the oldest unacknowledged op: {status:?}");
+    assert_eq!(
+        (
+            status.length,
+            status.in_flight,
+            status.in_flight_batches,
+            status.in_flight_ops
+        ),
+        (1, Some(1), 2, 3)
+    );
+    assert_eq!((status.last_stamp, status.acked), (2, 0));
+    assert!(
+        status.lag_ms >= 10_000,
+        "lag counts from the oldest unacknowledged op: {status:?}"
+    );
     stack.cleanup().await;
 }

@@ -39,9 +39,11 @@ impl Harness {
     }
 
     fn body(&self, stamp: u64, ops: &[Op]) -> Vec<u8> {
-        let lines: Vec<String> = ops.iter().map(|op| QueuedOp::now(op.clone()).to_json()).collect();
-        let refs: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
-        wire::encode_batch(&self.stream, stamp, &refs)
+        let lines: Vec<String> = ops
+            .iter()
+            .map(|op| QueuedOp::now(op.clone()).to_json())
+            .collect();
+        wire::encode_batch(&self.stream, stamp, 0, lines.iter().map(|l| l.as_bytes()))
     }
 
     async fn post(
@@ -107,15 +109,28 @@ async fn a_signed_batch_is_applied_and_its_stamp_recorded() {
     };
     let (a, b) = (h.key("a"), h.key("b"));
     let (status, text) = h
-        .send(1, &[Op::set(&a, "1", None), Op::set(&b, "2", None), Op::delete(&b)])
+        .send(
+            1,
+            &[
+                Op::set(&a, "1", None),
+                Op::set(&b, "2", None),
+                Op::delete(&b),
+            ],
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{text}");
     let reply = applied(&text);
-    assert_eq!((reply.status, reply.stamp, reply.ops), (Outcome::Applied, 1, 3));
+    assert_eq!(
+        (reply.status, reply.stamp, reply.ops),
+        (Outcome::Applied, 1, 3)
+    );
     assert_eq!(h.remote_get(&a).await.as_deref(), Some("1"));
     assert_eq!(h.remote_get(&b).await, None);
     let state = h.state().await;
-    assert_eq!((state.processing, state.processed, state.applied), (1, 1, 1));
+    assert_eq!(
+        (state.processing, state.processed, state.applied),
+        (1, 1, 1)
+    );
     h.finish().await;
 }
 
@@ -165,7 +180,8 @@ async fn a_malformed_body_is_refused_with_400_naming_the_first_error_and_changes
     };
     let good = h.key("good");
     let first = QueuedOp::now(Op::set(&good, "v", None)).to_json();
-    let cases: Vec<(Vec<u8>, &str)> = vec![
+    let cases: Vec<(Vec<u8>, &str)> =
+        vec![
         (
             format!(
                 r#"{{"stream":"{}","stamp":1,"ops":[{first},{{"op":"set","key":"x","at_ms":1}}]}}"#,
@@ -211,7 +227,10 @@ async fn a_replayed_stamp_is_acknowledged_without_being_applied_again() {
     assert_eq!(applied(&text).status, Outcome::Duplicate);
     assert_eq!(h.remote_get(&key).await.as_deref(), Some("second"));
     let state = h.state().await;
-    assert_eq!((state.processed, state.applied, state.duplicates), (2, 2, 1));
+    assert_eq!(
+        (state.processed, state.applied, state.duplicates),
+        (2, 2, 1)
+    );
     h.finish().await;
 }
 
@@ -229,11 +248,41 @@ async fn a_stamp_that_skips_ahead_is_refused_with_409_and_changes_nothing() {
     assert_eq!(h.remote_get(&key).await.as_deref(), Some("one"));
     let state = h.state().await;
     assert_eq!((state.processed, state.applied), (1, 1));
+    // Allowed to wait for stamp 2, which never comes.
+    let late = wire::encode_batch(&h.stream, 3, 200, std::iter::empty());
+    let (status, _) = h.post_signed(late).await;
+    assert_eq!(status, StatusCode::CONFLICT);
     // A new stream must begin at stamp 1.
     h.stream.push_str("-new");
     let (status, _) = h.send(2, &[Op::set(&key, "two", None)]).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(h.remote_get(&key).await.as_deref(), Some("one"));
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_arrives_before_its_predecessor_waits_and_both_apply_in_order() {
+    let Some(h) = Harness::start("out_of_order", 1 << 20).await else {
+        return;
+    };
+    let key = h.key("k");
+    let lines = [QueuedOp::now(Op::set(&key, "two", None)).to_json()];
+    let second = wire::encode_batch(&h.stream, 2, 30_000, lines.iter().map(|l| l.as_bytes()));
+    let h = std::sync::Arc::new(h);
+    let early = tokio::spawn({
+        let h = std::sync::Arc::clone(&h);
+        async move { h.post_signed(second).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let (status, text) = h.send(1, &[Op::set(&key, "one", None)]).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let (status, text) = early.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(applied(&text).status, Outcome::Applied);
+    let mut h = std::sync::Arc::into_inner(h).unwrap();
+    assert_eq!(h.remote_get(&key).await.as_deref(), Some("two"));
+    let state = h.state().await;
+    assert_eq!((state.processed, state.applied), (2, 2));
     h.finish().await;
 }
 
@@ -281,7 +330,7 @@ async fn a_set_whose_ttl_ran_out_on_the_way_deletes_the_key() {
         at_ms: now_ms() - 5_000,
     }
     .to_json();
-    let body = wire::encode_batch(&h.stream, 2, &[expired.as_bytes()]);
+    let body = wire::encode_batch(&h.stream, 2, 0, std::iter::once(expired.as_bytes()));
     let (status, _) = h.post_signed(body).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(h.remote_get(&key).await, None);

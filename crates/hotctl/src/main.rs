@@ -16,10 +16,19 @@ mod db;
 mod tasks;
 
 #[derive(Parser)]
-#[command(name = "hotctl", version, about = "Operate a hotkeys pipeline: its database, tasks, hot lists and locks.")]
+#[command(
+    name = "hotctl",
+    version,
+    about = "Operate a hotkeys pipeline: its database, tasks, hot lists and locks."
+)]
 struct Cli {
     /// Topology file; `HOTKEYS_*` variables override its keys.
-    #[arg(long, global = true, env = "HOTKEYS_TOPOLOGY", default_value = "topology/default.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "HOTKEYS_TOPOLOGY",
+        default_value = "topology/default.toml"
+    )]
     topology: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -82,8 +91,10 @@ fn exit_code(e: &anyhow::Error) -> i32 {
         if let Some(m) = cause.downcast_ref::<MysqlError>() {
             return match m {
                 _ if m.is_unreachable() => exit::UNREACHABLE,
-                MysqlError::BadUrl(_) | MysqlError::BadQuery(_) => exit::USAGE,
-                MysqlError::Rejected { .. } => exit::UNREACHABLE,
+                // A refused login or unknown database is the configuration's to fix.
+                MysqlError::BadUrl(_) | MysqlError::BadQuery(_) | MysqlError::Rejected { .. } => {
+                    exit::USAGE
+                }
                 _ => exit::FAILED,
             };
         }

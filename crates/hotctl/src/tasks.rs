@@ -92,7 +92,14 @@ pub async fn watch(topology: &Topology, args: WatchArgs) -> anyhow::Result<()> {
         let views = zk.task_views().await?;
         let versions: Vec<_> = views
             .iter()
-            .map(|v| (v.task, v.hot.as_ref().map(|h| h.version), v.is_warm(), v.lock.is_some()))
+            .map(|v| {
+                (
+                    v.task,
+                    v.hot.as_ref().map(|h| h.version),
+                    v.is_warm(),
+                    v.lock.is_some(),
+                )
+            })
             .collect();
         if last.as_ref() != Some(&versions) {
             if args.json {
@@ -106,7 +113,11 @@ pub async fn watch(topology: &Topology, args: WatchArgs) -> anyhow::Result<()> {
                 if terminal {
                     print!("\x1b[2J\x1b[H");
                 }
-                println!("{}\n{}", tasks_table(&views), items_table(&merged(&views, args.top)));
+                println!(
+                    "{}\n{}",
+                    tasks_table(&views),
+                    items_table(&merged(&views, args.top))
+                );
             }
             last = Some(versions);
         }
@@ -154,7 +165,12 @@ async fn connect(topology: &Topology) -> anyhow::Result<Zk> {
 }
 
 fn merged(views: &[TaskView], n: usize) -> Vec<HotItem> {
-    merge(views.iter().filter_map(|v| v.hot.as_ref().map(|h| &h.value)), n)
+    merge(
+        views
+            .iter()
+            .filter_map(|v| v.hot.as_ref().map(|h| &h.value)),
+        n,
+    )
 }
 
 fn task_json(v: &TaskView) -> serde_json::Value {
@@ -187,7 +203,8 @@ fn tasks_table(views: &[TaskView]) -> Table {
         };
         table.add_row([
             v.task.to_string(),
-            hot.and_then(|h| h.value.owner.clone()).unwrap_or("-".into()),
+            hot.and_then(|h| h.value.owner.clone())
+                .unwrap_or("-".into()),
             hot.map_or("-".into(), |h| h.version.to_string()),
             hot.map_or("-".into(), |h| age(now_ms() - h.value.generated_at_ms)),
             hot.map_or("-".into(), |h| h.value.items.len().to_string()),

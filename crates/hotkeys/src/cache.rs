@@ -183,8 +183,8 @@ impl CacheNodes {
                         )));
                     }
                 };
-                let conns = try_join_all(cfg.nodes.iter().map(|n| connect_node(n, cfg.timeout)))
-                    .await?;
+                let conns =
+                    try_join_all(cfg.nodes.iter().map(|n| connect_node(n, cfg.timeout))).await?;
                 Nodes::Independent { conns, ring }
             }
             RedisMode::Cluster => Nodes::Cluster(connect_cluster(&cfg.nodes, cfg.timeout).await?),
@@ -455,7 +455,10 @@ async fn connect_node(url: &str, timeout: Duration) -> Result<ConnectionManager,
         .map_err(connect_error)
 }
 
-async fn connect_cluster(seeds: &[String], timeout: Duration) -> Result<ClusterConnection, CacheError> {
+async fn connect_cluster(
+    seeds: &[String],
+    timeout: Duration,
+) -> Result<ClusterConnection, CacheError> {
     let client = redis::cluster::ClusterClient::builder(seeds.iter().map(String::as_str))
         .response_timeout(timeout)
         .connection_timeout(timeout)

@@ -19,7 +19,7 @@
 //! | `DECIMAL` | **string**, exactly as the server prints it (`"19.90"`): scale is kept and no float rounding happens in a consumer |
 //! | `TIMESTAMP` | RFC 3339 string in UTC, milliseconds (`"2024-05-01T12:00:00.250Z"`; six digits when the value has sub-millisecond digits) |
 //! | `DATETIME` | the same without the `Z`: MySQL stores no zone for it |
-//! | `DATE`, `TIME` | `"2024-05-01"`, `"-12:30:00"` |
+//! | `DATE`, `TIME` | `"2024-05-01"`, `"-838:59:59.000"` (fraction as for `TIMESTAMP`) |
 //! | `JSON` (MySQL 8), or a MariaDB column with a `json_valid()` check (how MariaDB stores `JSON`) | the document itself, nested |
 //! | character types, `ENUM`, `SET` | string |
 //! | binary types | string if valid UTF-8, else the row cannot be encoded |
@@ -127,7 +127,8 @@ pub fn options(url: &str) -> Result<MySqlConnectOptions, MysqlError> {
             "expected mysql://user:password@host:port/database".into(),
         ));
     }
-    url.parse::<MySqlConnectOptions>().map_err(|e| MysqlError::BadUrl(format!("cannot parse the URL: {e}")))
+    url.parse::<MySqlConnectOptions>()
+        .map_err(|e| MysqlError::BadUrl(format!("cannot parse the URL: {e}")))
 }
 
 /// Opens a pool of `mysql.pool` connections. One connection is made first, within

@@ -321,8 +321,12 @@ mod tests {
 
     #[test]
     fn pecl_memcache_hashes_spaces_as_underscores() {
-        let ring = Ring::new(RingAlgorithm::PeclMemcache, KetamaHash::Fnv1a64, &VECTOR_NODES)
-            .unwrap();
+        let ring = Ring::new(
+            RingAlgorithm::PeclMemcache,
+            KetamaHash::Fnv1a64,
+            &VECTOR_NODES,
+        )
+        .unwrap();
         assert_eq!(ring.node_for(b"hello world"), ring.node_for(b"hello_world"));
     }
 
@@ -342,7 +346,12 @@ mod tests {
 
     #[test]
     fn every_node_of_a_ring_gets_some_keys() {
-        let nodes = ["10.0.0.1:6379", "10.0.0.2:6379", "10.0.0.3:6379", "10.0.0.4:6379"];
+        let nodes = [
+            "10.0.0.1:6379",
+            "10.0.0.2:6379",
+            "10.0.0.3:6379",
+            "10.0.0.4:6379",
+        ];
         for algorithm in [
             RingAlgorithm::PeclMemcache,
             RingAlgorithm::Flexihash,

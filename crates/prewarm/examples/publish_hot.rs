@@ -21,7 +21,11 @@ use hotkeys::zk::Zk;
 
 #[derive(Parser)]
 struct Cli {
-    #[arg(long, env = "HOTKEYS_TOPOLOGY", default_value = "topology/default.toml")]
+    #[arg(
+        long,
+        env = "HOTKEYS_TOPOLOGY",
+        default_value = "topology/default.toml"
+    )]
     topology: PathBuf,
     /// Tasks to spread the keys over.
     #[arg(long)]
@@ -54,7 +58,10 @@ async fn main() -> anyhow::Result<()> {
         let version = publish(&zk, &topology.name, task, &keys).await?;
         eprintln!("task {task}: {} keys, version {version}", keys.len());
     }
-    eprintln!("published {total} keys over {} tasks of {}", cli.tasks, topology.name);
+    eprintln!(
+        "published {total} keys over {} tasks of {}",
+        cli.tasks, topology.name
+    );
     Ok(())
 }
 

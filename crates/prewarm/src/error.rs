@@ -31,7 +31,7 @@ pub enum PrewarmError {
     #[error("configuration: {0}")]
     Config(String),
     /// A dependency stayed unreachable for the whole retry budget.
-    #[error("{dependency} unreachable, gave up after {} of retries: {last}", humantime::format_duration(*.waited))]
+    #[error("{dependency} unreachable, gave up after {:.1}s of retries: {last}", .waited.as_secs_f64())]
     Unreachable {
         dependency: Dependency,
         waited: Duration,

@@ -42,7 +42,11 @@ impl Counts {
 
 /// Loads and writes `keys`. `held` is the session holding the task's lock: once it has
 /// expired, the lock is someone else's to take and the remaining batches are not written.
-pub(crate) async fn warm_keys(ctx: &Ctx, keys: &[String], held: Option<&Zk>) -> Result<Counts, Halt> {
+pub(crate) async fn warm_keys(
+    ctx: &Ctx,
+    keys: &[String],
+    held: Option<&Zk>,
+) -> Result<Counts, Halt> {
     let mut counts = Counts::default();
     // Futures made up front (they start only when polled): a `.map` closure over borrowed
     // chunks trips the compiler's Send check of the spawned task.
@@ -95,7 +99,13 @@ async fn warm_batch(ctx: &Ctx, keys: &[String], held: Option<&Zk>) -> Result<Cou
     let entries: Vec<(String, String, Duration)> = loaded
         .rows
         .into_iter()
-        .map(|(key, row)| (cache_key(redis, &key), row.into_string(), jittered_ttl(redis)))
+        .map(|(key, row)| {
+            (
+                cache_key(redis, &key),
+                row.into_string(),
+                jittered_ttl(redis),
+            )
+        })
         .collect();
     if entries.is_empty() {
         return Ok(counts);
@@ -131,8 +141,10 @@ async fn replicate(
     entries: &[(String, String, Duration)],
     outcome: WriteOutcome,
 ) -> Result<u64, Halt> {
-    let candidates: Vec<&(String, String, Duration)> =
-        entries.iter().filter(|(k, _, _)| sync.replicates(k)).collect();
+    let candidates: Vec<&(String, String, Duration)> = entries
+        .iter()
+        .filter(|(k, _, _)| sync.replicates(k))
+        .collect();
     if candidates.is_empty() {
         return Ok(0);
     }
@@ -141,7 +153,8 @@ async fn replicate(
     } else {
         // `set_many_nx` counts but does not say which keys it stored: a stored value reads
         // back as ours. Only batches that met existing values pay for these reads.
-        let reads = futures::future::join_all(candidates.iter().map(|(k, _, _)| cache.get(k))).await;
+        let reads =
+            futures::future::join_all(candidates.iter().map(|(k, _, _)| cache.get(k))).await;
         candidates
             .into_iter()
             .zip(reads)
@@ -153,9 +166,12 @@ async fn replicate(
         .iter()
         .map(|(k, v, ttl)| Op::set(k.clone(), v.as_bytes().to_vec(), Some(*ttl)))
         .collect();
-    let queued = retry(&ctx.policy, Dependency::Redis, "queueing replication", || {
-        sync.enqueue_many(&ops)
-    })
+    let queued = retry(
+        &ctx.policy,
+        Dependency::Redis,
+        "queueing replication",
+        || sync.enqueue_many(&ops),
+    )
     .await?
     .map_err(|e| failed(Dependency::Redis, e))?;
     Ok(queued as u64)

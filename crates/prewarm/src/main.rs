@@ -21,7 +21,11 @@ use prewarm::{Mode, Options};
 )]
 struct Cli {
     /// Topology file; `HOTKEYS_*` variables override its keys.
-    #[arg(long, env = "HOTKEYS_TOPOLOGY", default_value = "topology/default.toml")]
+    #[arg(
+        long,
+        env = "HOTKEYS_TOPOLOGY",
+        default_value = "topology/default.toml"
+    )]
     topology: PathBuf,
     /// One pass over the tasks, then exit: 0 only if every task ends up warmed (the default).
     #[arg(long, conflicts_with = "watch")]
@@ -100,7 +104,7 @@ fn main() -> ExitCode {
                 Ok(json) => println!("{json}"),
                 Err(e) => eprintln!("prewarm: cannot encode the summary: {e}"),
             }
-        } else {
+        } else if !finished.summary.tasks.is_empty() {
             print!("{}", finished.summary.to_table());
         }
         if let Some(e) = &finished.error {

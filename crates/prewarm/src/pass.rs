@@ -62,7 +62,9 @@ async fn attempt(
     let policy = &ctx.policy;
     let hot = ctx
         .session
-        .read(policy, "reading the hot list", |zk| async move { zk.read_hot(task).await })
+        .read(policy, "reading the hot list", |zk| async move {
+            zk.read_hot(task).await
+        })
         .await?;
     let Some(hot) = hot else {
         return Ok(TaskOutcome::NoHotList);
@@ -89,8 +91,10 @@ async fn attempt(
 
     let (generation, zk) = ctx.session.current().await;
     let me = LockInfo::this_process();
-    let taken = retry(policy, Dependency::ZooKeeper, "taking the lock", || zk.try_lock(task, &me))
-        .await?;
+    let taken = retry(policy, Dependency::ZooKeeper, "taking the lock", || {
+        zk.try_lock(task, &me)
+    })
+    .await?;
     match taken {
         Ok(true) => {}
         Ok(false) => {
@@ -128,17 +132,25 @@ async fn locked(
     started: Instant,
 ) -> Result<TaskOutcome, Halt> {
     let policy = &ctx.policy;
-    let hot = retry(policy, Dependency::ZooKeeper, "reading the hot list", || zk.read_hot(task))
-        .await?
-        .map_err(classify)?;
+    let hot = retry(
+        policy,
+        Dependency::ZooKeeper,
+        "reading the hot list",
+        || zk.read_hot(task),
+    )
+    .await?
+    .map_err(classify)?;
     let Some(hot) = hot else {
         return Ok(TaskOutcome::NoHotList);
     };
     record.hot_version = Some(i64::from(hot.version));
     if !ctx.opts.force {
-        let warmed = retry(policy, Dependency::ZooKeeper, "reading the warmed mark", || {
-            zk.read_warmed(task)
-        })
+        let warmed = retry(
+            policy,
+            Dependency::ZooKeeper,
+            "reading the warmed mark",
+            || zk.read_warmed(task),
+        )
         .await?
         .map_err(classify);
         if let Some(by) = covering(warmed, &hot, task) {
@@ -165,9 +177,11 @@ async fn locked(
         missing: counts.missing,
         took_ms: started.elapsed().as_millis() as u64,
     };
-    retry(policy, Dependency::ZooKeeper, "marking warmed", || zk.mark_warmed(task, &mark))
-        .await?
-        .map_err(classify)?;
+    retry(policy, Dependency::ZooKeeper, "marking warmed", || {
+        zk.mark_warmed(task, &mark)
+    })
+    .await?
+    .map_err(classify)?;
     tracing::info!(
         task,
         hot_version = hot.version,
@@ -216,7 +230,11 @@ fn fill(record: &mut TaskRecord, c: Counts) {
     record.replicated = c.replicated;
 }
 
-async fn hold(d: Duration, abort: &CancellationToken, shutdown: &CancellationToken) -> Result<(), Halt> {
+async fn hold(
+    d: Duration,
+    abort: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Result<(), Halt> {
     tokio::select! {
         () = tokio::time::sleep(d) => Ok(()),
         () = abort.cancelled() => Err(Halt::Aborted),
@@ -231,7 +249,11 @@ async fn release(zk: &Zk, task: u32) {
         budget: UNLOCK_BUDGET,
         abort: CancellationToken::new(),
     };
-    match retry(&policy, Dependency::ZooKeeper, "releasing the lock", || zk.unlock(task)).await {
+    match retry(&policy, Dependency::ZooKeeper, "releasing the lock", || {
+        zk.unlock(task)
+    })
+    .await
+    {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(task, error = %e, "could not release the lock"),
         Err(e) => tracing::warn!(task, error = ?e, "could not release the lock"),
@@ -267,7 +289,10 @@ mod tests {
 
     #[test]
     fn keys_are_distinct_non_empty_and_in_order() {
-        assert_eq!(keys_of(&hot(&["3", "1", "3", "", "2"])), vec!["3", "1", "2"]);
+        assert_eq!(
+            keys_of(&hot(&["3", "1", "3", "", "2"])),
+            vec!["3", "1", "2"]
+        );
     }
 
     fn versioned<T>(value: T, version: i32) -> Versioned<T> {
@@ -292,8 +317,14 @@ mod tests {
     #[test]
     fn a_mark_covers_its_version_and_older_ones() {
         let h = versioned(hot(&["1"]), 4);
-        assert_eq!(covering(Ok(Some(versioned(mark(4), 0))), &h, 0).as_deref(), Some("h:1"));
-        assert_eq!(covering(Ok(Some(versioned(mark(5), 0))), &h, 0).as_deref(), Some("h:1"));
+        assert_eq!(
+            covering(Ok(Some(versioned(mark(4), 0))), &h, 0).as_deref(),
+            Some("h:1")
+        );
+        assert_eq!(
+            covering(Ok(Some(versioned(mark(5), 0))), &h, 0).as_deref(),
+            Some("h:1")
+        );
         assert_eq!(covering(Ok(Some(versioned(mark(3), 0))), &h, 0), None);
         assert_eq!(covering(Ok(None), &h, 0), None);
         assert_eq!(covering(Err(Halt::Malformed("x".into())), &h, 0), None);

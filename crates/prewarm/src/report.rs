@@ -179,7 +179,13 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub(crate) fn new(by: String, topology: String, mode: Mode, force: bool, dry_run: bool) -> Summary {
+    pub(crate) fn new(
+        by: String,
+        topology: String,
+        mode: Mode,
+        force: bool,
+        dry_run: bool,
+    ) -> Summary {
         Summary {
             by,
             topology,
@@ -196,13 +202,21 @@ impl Summary {
         }
     }
 
-    pub(crate) fn finish(&mut self, records: Vec<TaskRecord>, took: Duration, error: Option<String>) {
+    pub(crate) fn finish(
+        &mut self,
+        records: Vec<TaskRecord>,
+        took: Duration,
+        error: Option<String>,
+    ) {
         let mut totals = Totals {
             tasks: records.len() as u64,
             ..Totals::default()
         };
         for r in &records {
-            *totals.outcomes.entry(r.outcome.as_str().into()).or_default() += 1;
+            *totals
+                .outcomes
+                .entry(r.outcome.as_str().into())
+                .or_default() += 1;
             totals.keys += r.keys;
             totals.rows += r.rows;
             totals.written += r.written;
@@ -234,8 +248,8 @@ impl Summary {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:>6}  {:<16} {:>8} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8}  {}",
-            "task", "outcome", "version", "keys", "written", "present", "missing", "bad", "ms", "holder / error"
+            "{:>6}  {:<16} {:>8} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8}  holder / error",
+            "task", "outcome", "version", "keys", "written", "present", "missing", "bad", "ms"
         );
         for r in &self.tasks {
             let note = r.error.as_deref().or(r.holder.as_deref()).unwrap_or("");
@@ -275,9 +289,6 @@ impl Summary {
             self.rows_per_s,
             if self.complete { "" } else { "; NOT COMPLETE" }
         );
-        if let Some(e) = &self.error {
-            let _ = writeln!(out, "error: {e}");
-        }
         out
     }
 }
@@ -388,7 +399,11 @@ mod tests {
     #[test]
     fn summary_json_round_trips() {
         let mut s = Summary::new("h:1".into(), "t".into(), Mode::Watch, true, false);
-        s.finish(vec![TaskRecord::new(3, TaskOutcome::Malformed)], Duration::from_millis(5), None);
+        s.finish(
+            vec![TaskRecord::new(3, TaskOutcome::Malformed)],
+            Duration::from_millis(5),
+            None,
+        );
         let json = serde_json::to_string(&s).unwrap();
         assert!(json.contains("\"outcome\":\"malformed\""), "{json}");
         let back: Summary = serde_json::from_str(&json).unwrap();

@@ -44,7 +44,7 @@ impl Transient for SyncError {
 impl Transient for ZkError {
     fn is_transient(&self) -> bool {
         match self {
-            ZkError::Unreachable { .. } => true,
+            ZkError::Unreachable { .. } | ZkError::Timeout => true,
             ZkError::Op { source, .. } => matches!(
                 source,
                 ZkClientError::ConnectionLoss
@@ -149,11 +149,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn transient_errors_are_retried_until_success() {
         let tries = Cell::new(0);
-        let r = retry(&policy(Duration::from_secs(10)), Dependency::MySql, "t", || {
-            tries.set(tries.get() + 1);
-            let n = tries.get();
-            async move { if n < 4 { Err(Flaky(true)) } else { Ok(n) } }
-        })
+        let r = retry(
+            &policy(Duration::from_secs(10)),
+            Dependency::MySql,
+            "t",
+            || {
+                tries.set(tries.get() + 1);
+                let n = tries.get();
+                async move { if n < 4 { Err(Flaky(true)) } else { Ok(n) } }
+            },
+        )
         .await;
         assert!(matches!(r, Ok(Ok(4))));
     }
@@ -161,27 +166,36 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn permanent_errors_come_back_at_once() {
         let tries = Cell::new(0);
-        let r: Result<Result<(), Flaky>, Halt> =
-            retry(&policy(Duration::from_secs(10)), Dependency::MySql, "t", || {
+        let r: Result<Result<(), Flaky>, Halt> = retry(
+            &policy(Duration::from_secs(10)),
+            Dependency::MySql,
+            "t",
+            || {
                 tries.set(tries.get() + 1);
                 async { Err(Flaky(false)) }
-            })
-            .await;
+            },
+        )
+        .await;
         assert!(matches!(r, Ok(Err(Flaky(false)))));
         assert_eq!(tries.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn spent_budget_means_unreachable_naming_the_dependency() {
-        let r: Result<Result<(), Flaky>, Halt> =
-            retry(&policy(Duration::from_secs(2)), Dependency::Redis, "writing", || async {
-                Err(Flaky(true))
-            })
-            .await;
+        let r: Result<Result<(), Flaky>, Halt> = retry(
+            &policy(Duration::from_secs(2)),
+            Dependency::Redis,
+            "writing",
+            || async { Err(Flaky(true)) },
+        )
+        .await;
         match r {
             Err(Halt::Fatal(e @ PrewarmError::Unreachable { .. })) => {
                 let msg = e.to_string();
-                assert!(msg.contains("Redis unreachable") && msg.contains("writing"), "{msg}");
+                assert!(
+                    msg.contains("Redis unreachable") && msg.contains("writing"),
+                    "{msg}"
+                );
                 assert_eq!(e.exit_code(), hotkeys::exit::UNREACHABLE);
             }
             other => panic!("expected unreachable, got {other:?}"),

@@ -219,10 +219,15 @@ fn mysql_setup_error(e: MysqlError) -> Halt {
 }
 
 /// One pass: every task once, then (`--once`) the re-check of tasks locked elsewhere.
-async fn one_pass(ctx: &Arc<Ctx>, records: &mut BTreeMap<u32, TaskRecord>) -> Result<(), PrewarmError> {
+async fn one_pass(
+    ctx: &Arc<Ctx>,
+    records: &mut BTreeMap<u32, TaskRecord>,
+) -> Result<(), PrewarmError> {
     let mut tasks = ctx
         .session
-        .read(&ctx.policy, "listing tasks", |zk| async move { zk.list_tasks().await })
+        .read(&ctx.policy, "listing tasks", |zk| async move {
+            zk.list_tasks().await
+        })
         .await
         .map_err(halt_to_error)?;
     tasks.shuffle(&mut rand::rng());
@@ -316,7 +321,10 @@ fn keep(ctx: &Ctx, records: &mut BTreeMap<u32, TaskRecord>, record: TaskRecord) 
 
 /// `--once`: tasks another process held are looked at again until they are warmed, or their
 /// lock is gone (then warmed here), or the deadline passes.
-async fn recheck(ctx: &Arc<Ctx>, records: &mut BTreeMap<u32, TaskRecord>) -> Result<(), PrewarmError> {
+async fn recheck(
+    ctx: &Arc<Ctx>,
+    records: &mut BTreeMap<u32, TaskRecord>,
+) -> Result<(), PrewarmError> {
     let deadline = Instant::now() + ctx.opts.wait_for_others;
     loop {
         let pending: Vec<u32> = records
@@ -350,14 +358,18 @@ async fn recheck(ctx: &Arc<Ctx>, records: &mut BTreeMap<u32, TaskRecord>) -> Res
             let (hot, warmed, lock) = ctx
                 .session
                 .read(&ctx.policy, "re-checking a locked task", |zk| async move {
+                    // The lock first: a holder marks before it unlocks, so a lock seen gone
+                    // means its mark, if any, is visible to the reads after.
+                    let lock = zk.read_lock(task).await;
                     let hot = zk.read_hot(task).await;
                     let warmed = zk.read_warmed(task).await;
-                    let lock = zk.read_lock(task).await;
                     Ok((hot, warmed, lock))
                 })
                 .await
                 .map_err(halt_to_error)?;
-            let Some(record) = records.get_mut(&task) else { continue };
+            let Some(record) = records.get_mut(&task) else {
+                continue;
+            };
             let hot_version = match hot {
                 Ok(Some(h)) => i64::from(h.version),
                 // Gone or unreadable now: the next attempt reports it properly.

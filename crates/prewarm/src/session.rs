@@ -42,15 +42,22 @@ impl Session {
         }
         tracing::warn!("ZooKeeper session expired; opening a new one");
         let old = guard.1.clone();
-        let zk = retry(policy, Dependency::ZooKeeper, "reconnecting", || old.reconnect())
-            .await?
-            .map_err(zk_failed)?;
+        let zk = retry(policy, Dependency::ZooKeeper, "reconnecting", || {
+            old.reconnect()
+        })
+        .await?
+        .map_err(zk_failed)?;
         *guard = (generation + 1, zk);
         Ok(())
     }
 
     /// A read that holds no lock, so it may move to a new session when the old one expired.
-    pub(crate) async fn read<T, F, Fut>(&self, policy: &Policy, what: &str, op: F) -> Result<T, Halt>
+    pub(crate) async fn read<T, F, Fut>(
+        &self,
+        policy: &Policy,
+        what: &str,
+        op: F,
+    ) -> Result<T, Halt>
     where
         F: Fn(Zk) -> Fut,
         Fut: Future<Output = Result<T, ZkError>>,

@@ -69,7 +69,9 @@ pub fn kafka_is_up() -> bool {
             panic!("Kafka at {b} is unreachable and CI is set: {e}")
         }
         Err(e) => {
-            eprintln!("skipping: Kafka at {b} is unreachable ({e}); start it with scripts/stack.sh up");
+            eprintln!(
+                "skipping: Kafka at {b} is unreachable ({e}); start it with scripts/stack.sh up"
+            );
             false
         }
     }
@@ -164,7 +166,10 @@ pub fn read_all(topic: &str) -> Vec<Record> {
     let mut next = vec![0i64; highs.len()];
     let deadline = Instant::now() + PATIENCE;
     while next.iter().zip(&highs).any(|(n, h)| n < h) {
-        assert!(Instant::now() < deadline, "could not read {topic} back: at {next:?} of {highs:?}");
+        assert!(
+            Instant::now() < deadline,
+            "could not read {topic} back: at {next:?} of {highs:?}"
+        );
         let Some(m) = consumer.poll(Duration::from_millis(500)) else {
             continue;
         };

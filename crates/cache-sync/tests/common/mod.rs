@@ -65,7 +65,9 @@ pub async fn stack(test: &str) -> Option<Stack> {
     for url in [&local_url, &remote_url] {
         if let Err(e) = connect(url).await {
             if std::env::var_os("CI").is_some() {
-                panic!("Redis at {url} is unreachable: {e} (CI is set: start the stack with scripts/stack.sh up)");
+                panic!(
+                    "Redis at {url} is unreachable: {e} (CI is set: start the stack with scripts/stack.sh up)"
+                );
             }
             eprintln!("SKIPPED {test}: Redis at {url} is unreachable: {e}");
             return None;
@@ -117,7 +119,11 @@ impl Stack {
 
     /// The receiving side's record of the test queue's stream.
     pub async fn stream_state(&self, t: &Topology) -> StreamState {
-        let stream = self.status(t).await.stream.expect("a shipper started the stream");
+        let stream = self
+            .status(t)
+            .await
+            .stream
+            .expect("a shipper started the stream");
         let conn = hotkeys::cache::RedisConn::connect_home(&remote_redis(t))
             .await
             .unwrap();
@@ -241,7 +247,11 @@ pub async fn assert_same_state(stack: &mut Stack, keys: &[String]) {
             } else {
                 (l.1 - r.1).abs() <= 1000
             };
-            assert!(ttls_agree, "TTL of {key}: local {} ms, remote {} ms", l.1, r.1);
+            assert!(
+                ttls_agree,
+                "TTL of {key}: local {} ms, remote {} ms",
+                l.1, r.1
+            );
         }
     }
     eprintln!("{present} of {} keys present on both sides", keys.len());

@@ -3,6 +3,13 @@
 //! Every key whose true count exceeds `total / capacity` is guaranteed to be monitored, and
 //! each monitored count overestimates the truth by at most its recorded `error`.
 //!
+//! Unmonitored keys first go through a filter of `FILTER_RATIO × capacity` hashed counters
+//! (Filtered Space-Saving, Homem & Carvalho 2010): a key replaces the minimum only once its
+//! filter cell says it could have reached that minimum. The long tail then churns the
+//! filter instead of the monitored list, which keeps the error bounds of the frequent keys
+//! small; the guarantees of Space-Saving are unchanged (a cell bounds the count of every
+//! unmonitored key hashed to it, and never exceeds the minimum).
+//!
 //! The "Stream-Summary" of the paper is realised as an indexed binary min-heap: the key with
 //! the smallest count sits at the root, ready to be replaced. An increment only ever moves a
 //! counter towards the leaves, and hot keys live at the leaves, so the common case is O(1).
@@ -12,6 +19,9 @@
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
+
+/// Filter cells per monitored counter.
+const FILTER_RATIO: usize = 4;
 
 /// One bucket's worth of Space-Saving counters.
 #[derive(Debug, Clone)]
@@ -27,6 +37,8 @@ pub struct SpaceSaving {
     heap: Vec<u32>,
     /// Position of each slot in `heap`.
     pos: Vec<u32>,
+    /// Upper bounds of the counts of unmonitored keys, by hash; allocated once full.
+    filter: Vec<u64>,
     total: u64,
 }
 
@@ -42,6 +54,7 @@ impl SpaceSaving {
             errors: Vec::new(),
             heap: Vec::new(),
             pos: Vec::new(),
+            filter: Vec::new(),
             total: 0,
         }
     }
@@ -67,17 +80,30 @@ impl SpaceSaving {
             self.sift_up(slot as usize);
             return;
         }
-        // Replace the minimum: the newcomer inherits its count as the error bound.
+        if self.filter.is_empty() {
+            self.filter = vec![0; self.capacity * FILTER_RATIO];
+        }
+        let cell = (hash % self.filter.len() as u64) as usize;
+        let min = self.counts[self.heap[0] as usize];
+        if self.filter[cell] + n < min {
+            self.filter[cell] += n;
+            return;
+        }
+        // Replace the minimum: the newcomer's bound is its filter cell; the evicted key's
+        // count goes to its own cell, which keeps bounding it.
         let slot = self.heap[0];
         let s = slot as usize;
         let old_hash = self.hasher.hash_one(self.keys[s].as_str());
+        let old_cell = (old_hash % self.filter.len() as u64) as usize;
+        let inherited = self.filter[cell];
         if let Ok(entry) = self.index.find_entry(old_hash, |&x| x == slot) {
             entry.remove();
         }
+        self.filter[old_cell] = self.filter[old_cell].max(self.counts[s]);
         self.keys[s].clear();
         self.keys[s].push_str(key);
-        self.errors[s] = self.counts[s];
-        self.counts[s] += n;
+        self.errors[s] = inherited;
+        self.counts[s] = inherited + n;
         self.insert_index(hash, slot);
         self.sift_down(0);
     }
@@ -176,6 +202,11 @@ impl SpaceSaving {
             s.insert_index(hash, slot);
             s.sift_up(slot as usize);
         }
+        // The filter is not checkpointed: every cell starts at the minimum, the bound plain
+        // Space-Saving gives an unmonitored key.
+        if s.keys.len() == capacity {
+            s.filter = vec![s.floor(); capacity * FILTER_RATIO];
+        }
         s.total = total;
         s
     }
@@ -204,15 +235,33 @@ mod tests {
     }
 
     #[test]
-    fn newcomer_replaces_the_minimum_and_inherits_its_count_as_error() {
+    fn newcomer_waits_in_the_filter_until_it_could_have_reached_the_minimum() {
         let mut s = SpaceSaving::new(2);
         s.offer("a", 5);
         s.offer("b", 2);
         s.offer("c", 1);
+        assert_eq!(lookup(&s, "c"), None, "one sighting cannot beat a minimum of 2");
+        s.offer("c", 1);
         assert_eq!(lookup(&s, "b"), None);
-        assert_eq!(lookup(&s, "c"), Some((3, 2)));
+        // Its first sighting sits in the filter, which cannot tell it from other keys.
+        assert_eq!(lookup(&s, "c"), Some((2, 1)));
         assert_eq!(lookup(&s, "a"), Some((5, 0)));
         assert_eq!(s.len(), 2);
+        assert_eq!(s.total(), 9);
+    }
+
+    #[test]
+    fn an_evicted_key_that_returns_inherits_its_old_count_as_error() {
+        let mut s = SpaceSaving::new(1);
+        s.offer("a", 3);
+        for _ in 0..4 {
+            s.offer("b", 1);
+        }
+        assert_eq!(lookup(&s, "b"), Some((4, 2)));
+        s.offer("a", 1);
+        s.offer("a", 1);
+        // a's cell remembers 3: its count may be 3 + 2, with 3 of it uncertain.
+        assert_eq!(lookup(&s, "a"), Some((5, 3)));
     }
 
     #[test]

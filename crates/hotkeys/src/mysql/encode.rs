@@ -93,7 +93,10 @@ pub(crate) fn origin(column: &MySqlColumn) -> Option<Origin> {
 impl RowPlan {
     /// A plan for these result columns; `json` lists the table columns known to hold JSON
     /// although the wire type says text (MariaDB).
-    pub(crate) fn new(columns: &[MySqlColumn], json: &HashSet<Origin>) -> Result<RowPlan, MysqlError> {
+    pub(crate) fn new(
+        columns: &[MySqlColumn],
+        json: &HashSet<Origin>,
+    ) -> Result<RowPlan, MysqlError> {
         let mut plans = Vec::with_capacity(columns.len());
         for column in columns {
             let type_name = column.type_info().name();
@@ -264,7 +267,17 @@ fn write_value(out: &mut String, kind: Kind, value: MySqlValueRef<'_>) -> Result
         }
         Kind::Time => {
             let time = <MySqlTime as Decode<MySql>>::decode(value).map_err(|e| e.to_string())?;
-            push_json_string(out, &time.to_string());
+            // Not `time.is_negative()`: sqlx 0.9 returns the positive flag from it.
+            let sign = if time.sign().is_negative() { "-" } else { "" };
+            let _ = write!(
+                out,
+                "\"{sign}{:02}:{:02}:{:02}",
+                time.hours(),
+                time.minutes(),
+                time.seconds()
+            );
+            write_fraction(out, time.microseconds());
+            out.push('"');
         }
     }
     Ok(())
@@ -301,7 +314,10 @@ fn write_datetime(out: &mut String, bytes: &[u8], zulu: bool) -> Result<(), Reas
     let (len, rest) = bytes.split_first().ok_or("empty date-time value")?;
     let field = |i: usize| rest.get(i).copied().unwrap_or(0);
     if rest.len() < usize::from(*len) || !matches!(len, 4 | 7 | 11) {
-        return Err(format!("unexpected date-time encoding of {} bytes", bytes.len()));
+        return Err(format!(
+            "unexpected date-time encoding of {} bytes",
+            bytes.len()
+        ));
     }
     let year = u16::from_le_bytes([field(0), field(1)]);
     let micros = if *len == 11 {
@@ -325,7 +341,7 @@ fn write_datetime(out: &mut String, bytes: &[u8], zulu: bool) -> Result<(), Reas
 
 /// Milliseconds always (the project's unit), microseconds when they are not zero.
 fn write_fraction(out: &mut String, micros: u32) {
-    if micros % 1000 == 0 {
+    if micros.is_multiple_of(1000) {
         let _ = write!(out, ".{:03}", micros / 1000);
     } else {
         let _ = write!(out, ".{micros:06}");
@@ -394,8 +410,14 @@ mod tests {
 
     #[test]
     fn short_binary_forms_mean_zero_time_parts() {
-        assert_eq!(datetime(&[4, 0xe8, 0x07, 2, 29], true), "2024-02-29T00:00:00.000Z");
-        assert_eq!(datetime(&[7, 0xe8, 0x07, 2, 29, 1, 2, 3], true), "2024-02-29T01:02:03.000Z");
+        assert_eq!(
+            datetime(&[4, 0xe8, 0x07, 2, 29], true),
+            "2024-02-29T00:00:00.000Z"
+        );
+        assert_eq!(
+            datetime(&[7, 0xe8, 0x07, 2, 29, 1, 2, 3], true),
+            "2024-02-29T01:02:03.000Z"
+        );
     }
 
     #[test]
@@ -407,8 +429,14 @@ mod tests {
 
     #[test]
     fn text_protocol_timestamps_convert_the_same_way() {
-        assert_eq!(datetime(b"2024-05-01 12:34:56.25", true), "2024-05-01T12:34:56.250Z");
-        assert_eq!(datetime(b"2024-05-01 12:34:56", true), "2024-05-01T12:34:56.000Z");
+        assert_eq!(
+            datetime(b"2024-05-01 12:34:56.25", true),
+            "2024-05-01T12:34:56.250Z"
+        );
+        assert_eq!(
+            datetime(b"2024-05-01 12:34:56", true),
+            "2024-05-01T12:34:56.000Z"
+        );
     }
 
     #[test]
@@ -423,7 +451,10 @@ mod tests {
         let mut s = String::new();
         push_json_string(&mut s, "a\"b\\c\nd\u{1}é€");
         assert_eq!(s, r#""a\"b\\c\nd\u0001é€""#);
-        assert_eq!(serde_json::from_str::<String>(&s).unwrap(), "a\"b\\c\nd\u{1}é€");
+        assert_eq!(
+            serde_json::from_str::<String>(&s).unwrap(),
+            "a\"b\\c\nd\u{1}é€"
+        );
     }
 
     #[test]

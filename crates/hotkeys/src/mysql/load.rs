@@ -54,7 +54,11 @@ impl RowLoader {
         RowLoader::with_query(pool, &cfg.query, cfg.batch).await
     }
 
-    pub async fn with_query(pool: &Pool, query: &str, batch: usize) -> Result<RowLoader, MysqlError> {
+    pub async fn with_query(
+        pool: &Pool,
+        query: &str,
+        batch: usize,
+    ) -> Result<RowLoader, MysqlError> {
         let query = RowQuery::parse(query)?;
         // Validated above: a single read-only SELECT whose only parameters are our binds.
         let sql = AssertSqlSafe(query.sql(1)).into_sql_str();
@@ -122,9 +126,16 @@ impl RowLoader {
         if binds.is_empty() {
             return Ok(loaded);
         }
-        let slots = binds.len().next_power_of_two().min(self.batch).max(binds.len());
+        let slots = binds
+            .len()
+            .next_power_of_two()
+            .min(self.batch)
+            .max(binds.len());
         let mut query = sqlx::query(AssertSqlSafe(self.text(slots)));
-        for bind in binds.iter().chain(std::iter::repeat_n(&binds[0], slots - binds.len())) {
+        for bind in binds
+            .iter()
+            .chain(std::iter::repeat_n(&binds[0], slots - binds.len()))
+        {
             query = match bind {
                 Bind::Signed(n) => query.bind(*n),
                 Bind::Unsigned(n) => query.bind(*n),
@@ -210,7 +221,10 @@ pub async fn load_rows(
     batch: usize,
     ids: &[String],
 ) -> Result<Loaded, MysqlError> {
-    RowLoader::with_query(pool, query, batch).await?.load(ids).await
+    RowLoader::with_query(pool, query, batch)
+        .await?
+        .load(ids)
+        .await
 }
 
 /// Table columns of the result that MariaDB declares as JSON: it stores `JSON` as
@@ -263,7 +277,10 @@ mod tests {
 
     #[test]
     fn json_valid_checks_name_their_column() {
-        assert_eq!(json_valid_column("json_valid(`attributes`)").as_deref(), Some("attributes"));
+        assert_eq!(
+            json_valid_column("json_valid(`attributes`)").as_deref(),
+            Some("attributes")
+        );
         assert_eq!(json_valid_column("JSON_VALID( `a` )").as_deref(), Some("a"));
         assert_eq!(json_valid_column("json_valid(`a`) and `b` > 0"), None);
         assert_eq!(json_valid_column("`price` > 0"), None);

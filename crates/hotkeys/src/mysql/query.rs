@@ -18,7 +18,10 @@ pub struct RowQuery {
 
 /// Keywords a read-only single SELECT has no business containing.
 const FORBIDDEN: &[(&str, &str)] = &[
-    ("INTO", "`INTO` writes the result somewhere instead of returning it"),
+    (
+        "INTO",
+        "`INTO` writes the result somewhere instead of returning it",
+    ),
     ("UPDATE", "`FOR UPDATE` would lock the rows"),
     ("SHARE", "`FOR SHARE` would lock the rows"),
     ("LOCK", "`LOCK IN SHARE MODE` would lock the rows"),
@@ -124,7 +127,9 @@ fn scan(text: &str) -> Result<Scan, String> {
             }
             c if c.is_ascii_alphabetic() || c == b'_' => {
                 let start = i;
-                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || matches!(bytes[i], b'_' | b'$')) {
+                while i < bytes.len()
+                    && (bytes[i].is_ascii_alphanumeric() || matches!(bytes[i], b'_' | b'$'))
+                {
                     i += 1;
                 }
                 out.words.push(text[start..i].to_string());
@@ -183,7 +188,10 @@ mod tests {
     #[test]
     fn default_query_splits_at_the_placeholder() {
         let q = RowQuery::parse("SELECT id, name FROM products WHERE id IN ({ids})").unwrap();
-        assert_eq!(q.sql(3), "SELECT id, name FROM products WHERE id IN (?, ?, ?)");
+        assert_eq!(
+            q.sql(3),
+            "SELECT id, name FROM products WHERE id IN (?, ?, ?)"
+        );
         assert_eq!(q.sql(1), "SELECT id, name FROM products WHERE id IN (?)");
     }
 
@@ -205,7 +213,9 @@ mod tests {
 
     #[test]
     fn second_statement_is_rejected() {
-        assert!(err("SELECT id FROM p WHERE id IN ({ids}); DROP TABLE p").contains("single statement"));
+        assert!(
+            err("SELECT id FROM p WHERE id IN ({ids}); DROP TABLE p").contains("single statement")
+        );
     }
 
     #[test]
@@ -217,7 +227,9 @@ mod tests {
     #[test]
     fn placeholder_must_appear_exactly_once() {
         assert!(err("SELECT id FROM p").contains("exactly once"));
-        assert!(err("SELECT id FROM p WHERE id IN ({ids}) OR shop_id IN ({ids})").contains("2 times"));
+        assert!(
+            err("SELECT id FROM p WHERE id IN ({ids}) OR shop_id IN ({ids})").contains("2 times")
+        );
     }
 
     #[test]
@@ -225,18 +237,22 @@ mod tests {
         assert!(err("SELECT id FROM p WHERE id IN ({ids}) INTO OUTFILE '/tmp/x'").contains("INTO"));
         assert!(err("SELECT id FROM p WHERE id IN ({ids}) FOR UPDATE").contains("lock"));
         assert!(err("SELECT id FROM p WHERE id IN ({ids}) LOCK IN SHARE MODE").contains("lock"));
-        assert!(err("SELECT /*! SLEEP(10), */ id FROM p WHERE id IN ({ids})").contains("executable"));
+        assert!(
+            err("SELECT /*! SLEEP(10), */ id FROM p WHERE id IN ({ids})").contains("executable")
+        );
         assert!(err("SELECT id FROM p WHERE id IN ({ids}) AND shop_id = ?").contains("`?`"));
     }
 
     #[test]
     fn keywords_inside_names_and_quotes_are_fine() {
-        RowQuery::parse("SELECT id, updated_at, 'into' AS `lock` FROM p WHERE id IN ({ids})").unwrap();
+        RowQuery::parse("SELECT id, updated_at, 'into' AS `lock` FROM p WHERE id IN ({ids})")
+            .unwrap();
     }
 
     #[test]
     fn quotes_with_escapes_do_not_end_early() {
-        let q = RowQuery::parse(r"SELECT id, 'it''s; \' {ids}' FROM p WHERE id IN ({ids})").unwrap();
+        let q =
+            RowQuery::parse(r"SELECT id, 'it''s; \' {ids}' FROM p WHERE id IN ({ids})").unwrap();
         assert!(q.sql(1).ends_with("IN (?)"));
         assert!(err("SELECT 'open FROM p WHERE id IN ({ids})").contains("unterminated"));
     }

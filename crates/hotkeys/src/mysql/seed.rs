@@ -29,16 +29,55 @@ const EPOCH_MS: i64 = 1_704_067_200_000;
 const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
 
 const ADJECTIVES: &[&str] = &[
-    "Classic", "Compact", "Deluxe", "Eco", "Elegant", "Essential", "Heavy-Duty", "Lightweight",
-    "Modern", "Portable", "Premium", "Rugged", "Smart", "Sleek", "Vintage", "Wireless",
+    "Classic",
+    "Compact",
+    "Deluxe",
+    "Eco",
+    "Elegant",
+    "Essential",
+    "Heavy-Duty",
+    "Lightweight",
+    "Modern",
+    "Portable",
+    "Premium",
+    "Rugged",
+    "Smart",
+    "Sleek",
+    "Vintage",
+    "Wireless",
 ];
 const NOUNS: &[&str] = &[
-    "Backpack", "Blender", "Camera", "Chair", "Desk Lamp", "Headphones", "Jacket", "Kettle",
-    "Keyboard", "Mug", "Notebook", "Running Shoes", "Speaker", "Sunglasses", "Tent", "Watch",
+    "Backpack",
+    "Blender",
+    "Camera",
+    "Chair",
+    "Desk Lamp",
+    "Headphones",
+    "Jacket",
+    "Kettle",
+    "Keyboard",
+    "Mug",
+    "Notebook",
+    "Running Shoes",
+    "Speaker",
+    "Sunglasses",
+    "Tent",
+    "Watch",
 ];
-const COLORS: &[&str] = &["black", "white", "red", "blue", "green", "grey", "navy", "beige"];
+const COLORS: &[&str] = &[
+    "black", "white", "red", "blue", "green", "grey", "navy", "beige",
+];
 const SIZES: &[&str] = &["XS", "S", "M", "L", "XL"];
-const TAGS: &[&str] = &["new", "sale", "bestseller", "eco", "limited", "gift", "outdoor", "home"];
+const TAGS: &[&str] = &[
+    "new",
+    "sale",
+    "bestseller",
+    "eco",
+    "limited",
+    "gift",
+    "outdoor",
+    "home",
+];
 
 /// One generated product, as the seed writes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -280,7 +319,10 @@ mod tests {
     fn same_id_and_seed_give_the_same_product() {
         assert_eq!(SeedProduct::generate(42, 7), SeedProduct::generate(42, 7));
         assert_ne!(SeedProduct::generate(42, 7), SeedProduct::generate(42, 8));
-        assert_ne!(SeedProduct::generate(42, 7).name, SeedProduct::generate(43, 7).name);
+        assert_ne!(
+            SeedProduct::generate(42, 7).name,
+            SeedProduct::generate(43, 7).name
+        );
     }
 
     #[test]

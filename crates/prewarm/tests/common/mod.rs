@@ -45,8 +45,19 @@ pub fn stack_is_up(t: &Topology) -> bool {
         .to_string();
     let mysql = mysql::options(&t.mysql.url).expect("mysql.url parses");
     let servers = [
-        ("ZooKeeper", t.zookeeper.connect.split(',').next().unwrap_or("").to_string()),
-        ("MySQL", format!("{}:{}", mysql.get_host(), mysql.get_port())),
+        (
+            "ZooKeeper",
+            t.zookeeper
+                .connect
+                .split(',')
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        ),
+        (
+            "MySQL",
+            format!("{}:{}", mysql.get_host(), mysql.get_port()),
+        ),
         ("Redis", redis),
     ];
     for (name, addr) in servers {
@@ -60,7 +71,9 @@ pub fn stack_is_up(t: &Topology) -> bool {
                 std::env::var_os("CI").is_none(),
                 "{name} at {addr} is unreachable and CI is set"
             );
-            eprintln!("skipping: {name} at {addr} is unreachable; start it with scripts/stack.sh up");
+            eprintln!(
+                "skipping: {name} at {addr} is unreachable; start it with scripts/stack.sh up"
+            );
             return false;
         }
     }
@@ -73,13 +86,17 @@ pub async fn catalogue(admin: &MysqlConfig, test: &MysqlConfig) -> Pool {
     static READY: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     READY
         .get_or_init(|| async {
-            let pool = mysql::connect(admin, Duration::from_secs(10)).await.expect("MySQL");
+            let pool = mysql::connect(admin, Duration::from_secs(10))
+                .await
+                .expect("MySQL");
             sqlx::query("CREATE DATABASE IF NOT EXISTS hotkeys_test CHARACTER SET utf8mb4")
                 .execute(&pool)
                 .await
                 .expect("create database hotkeys_test");
             pool.close().await;
-            let pool = mysql::connect(test, Duration::from_secs(10)).await.expect("MySQL");
+            let pool = mysql::connect(test, Duration::from_secs(10))
+                .await
+                .expect("MySQL");
             mysql::migrate(&pool).await.expect("migrate");
             let have: i64 =
                 sqlx::query_scalar("SELECT COUNT(*) FROM products WHERE id BETWEEN 1 AND ?")
@@ -93,7 +110,9 @@ pub async fn catalogue(admin: &MysqlConfig, test: &MysqlConfig) -> Pool {
             pool.close().await;
         })
         .await;
-    mysql::connect(test, Duration::from_secs(10)).await.expect("MySQL")
+    mysql::connect(test, Duration::from_secs(10))
+        .await
+        .expect("MySQL")
 }
 
 /// Keys as strings.
@@ -139,7 +158,13 @@ impl Fixture {
     /// Publishes `keys` as the next version of `task`'s hot list; returns the version.
     pub async fn publish(&self, task: u32, keys: &[String]) -> i32 {
         self.zk.ensure_task(task).await.expect("ensure task");
-        let seen = self.zk.read_hot(task).await.ok().flatten().map(|h| h.version);
+        let seen = self
+            .zk
+            .read_hot(task)
+            .await
+            .ok()
+            .flatten()
+            .map(|h| h.version);
         let n = keys.len() as u64;
         let hot = HotList {
             topology: self.t.name.clone(),
@@ -162,13 +187,19 @@ impl Fixture {
                 .collect(),
         };
         let bytes = serde_json::to_vec(&hot).expect("hot list JSON");
-        self.zk.publish(task, seen, &bytes, b"{}").await.expect("publish")
+        self.zk
+            .publish(task, seen, &bytes, b"{}")
+            .await
+            .expect("publish")
     }
 
     /// Publishes bytes that are not a hot list.
     pub async fn publish_raw(&self, task: u32, bytes: &[u8]) {
         self.zk.ensure_task(task).await.expect("ensure task");
-        self.zk.publish(task, None, bytes, b"{}").await.expect("publish");
+        self.zk
+            .publish(task, None, bytes, b"{}")
+            .await
+            .expect("publish");
     }
 
     /// `prewarm --topology <this> …`, without the `HOTKEYS_*` overrides of the test's own
@@ -200,11 +231,19 @@ impl Fixture {
     }
 
     pub async fn warmed(&self, task: u32) -> Option<Warmed> {
-        self.zk.read_warmed(task).await.expect("read warmed").map(|w| w.value)
+        self.zk
+            .read_warmed(task)
+            .await
+            .expect("read warmed")
+            .map(|w| w.value)
     }
 
     pub async fn lock(&self, task: u32) -> Option<LockInfo> {
-        self.zk.read_lock(task).await.expect("read lock").map(|l| l.value)
+        self.zk
+            .read_lock(task)
+            .await
+            .expect("read lock")
+            .map(|l| l.value)
     }
 
     /// Tasks whose lock node exists.
