@@ -11,7 +11,7 @@
 # node) and REMOTE_REDIS_URL. It uses database BENCH_DB (default 9) on both servers and
 # empties that database before and after: keep nothing else there.
 # Environment: OPS, BENCH_DB, BENCH_PORT (receiver port; default: a free one),
-# NO_BUILD=1 (use the existing target/release/cache-sync).
+# NO_BUILD=1 (use the existing binary), CACHE_SYNC_BIN (default target/release/cache-sync).
 set -euo pipefail
 export LC_ALL=C
 
@@ -26,7 +26,7 @@ DB=${BENCH_DB:-9}
 LOCAL_URL=${HOTKEYS_REDIS_NODES:-redis://127.0.0.1:6379}
 LOCAL_URL=${LOCAL_URL%%,*}
 REMOTE_URL=${REMOTE_REDIS_URL:-redis://127.0.0.1:6380}
-BIN=target/release/cache-sync
+BIN=${CACHE_SYNC_BIN:-target/release/cache-sync}
 
 # host and port of a redis:// URL (no credentials in the stack's URLs).
 host_of() { local hp=${1#*://}; hp=${hp%%/*}; echo "${hp%:*}"; }

@@ -9,7 +9,6 @@ use std::borrow::Cow;
 
 use hotkeys::config::SourceConfig;
 use hotkeys::event::{KeyError, KeyPointer};
-use serde::de::IgnoredAny;
 
 use crate::nginx::{self, Converter};
 
@@ -123,7 +122,7 @@ impl Decoder {
     fn decode_json<'a>(&'a mut self, line: &'a [u8]) -> Decoded<'a> {
         // The key pointer reads only as far as the key, but the line is published whole, so
         // all of it must be JSON: a line cut short would reach every consumer broken.
-        if sonic_rs::from_slice::<IgnoredAny>(line).is_err() {
+        if !crate::validate::is_json(line) {
             return Decoded::Bad(BadKind::NotJson);
         }
         // The message key never stands in here: a replayed line has none.

@@ -12,6 +12,7 @@
 //! | [`synthetic`] | the seeded Zipf workload with bursts and drift; the paced loop |
 //! | [`publish`] | the sinks: a tuned Kafka producer with delivery accounting, or a file |
 //! | [`report`] | counters, bad-input samples, the progress line and the summary |
+//! | [`validate`] | a fast check that a line is one complete JSON text |
 //! | [`error`] | failures and their exit codes |
 //!
 //! [`run`] wires them: it checks the topic (creating it with the topology's partition
@@ -26,6 +27,7 @@ pub mod publish;
 pub mod replay;
 pub mod report;
 pub mod synthetic;
+pub mod validate;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -29,8 +29,10 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e.into(), exit::USAGE),
     };
     cli.apply_overrides(&mut topology);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the work is a chain of round trips, and hopping between worker threads
+    // costs more than it brings on a busy machine. CPU-heavy decoding goes to the blocking
+    // pool.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -222,6 +222,17 @@ impl CacheNodes {
         }
     }
 
+    /// The connection to the only node, when every key lives on one node: a Lua script
+    /// may then touch any key, and a batch of writes can be applied atomically.
+    pub fn single_node(&self) -> Option<RedisConn> {
+        match &self.nodes {
+            Nodes::Independent { conns, .. } if conns.len() == 1 => {
+                Some(RedisConn::Node(conns[0].clone()))
+            }
+            Nodes::Independent { .. } | Nodes::Cluster(_) => None,
+        }
+    }
+
     /// Name of the node behind [`CacheNodes::home`], for errors.
     pub fn home_name(&self) -> &str {
         &self.names[0]

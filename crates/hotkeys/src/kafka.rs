@@ -51,8 +51,9 @@ pub fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
         // librdkafka 2.x backs a partition's fetcher off for a whole second (the default)
         // once its queue is full; a fast consumer then sits idle most of the time.
         .set("fetch.queue.backoff.ms", "10")
-        .set("queued.min.messages", "200000")
-        .set("queued.max.messages.kbytes", "262144")
+        // Both limits are per partition: they bound the worker's memory, not the counter.
+        .set("queued.min.messages", "100000")
+        .set("queued.max.messages.kbytes", "32768")
         .set("fetch.message.max.bytes", "4194304");
     for (k, v) in &kafka.consumer {
         c.set(k, v);

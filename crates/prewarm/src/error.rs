@@ -37,6 +37,9 @@ pub enum PrewarmError {
         waited: Duration,
         last: String,
     },
+    /// A signal arrived before the work started.
+    #[error("interrupted before any task was warmed")]
+    Interrupted,
     /// A dependency answered with an error that retrying does not fix.
     #[error("{dependency}: {message}")]
     Failed {
@@ -50,7 +53,7 @@ impl PrewarmError {
         match self {
             PrewarmError::Config(_) => exit::USAGE,
             PrewarmError::Unreachable { .. } => exit::UNREACHABLE,
-            PrewarmError::Failed { .. } => exit::FAILED,
+            PrewarmError::Failed { .. } | PrewarmError::Interrupted => exit::FAILED,
         }
     }
 }

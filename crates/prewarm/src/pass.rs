@@ -70,6 +70,7 @@ async fn attempt(
         return Ok(TaskOutcome::NoHotList);
     };
     record.hot_version = Some(i64::from(hot.version));
+    record.keys = keys_of(&hot.value).len() as u64;
     if !ctx.opts.force {
         let warmed = ctx
             .session

@@ -100,13 +100,7 @@ pub async fn run(topology: Topology, opts: Options, shutdown: CancellationToken)
     let ctx = match setup(topology, opts, by, policy, shutdown).await {
         Ok(ctx) => Arc::new(ctx),
         Err(e) => {
-            let error = match e {
-                Halt::Fatal(e) => e,
-                other => PrewarmError::Failed {
-                    dependency: Dependency::ZooKeeper,
-                    message: format!("stopped while connecting: {other:?}"),
-                },
-            };
+            let error = outside_task(e).unwrap_or(PrewarmError::Interrupted);
             summary.finish(Vec::new(), started.elapsed(), Some(error.to_string()));
             return Finished {
                 summary,
@@ -223,13 +217,16 @@ async fn one_pass(
     ctx: &Arc<Ctx>,
     records: &mut BTreeMap<u32, TaskRecord>,
 ) -> Result<(), PrewarmError> {
-    let mut tasks = ctx
+    let mut tasks = match ctx
         .session
         .read(&ctx.policy, "listing tasks", |zk| async move {
             zk.list_tasks().await
         })
         .await
-        .map_err(halt_to_error)?;
+    {
+        Ok(tasks) => tasks,
+        Err(h) => return outside_task(h).map_or(Ok(()), Err),
+    };
     tasks.shuffle(&mut rand::rng());
     ctx.progress.set_total(tasks.len());
     run_tasks(ctx, tasks, records).await?;
@@ -239,13 +236,16 @@ async fn one_pass(
     Ok(())
 }
 
-fn halt_to_error(h: Halt) -> PrewarmError {
+/// What a [`Halt`] met outside any task means for the run: `None` to stop quietly (the run
+/// is being aborted anyway), or the error that ends it.
+fn outside_task(h: Halt) -> Option<PrewarmError> {
     match h {
-        Halt::Fatal(e) => e,
-        other => PrewarmError::Failed {
+        Halt::Aborted => None,
+        Halt::Fatal(e) => Some(e),
+        Halt::SessionLost | Halt::Malformed(_) => Some(PrewarmError::Failed {
             dependency: Dependency::ZooKeeper,
-            message: format!("{other:?}"),
-        },
+            message: format!("unexpected {h:?} outside a task"),
+        }),
     }
 }
 
@@ -355,7 +355,7 @@ async fn recheck(
         }
         let mut free = Vec::new();
         for task in pending {
-            let (hot, warmed, lock) = ctx
+            let read = ctx
                 .session
                 .read(&ctx.policy, "re-checking a locked task", |zk| async move {
                     // The lock first: a holder marks before it unlocks, so a lock seen gone
@@ -365,8 +365,11 @@ async fn recheck(
                     let warmed = zk.read_warmed(task).await;
                     Ok((hot, warmed, lock))
                 })
-                .await
-                .map_err(halt_to_error)?;
+                .await;
+            let (hot, warmed, lock) = match read {
+                Ok(found) => found,
+                Err(h) => return outside_task(h).map_or(Ok(()), Err),
+            };
             let Some(record) = records.get_mut(&task) else {
                 continue;
             };

@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use common::{ABSENT, Fixture, SEED, eventually, finished, keys, signal};
 use hotkeys::mysql::SeedProduct;
@@ -285,6 +286,49 @@ async fn mysql_lost_mid_run_exits_3_with_a_clear_message_and_no_locks_left() {
             "task {task} marked without its rows"
         );
     }
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_lost_mid_run_exits_3_and_releases_the_locks() {
+    let redis = hotkeys::testing::topology("probe").redis.nodes[0].clone();
+    let target = redis
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_string();
+    let proxy = TcpProxy::start(&target).await;
+    let addr = proxy.addr;
+    let Some(f) = Fixture::new("prewarm-redis-down", |t| {
+        t.redis.nodes = vec![format!("redis://{addr}")];
+        t.redis.timeout = Duration::from_secs(1);
+    })
+    .await
+    else {
+        return;
+    };
+    for task in 0..3 {
+        f.publish(task, &hot_keys_of(task)).await;
+    }
+    let child = f
+        .prewarm(&[
+            "--once",
+            "--json",
+            "--debug-hold-lock",
+            "2s",
+            "--retry-for",
+            "2s",
+        ])
+        .spawn()
+        .expect("spawn prewarm");
+    eventually("prewarm to hold locks", || async {
+        (!f.locked_tasks().await.is_empty()).then_some(())
+    })
+    .await;
+    proxy.cut();
+    let (code, _, stderr) = finished(child.wait_with_output().await.expect("wait"));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("Redis unreachable"), "{stderr}");
+    assert!(f.locked_tasks().await.is_empty(), "locks left behind");
     f.cleanup().await;
 }
 

@@ -45,14 +45,15 @@ pub fn brokers() -> String {
 
 /// The topology a test's own clients use: the defaults, pointed at the stack and `topic`.
 pub fn topology(topic: &str) -> Topology {
-    let mut t = Topology::default();
-    t.kafka = KafkaConfig {
-        brokers: brokers(),
-        topic: topic.into(),
-        consumer: BTreeMap::from([("enable.auto.commit".to_string(), "false".to_string())]),
-        ..KafkaConfig::default()
-    };
-    t
+    Topology {
+        kafka: KafkaConfig {
+            brokers: brokers(),
+            topic: topic.into(),
+            consumer: BTreeMap::from([("enable.auto.commit".to_string(), "false".to_string())]),
+            ..KafkaConfig::default()
+        },
+        ..Topology::default()
+    }
 }
 
 /// True when Kafka answers. When it does not, the test is skipped on a developer machine

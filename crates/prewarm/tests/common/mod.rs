@@ -135,19 +135,22 @@ impl Fixture {
         let admin = t.mysql.clone();
         t.mysql.url = test_db_url(&t.mysql.url);
         let test_db = t.mysql.clone();
+        // The test inspects the real Redis even when the child is pointed at a proxy.
+        let real_redis = t.redis.nodes[0].clone();
         // Short sessions: a killed holder's lock goes quickly (the stack allows 1 s).
         t.zookeeper.session_timeout = Duration::from_secs(2);
         t.sync.replicate = Vec::new();
         adjust(&mut t);
         let mut probe = t.clone();
         probe.mysql = test_db.clone();
+        probe.redis.nodes = vec![real_redis.clone()];
         if !stack_is_up(&probe) {
             return None;
         }
         catalogue(&admin, &test_db).await.close().await;
         let path = testing::write_topology(&t);
         let zk = Zk::connect(&t).await.expect("ZooKeeper");
-        let redis = redis::Client::open(t.redis.nodes[0].as_str())
+        let redis = redis::Client::open(real_redis.as_str())
             .expect("redis url")
             .get_multiplexed_async_connection()
             .await
