@@ -11,6 +11,7 @@
 # node) and REMOTE_REDIS_URL. It uses database BENCH_DB (default 9) on both servers and
 # empties that database before and after: keep nothing else there.
 # Environment: OPS, BENCH_DB, BENCH_PORT (receiver port; default: a free one),
+# BENCH_IN_FLIGHT (sync.in_flight; default: the topology default),
 # NO_BUILD=1 (use the existing binary), CACHE_SYNC_BIN (default target/release/cache-sync).
 set -euo pipefail
 export LC_ALL=C
@@ -119,6 +120,7 @@ queue = "$QUEUE"
 remote = "http://127.0.0.1:$PORT/sync"
 listen = "127.0.0.1:$PORT"
 apply_nodes = ["redis://$RHOST:$RPORT/$DB"]
+${BENCH_IN_FLIGHT:+in_flight = $BENCH_IN_FLIGHT}
 EOF
 # A clean environment: the stack's HOTKEYS_* overrides must not redirect the benchmark.
 run() { env -i PATH="$PATH" HOTKEYS_SYNC_SECRET="$SECRET" RUST_LOG=warn "$BIN" --topology "$WORK/topology.toml" "$@"; }

@@ -23,6 +23,18 @@ pub fn is_json(s: &[u8]) -> bool {
     v.i == s.len()
 }
 
+/// The high bit of each byte of `x` that is below 0x20, `"` or `\`. Only the lowest flagged
+/// byte is exact (a borrow can spoil the bytes above it), which is all that is needed.
+fn special(x: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let quote = x ^ (ONES * u64::from(b'"'));
+    let backslash = x ^ (ONES * u64::from(b'\\'));
+    (x.wrapping_sub(ONES * 0x20) | quote.wrapping_sub(ONES) | backslash.wrapping_sub(ONES))
+        & !x
+        & HIGH
+}
+
 struct Validator<'a> {
     s: &'a [u8],
     i: usize,
@@ -134,23 +146,12 @@ impl Validator<'_> {
         }
     }
 
-    /// Advances to the next `"`, `\` or control character (or the end).
+    /// Advances to the next `"`, `\` or control character (or the end), a word at a time.
     fn skip_plain(&mut self) {
-        const ONES: u64 = 0x0101_0101_0101_0101;
-        const HIGH: u64 = 0x8080_8080_8080_8080;
-        // Eight bytes at a time: flags bytes below 0x20 and bytes equal to `"` or `\`. The
-        // lowest flagged byte is exact (borrows only spoil the bytes above it).
         while let Some(chunk) = self.s.get(self.i..self.i + 8) {
-            let x = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
-            let quote = x ^ (ONES * u64::from(b'"'));
-            let backslash = x ^ (ONES * u64::from(b'\\'));
-            let special = (x.wrapping_sub(ONES * 0x20)
-                | quote.wrapping_sub(ONES)
-                | backslash.wrapping_sub(ONES))
-                & !x
-                & HIGH;
-            if special != 0 {
-                self.i += (special.trailing_zeros() / 8) as usize;
+            let flagged = special(u64::from_le_bytes(chunk.try_into().unwrap_or_default()));
+            if flagged != 0 {
+                self.i += (flagged.trailing_zeros() / 8) as usize;
                 return;
             }
             self.i += 8;

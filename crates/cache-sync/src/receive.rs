@@ -170,7 +170,7 @@ pub struct Receiver {
 
 /// What the requests of one stream share inside this process.
 struct StreamSlot {
-    /// Held while a batch is checked, applied and committed.
+    /// Held while a batch is begun, applied and committed in steps (several nodes).
     lock: tokio::sync::Mutex<()>,
     /// The last stamp applied here; wakes the batches that wait for their predecessors.
     progress: tokio::sync::watch::Sender<u64>,
@@ -337,44 +337,75 @@ impl Receiver {
     }
 
     async fn apply(&self, request: BatchRequest) -> Result<BatchReply, Refusal> {
-        let ops = request.ops.0;
-        let stamp = request.stamp;
-        let slot = self.stream_slot(&request.stream);
-        let key = stream_key(&request.stream);
+        let BatchRequest {
+            stream,
+            stamp,
+            wait_ms,
+            ops,
+        } = request;
+        let ops = ops.0;
+        let slot = self.stream_slot(&stream);
+        let key = stream_key(&stream);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(wait_ms).min(MAX_WAIT);
         let mut conn = self.cache.home();
-        let wait = Duration::from_millis(request.wait_ms).min(MAX_WAIT);
-        let deadline = tokio::time::Instant::now() + wait;
-        let _held = loop {
-            let held = slot.lock.lock().await;
-            let now = now_ms();
-            let (verdict, processed): (u8, u64) = match &self.single {
-                Some(node) => self.apply_atomically(node, &key, stamp, &ops, now).await?,
-                None => self
-                    .begin
-                    .key(&key)
-                    .arg(stamp)
-                    .arg(ops.len())
-                    .arg(now)
-                    .arg(now + self.lease.as_millis() as u64)
-                    .arg(&self.owner)
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(|e| self.redis_failed(e))?,
+        loop {
+            // Subscribed before the stamp is checked, so that a predecessor landing in
+            // between still wakes this batch.
+            let mut progress = slot.progress.subscribe();
+            let (verdict, processed, held) = match &self.single {
+                // Not serialized: each script checks its own stamp, so batches of a stream
+                // queue up at Redis back to back and the node never waits for this process.
+                Some(node) => {
+                    let (verdict, processed) =
+                        self.apply_atomically(node, &key, stamp, &ops, now_ms()).await?;
+                    (verdict, processed, None)
+                }
+                None => {
+                    let held = slot.lock.lock().await;
+                    let now = now_ms();
+                    let (verdict, processed): (u8, u64) = self
+                        .begin
+                        .key(&key)
+                        .arg(stamp)
+                        .arg(ops.len())
+                        .arg(now)
+                        .arg(now + self.lease.as_millis() as u64)
+                        .arg(&self.owner)
+                        .invoke_async(&mut conn)
+                        .await
+                        .map_err(|e| self.redis_failed(e))?;
+                    (verdict, processed, Some(held))
+                }
             };
             match verdict {
                 0 => {
                     metrics::counter!("hotkeys_sync_batches_duplicate_total").increment(1);
-                    tracing::info!(stream = %request.stream, stamp, processed, "stamp already applied; acknowledged again");
+                    tracing::info!(%stream, stamp, processed, "stamp already applied; acknowledged again");
                     return Ok(BatchReply {
                         status: Outcome::Duplicate,
                         stamp,
                         ops: ops.len(),
                     });
                 }
-                1 => break held,
+                1 => {
+                    if held.is_some() {
+                        self.apply_in_steps(&key, stamp, &ops, &mut conn).await?;
+                    }
+                    drop(held);
+                    slot.progress.send_replace(stamp);
+                    metrics::counter!("hotkeys_sync_batches_applied_total").increment(1);
+                    metrics::counter!("hotkeys_sync_ops_applied_total")
+                        .increment(ops.len() as u64);
+                    tracing::debug!(%stream, stamp, ops = ops.len(), "batch applied");
+                    return Ok(BatchReply {
+                        status: Outcome::Applied,
+                        stamp,
+                        ops: ops.len(),
+                    });
+                }
                 // The batches before this one are on their way: hold it until they land.
                 2 if tokio::time::Instant::now() < deadline => {
-                    let mut progress = slot.progress.subscribe();
                     drop(held);
                     let _ = tokio::time::timeout_at(deadline, progress.changed()).await;
                 }
@@ -383,8 +414,7 @@ impl Receiver {
                         StatusCode::CONFLICT,
                         "gap",
                         format!(
-                            "stamp {stamp} skips ahead: stream {} has processed {processed}, expects {}",
-                            request.stream,
+                            "stamp {stamp} skips ahead: stream {stream} has processed {processed}, expects {}",
                             processed + 1
                         ),
                     ));
@@ -397,20 +427,7 @@ impl Receiver {
                     ));
                 }
             }
-        };
-
-        if self.single.is_none() {
-            self.apply_in_steps(&key, stamp, &ops, &mut conn).await?;
         }
-        slot.progress.send_replace(stamp);
-        metrics::counter!("hotkeys_sync_batches_applied_total").increment(1);
-        metrics::counter!("hotkeys_sync_ops_applied_total").increment(ops.len() as u64);
-        tracing::debug!(stream = %request.stream, stamp, ops = ops.len(), "batch applied");
-        Ok(BatchReply {
-            status: Outcome::Applied,
-            stamp,
-            ops: ops.len(),
-        })
     }
 
     /// The whole batch in one script on the only node: check, apply, commit.
