@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use hotkeys::Topology;
 use hotkeys::event::{KeyError, KeyPointer};
-use hotkeys::hotlist::{now_ms, LockInfo};
+use hotkeys::hotlist::{LockInfo, now_ms};
 use hotkeys::shutdown::CancellationToken;
 use hotkeys::zk::{Zk, ZkError};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -59,7 +59,10 @@ impl ClientContext for Context {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         // End-of-partition is reported as an "error" by librdkafka; it is how
         // `--until-caught-up` knows it is done.
-        if !matches!(error.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)) {
+        if !matches!(
+            error.rdkafka_error_code(),
+            Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        ) {
             tracing::error!(%error, reason, "librdkafka error");
         }
     }
@@ -271,12 +274,16 @@ impl Worker {
         metrics::counter!("hotkeys_counter_malformed_total", "task" => task.to_string(), "kind" => error.kind())
             .increment(1);
         if self.logged_kinds.insert(error.kind()) {
-            let sample = String::from_utf8_lossy(&message.payload().unwrap_or_default()[..message.payload_len().min(200)]).into_owned();
+            let sample = String::from_utf8_lossy(
+                &message.payload().unwrap_or_default()[..message.payload_len().min(200)],
+            )
+            .into_owned();
             tracing::warn!(task, offset = message.offset(), kind = error.kind(), %error, %sample,
                 "malformed event (counted and skipped; further ones of this kind are only counted)");
         }
         if let Some(producer) = &self.dead_letter {
-            let mut record = BaseRecord::to(&self.topology.kafka.dead_letter).payload(message.payload().unwrap_or_default());
+            let mut record = BaseRecord::to(&self.topology.kafka.dead_letter)
+                .payload(message.payload().unwrap_or_default());
             if let Some(key) = message.key() {
                 record = record.key(key);
             }
@@ -293,7 +300,12 @@ impl Worker {
         if let Some(producer) = &self.dead_letter {
             producer.poll(Duration::ZERO);
         }
-        let mut ids: Vec<i32> = self.tasks.iter().filter(|(_, t)| t.is_dirty()).map(|(p, _)| *p).collect();
+        let mut ids: Vec<i32> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.is_dirty())
+            .map(|(p, _)| *p)
+            .collect();
         ids.sort_unstable();
         for partition in ids {
             // A ZooKeeper that is down fails every task alike: stop here and keep counting
@@ -313,7 +325,8 @@ impl Worker {
             };
             let zk = self.zk.clone();
             let (topology, owner) = (self.topology.clone(), self.owner.clone());
-            self.runtime.block_on(deadline(task.publish(&zk, &topology, &owner)))
+            self.runtime
+                .block_on(deadline(task.publish(&zk, &topology, &owner)))
         };
         let label = partition.to_string();
         match result {
@@ -324,27 +337,43 @@ impl Worker {
                     .set(published.bytes as f64);
                 metrics::gauge!("hotkeys_counter_hot_items", "task" => label)
                     .set(published.items as f64);
-                tracing::debug!(task = partition, version = published.version, offset = published.offset, items = published.items, "published");
+                tracing::debug!(
+                    task = partition,
+                    version = published.version,
+                    offset = published.offset,
+                    items = published.items,
+                    "published"
+                );
                 // The counts up to this offset are safe in ZooKeeper: the group may move on.
-                if let Err(e) = consumer.store_offset(&self.topology.kafka.topic, partition, published.offset) {
+                if let Err(e) =
+                    consumer.store_offset(&self.topology.kafka.topic, partition, published.offset)
+                {
                     tracing::debug!(task = partition, error = %e, "offset not stored (partition revoked?)");
                 }
                 true
             }
             Err(ZkError::Fenced { .. }) => {
                 metrics::counter!("hotkeys_counter_fenced_total", "task" => label).increment(1);
-                tracing::warn!(task = partition, "another writer published this task; resuming from its checkpoint");
+                tracing::warn!(
+                    task = partition,
+                    "another writer published this task; resuming from its checkpoint"
+                );
                 self.reload(consumer, partition);
                 true
             }
             Err(e) if e.is_session_lost() => {
-                metrics::counter!("hotkeys_counter_publish_failures_total", "task" => label).increment(1);
-                tracing::warn!(task = partition, "ZooKeeper session expired; opening a new one");
+                metrics::counter!("hotkeys_counter_publish_failures_total", "task" => label)
+                    .increment(1);
+                tracing::warn!(
+                    task = partition,
+                    "ZooKeeper session expired; opening a new one"
+                );
                 self.reconnect();
                 false
             }
             Err(e) => {
-                metrics::counter!("hotkeys_counter_publish_failures_total", "task" => label).increment(1);
+                metrics::counter!("hotkeys_counter_publish_failures_total", "task" => label)
+                    .increment(1);
                 tracing::warn!(task = partition, error = %e, "publish failed; retrying next interval");
                 false
             }
@@ -359,23 +388,37 @@ impl Worker {
                 tracing::info!("new ZooKeeper session established");
                 self.zk = zk;
             }
-            Err(e) => tracing::warn!(error = %e, "ZooKeeper reconnect failed; retrying next interval"),
+            Err(e) => {
+                tracing::warn!(error = %e, "ZooKeeper reconnect failed; retrying next interval")
+            }
         }
     }
 
     /// Adopts the newest checkpoint of a task after losing a publish race, and seeks there.
     fn reload(&mut self, consumer: &BaseConsumer<Context>, partition: i32) {
-        let Ok(id) = u32::try_from(partition) else { return };
-        match self.runtime.block_on(deadline(Task::restore(&self.zk, &self.topology, id))) {
+        let Ok(id) = u32::try_from(partition) else {
+            return;
+        };
+        match self
+            .runtime
+            .block_on(deadline(Task::restore(&self.zk, &self.topology, id)))
+        {
             Ok((task, start)) => {
                 if let Start::Checkpoint(offset) = start
-                    && let Err(e) = consumer.seek(&self.topology.kafka.topic, partition, Offset::Offset(offset), Duration::from_secs(10))
+                    && let Err(e) = consumer.seek(
+                        &self.topology.kafka.topic,
+                        partition,
+                        Offset::Offset(offset),
+                        Duration::from_secs(10),
+                    )
                 {
                     tracing::warn!(task = partition, error = %e, "seek to the adopted checkpoint failed");
                 }
                 self.tasks.insert(partition, task);
             }
-            Err(e) => tracing::warn!(task = partition, error = %e, "cannot read the newer checkpoint"),
+            Err(e) => {
+                tracing::warn!(task = partition, error = %e, "cannot read the newer checkpoint")
+            }
         }
     }
 
@@ -401,8 +444,12 @@ impl Worker {
         let mut assigned = Vec::new();
         for elem in tpl.elements() {
             let partition = elem.partition();
-            let Ok(id) = u32::try_from(partition) else { continue };
-            let restored = self.runtime.block_on(deadline(Task::restore(&self.zk, &self.topology, id)));
+            let Ok(id) = u32::try_from(partition) else {
+                continue;
+            };
+            let restored =
+                self.runtime
+                    .block_on(deadline(Task::restore(&self.zk, &self.topology, id)));
             let (task, start) = match restored {
                 Ok(r) => r,
                 Err(e) => {

@@ -60,7 +60,10 @@ pub async fn run(
         brokers: topology.kafka.brokers.clone(),
         source,
     };
-    match hotkeys::kafka::ensure_topic(&topology.kafka).await.map_err(kafka_error)? {
+    match hotkeys::kafka::ensure_topic(&topology.kafka)
+        .await
+        .map_err(kafka_error)?
+    {
         TopicState::Created => tracing::info!(
             topic = %topology.kafka.topic,
             partitions = topology.kafka.partitions,

@@ -13,7 +13,11 @@ use hotkeys::{Topology, exit, telemetry};
 #[command(version)]
 struct Args {
     /// Topology file.
-    #[arg(long, env = "HOTKEYS_TOPOLOGY", default_value = "topology/default.toml")]
+    #[arg(
+        long,
+        env = "HOTKEYS_TOPOLOGY",
+        default_value = "topology/default.toml"
+    )]
     topology: PathBuf,
     /// Serve Prometheus metrics on this address.
     #[arg(long)]

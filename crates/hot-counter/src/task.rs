@@ -50,7 +50,12 @@ impl Task {
         match WindowCounter::restore(&topology.count, &saved.checkpoint) {
             Ok(counter) => {
                 let offset = saved.hot.offset;
-                tracing::info!(task = id, offset, version = saved.version, "restored task from checkpoint");
+                tracing::info!(
+                    task = id,
+                    offset,
+                    version = saved.version,
+                    "restored task from checkpoint"
+                );
                 Ok((
                     Task {
                         id,
@@ -65,7 +70,10 @@ impl Task {
             }
             Err(e) => {
                 tracing::warn!(task = id, error = %e, "ignoring checkpoint; counting restarts");
-                Ok((Task::empty(topology, id, Some(saved.version)), Start::Committed))
+                Ok((
+                    Task::empty(topology, id, Some(saved.version)),
+                    Start::Committed,
+                ))
             }
         }
     }
@@ -115,7 +123,9 @@ impl Task {
         let list = self.hot_list(topology, version, owner);
         let hot = serde_json::to_vec(&list).expect("hot list serializes");
         let checkpoint = self.counter.checkpoint(CHECKPOINT_MAX_BYTES);
-        let version = zk.publish(self.id, self.zk_version, &hot, &checkpoint).await?;
+        let version = zk
+            .publish(self.id, self.zk_version, &hot, &checkpoint)
+            .await?;
         self.zk_version = Some(version);
         self.published_offset = Some(self.next_offset);
         Ok(Published {

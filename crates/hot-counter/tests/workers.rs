@@ -100,13 +100,17 @@ async fn hot_lists(zk: &Zk) -> HashMap<u32, (HotList, i32)> {
 /// Waits until every partition's hot list reflects everything up to its end offset.
 async fn caught_up(zk: &Zk, topology: &Topology) -> HashMap<u32, (HotList, i32)> {
     let ends = testing::end_offsets(topology);
-    eventually(120, "hot lists to reach the end of every partition", || async {
-        let lists = hot_lists(zk).await;
-        let done = ends.iter().enumerate().all(|(p, &end)| {
-            end == 0 || lists.get(&(p as u32)).is_some_and(|(l, _)| l.offset == end)
-        });
-        done.then_some(lists)
-    })
+    eventually(
+        120,
+        "hot lists to reach the end of every partition",
+        || async {
+            let lists = hot_lists(zk).await;
+            let done = ends.iter().enumerate().all(|(p, &end)| {
+                end == 0 || lists.get(&(p as u32)).is_some_and(|(l, _)| l.offset == end)
+            });
+            done.then_some(lists)
+        },
+    )
     .await
 }
 
@@ -146,7 +150,10 @@ async fn published_hot_lists_hold_the_exact_top_n_of_a_fixed_workload() {
     let cutoff = *truth[50].1;
     let published: std::collections::HashSet<_> = merged.iter().map(|i| i.key.as_str()).collect();
     for (key, count) in truth.iter().take_while(|(_, c)| **c > cutoff) {
-        assert!(published.contains(key.as_str()), "top key {key} ({count}) missing");
+        assert!(
+            published.contains(key.as_str()),
+            "top key {key} ({count}) missing"
+        );
     }
     let events: u64 = lists.values().map(|(l, _)| l.events).sum();
     assert_eq!(events, keys.len() as u64);
@@ -214,7 +221,11 @@ async fn killed_worker_hands_its_tasks_over_without_losing_or_double_counting() 
     let victim = workers[0].child.id();
     let owned_by_victim: Vec<u32> = before
         .iter()
-        .filter(|(_, (l, _))| l.owner.as_deref().is_some_and(|o| o.ends_with(&format!(":{victim}"))))
+        .filter(|(_, (l, _))| {
+            l.owner
+                .as_deref()
+                .is_some_and(|o| o.ends_with(&format!(":{victim}")))
+        })
         .map(|(task, _)| *task)
         .collect();
     // SIGKILL: no final publish, no leaving the group.
@@ -228,11 +239,18 @@ async fn killed_worker_hands_its_tasks_over_without_losing_or_double_counting() 
     for (task, (list, version)) in &after {
         assert!(version > &before[task].1, "task {task} stopped publishing");
         assert!(
-            !list.owner.as_deref().unwrap_or_default().ends_with(&format!(":{victim}")),
+            !list
+                .owner
+                .as_deref()
+                .unwrap_or_default()
+                .ends_with(&format!(":{victim}")),
             "task {task} still owned by the killed worker"
         );
     }
-    assert!(!owned_by_victim.is_empty(), "the killed worker owned no task");
+    assert!(
+        !owned_by_victim.is_empty(),
+        "the killed worker owned no task"
+    );
     let all: Vec<String> = first.into_iter().chain(second).collect();
     let events: u64 = after.values().map(|(l, _)| l.events).sum();
     assert_eq!(events, all.len() as u64, "events lost or counted twice");
@@ -339,7 +357,9 @@ async fn malformed_events_are_counted_and_forwarded_and_counting_goes_on() {
 
 async fn scrape(port: u16) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
         .await
         .ok()?;

@@ -14,7 +14,10 @@ use hotkeys::count::WindowCounter;
 use hotkeys::event::KeyPointer;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let Some(path) = args.first() else {
         eprintln!("usage: accuracy FILE [TOP]");
         std::process::exit(2);
@@ -29,11 +32,18 @@ fn main() {
     truth.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
     let cutoff = truth.get(top).map_or(0, |t| t.1);
     // Keys tied with the first one left out can swap places with it: any of them counts.
-    let in_top = |k: &str| exact.get(k).is_some_and(|&c| c > cutoff || (c == cutoff && c > 0));
+    let in_top = |k: &str| {
+        exact
+            .get(k)
+            .is_some_and(|&c| c > cutoff || (c == cutoff && c > 0))
+    };
     let strictly_top = truth.iter().take(top).filter(|t| t.1 > cutoff).count();
 
     println!("events={} distinct={} top={top}", keys.len(), exact.len());
-    println!("{:<13} {:>9} {:>8} {:>10}", "algorithm", "capacity", "recall", "mean_rel_err");
+    println!(
+        "{:<13} {:>9} {:>8} {:>10}",
+        "algorithm", "capacity", "recall", "mean_rel_err"
+    );
     for algorithm in [Algorithm::Lru, Algorithm::SpaceSaving] {
         for capacity in [1_000usize, 10_000] {
             let config = CountConfig {
@@ -79,6 +89,11 @@ fn read_keys(path: &str) -> Vec<String> {
     reader
         .lines()
         .map_while(Result::ok)
-        .filter_map(|line| pointer.extract(Some(line.as_bytes()), None).ok().map(|k| k.into_owned()))
+        .filter_map(|line| {
+            pointer
+                .extract(Some(line.as_bytes()), None)
+                .ok()
+                .map(|k| k.into_owned())
+        })
         .collect()
 }

@@ -13,5 +13,9 @@ fn main() {
         black_box(pointer.extract(Some(black_box(event)), None).unwrap());
     }
     let el = start.elapsed();
-    println!("extract: {:.0} ns/event ({} bytes)", el.as_nanos() as f64 / n as f64, event.len());
+    println!(
+        "extract: {:.0} ns/event ({} bytes)",
+        el.as_nanos() as f64 / n as f64,
+        event.len()
+    );
 }

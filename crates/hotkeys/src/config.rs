@@ -369,20 +369,18 @@ impl Topology {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Topology, ConfigError> {
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            ConfigError::Syntax {
-                file: file.to_path_buf(),
-                message: e.message().to_string(),
-            }
-        })?;
-        apply_env(file, &mut table, env)?;
-        let topology: Topology =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                ConfigError::Key {
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
                     file: file.to_path_buf(),
-                    key: e.path().to_string(),
-                    message: e.inner().to_string(),
-                }
+                    message: e.message().to_string(),
+                })?;
+        apply_env(file, &mut table, env)?;
+        let topology: Topology = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::Key {
+                file: file.to_path_buf(),
+                key: e.path().to_string(),
+                message: e.inner().to_string(),
             })?;
         topology.validate(file)?;
         Ok(topology)
@@ -412,26 +410,38 @@ impl Topology {
             return bad("count.buckets", "expected at least 1");
         }
         if self.count.window.as_millis() < u128::from(self.count.buckets) {
-            return bad("count.window", "expected at least one millisecond per bucket");
+            return bad(
+                "count.window",
+                "expected at least one millisecond per bucket",
+            );
         }
         if self.count.top_n == 0 || self.count.top_n > self.count.capacity {
             return bad("count.top_n", "expected between 1 and count.capacity");
         }
         // A hot list must fit a znode (1 MB) with its checkpoint; ~100 bytes per item.
         if self.count.top_n > 5_000 {
-            return bad("count.top_n", "expected at most 5000 (a hot list must fit a znode)");
+            return bad(
+                "count.top_n",
+                "expected at most 5000 (a hot list must fit a znode)",
+            );
         }
         if self.count.publish_every.is_zero() {
             return bad("count.publish_every", "expected a positive duration");
         }
         if !self.zookeeper.root.starts_with('/') || self.zookeeper.root.ends_with('/') {
-            return bad("zookeeper.root", "expected an absolute path without trailing `/`");
+            return bad(
+                "zookeeper.root",
+                "expected an absolute path without trailing `/`",
+            );
         }
         if !self.mysql.query.contains("{ids}") {
             return bad("mysql.query", "expected the `{ids}` placeholder");
         }
         if self.mysql.batch == 0 || self.mysql.batch > 65_535 {
-            return bad("mysql.batch", "expected between 1 and 65535 (MySQL bind limit)");
+            return bad(
+                "mysql.batch",
+                "expected between 1 and 65535 (MySQL bind limit)",
+            );
         }
         if self.redis.nodes.is_empty() {
             return bad("redis.nodes", "expected at least one node URL");
@@ -595,7 +605,9 @@ mod tests {
 
     #[test]
     fn wrong_type_names_file_key_and_expectation() {
-        let err = parse("[count]\ncapacity = \"lots\"\n").unwrap_err().to_string();
+        let err = parse("[count]\ncapacity = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("t.toml"), "{err}");
         assert!(err.contains("count.capacity"), "{err}");
         assert!(err.contains("expected"), "{err}");

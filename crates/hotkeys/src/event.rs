@@ -78,11 +78,12 @@ impl KeyPointer {
                 Err(e) => Err(KeyError::NotJson(e.to_string())),
             };
         }
-        let value = match sonic_rs::get_from_slice(payload, self.segments.iter().map(String::as_str)) {
-            Ok(v) => v,
-            Err(e) if e.is_not_found() || e.is_unmatched_type() => return from_key(),
-            Err(e) => return Err(KeyError::NotJson(e.to_string())),
-        };
+        let value =
+            match sonic_rs::get_from_slice(payload, self.segments.iter().map(String::as_str)) {
+                Ok(v) => v,
+                Err(e) if e.is_not_found() || e.is_unmatched_type() => return from_key(),
+                Err(e) => return Err(KeyError::NotJson(e.to_string())),
+            };
         let key = if value.is_str() {
             match value.as_str() {
                 // No escapes: the text inside the quotes is the key, borrowed from the message.
@@ -133,7 +134,15 @@ mod tests {
 
     #[test]
     fn numeric_values_become_their_text() {
-        assert_eq!(key("/uri_args/productId", r#"{"uri_args":{"productId":42}}"#, None).unwrap(), "42");
+        assert_eq!(
+            key(
+                "/uri_args/productId",
+                r#"{"uri_args":{"productId":42}}"#,
+                None
+            )
+            .unwrap(),
+            "42"
+        );
     }
 
     #[test]
@@ -143,9 +152,28 @@ mod tests {
 
     #[test]
     fn missing_or_null_value_falls_back_to_the_message_key() {
-        assert_eq!(key("/uri_args/productId", r#"{"uri_args":{"shopId":"1"}}"#, Some("7")).unwrap(), "7");
-        assert_eq!(key("/uri_args/productId", r#"{"uri_args":{"productId":null}}"#, Some("8")).unwrap(), "8");
-        assert_eq!(key("/uri_args/productId", r#"{"uri_args":null}"#, Some("9")).unwrap(), "9");
+        assert_eq!(
+            key(
+                "/uri_args/productId",
+                r#"{"uri_args":{"shopId":"1"}}"#,
+                Some("7")
+            )
+            .unwrap(),
+            "7"
+        );
+        assert_eq!(
+            key(
+                "/uri_args/productId",
+                r#"{"uri_args":{"productId":null}}"#,
+                Some("8")
+            )
+            .unwrap(),
+            "8"
+        );
+        assert_eq!(
+            key("/uri_args/productId", r#"{"uri_args":null}"#, Some("9")).unwrap(),
+            "9"
+        );
     }
 
     #[test]
@@ -155,8 +183,14 @@ mod tests {
 
     #[test]
     fn no_value_and_no_message_key_is_missing() {
-        assert_eq!(key("/uri_args/productId", "{}", None), Err(KeyError::Missing));
-        assert_eq!(key("/uri_args/productId", "{}", Some("")), Err(KeyError::Missing));
+        assert_eq!(
+            key("/uri_args/productId", "{}", None),
+            Err(KeyError::Missing)
+        );
+        assert_eq!(
+            key("/uri_args/productId", "{}", Some("")),
+            Err(KeyError::Missing)
+        );
     }
 
     #[test]
@@ -178,11 +212,17 @@ mod tests {
 
     #[test]
     fn escaped_segments_follow_rfc6901() {
-        assert_eq!(key("/a~1b/c~0d", r#"{"a/b":{"c~d":"z"}}"#, None).unwrap(), "z");
+        assert_eq!(
+            key("/a~1b/c~0d", r#"{"a/b":{"c~d":"z"}}"#, None).unwrap(),
+            "z"
+        );
     }
 
     #[test]
     fn an_array_where_an_object_is_expected_falls_back_to_the_message_key() {
-        assert_eq!(key("/uri_args/productId", r#"{"uri_args":["1"]}"#, Some("m")).unwrap(), "m");
+        assert_eq!(
+            key("/uri_args/productId", r#"{"uri_args":["1"]}"#, Some("m")).unwrap(),
+            "m"
+        );
     }
 }

@@ -42,7 +42,10 @@ pub struct HotItem {
 /// The `n` hottest items over several task lists. Tasks hold disjoint keys (a key always
 /// lands in one partition), so merging is a sort, not a sum.
 pub fn merge<'a>(lists: impl IntoIterator<Item = &'a HotList>, n: usize) -> Vec<HotItem> {
-    let mut items: Vec<HotItem> = lists.into_iter().flat_map(|l| l.items.iter().cloned()).collect();
+    let mut items: Vec<HotItem> = lists
+        .into_iter()
+        .flat_map(|l| l.items.iter().cloned())
+        .collect();
     items.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
     items.truncate(n);
     items

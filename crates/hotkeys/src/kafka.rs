@@ -115,12 +115,14 @@ pub async fn ensure_topic_named(
 pub fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<Option<usize>, KafkaError> {
     let consumer: BaseConsumer = admin_config(kafka).create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    Ok(metadata.topics().iter().find(|t| t.name() == topic).and_then(|t| {
-        match t.error() {
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .and_then(|t| match t.error() {
             None if !t.partitions().is_empty() => Some(t.partitions().len()),
             _ => None,
-        }
-    }))
+        }))
 }
 
 /// Settings for admin and metadata clients: the brokers plus the consumer passthrough, which
@@ -129,7 +131,11 @@ fn admin_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &kafka.brokers)
         .set("allow.auto.create.topics", "false");
-    for (k, v) in kafka.consumer.iter().filter(|(k, _)| is_connection_setting(k)) {
+    for (k, v) in kafka
+        .consumer
+        .iter()
+        .filter(|(k, _)| is_connection_setting(k))
+    {
         c.set(k, v);
     }
     c

@@ -37,10 +37,7 @@ pub enum ZkError {
     #[error("{path}: lost a race (another writer changed the node)")]
     Fenced { path: String },
     #[error("{path}: {source}")]
-    Op {
-        path: String,
-        source: ZkClientError,
-    },
+    Op { path: String, source: ZkClientError },
     #[error("{path}: malformed record: {source}")]
     Malformed {
         path: String,
@@ -271,13 +268,18 @@ impl Zk {
             .map_err(|e| ZkError::op(&hot, e))?;
         let results = reader.commit().await.map_err(|e| ZkError::op(&hot, e))?;
         match (results.first(), results.get(1)) {
-            (Some(Data { data: hot_data, stat }), Some(Data { data, .. })) => {
-                let list = serde_json::from_slice(hot_data).map_err(|source| {
-                    ZkError::Malformed {
+            (
+                Some(Data {
+                    data: hot_data,
+                    stat,
+                }),
+                Some(Data { data, .. }),
+            ) => {
+                let list =
+                    serde_json::from_slice(hot_data).map_err(|source| ZkError::Malformed {
                         path: hot.clone(),
                         source,
-                    }
-                })?;
+                    })?;
                 Ok(Some(Restorable {
                     hot: list,
                     checkpoint: data.clone(),
@@ -445,6 +447,9 @@ mod tests {
         assert_eq!(l.hot(3), "/hotkeys/product-detail/tasks/3/hot");
         assert_eq!(l.lock(3), "/hotkeys/product-detail/tasks/3/lock");
         assert_eq!(l.warmed(3), "/hotkeys/product-detail/tasks/3/warmed");
-        assert_eq!(l.checkpoint(3), "/hotkeys/product-detail/tasks/3/checkpoint");
+        assert_eq!(
+            l.checkpoint(3),
+            "/hotkeys/product-detail/tasks/3/checkpoint"
+        );
     }
 }

@@ -13,8 +13,9 @@ async fn kafka_round_trip_through_a_consumer_group() {
     let mut t = testing::topology("stack-kafka");
     t.kafka.partitions = 3;
     testing::produce(&t, ["a", "b", "c"].map(Record::openresty)).await;
-    let consumer: BaseConsumer =
-        hotkeys::kafka::consumer_config(&t.kafka, &t.kafka.group).create().expect("consumer");
+    let consumer: BaseConsumer = hotkeys::kafka::consumer_config(&t.kafka, &t.kafka.group)
+        .create()
+        .expect("consumer");
     consumer.subscribe(&[&t.kafka.topic]).expect("subscribe");
     let pointer = hotkeys::event::KeyPointer::parse(&t.source.key);
     let mut keys = Vec::new();
@@ -22,7 +23,12 @@ async fn kafka_round_trip_through_a_consumer_group() {
     while keys.len() < 3 && std::time::Instant::now() < deadline {
         if let Some(m) = consumer.poll(Duration::from_millis(200)) {
             let m = m.expect("message");
-            keys.push(pointer.extract(m.payload(), m.key()).expect("key").into_owned());
+            keys.push(
+                pointer
+                    .extract(m.payload(), m.key())
+                    .expect("key")
+                    .into_owned(),
+            );
         }
     }
     keys.sort();
@@ -32,7 +38,9 @@ async fn kafka_round_trip_through_a_consumer_group() {
 #[tokio::test]
 async fn zookeeper_create_get_delete() {
     let t = testing::topology("stack-zk");
-    let zk = Zk::connect(&t).await.expect("ZooKeeper reachable (is scripts/stack.sh up?)");
+    let zk = Zk::connect(&t)
+        .await
+        .expect("ZooKeeper reachable (is scripts/stack.sh up?)");
     zk.ensure_task(4).await.expect("create");
     assert_eq!(zk.list_tasks().await.expect("list"), vec![4]);
     zk.delete_all().await.expect("delete");
@@ -50,10 +58,25 @@ async fn redis_set_get_on_both_data_centres() {
             .await
             .unwrap_or_else(|e| panic!("Redis {url} reachable (is scripts/stack.sh up?): {e}"));
         let key = testing::unique("stack-redis");
-        let _: () = redis::cmd("SET").arg(&key).arg("v").arg("EX").arg(60).query_async(&mut con).await.expect("set");
-        let got: String = redis::cmd("GET").arg(&key).query_async(&mut con).await.expect("get");
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg("v")
+            .arg("EX")
+            .arg(60)
+            .query_async(&mut con)
+            .await
+            .expect("set");
+        let got: String = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut con)
+            .await
+            .expect("get");
         assert_eq!(got, "v");
-        let _: () = redis::cmd("DEL").arg(&key).query_async(&mut con).await.expect("del");
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut con)
+            .await
+            .expect("del");
     }
 }
 
@@ -66,7 +89,11 @@ fn docker_compose_describes_the_same_servers_and_ports() {
     let ports = |name: &str| -> Vec<String> {
         services[name]["ports"]
             .as_vec()
-            .map(|v| v.iter().filter_map(|p| p.as_str().map(str::to_string)).collect())
+            .map(|v| {
+                v.iter()
+                    .filter_map(|p| p.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let find = |needle: &str| {

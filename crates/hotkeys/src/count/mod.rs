@@ -332,7 +332,10 @@ mod tests {
     }
 
     fn keys(top: &Top) -> Vec<(&str, u64)> {
-        top.items.iter().map(|i| (i.key.as_str(), i.count)).collect()
+        top.items
+            .iter()
+            .map(|i| (i.key.as_str(), i.count))
+            .collect()
     }
 
     #[test]

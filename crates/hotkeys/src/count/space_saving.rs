@@ -240,7 +240,11 @@ mod tests {
         s.offer("a", 5);
         s.offer("b", 2);
         s.offer("c", 1);
-        assert_eq!(lookup(&s, "c"), None, "one sighting cannot beat a minimum of 2");
+        assert_eq!(
+            lookup(&s, "c"),
+            None,
+            "one sighting cannot beat a minimum of 2"
+        );
         s.offer("c", 1);
         assert_eq!(lookup(&s, "b"), None);
         // Its first sighting sits in the filter, which cannot tell it from other keys.
@@ -278,7 +282,9 @@ mod tests {
         }
         let mut x = 12345u64;
         for i in (1..stream.len()).rev() {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             stream.swap(i, (x >> 33) as usize % (i + 1));
         }
         for k in &stream {
@@ -289,11 +295,17 @@ mod tests {
         let total = stream.len() as u64;
         for (key, count, error) in s.entries() {
             let t = truth[key];
-            assert!(count >= t && count - error <= t, "{key}: {count}±{error} vs {t}");
+            assert!(
+                count >= t && count - error <= t,
+                "{key}: {count}±{error} vs {t}"
+            );
         }
         for (key, &t) in &truth {
             if t > total / capacity as u64 {
-                assert!(lookup(&s, key).is_some(), "frequent key {key} ({t}) dropped");
+                assert!(
+                    lookup(&s, key).is_some(),
+                    "frequent key {key} ({t}) dropped"
+                );
             }
         }
     }
