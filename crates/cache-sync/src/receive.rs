@@ -15,9 +15,12 @@
 //! A re-sent stamp is answered as a success without applying it again. A stamp that skips
 //! ahead is refused, since the shipper never skips one — after waiting up to the request's
 //! `wait_ms` for the missing stamps, because the shipper sends several batches at once and
-//! they may arrive out of order. A receiver that dies half-way leaves
-//! `processing` ahead of `processed`: the shipper re-sends, and the batch is applied again in
-//! full, which lands on the same final state because it is the newest batch of its stream.
+//! they may arrive out of order.
+//!
+//! Applying runs in a task of its own, so a shipper that hangs up (or is killed) mid-request
+//! never leaves a batch half-applied here. A receiver that dies half-way leaves `processing`
+//! ahead of `processed`: the shipper re-sends, and the batch is applied again in full, which
+//! lands on the same final state because it is the newest batch of its stream.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -69,42 +72,6 @@ if tonumber(ARGV[1]) ~= processed + 1 then return 0 end
 redis.call('HSET', KEYS[1], 'processed', ARGV[1], 'updated_ms', ARGV[2])
 redis.call('HDEL', KEYS[1], 'owner', 'lease_end')
 return 1
-";
-
-/// Checks, applies and commits a whole batch in one atomic step, when the receiving cache
-/// is a single node (the script can then reach every key). Nothing is ever half-applied,
-/// even if the receiver dies, and a batch costs one round trip instead of three.
-///
-/// KEYS: the stream hash, then the key of each operation. ARGV: stamp, now (ms), owner,
-/// then per operation its TTL in ms (`0`: no expiry, `-1`: delete) and its value.
-/// Returns {0 duplicate | 1 applied | 2 gap | 3 busy, processed}.
-const APPLY_SCRIPT: &str = r"
-local h = KEYS[1]
-local processed = tonumber(redis.call('HGET', h, 'processed') or '0')
-local stamp = tonumber(ARGV[1])
-if stamp <= processed then
-  redis.call('HINCRBY', h, 'duplicates', 1)
-  return {0, processed}
-end
-if stamp > processed + 1 then return {2, processed} end
-local owner = redis.call('HGET', h, 'owner')
-local lease_end = tonumber(redis.call('HGET', h, 'lease_end') or '0')
-if owner and owner ~= ARGV[3] and lease_end > tonumber(ARGV[2]) then return {3, processed} end
-for i = 2, #KEYS do
-  local ttl, value = ARGV[2 * i], ARGV[2 * i + 1]
-  if ttl == '-1' then
-    redis.call('DEL', KEYS[i])
-  elseif ttl == '0' then
-    redis.call('SET', KEYS[i], value)
-  else
-    redis.call('SET', KEYS[i], value, 'PX', ttl)
-  end
-end
-redis.call('HSET', h, 'processing', ARGV[1], 'processed', ARGV[1], 'updated_ms', ARGV[2])
-redis.call('HINCRBY', h, 'applied', 1)
-redis.call('HINCRBY', h, 'applied_ops', #KEYS - 1)
-redis.call('HDEL', h, 'owner', 'lease_end')
-return {1, processed}
 ";
 
 /// The Redis hash holding the state of `stream` on the receiving side.
@@ -162,15 +129,11 @@ pub struct Receiver {
     streams: Mutex<HashMap<String, Arc<StreamSlot>>>,
     begin: Script,
     commit: Script,
-    apply: Script,
-    /// The receiving cache's only node, if it has one: batches are then applied by
-    /// `APPLY_SCRIPT`.
-    single: Option<RedisConn>,
 }
 
 /// What the requests of one stream share inside this process.
 struct StreamSlot {
-    /// Held while a batch is begun, applied and committed in steps (several nodes).
+    /// Held while a batch is checked, applied and committed.
     lock: tokio::sync::Mutex<()>,
     /// The last stamp applied here; wakes the batches that wait for their predecessors.
     progress: tokio::sync::watch::Sender<u64>,
@@ -237,7 +200,6 @@ impl Receiver {
                 topology.sync.secret_env
             )));
         }
-        let single = cache.single_node();
         Ok(Receiver {
             cache,
             secret: secret.as_bytes().to_vec(),
@@ -254,14 +216,7 @@ impl Receiver {
             streams: Mutex::new(HashMap::new()),
             begin: Script::new(BEGIN_SCRIPT),
             commit: Script::new(COMMIT_SCRIPT),
-            apply: Script::new(APPLY_SCRIPT),
-            single,
         })
-    }
-
-    /// The connection holding the stream records.
-    pub fn state_conn(&self) -> RedisConn {
-        self.cache.home()
     }
 
     /// The HTTP routes: `POST /sync` and `GET /healthz`.
@@ -346,38 +301,22 @@ impl Receiver {
         let ops = ops.0;
         let slot = self.stream_slot(&stream);
         let key = stream_key(&stream);
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(wait_ms).min(MAX_WAIT);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms).min(MAX_WAIT);
         let mut conn = self.cache.home();
-        loop {
-            // Subscribed before the stamp is checked, so that a predecessor landing in
-            // between still wakes this batch.
-            let mut progress = slot.progress.subscribe();
-            let (verdict, processed, held) = match &self.single {
-                // Not serialized: each script checks its own stamp, so batches of a stream
-                // queue up at Redis back to back and the node never waits for this process.
-                Some(node) => {
-                    let (verdict, processed) =
-                        self.apply_atomically(node, &key, stamp, &ops, now_ms()).await?;
-                    (verdict, processed, None)
-                }
-                None => {
-                    let held = slot.lock.lock().await;
-                    let now = now_ms();
-                    let (verdict, processed): (u8, u64) = self
-                        .begin
-                        .key(&key)
-                        .arg(stamp)
-                        .arg(ops.len())
-                        .arg(now)
-                        .arg(now + self.lease.as_millis() as u64)
-                        .arg(&self.owner)
-                        .invoke_async(&mut conn)
-                        .await
-                        .map_err(|e| self.redis_failed(e))?;
-                    (verdict, processed, Some(held))
-                }
-            };
+        let _held = loop {
+            let held = slot.lock.lock().await;
+            let now = now_ms();
+            let (verdict, processed): (u8, u64) = self
+                .begin
+                .key(&key)
+                .arg(stamp)
+                .arg(ops.len())
+                .arg(now)
+                .arg(now + self.lease.as_millis() as u64)
+                .arg(&self.owner)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| self.redis_failed(e))?;
             match verdict {
                 0 => {
                     metrics::counter!("hotkeys_sync_batches_duplicate_total").increment(1);
@@ -388,24 +327,11 @@ impl Receiver {
                         ops: ops.len(),
                     });
                 }
-                1 => {
-                    if held.is_some() {
-                        self.apply_in_steps(&key, stamp, &ops, &mut conn).await?;
-                    }
-                    drop(held);
-                    slot.progress.send_replace(stamp);
-                    metrics::counter!("hotkeys_sync_batches_applied_total").increment(1);
-                    metrics::counter!("hotkeys_sync_ops_applied_total")
-                        .increment(ops.len() as u64);
-                    tracing::debug!(%stream, stamp, ops = ops.len(), "batch applied");
-                    return Ok(BatchReply {
-                        status: Outcome::Applied,
-                        stamp,
-                        ops: ops.len(),
-                    });
-                }
+                1 => break held,
                 // The batches before this one are on their way: hold it until they land.
                 2 if tokio::time::Instant::now() < deadline => {
+                    // Subscribed under the lock: the predecessor cannot land unnoticed.
+                    let mut progress = slot.progress.subscribe();
                     drop(held);
                     let _ = tokio::time::timeout_at(deadline, progress.changed()).await;
                 }
@@ -427,41 +353,20 @@ impl Receiver {
                     ));
                 }
             }
-        }
+        };
+        self.apply_in_steps(&key, stamp, &ops, &mut conn).await?;
+        slot.progress.send_replace(stamp);
+        metrics::counter!("hotkeys_sync_batches_applied_total").increment(1);
+        metrics::counter!("hotkeys_sync_ops_applied_total").increment(ops.len() as u64);
+        tracing::debug!(%stream, stamp, ops = ops.len(), "batch applied");
+        Ok(BatchReply {
+            status: Outcome::Applied,
+            stamp,
+            ops: ops.len(),
+        })
     }
 
-    /// The whole batch in one script on the only node: check, apply, commit.
-    async fn apply_atomically(
-        &self,
-        node: &RedisConn,
-        key: &str,
-        stamp: u64,
-        ops: &[QueuedOp],
-        now: u64,
-    ) -> Result<(u8, u64), Refusal> {
-        let mut invocation = self.apply.prepare_invoke();
-        invocation.key(key).arg(stamp).arg(now).arg(&self.owner);
-        for op in ops {
-            match to_write(op, now) {
-                Write::Set {
-                    key, value, ttl, ..
-                } => {
-                    let ttl_ms = ttl.map_or(0, |t| t.as_millis().max(1) as u64);
-                    invocation.key(key).arg(ttl_ms).arg(value);
-                }
-                Write::Delete { key } => {
-                    invocation.key(key).arg(-1).arg("");
-                }
-            }
-        }
-        let mut conn = node.clone();
-        invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.redis_failed(e))
-    }
-
-    /// A batch begun by `BEGIN_SCRIPT`: its writes through the node set, then the commit.
+    /// The writes of a batch begun by `BEGIN_SCRIPT`, through the node set, then the commit.
     async fn apply_in_steps(
         &self,
         key: &str,
@@ -471,9 +376,10 @@ impl Receiver {
     ) -> Result<(), Refusal> {
         let now = now_ms();
         let writes: Vec<Write<'_>> = ops.iter().map(|op| to_write(op, now)).collect();
-        self.cache.apply(&writes).await.map_err(|e| {
-            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "redis", e.to_string())
-        })?;
+        self.cache
+            .apply(&writes)
+            .await
+            .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "redis", e.to_string()))?;
         let committed: u8 = self
             .commit
             .key(key)

@@ -83,8 +83,15 @@ struct Delivery {
 /// A batch being delivered by a task of its own: `None` when shut down before it landed.
 type DeliveryTask = JoinHandle<Result<Option<Delivery>, Error>>;
 
+/// A batch under way: its stamp, when its oldest operation was queued, its delivery.
+struct InFlight {
+    stamp: u64,
+    oldest_ms: Option<u64>,
+    task: DeliveryTask,
+}
+
 /// The batches under way, oldest stamp first.
-type Pending = VecDeque<(u64, DeliveryTask)>;
+type Pending = VecDeque<InFlight>;
 
 enum Attempt {
     Delivered(BatchReply),
@@ -141,8 +148,8 @@ impl Shipper {
             .pump(&mut pending, &shutdown, until_empty, &mut summary)
             .await;
         // Batches still under way stay in flight for the next shipper.
-        for (_, task) in &pending {
-            task.abort();
+        for in_flight in &pending {
+            in_flight.task.abort();
         }
         result?;
         tracing::info!(
@@ -205,7 +212,8 @@ impl Shipper {
                 metrics::gauge!("hotkeys_sync_queue_length").set(batch.queued as f64);
                 pending.push_back(self.launch(&stream, batch, shutdown));
             }
-            let Some((stamp, task)) = pending.pop_front() else {
+            report_lag(pending);
+            let Some(InFlight { stamp, task, .. }) = pending.pop_front() else {
                 metrics::gauge!("hotkeys_sync_queue_length").set(0.0);
                 metrics::gauge!("hotkeys_sync_lag_seconds").set(0.0);
                 if until_empty || shutdown.is_cancelled() {
@@ -239,26 +247,22 @@ impl Shipper {
     }
 
     /// Starts the delivery of `batch` in a task of its own.
-    fn launch(
-        &self,
-        stream: &Arc<str>,
-        batch: Batch,
-        shutdown: &CancellationToken,
-    ) -> (u64, DeliveryTask) {
-        if let Some(op) = batch
+    fn launch(&self, stream: &Arc<str>, batch: Batch, shutdown: &CancellationToken) -> InFlight {
+        let oldest_ms = batch
             .items
             .first()
             .and_then(|i| QueuedOp::from_json(i).ok())
-        {
-            let lag = now_ms().saturating_sub(op.at_ms) as f64 / 1000.0;
-            metrics::gauge!("hotkeys_sync_lag_seconds").set(lag);
-        }
+            .map(|op| op.at_ms);
         let sender = self.sender.clone();
         let stream = Arc::clone(stream);
         let shutdown = shutdown.clone();
         let stamp = batch.stamp;
         let task = tokio::spawn(async move { sender.deliver(&stream, &batch, &shutdown).await });
-        (stamp, task)
+        InFlight {
+            stamp,
+            oldest_ms,
+            task,
+        }
     }
 
     /// Runs a queue operation, trying again while the local Redis fails; `None` if shut
@@ -453,6 +457,15 @@ impl Sender {
             _ = tokio::time::sleep(delay) => Ok(true),
             _ = shutdown.cancelled() => Ok(false),
         }
+    }
+}
+
+/// Lag: the age of the oldest operation not yet acknowledged, which heads the oldest batch
+/// under way.
+fn report_lag(pending: &Pending) {
+    if let Some(oldest_ms) = pending.front().and_then(|p| p.oldest_ms) {
+        let lag = now_ms().saturating_sub(oldest_ms) as f64 / 1000.0;
+        metrics::gauge!("hotkeys_sync_lag_seconds").set(lag);
     }
 }
 

@@ -297,3 +297,99 @@ async fn delete_fails_when_one_ring_node_does_not_answer() {
     assert!(err.is_unreachable(), "{err}");
     stack.cleanup().await;
 }
+
+/// Seed nodes of a Redis Cluster to test against, comma-separated; the stack has none, so
+/// the cluster tests run only where one is provided.
+fn cluster_seeds(test: &str) -> Option<Vec<String>> {
+    match std::env::var("HOTKEYS_TEST_REDIS_CLUSTER") {
+        Ok(seeds) if !seeds.trim().is_empty() => {
+            Some(seeds.split(',').map(|s| s.trim().to_string()).collect())
+        }
+        _ => {
+            eprintln!("SKIPPED {test}: set HOTKEYS_TEST_REDIS_CLUSTER to a cluster's seed nodes");
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn cluster_mode_writes_reads_and_deletes_keys_across_slots() {
+    let Some(seeds) = cluster_seeds("cluster_mode") else {
+        return;
+    };
+    let cfg = RedisConfig {
+        mode: RedisMode::Cluster,
+        nodes: seeds,
+        ..RedisConfig::default()
+    };
+    let cache = CacheNodes::connect(&cfg).await.unwrap();
+    let prefix = format!("test:cluster:{}:", std::process::id());
+    let entries: Vec<(String, String, Duration)> = (0..500)
+        .map(|i| {
+            (
+                format!("{prefix}{i}"),
+                format!("v{i}"),
+                Duration::from_secs(60),
+            )
+        })
+        .collect();
+    assert_eq!(cache.set_many_nx(&entries).await.unwrap().written, 500);
+    assert_eq!(
+        cache.set_many_nx(&entries).await.unwrap().already_present,
+        500
+    );
+    for (key, value, _) in &entries {
+        assert_eq!(
+            cache.get(key).await.unwrap(),
+            Some(value.clone().into_bytes())
+        );
+    }
+    let deletes: Vec<Write<'_>> = entries
+        .iter()
+        .map(|(k, ..)| Write::Delete { key: k })
+        .collect();
+    assert_eq!(cache.apply(&deletes).await.unwrap().deleted, 500);
+    assert_eq!(cache.get(&entries[0].0).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn the_sync_queue_works_on_a_cluster() {
+    let Some(seeds) = cluster_seeds("cluster_queue") else {
+        return;
+    };
+    let mut t = hotkeys::Topology::default();
+    t.redis.mode = RedisMode::Cluster;
+    t.redis.nodes = seeds;
+    t.sync.queue = format!("test:cluster:{}:FIFO", std::process::id());
+    t.sync.replicate = vec!["k".into()];
+    let queue = hotkeys::sync_queue::SyncQueue::connect(&t.redis, &t.sync)
+        .await
+        .unwrap();
+    let ops: Vec<_> = (0..10)
+        .map(|i| hotkeys::sync_queue::Op::delete(format!("k{i}")))
+        .collect();
+    queue.enqueue_many(&ops).await.unwrap();
+    queue.stream_id().await.unwrap();
+    let batch = queue.take(4, 2).await.unwrap().unwrap();
+    assert_eq!((batch.stamp, batch.items.len()), (1, 4));
+    assert_eq!(queue.in_flight().await.unwrap().len(), 1);
+    assert_eq!(queue.ack(1).await.unwrap(), 1);
+    let status = queue.status().await.unwrap();
+    assert_eq!(
+        (status.length, status.acked, status.in_flight),
+        (6, 1, None)
+    );
+    let mut conn = hotkeys::cache::RedisConn::connect_home(&t.redis)
+        .await
+        .unwrap();
+    redis::cmd("DEL")
+        .arg(&t.sync.queue)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    redis::cmd("DEL")
+        .arg(format!("{{{}}}:meta", t.sync.queue))
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+}

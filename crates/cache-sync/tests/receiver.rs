@@ -6,7 +6,9 @@ mod common;
 use cache_sync::receive::{self, StreamState};
 use cache_sync::wire::{self, BatchReply, ErrorReply, Outcome};
 use common::{RunningReceiver, SECRET, Stack};
-use hotkeys::config::SyncCompression;
+use hotkeys::Topology;
+use hotkeys::cache::CacheNodes;
+use hotkeys::config::{RedisMode, RingAlgorithm, SyncCompression};
 use hotkeys::sync_queue::{Op, QueuedOp, now_ms};
 use reqwest::StatusCode;
 
@@ -21,9 +23,13 @@ struct Harness {
 
 impl Harness {
     async fn start(test: &str, max_body: usize) -> Option<Harness> {
+        Harness::start_with(test, |t| t.sync.max_body = max_body).await
+    }
+
+    async fn start_with(test: &str, configure: impl FnOnce(&mut Topology)) -> Option<Harness> {
         let stack = common::stack(test).await?;
         let mut t = stack.topology();
-        t.sync.max_body = max_body;
+        configure(&mut t);
         let receiver = RunningReceiver::start(&t, "127.0.0.1:0").await;
         let stream = format!("test:{}:stream", stack.id);
         Some(Harness {
@@ -334,5 +340,77 @@ async fn a_set_whose_ttl_ran_out_on_the_way_deletes_the_key() {
     let (status, _) = h.post_signed(body).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(h.remote_get(&key).await, None);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_receiving_ring_gets_each_key_on_its_node_and_deletes_on_every_node() {
+    // The stack's two servers stand in for two nodes of the receiving data centre.
+    let mut ring = None;
+    let Some(mut h) = Harness::start_with("receiving_ring", |t| {
+        t.redis.mode = RedisMode::Ring;
+        t.redis.ring = RingAlgorithm::PeclMemcache;
+        t.sync.apply_nodes = vec![t.sync.apply_nodes[0].clone(), t.redis.nodes[0].clone()];
+        ring = Some(common::remote_redis(t));
+    })
+    .await
+    else {
+        return;
+    };
+    let placement = CacheNodes::connect(&ring.unwrap()).await.unwrap();
+    let keys: Vec<String> = (0..40).map(|i| h.key(&i.to_string())).collect();
+    let sets: Vec<Op> = keys.iter().map(|k| Op::set(k, "v", None)).collect();
+    let (status, text) = h.send(1, &sets).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let mut per_node = [0; 2];
+    for key in &keys {
+        let node = placement.node_for(key);
+        per_node[node] += 1;
+        for (i, conn) in [&mut h.stack.remote, &mut h.stack.local]
+            .into_iter()
+            .enumerate()
+        {
+            let exists: bool = redis::cmd("EXISTS")
+                .arg(key)
+                .query_async(conn)
+                .await
+                .unwrap();
+            assert_eq!(exists, i == node, "{key} on node {i}");
+        }
+    }
+    assert!(per_node.iter().all(|&n| n > 0), "{per_node:?}");
+
+    // A stale copy on the wrong node goes too: a delete reaches every node.
+    let stale = &keys[0];
+    let wrong = 1 - placement.node_for(stale);
+    let conn = if wrong == 0 {
+        &mut h.stack.remote
+    } else {
+        &mut h.stack.local
+    };
+    redis::cmd("SET")
+        .arg(stale)
+        .arg("stale")
+        .query_async::<()>(conn)
+        .await
+        .unwrap();
+    let (status, _) = h.send(2, &[Op::delete(stale)]).await;
+    assert_eq!(status, StatusCode::OK);
+    for conn in [&mut h.stack.remote, &mut h.stack.local] {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(stale)
+            .query_async(conn)
+            .await
+            .unwrap();
+        assert!(!exists);
+    }
+    // The stream record lives on the first receiving node.
+    let (status, text) = h.send(1, &sets).await;
+    assert_eq!(applied(&text).status, Outcome::Duplicate, "{status} {text}");
+    let state = h.state().await;
+    assert_eq!(
+        (state.processed, state.applied, state.duplicates),
+        (2, 2, 1)
+    );
     h.finish().await;
 }

@@ -222,17 +222,6 @@ impl CacheNodes {
         }
     }
 
-    /// The connection to the only node, when every key lives on one node: a Lua script
-    /// may then touch any key, and a batch of writes can be applied atomically.
-    pub fn single_node(&self) -> Option<RedisConn> {
-        match &self.nodes {
-            Nodes::Independent { conns, .. } if conns.len() == 1 => {
-                Some(RedisConn::Node(conns[0].clone()))
-            }
-            Nodes::Independent { .. } | Nodes::Cluster(_) => None,
-        }
-    }
-
     /// Name of the node behind [`CacheNodes::home`], for errors.
     pub fn home_name(&self) -> &str {
         &self.names[0]
@@ -318,7 +307,7 @@ impl CacheNodes {
                     }
                 }
                 let runs = per_node
-                    .iter()
+                    .into_iter()
                     .enumerate()
                     .filter(|(_, batch)| !batch.is_empty())
                     .map(|(node, batch)| {
@@ -337,7 +326,7 @@ impl CacheNodes {
                         .push(i);
                 }
                 let runs = per_slot
-                    .values()
+                    .into_values()
                     .map(|batch| self.run_on(0, RedisConn::Cluster(conn.clone()), writes, batch));
                 merge(join_all(runs).await)
             }
@@ -351,7 +340,7 @@ impl CacheNodes {
         node: usize,
         mut conn: RedisConn,
         writes: &[Write<'_>],
-        batch: &[usize],
+        batch: Vec<usize>,
     ) -> Result<Tally, CacheError> {
         let mut tally = Tally::default();
         for chunk in batch.chunks(self.pipeline) {
