@@ -108,6 +108,7 @@ impl Task {
             exact: top.exact,
             owner: Some(owner.to_string()),
             events: top.events,
+            malformed: self.malformed,
             items: top.items,
         }
     }

@@ -182,6 +182,7 @@ fn task_json(v: &TaskView) -> serde_json::Value {
         "age_ms": v.hot.as_ref().map(|h| now_ms() - h.value.generated_at_ms),
         "items": v.hot.as_ref().map(|h| h.value.items.len()),
         "events": v.hot.as_ref().map(|h| h.value.events),
+        "malformed": v.hot.as_ref().map(|h| h.value.malformed),
         "exact": v.hot.as_ref().and_then(|h| h.value.exact),
         "warmed": v.warmed.as_ref().map(|w| &w.value),
         "warm": v.is_warm(),

@@ -26,6 +26,9 @@ pub struct HotList {
     /// Events the window covers, for context in hotctl.
     #[serde(default)]
     pub events: u64,
+    /// Malformed events the current owner skipped since it took the task.
+    #[serde(default)]
+    pub malformed: u64,
     pub items: Vec<HotItem>,
 }
 
@@ -129,6 +132,7 @@ mod tests {
             exact: Some(false),
             owner: Some("h:1".into()),
             events: 9,
+            malformed: 1,
             items: vec![HotItem {
                 key: "k".into(),
                 count: 5,

@@ -81,6 +81,7 @@ async fn publish(zk: &Zk, topology: &str, task: u32, keys: &[String]) -> anyhow:
         exact: None,
         owner: Some("publish_hot".into()),
         events: n * (n + 1) / 2,
+        malformed: 0,
         items: keys
             .iter()
             .enumerate()

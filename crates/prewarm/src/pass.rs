@@ -277,6 +277,7 @@ mod tests {
             exact: None,
             owner: None,
             events: 0,
+            malformed: 0,
             items: keys
                 .iter()
                 .map(|k| HotItem {

@@ -179,6 +179,7 @@ impl Fixture {
             exact: None,
             owner: Some("test".into()),
             events: n,
+            malformed: 0,
             items: keys
                 .iter()
                 .enumerate()
