@@ -4,11 +4,13 @@
 #
 #   stack up → migrate + seed 100,000 products → two hot-counter workers →
 #   access-producer: 2M Zipf events with a flash crowd → every task publishes →
-#   three prewarm processes in parallel → what ZooKeeper and Redis now hold.
+#   three prewarm processes in parallel → cache-sync replicates the warmed keys to the
+#   remote data centre's Redis → what ZooKeeper and Redis now hold.
 #
 # Every run uses its own topic, consumer group and ZooKeeper subtree, so it can be run
-# again; it empties the demo's cache keys (product:*) first, as a cold start would find
-# them. It stops the processes it started (the stack stays up: scripts/stack.sh down).
+# again; it empties the demo's cache keys (product:*) in both data centres first, as a cold
+# start would find them. It stops the processes it started (the stack stays up:
+# scripts/stack.sh down).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${EVENTS:-2000000}
@@ -31,7 +33,7 @@ scripts/stack.sh up
 stage "stack up"
 
 say "build (release)"
-cargo build --release --locked -q -p access-producer -p hot-counter -p prewarm -p hotctl
+cargo build --release --locked -q -p access-producer -p hot-counter -p prewarm -p hotctl -p cache-sync
 bin=target/release
 stage "build"
 
@@ -53,9 +55,12 @@ $bin/hotctl --topology $topology db migrate
 $bin/hotctl --topology $topology db seed --products "$PRODUCTS"
 stage "migrate + seed"
 
-say "cold cache: removing product:* from Redis"
+say "cold cache: removing product:* from Redis (local and remote data centre)"
 redis_port=${REDIS_PORT:-6379}
-redis-cli -p "$redis_port" --scan --pattern 'product:*' | xargs -r -n 1000 redis-cli -p "$redis_port" DEL >/dev/null
+remote_port=${REMOTE_REDIS_PORT:-6380}
+for port in "$redis_port" "$remote_port"; do
+  redis-cli -p "$port" --scan --pattern 'product:*' | xargs -r -n 1000 redis-cli -p "$port" DEL >/dev/null
+done
 stage "empty the cache"
 
 say "two hot-counter workers (logs in $logs)"
@@ -91,6 +96,49 @@ for pid in "${ppids[@]}"; do wait "$pid" || status=$?; done
 for i in 1 2 3; do echo "-- prewarm $i"; cat "$logs/prewarm-$i.out"; done
 [ "$status" -eq 0 ] || { echo "a prewarm process failed ($status); see $logs" >&2; exit "$status"; }
 stage "prewarm (3 processes)"
+
+say "replication: cache-sync receive (remote DC, Redis :$remote_port) and ship --until-empty"
+replicated=$(cat "$logs"/prewarm-*.out | grep -o '[0-9]* replicated' | awk '{n += $1} END {print n + 0}')
+listen=127.0.0.1:8480 # sync.listen of $topology
+if (exec 3<>"/dev/tcp/${listen%:*}/${listen#*:}") 2>/dev/null; then
+  echo "something already listens on $listen; stop it first" >&2; exit 1
+fi
+HOTKEYS_SYNC_APPLY_NODES=redis://127.0.0.1:$remote_port \
+  $bin/cache-sync --topology $topology receive >"$logs/cache-sync-receive.log" 2>&1 &
+receiver=$!
+pids+=($receiver)
+deadline=$((SECONDS + 30))
+until curl -fsS "http://$listen/healthz" >/dev/null 2>&1; do
+  if ! kill -0 "$receiver" 2>/dev/null || ((SECONDS > deadline)); then
+    echo "cache-sync receive is not listening on $listen:" >&2; tail -n 20 "$logs/cache-sync-receive.log" >&2; exit 1
+  fi
+  sleep 0.2
+done
+echo "receiver listening on $listen; queued: $($bin/cache-sync --topology $topology status --json | python3 -c '
+import json, sys; print(json.load(sys.stdin)["length"])') operations (prewarm replicated $replicated)"
+timeout 300 $bin/cache-sync --topology $topology ship --until-empty 2>"$logs/cache-sync-ship.log" ||
+  { echo "cache-sync ship failed; see $logs/cache-sync-ship.log" >&2; exit 1; }
+$bin/cache-sync --topology $topology status --json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+sys.exit(0 if s["length"] == 0 and s["in_flight"] is None else "queue not drained: %s" % s)'
+$bin/cache-sync --topology $topology status
+scan() { redis-cli -p "$1" --scan --pattern 'product:*' | sort; }
+local_keys=$(scan "$redis_port" | wc -l)
+remote_keys=$(scan "$remote_port" | wc -l)
+missing=$(comm -23 <(scan "$redis_port") <(scan "$remote_port") | wc -l)
+echo "remote DC holds $remote_keys product:* keys (local DC: $local_keys; missing on the remote: $missing)"
+hot=product:$($bin/hotctl --topology $topology hot --top 1 --json | python3 -c '
+import json, sys; print(json.load(sys.stdin)[0]["key"])')
+local_value=$(redis-cli -p "$redis_port" GET "$hot")
+remote_value=$(redis-cli -p "$remote_port" GET "$hot")
+printf '%s local  (ttl %ss) = %s\n' "$hot" "$(redis-cli -p "$redis_port" TTL "$hot")" "${local_value:0:100}"
+printf '%s remote (ttl %ss) = %s\n' "$hot" "$(redis-cli -p "$remote_port" TTL "$hot")" "${remote_value:0:100}"
+if [ "$missing" -ne 0 ] || [ -z "$local_value" ] || [ "$local_value" != "$remote_value" ]; then
+  echo "the remote DC does not hold the warmed keys; see $logs" >&2; exit 1
+fi
+echo "$hot: identical in both data centres"
+stage "replicate to the remote DC"
 
 say "hotctl tasks"
 $bin/hotctl --topology $topology tasks
