@@ -1,10 +1,10 @@
 //! The command line: global options that override the topology, and the subcommands.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use hotkeys::Topology;
+use hotkeys::cli::TopologyArg;
 use hotkeys::ring::{KetamaHash, RingAlgorithm};
 
 /// The replication path between two data centres: ships the durable Redis queue of cache
@@ -12,14 +12,8 @@ use hotkeys::ring::{KetamaHash, RingAlgorithm};
 #[derive(Debug, Parser)]
 #[command(name = "cache-sync", version)]
 pub struct Cli {
-    /// Topology file (HOTKEYS_* environment variables override its keys).
-    #[arg(
-        long,
-        env = "HOTKEYS_TOPOLOGY",
-        default_value = "topology/default.toml",
-        global = true
-    )]
-    pub topology: PathBuf,
+    #[command(flatten)]
+    pub topology: TopologyArg,
     /// Redis list of queued operations; overrides sync.queue.
     #[arg(long, global = true)]
     pub queue: Option<String>,

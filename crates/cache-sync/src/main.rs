@@ -24,7 +24,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    let mut topology = match Topology::load(&cli.topology) {
+    let mut topology = match Topology::load(&cli.topology.path) {
         Ok(t) => t,
         Err(e) => return fail(&e.into(), exit::USAGE),
     };

@@ -1,24 +1,19 @@
 //! `hot-counter`: one member of the topology's Kafka consumer group.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use hotkeys::{Topology, exit, telemetry};
+use hotkeys::cli::TopologyArg;
+use hotkeys::{exit, telemetry};
 
 /// Count hot keys per partition of the access topic and publish each task's hot list to
 /// ZooKeeper. Run any number of these; Kafka spreads the partitions over them.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Topology file.
-    #[arg(
-        long,
-        env = "HOTKEYS_TOPOLOGY",
-        default_value = "topology/default.toml"
-    )]
-    topology: PathBuf,
+    #[command(flatten)]
+    topology: TopologyArg,
     /// Serve Prometheus metrics on this address.
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -32,12 +27,9 @@ struct Args {
 async fn main() -> ExitCode {
     telemetry::init_logs();
     let args = Args::parse();
-    let topology = match Topology::load(&args.topology) {
+    let topology = match args.topology.load() {
         Ok(t) => t,
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::from(exit::USAGE as u8);
-        }
+        Err(code) => return code,
     };
     if let Some(addr) = args.metrics
         && let Err(e) = telemetry::serve_metrics(addr)

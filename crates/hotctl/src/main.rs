@@ -2,11 +2,10 @@
 //! (`db` for the catalogue database, `tasks` for what ZooKeeper holds per task); this file only parses arguments, loads the topology,
 //! dispatches, and turns errors into the exit codes of `hotkeys::exit`.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hotkeys::Topology;
+use hotkeys::cli::TopologyArg;
 use hotkeys::config::ConfigError;
 use hotkeys::exit;
 use hotkeys::mysql::MysqlError;
@@ -22,14 +21,8 @@ mod tasks;
     about = "Operate a hotkeys pipeline: its database, tasks, hot lists and locks."
 )]
 struct Cli {
-    /// Topology file; `HOTKEYS_*` variables override its keys.
-    #[arg(
-        long,
-        global = true,
-        env = "HOTKEYS_TOPOLOGY",
-        default_value = "topology/default.toml"
-    )]
-    topology: PathBuf,
+    #[command(flatten)]
+    topology: TopologyArg,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,12 +45,9 @@ enum Command {
 fn main() -> ExitCode {
     hotkeys::telemetry::init_logs();
     let cli = Cli::parse();
-    let topology = match Topology::load(&cli.topology) {
+    let topology = match cli.topology.load() {
         Ok(t) => t,
-        Err(e) => {
-            eprintln!("hotctl: {e}");
-            return ExitCode::from(exit::USAGE as u8);
-        }
+        Err(code) => return code,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

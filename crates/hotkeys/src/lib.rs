@@ -6,6 +6,7 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`cli`] | the `--topology` flag every binary shares |
 //! | [`config`] | the topology file, its defaults, environment overrides and errors |
 //! | [`event`] | access-event formats and hot-key extraction |
 //! | [`count`] | per-task windowed counting: Space-Saving and LRU |
@@ -22,6 +23,7 @@
 //! | `testing` | (feature `testing`) isolated topologies for integration tests on the local stack |
 
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod count;
 pub mod event;

@@ -11,22 +11,18 @@
 //! ```
 
 use std::io::BufRead;
-use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
 use hotkeys::Topology;
+use hotkeys::cli::TopologyArg;
 use hotkeys::hotlist::{HotItem, HotList, now_ms};
 use hotkeys::zk::Zk;
 
 #[derive(Parser)]
 struct Cli {
-    #[arg(
-        long,
-        env = "HOTKEYS_TOPOLOGY",
-        default_value = "topology/default.toml"
-    )]
-    topology: PathBuf,
+    #[command(flatten)]
+    topology: TopologyArg,
     /// Tasks to spread the keys over.
     #[arg(long)]
     tasks: u32,
@@ -38,7 +34,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let topology = Topology::load(&cli.topology)?;
+    let topology = Topology::load(&cli.topology.path)?;
     anyhow::ensure!(cli.tasks > 0, "--tasks must be at least 1");
     let mut per_task: Vec<Vec<String>> = vec![Vec::new(); cli.tasks as usize];
     for (i, line) in std::io::stdin().lock().lines().enumerate() {

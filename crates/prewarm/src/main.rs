@@ -4,12 +4,11 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use hotkeys::Topology;
+use hotkeys::cli::TopologyArg;
 use hotkeys::exit;
 use prewarm::{Mode, Options};
 
@@ -20,13 +19,8 @@ use prewarm::{Mode, Options};
     about = "Warm Redis from MySQL for every task whose hot list is not warmed yet; parallel processes share the work through ZooKeeper locks."
 )]
 struct Cli {
-    /// Topology file; `HOTKEYS_*` variables override its keys.
-    #[arg(
-        long,
-        env = "HOTKEYS_TOPOLOGY",
-        default_value = "topology/default.toml"
-    )]
-    topology: PathBuf,
+    #[command(flatten)]
+    topology: TopologyArg,
     /// One pass over the tasks, then exit: 0 only if every task ends up warmed (the default).
     #[arg(long, conflicts_with = "watch")]
     once: bool,
@@ -65,12 +59,9 @@ struct Cli {
 fn main() -> ExitCode {
     hotkeys::telemetry::init_logs();
     let cli = Cli::parse();
-    let topology = match Topology::load(&cli.topology) {
+    let topology = match cli.topology.load() {
         Ok(t) => t,
-        Err(e) => {
-            eprintln!("prewarm: {e}");
-            return ExitCode::from(exit::USAGE as u8);
-        }
+        Err(code) => return code,
     };
     let opts = Options {
         mode: if cli.watch { Mode::Watch } else { Mode::Once },
