@@ -10,11 +10,12 @@
 # command, start-up and final flush included. Prints every round, the medians and the ratio
 # access-producer / kcat (target: >= 1.0).
 #
-# The tools do not do the same work: access-producer parses every line to find its product id,
-# keys the message by it (murmur2 partitioner) and uses its throughput tuning (lz4, linger,
-# idempotence) from the topology; kcat sends the lines unkeyed with librdkafka's defaults, as
-# `kcat -P` is normally run. KCAT_OPTS adds kcat flags, e.g.
-# KCAT_OPTS="-X linger.ms=20 -X compression.type=lz4" for a tuned baseline.
+# The tools do not do the same work: access-producer validates every line as JSON, extracts
+# its product id, keys the message by it (murmur2) and uses the topology's producer tuning
+# (lz4, linger, idempotence); kcat sends the lines as they are, unkeyed, with librdkafka's
+# defaults, as `kcat -P` is normally run. Each round also prints the CPU seconds each tool
+# used, which is what decides the race when the machine's cores are busy. KCAT_OPTS adds kcat
+# flags, e.g. KCAT_OPTS="-X linger.ms=20 -X compression.type=lz4" for a tuned baseline.
 #
 # Environment: EVENTS (1000000), ROUNDS (3), SEED (42), TOPOLOGY (topology/default.toml),
 # HOTKEYS_KAFKA_BROKERS (from .stack/env, else 127.0.0.1:9092), HOTKEYS_KAFKA_PARTITIONS,
@@ -93,20 +94,24 @@ make_topic() { # TOPIC
   kcat -b "$BROKERS" -L -t "$1" -J | grep -o '"partition":' | wc -l
 }
 
-# Publishes the input with TOOL to a fresh topic; prints events per second.
+# Publishes the input with TOOL to a fresh topic; prints "events/s cpu-seconds", the CPU
+# being the tool's own (user + system), when /usr/bin/time is there to measure it.
 publish() { # TOOL ROUND
-  local topic="$PREFIX-$1-$2" partitions start end count
+  local topic="$PREFIX-$1-$2" partitions start end count cpu=- timer=()
   partitions=$(make_topic "$topic")
+  [[ -x /usr/bin/time ]] && timer=(/usr/bin/time -f '%U %S' -o "$WORK/cpu")
   start=$(now_us)
   case $1 in
-    access-producer) producer --quiet --topic "$topic" replay "$INPUT" ;;
+    access-producer) "${timer[@]}" "$BIN" --topology "$TOPOLOGY" --brokers "$BROKERS" --quiet \
+      --topic "$topic" replay "$INPUT" ;;
     # shellcheck disable=SC2086 # KCAT_OPTS is a list of flags
-    kcat) kcat -P -b "$BROKERS" -t "$topic" $KCAT_OPTS -l "$INPUT" ;;
+    kcat) "${timer[@]}" kcat -P -b "$BROKERS" -t "$topic" $KCAT_OPTS -l "$INPUT" ;;
   esac || die 1 "$1 failed in round $2"
   end=$(now_us)
+  [[ -s $WORK/cpu ]] && cpu=$(awk '{ printf "%.2f", $1 + $2 }' "$WORK/cpu")
   count=$(topic_count "$topic" "$partitions")
   ((count == LINES)) || die 1 "$1 round $2: topic $topic holds $count messages, expected $LINES"
-  awk -v n="$LINES" -v us="$((end - start))" 'BEGIN { printf "%.0f", n / (us / 1e6) }'
+  awk -v n="$LINES" -v us="$((end - start))" -v cpu="$cpu" 'BEGIN { printf "%.0f %s\n", n / (us / 1e6), cpu }'
 }
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
@@ -115,9 +120,9 @@ ap_rates=() kcat_rates=()
 for ((round = 1; round <= ROUNDS; round++)); do
   if ((round % 2)); then order=(access-producer kcat); else order=(kcat access-producer); fi
   for tool in "${order[@]}"; do
-    rate=$(publish "$tool" "$round")
+    read -r rate cpu < <(publish "$tool" "$round") || die 1 "$tool failed in round $round"
     if [[ $tool == kcat ]]; then kcat_rates+=("$rate"); else ap_rates+=("$rate"); fi
-    printf 'round %d  %-16s %9d events/s\n' "$round" "$tool" "$rate"
+    printf 'round %d  %-16s %9d events/s  (%s s CPU)\n' "$round" "$tool" "$rate" "$cpu"
   done
 done
 

@@ -39,7 +39,7 @@ pub struct Cli {
     pub metrics: Option<SocketAddr>,
     /// Kafka producer clients publishing in parallel, each owning a share of the partitions
     /// (per-key order is kept); 1 leaves placement to the configured partitioner.
-    #[arg(long, global = true, value_name = "N", default_value_t = 2, value_parser = producers)]
+    #[arg(long, global = true, value_name = "N", default_value_t = 3, value_parser = producers)]
     pub producers: usize,
     #[command(subcommand)]
     pub mode: Mode,

@@ -24,7 +24,7 @@ pub enum Format {
     Nginx,
 }
 
-/// Why a line was skipped as malformed; the label is bounded (metrics, log sampling).
+/// Why a line was skipped as malformed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BadKind {
     /// Looks like JSON (or JSON was forced) but does not parse.
@@ -38,15 +38,7 @@ pub enum BadKind {
 }
 
 impl BadKind {
-    pub fn label(self) -> &'static str {
-        match self {
-            BadKind::NotJson => "not_json",
-            BadKind::NotNginx => "not_nginx",
-            BadKind::Unrecognized => "unrecognized",
-            BadKind::Rejected => "rejected",
-        }
-    }
-
+    /// What was wrong, for the summary and the logs.
     pub fn describe(self) -> &'static str {
         match self {
             BadKind::NotJson => "not valid JSON",

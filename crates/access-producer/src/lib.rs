@@ -162,7 +162,7 @@ where
             let partitions = prepare_topic(kafka).await?;
             let sink = KafkaSink::new(
                 kafka,
-                Some(partitions),
+                partitions,
                 output.producers,
                 Arc::clone(&stats),
                 shutdown.clone(),

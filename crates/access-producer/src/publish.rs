@@ -1,12 +1,15 @@
-//! Where events go: a Kafka topic through a tuned librdkafka producer, or a file.
+//! Where events go: a Kafka topic through tuned librdkafka producers, or a file.
 //!
-//! The Kafka sink uses a `BaseProducer` polled from the publishing thread itself. A
+//! The Kafka sink drives `BaseProducer`s from the publishing thread itself: a
 //! `FutureProducer` would allocate a oneshot channel and a boxed future per message, and a
-//! `ThreadedProducer` adds a polling thread that competes for the two cores with the broker;
-//! here the few delivery reports (failures only) are served between sends. The
-//! number of messages in flight is bounded by librdkafka's queue
-//! (`queue.buffering.max.messages`): when it is full, the sender waits until acknowledgements
-//! make room, so memory stays bounded whatever the input rate.
+//! `ThreadedProducer` adds a polling thread per client. Delivery reports come only for
+//! failures and are served between sends; successes are counted as what is neither in
+//! flight nor failed. Messages in flight are bounded per client by librdkafka's queue
+//! (`queue.buffering.max.messages`): when it is full, the sender waits until
+//! acknowledgements make room, so memory stays bounded whatever the input rate.
+//!
+//! Several clients share the partitions (see [`KafkaSink::new`]) because one client
+//! builds, compresses and acknowledges every batch for a broker on a single thread.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -25,10 +28,13 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::util::Timeout;
 
 use crate::error::Error;
 use crate::report::Stats;
+
+/// Messages queued or in flight per client, unless `[kafka.producer]` sets
+/// `queue.buffering.max.messages`.
+const IN_FLIGHT: usize = 100_000;
 
 /// Sends between two polls for delivery reports and updates of the delivered count.
 const POLL_EVERY: u32 = 256;
@@ -117,37 +123,50 @@ impl KafkaSink {
     ///
     /// A librdkafka client serves all partitions of a broker from one thread, which builds,
     /// compresses and acknowledges every batch; with one broker that thread becomes the
-    /// bottleneck. With `clients > 1` and `partitions` known, messages are placed here with
-    /// the same murmur2 hash as the configured `murmur2_random` partitioner, and each client
-    /// gets a fixed share of the partitions. A key still maps to one partition and so to one
-    /// client, which keeps per-key order. An operator-chosen partitioner other than murmur2
-    /// turns this off.
+    /// bottleneck. With `clients > 1`, messages are placed here with the same murmur2 hash
+    /// as the configured `murmur2_random` partitioner over the topic's `partitions` (as
+    /// found at start), and each client gets a fixed share of the partitions. A key still
+    /// maps to one partition and so to one client, which keeps per-key order. An
+    /// operator-chosen partitioner other than murmur2 turns this off.
     pub fn new(
         kafka: &KafkaConfig,
-        partitions: Option<usize>,
+        partitions: usize,
         clients: usize,
         stats: Arc<Stats>,
         shutdown: CancellationToken,
     ) -> Result<KafkaSink, Error> {
         let mut config = hotkeys::kafka::producer_config(kafka);
-        if !kafka.producer.contains_key("delivery.report.only.error") {
-            // A report per delivered message costs the sending thread about a fifth of its
-            // time; successes are derived from the counts instead (see `account`).
-            config.set("delivery.report.only.error", "true");
-        }
-        config.set_log_level(RDKafkaLogLevel::Warning);
+        // Settings of our own, unless the topology's [kafka.producer] chooses:
+        let mut default = |key: &str, value: &str| {
+            if !kafka.producer.contains_key(key) {
+                config.set(key, value);
+            }
+        };
+        // A report per delivered message costs the sending thread about a fifth of its
+        // time; successes are derived from the counts instead (see `account`).
+        default("delivery.report.only.error", "true");
+        // The shared tuning allows a million queued messages, which a fast replay fills:
+        // half a gigabyte per client, every page of it new to the process (the kernel
+        // zeroing pages showed in profiles). A smaller bound keeps the same batches (each
+        // is at most batch.size) and reuses memory that is still cached.
+        default("queue.buffering.max.messages", &IN_FLIGHT.to_string());
+        // librdkafka spaces its first connections by half this backoff; at the default
+        // 100 ms that is 50 ms of every run spent waiting to reach the partition leader.
+        // Later reconnects still back off exponentially up to reconnect.backoff.max.ms.
+        default("reconnect.backoff.ms", "10");
+        config.set_log_level(log_level(kafka));
         let murmur2 = matches!(
             config.get("partitioner"),
             Some("murmur2_random" | "murmur2")
         );
-        let placement = partitions
-            .filter(|&p| murmur2 && clients > 1 && p > 1)
-            .and_then(|p| i32::try_from(p).ok());
+        let placement = i32::try_from(partitions)
+            .ok()
+            .filter(|&p| murmur2 && clients > 1 && p > 1);
         let count = match placement {
             Some(p) => clients.min(p as usize),
             None => 1,
         };
-        let clients = (0..count)
+        let clients: Vec<BaseProducer<Delivery>> = (0..count)
             .map(|_| {
                 config.create_with_context(Delivery {
                     stats: Arc::clone(&stats),
@@ -155,6 +174,18 @@ impl KafkaSink {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(Error::ProducerConfig)?;
+        // An idempotent producer asks for its producer id when a metadata response arrives
+        // while a broker connection is up, else it retries 500 ms later, and start-up often
+        // loses that race: the first answer comes from the bootstrap connection, which is
+        // dropped, before the real broker's connection is up. A second request is answered
+        // on that connection and gets the id at once: half a second off short runs.
+        for _ in 0..2 {
+            for c in &clients {
+                c.client()
+                    .fetch_metadata(Some(&kafka.topic), Duration::from_secs(10))
+                    .map_err(Error::Produce)?;
+            }
+        }
         Ok(KafkaSink {
             clients,
             placement,
@@ -178,6 +209,25 @@ impl KafkaSink {
         self.stats
             .delivered
             .store(sent.saturating_sub(failed + in_flight), Relaxed);
+    }
+}
+
+/// librdkafka's log level: `log_level` from `[kafka.producer]` (0-7), else warnings. The
+/// rdkafka crate would otherwise derive it from the `log` crate, which nothing here sets up.
+fn log_level(kafka: &KafkaConfig) -> RDKafkaLogLevel {
+    match kafka
+        .producer
+        .get("log_level")
+        .and_then(|l| l.parse::<u8>().ok())
+    {
+        Some(0) => RDKafkaLogLevel::Emerg,
+        Some(1) => RDKafkaLogLevel::Alert,
+        Some(2) => RDKafkaLogLevel::Critical,
+        Some(3) => RDKafkaLogLevel::Error,
+        Some(5) => RDKafkaLogLevel::Notice,
+        Some(6) => RDKafkaLogLevel::Info,
+        Some(7..) => RDKafkaLogLevel::Debug,
+        Some(4) | None => RDKafkaLogLevel::Warning,
     }
 }
 
@@ -255,14 +305,20 @@ impl Sink for KafkaSink {
     }
 
     fn finish(&mut self) -> Result<(), Error> {
-        // librdkafka fails what it cannot deliver within message.timeout.ms, so this ends;
-        // an impatient operator's second signal exits at once.
-        let mut flushed = Ok(());
+        // Short rounds: rdkafka's own wait polls in 100 ms steps, a tenth of a second lost
+        // at the end of every run. librdkafka fails what it cannot deliver within
+        // message.timeout.ms, so this ends; an impatient operator's second signal exits.
         for c in &self.clients {
-            flushed = flushed.and(c.flush(Timeout::Never));
+            loop {
+                match c.flush(Duration::from_millis(2)) {
+                    Ok(()) => break,
+                    Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {}
+                    Err(e) => return Err(Error::Produce(e)),
+                }
+            }
         }
         self.account();
-        flushed.map_err(Error::Produce)
+        Ok(())
     }
 }
 

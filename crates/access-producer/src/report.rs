@@ -42,6 +42,8 @@ struct Samples {
     bad: Vec<Sample>,
     no_key: Vec<Sample>,
     first_failure: Option<String>,
+    /// Kinds of malformed input already logged (a handful at most).
+    logged: Vec<&'static str>,
 }
 
 /// One skipped line, for the summary.
@@ -56,15 +58,21 @@ pub struct Sample {
 }
 
 impl Stats {
-    /// Counts a malformed line; keeps it as a sample while there are few.
+    /// Counts a malformed line; keeps it as a sample while there are few, and logs the first
+    /// of each kind.
     pub fn bad_line(&self, at: impl FnOnce() -> String, why: &'static str, line: &[u8]) {
-        let n = self.bad.fetch_add(1, Relaxed);
-        if n < SAMPLES as u64 {
+        self.bad.fetch_add(1, Relaxed);
+        let mut samples = self.lock();
+        let first_of_kind = !samples.logged.contains(&why);
+        if samples.bad.len() < SAMPLES || first_of_kind {
             let sample = Sample::new(at(), why, line);
-            if n == 0 {
+            if first_of_kind {
                 tracing::warn!(at = %sample.at, why, sample = %sample.text, "skipping malformed input");
+                samples.logged.push(why);
             }
-            self.lock().bad.push(sample);
+            if samples.bad.len() < SAMPLES {
+                samples.bad.push(sample);
+            }
         }
     }
 

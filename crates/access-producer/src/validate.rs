@@ -147,6 +147,8 @@ impl Validator<'_> {
     }
 
     /// Advances to the next `"`, `\` or control character (or the end), a word at a time.
+    /// (Sixteen bytes at a time with SSE2 measured no faster: most strings are short, and
+    /// the cost is per string, not per byte.)
     fn skip_plain(&mut self) {
         while let Some(chunk) = self.s.get(self.i..self.i + 8) {
             let flagged = special(u64::from_le_bytes(chunk.try_into().unwrap_or_default()));

@@ -237,7 +237,7 @@ fn every_event_of_a_product_lands_in_its_one_kafka_partition() {
         "11",
     ]));
 
-    let partitions = partitions(&topic).unwrap();
+    let partitions = partitions_of(&topic).unwrap();
     assert_eq!(
         partitions,
         hotkeys::Topology::default().kafka.partitions as usize,
@@ -314,7 +314,7 @@ fn sigterm_stops_reading_flushes_and_reports_every_delivered_event() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + PATIENCE;
-    while partitions(&topic).is_none() || message_count(&topic) == 0 {
+    while partitions_of(&topic).is_none() || message_count(&topic) == 0 {
         assert!(Instant::now() < deadline, "nothing was published");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
@@ -407,4 +407,30 @@ fn replay_from_stdin_writes_converted_nginx_lines_as_openresty_json() {
         serde_json::json!({"productId": "5", "shopId": "8"})
     );
     assert_eq!(v["method"], "GET");
+}
+
+#[test]
+fn delivery_failures_exit_1_and_report_their_count() {
+    if !kafka_is_up() {
+        return;
+    }
+    // A topic whose broker refuses every batch as too large: each message fails for good.
+    let topic = unique_topic("refused");
+    create_topic(&topic, 2, &[("max.message.bytes", "100")]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("five.log");
+    let lines: Vec<String> = (0..5)
+        .map(|i| json_event(&format!("{}", 100 + i), i))
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+
+    let (code, stderr) = run(producer(&topic).arg("replay").arg(&file));
+
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("5 of 5 messages failed delivery"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("0 delivered"), "{stderr}");
+    assert_eq!(message_count(&topic), 0);
 }

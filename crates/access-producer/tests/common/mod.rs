@@ -13,6 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hotkeys::Topology;
 use hotkeys::config::KafkaConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -78,12 +80,43 @@ pub fn kafka_is_up() -> bool {
     }
 }
 
-/// A topic name no other test or run uses.
-pub fn unique_topic(test: &str) -> String {
+/// A topic no other test or run uses, deleted when the test passes (a failed test keeps
+/// its topic for a look with kcat).
+pub struct TestTopic(String);
+
+pub fn unique_topic(test: &str) -> TestTopic {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    format!("ap-test-{test}-{}-{nanos:x}", std::process::id())
+    TestTopic(format!("ap-test-{test}-{}-{nanos:x}", std::process::id()))
+}
+
+impl std::ops::Deref for TestTopic {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for TestTopic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let Ok(admin) = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create::<AdminClient<DefaultClientContext>>()
+        else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            let _ = runtime.block_on(admin.delete_topics(&[&self.0], &AdminOptions::new()));
+        }
+    }
 }
 
 pub fn topology_file() -> PathBuf {
@@ -116,14 +149,41 @@ pub fn run_ok(cmd: &mut Command) -> String {
     stderr
 }
 
+/// Creates `topic` with `partitions` and topic-level `configs`, as an operator would.
+pub fn create_topic(topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin client");
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        new = new.set(k, v);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let results = runtime
+        .block_on(admin.create_topics([&new], &AdminOptions::new()))
+        .expect("create topics");
+    for r in results {
+        r.expect("topic created");
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while partitions_of(topic).is_none() {
+        assert!(Instant::now() < deadline, "topic {topic} never appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Partition count of `topic`, `None` when it does not exist.
-pub fn partitions(topic: &str) -> Option<usize> {
+pub fn partitions_of(topic: &str) -> Option<usize> {
     hotkeys::kafka::partition_count(&topology(topic).kafka, topic).expect("metadata")
 }
 
 /// High watermarks of every partition of `topic`.
 pub fn watermarks(consumer: &BaseConsumer, topic: &str) -> Vec<i64> {
-    let n = partitions(topic).expect("the topic exists");
+    let n = partitions_of(topic).expect("the topic exists");
     (0..n as i32)
         .map(|p| {
             consumer
