@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use hotkeys::Topology;
+use hotkeys::cli::TopologyArg;
 
 use crate::format::Format;
 use crate::synthetic::{Burst, Drift, Rate};
@@ -14,14 +15,8 @@ use crate::synthetic::{Burst, Drift, Rate};
 #[derive(Debug, Parser)]
 #[command(name = "access-producer", version)]
 pub struct Cli {
-    /// Topology file (HOTKEYS_* environment variables override its keys).
-    #[arg(
-        long,
-        env = "HOTKEYS_TOPOLOGY",
-        default_value = "topology/default.toml",
-        global = true
-    )]
-    pub topology: PathBuf,
+    #[command(flatten)]
+    pub topology: TopologyArg,
     /// Kafka bootstrap servers; overrides kafka.brokers.
     #[arg(long, global = true)]
     pub brokers: Option<String>,

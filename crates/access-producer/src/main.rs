@@ -10,7 +10,7 @@ use hotkeys::{Topology, exit};
 fn main() -> ExitCode {
     hotkeys::telemetry::init_logs();
     let cli = Cli::parse();
-    let mut topology = match Topology::load(&cli.topology) {
+    let mut topology = match Topology::load(&cli.topology.path) {
         Ok(t) => t,
         Err(e) => {
             tracing::error!("{e}");

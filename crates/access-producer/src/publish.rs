@@ -5,7 +5,7 @@
 //! `ThreadedProducer` adds a polling thread per client. Delivery reports come only for
 //! failures and are served between sends; successes are counted as what is neither in
 //! flight nor failed. Messages in flight are bounded per client by librdkafka's queue
-//! (`queue.buffering.max.messages`): when it is full, the sender waits until
+//! (`queue.buffering.max.messages`, set in `hotkeys::kafka`): when it is full, the sender waits until
 //! acknowledgements make room, so memory stays bounded whatever the input rate.
 //!
 //! Several clients share the partitions (see [`KafkaSink::new`]) because one client
@@ -31,10 +31,6 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use crate::error::Error;
 use crate::report::Stats;
-
-/// Messages queued or in flight per client, unless `[kafka.producer]` sets
-/// `queue.buffering.max.messages`.
-const IN_FLIGHT: usize = 100_000;
 
 /// Sends between two polls for delivery reports and updates of the delivered count.
 const POLL_EVERY: u32 = 256;
@@ -145,15 +141,6 @@ impl KafkaSink {
         // A report per delivered message costs the sending thread about a fifth of its
         // time; successes are derived from the counts instead (see `account`).
         default("delivery.report.only.error", "true");
-        // The shared tuning allows a million queued messages, which a fast replay fills:
-        // half a gigabyte per client, every page of it new to the process (the kernel
-        // zeroing pages showed in profiles). A smaller bound keeps the same batches (each
-        // is at most batch.size) and reuses memory that is still cached.
-        default("queue.buffering.max.messages", &IN_FLIGHT.to_string());
-        // librdkafka spaces its first connections by half this backoff; at the default
-        // 100 ms that is 50 ms of every run spent waiting to reach the partition leader.
-        // Later reconnects still back off exponentially up to reconnect.backoff.max.ms.
-        default("reconnect.backoff.ms", "10");
         config.set_log_level(log_level(kafka));
         let murmur2 = matches!(
             config.get("partitioner"),

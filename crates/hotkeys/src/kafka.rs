@@ -23,11 +23,17 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("linger.ms", "20")
         .set("batch.size", "1000000")
         .set("batch.num.messages", "100000")
-        .set("queue.buffering.max.messages", "1000000")
+        // Bounds what a fast replay keeps in memory while the broker catches up: a million
+        // queued messages is half a gigabyte per client, every page of it new to the process.
+        .set("queue.buffering.max.messages", "100000")
         .set("queue.buffering.max.kbytes", "1048576")
         // The Java client's partitioner, so Java and Rust producers agree on placement.
         .set("partitioner", "murmur2_random")
-        .set("message.timeout.ms", "120000");
+        .set("message.timeout.ms", "120000")
+        // librdkafka spaces its first connections by half this back-off; at the default
+        // 100 ms a short-lived producer spends 50 ms waiting to reach the partition leader.
+        // Later reconnects still back off exponentially up to reconnect.backoff.max.ms.
+        .set("reconnect.backoff.ms", "10");
     for (k, v) in &kafka.producer {
         c.set(k, v);
     }
