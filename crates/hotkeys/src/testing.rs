@@ -193,3 +193,42 @@ pub fn end_offsets(topology: &Topology) -> Vec<i64> {
         })
         .collect()
 }
+
+/// Publishes `keys`, hottest first, as the next version of `task`'s hot list the way a
+/// hot-counter would (with an empty checkpoint); returns the new version. For tests and
+/// benchmarks that need hot lists without running the counting pipeline.
+pub async fn publish_hot_list(
+    zk: &crate::zk::Zk,
+    topology: &str,
+    task: u32,
+    keys: &[String],
+    owner: &str,
+) -> Result<i32, crate::zk::ZkError> {
+    use crate::hotlist::{HotItem, HotList, now_ms};
+    zk.ensure_task(task).await?;
+    let seen = zk.read_hot(task).await.ok().flatten().map(|h| h.version);
+    let n = keys.len() as u64;
+    let hot = HotList {
+        topology: topology.to_string(),
+        task,
+        version: i64::from(seen.map_or(0, |v| v + 1)),
+        generated_at_ms: now_ms(),
+        window_ms: 300_000,
+        offset: 0,
+        exact: None,
+        owner: Some(owner.to_string()),
+        events: n * (n + 1) / 2,
+        malformed: 0,
+        items: keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| HotItem {
+                key: k.clone(),
+                count: n - i as u64,
+                error: None,
+            })
+            .collect(),
+    };
+    let bytes = serde_json::to_vec(&hot).expect("hot list serializes");
+    zk.publish(task, seen, &bytes, b"{}").await
+}

@@ -16,7 +16,6 @@ use anyhow::Context;
 use clap::Parser;
 use hotkeys::Topology;
 use hotkeys::cli::TopologyArg;
-use hotkeys::hotlist::{HotItem, HotList, now_ms};
 use hotkeys::zk::Zk;
 
 #[derive(Parser)]
@@ -63,33 +62,5 @@ async fn main() -> anyhow::Result<()> {
 
 /// Publishes `keys` as the next version of `task`'s hot list.
 async fn publish(zk: &Zk, topology: &str, task: u32, keys: &[String]) -> anyhow::Result<i32> {
-    zk.ensure_task(task).await?;
-    let seen = zk.read_hot(task).await.ok().flatten().map(|h| h.version);
-    let next = seen.map_or(0, |v| v + 1);
-    let n = keys.len() as u64;
-    let hot = HotList {
-        topology: topology.to_string(),
-        task,
-        version: i64::from(next),
-        generated_at_ms: now_ms(),
-        window_ms: 300_000,
-        offset: 0,
-        exact: None,
-        owner: Some("publish_hot".into()),
-        events: n * (n + 1) / 2,
-        malformed: 0,
-        items: keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| HotItem {
-                key: k.clone(),
-                count: n - i as u64,
-                error: None,
-            })
-            .collect(),
-    };
-    let version = zk
-        .publish(task, seen, &serde_json::to_vec(&hot)?, b"{}")
-        .await?;
-    Ok(version)
+    Ok(hotkeys::testing::publish_hot_list(zk, topology, task, keys, "publish_hot").await?)
 }

@@ -246,25 +246,7 @@ async fn mysql_lost_mid_run_exits_3_with_a_clear_message_and_no_locks_left() {
     for task in 0..4 {
         f.publish(task, &hot_keys_of(task)).await;
     }
-    let child = f
-        .prewarm(&[
-            "--once",
-            "--json",
-            "--concurrency",
-            "4",
-            "--debug-hold-lock",
-            "2s",
-            "--retry-for",
-            "2s",
-        ])
-        .spawn()
-        .expect("spawn prewarm");
-    eventually("prewarm to hold locks", || async {
-        (!f.locked_tasks().await.is_empty()).then_some(())
-    })
-    .await;
-    proxy.cut();
-    let (code, summary, stderr) = finished(child.wait_with_output().await.expect("wait"));
+    let (code, summary, stderr) = cut_while_locked(&f, &proxy, &["--concurrency", "4"]).await;
     assert_eq!(
         code, 3,
         "expected exit 3 (dependency unreachable):\n{stderr}"
@@ -309,23 +291,7 @@ async fn redis_lost_mid_run_exits_3_and_releases_the_locks() {
     for task in 0..3 {
         f.publish(task, &hot_keys_of(task)).await;
     }
-    let child = f
-        .prewarm(&[
-            "--once",
-            "--json",
-            "--debug-hold-lock",
-            "2s",
-            "--retry-for",
-            "2s",
-        ])
-        .spawn()
-        .expect("spawn prewarm");
-    eventually("prewarm to hold locks", || async {
-        (!f.locked_tasks().await.is_empty()).then_some(())
-    })
-    .await;
-    proxy.cut();
-    let (code, _, stderr) = finished(child.wait_with_output().await.expect("wait"));
+    let (code, _, stderr) = cut_while_locked(&f, &proxy, &[]).await;
     assert_eq!(code, 3, "{stderr}");
     assert!(stderr.contains("Redis unreachable"), "{stderr}");
     assert!(f.locked_tasks().await.is_empty(), "locks left behind");
@@ -514,4 +480,29 @@ async fn bad_row_query_is_a_configuration_error_before_any_lock() {
     assert!(stderr.contains("mysql.query"), "{stderr}");
     assert!(f.locked_tasks().await.is_empty());
     f.cleanup().await;
+}
+
+/// Runs `prewarm --once` (holding each lock a while), cuts `proxy` once it holds a lock,
+/// and returns how the process ended.
+async fn cut_while_locked(
+    f: &Fixture,
+    proxy: &TcpProxy,
+    extra: &[&str],
+) -> (i32, prewarm::Summary, String) {
+    let mut args = vec![
+        "--once",
+        "--json",
+        "--debug-hold-lock",
+        "2s",
+        "--retry-for",
+        "2s",
+    ];
+    args.extend_from_slice(extra);
+    let child = f.prewarm(&args).spawn().expect("spawn prewarm");
+    eventually("prewarm to hold locks", || async {
+        (!f.locked_tasks().await.is_empty()).then_some(())
+    })
+    .await;
+    proxy.cut();
+    finished(child.wait_with_output().await.expect("wait"))
 }

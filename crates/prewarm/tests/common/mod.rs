@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use hotkeys::Topology;
 use hotkeys::config::MysqlConfig;
-use hotkeys::hotlist::{HotItem, HotList, LockInfo, Warmed, now_ms};
+use hotkeys::hotlist::{LockInfo, Warmed};
 use hotkeys::mysql::{self, Pool};
 use hotkeys::testing;
 use hotkeys::zk::Zk;
@@ -160,39 +160,7 @@ impl Fixture {
 
     /// Publishes `keys` as the next version of `task`'s hot list; returns the version.
     pub async fn publish(&self, task: u32, keys: &[String]) -> i32 {
-        self.zk.ensure_task(task).await.expect("ensure task");
-        let seen = self
-            .zk
-            .read_hot(task)
-            .await
-            .ok()
-            .flatten()
-            .map(|h| h.version);
-        let n = keys.len() as u64;
-        let hot = HotList {
-            topology: self.t.name.clone(),
-            task,
-            version: i64::from(seen.map_or(0, |v| v + 1)),
-            generated_at_ms: now_ms(),
-            window_ms: 300_000,
-            offset: 0,
-            exact: None,
-            owner: Some("test".into()),
-            events: n,
-            malformed: 0,
-            items: keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| HotItem {
-                    key: k.clone(),
-                    count: n - i as u64,
-                    error: None,
-                })
-                .collect(),
-        };
-        let bytes = serde_json::to_vec(&hot).expect("hot list JSON");
-        self.zk
-            .publish(task, seen, &bytes, b"{}")
+        hotkeys::testing::publish_hot_list(&self.zk, &self.t.name, task, keys, "test")
             .await
             .expect("publish")
     }
