@@ -247,31 +247,8 @@ pub fn read_all(topic: &str) -> Vec<Record> {
     records
 }
 
-/// Kafka's (Java client and librdkafka `murmur2_random`) partition of a key.
+/// Kafka's partition of a key (the library's murmur2, checked against the Java client's
+/// values in its unit tests).
 pub fn murmur2_partition(key: &[u8], partitions: usize) -> i32 {
-    const M: u32 = 0x5bd1_e995;
-    let mut h: u32 = 0x9747_b28c ^ key.len() as u32;
-    let chunks = key.chunks_exact(4);
-    let tail = chunks.remainder();
-    for c in chunks {
-        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> 24;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M) ^ k;
-    }
-    if tail.len() == 3 {
-        h ^= u32::from(tail[2]) << 16;
-    }
-    if tail.len() >= 2 {
-        h ^= u32::from(tail[1]) << 8;
-    }
-    if !tail.is_empty() {
-        h ^= u32::from(tail[0]);
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    ((h & 0x7fff_ffff) % partitions as u32) as i32
+    access_producer::publish::murmur2_partition(key, partitions as i32)
 }
