@@ -15,30 +15,9 @@ use hotkeys::zk::Zk;
 use zookeeper_client::SessionState;
 
 use crate::error::{Dependency, Halt, PrewarmError};
+use crate::report::Counts;
 use crate::retry::retry;
 use crate::runner::Ctx;
-
-/// What the batches of one task did.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Counts {
-    pub rows: u64,
-    pub written: u64,
-    pub already_present: u64,
-    pub missing: u64,
-    pub unencodable: u64,
-    pub replicated: u64,
-}
-
-impl Counts {
-    fn add(&mut self, o: Counts) {
-        self.rows += o.rows;
-        self.written += o.written;
-        self.already_present += o.already_present;
-        self.missing += o.missing;
-        self.unencodable += o.unencodable;
-        self.replicated += o.replicated;
-    }
-}
 
 /// Loads and writes `keys`. `held` is the session holding the task's lock: once it has
 /// expired, the lock is someone else's to take and the remaining batches are not written.

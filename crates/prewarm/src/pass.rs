@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use zookeeper_client::SessionState;
 
 use crate::error::{Dependency, Halt, PrewarmError};
-use crate::load::{Counts, warm_keys};
+use crate::load::warm_keys;
 use crate::report::{TaskOutcome, TaskRecord};
 use crate::retry::{Policy, retry};
 use crate::runner::Ctx;
@@ -86,7 +86,7 @@ async fn attempt(
     if ctx.opts.dry_run {
         let keys = keys_of(&hot.value);
         record.keys = keys.len() as u64;
-        fill(record, warm_keys(ctx, &keys, None).await?);
+        record.counts = warm_keys(ctx, &keys, None).await?;
         return Ok(TaskOutcome::DryRun);
     }
 
@@ -166,7 +166,7 @@ async fn locked(
     let keys = keys_of(&hot.value);
     record.keys = keys.len() as u64;
     let counts = warm_keys(ctx, &keys, Some(zk)).await?;
-    fill(record, counts);
+    record.counts = counts;
     if zk.client().state() == SessionState::Expired {
         return Err(Halt::SessionLost);
     }
@@ -220,15 +220,6 @@ fn keys_of(hot: &HotList) -> Vec<String> {
         .filter(|i| !i.key.is_empty() && seen.insert(i.key.as_str()))
         .map(|i| i.key.clone())
         .collect()
-}
-
-fn fill(record: &mut TaskRecord, c: Counts) {
-    record.rows = c.rows;
-    record.written = c.written;
-    record.already_present = c.already_present;
-    record.missing = c.missing;
-    record.unencodable = c.unencodable;
-    record.replicated = c.replicated;
 }
 
 async fn hold(

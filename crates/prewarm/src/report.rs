@@ -80,15 +80,9 @@ impl TaskOutcome {
     }
 }
 
-/// What happened to one task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskRecord {
-    pub task: u32,
-    pub outcome: TaskOutcome,
-    /// Version of the hot list looked at.
-    pub hot_version: Option<i64>,
-    /// Distinct keys of the hot list.
-    pub keys: u64,
+/// What warming did to a task's keys; per task in [`TaskRecord`], summed in [`Totals`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
     /// Keys whose row was found and encoded.
     pub rows: u64,
     /// Values stored in Redis.
@@ -101,6 +95,30 @@ pub struct TaskRecord {
     pub unencodable: u64,
     /// Writes queued for the other data centre.
     pub replicated: u64,
+}
+
+impl Counts {
+    pub(crate) fn add(&mut self, o: Counts) {
+        self.rows += o.rows;
+        self.written += o.written;
+        self.already_present += o.already_present;
+        self.missing += o.missing;
+        self.unencodable += o.unencodable;
+        self.replicated += o.replicated;
+    }
+}
+
+/// What happened to one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub task: u32,
+    pub outcome: TaskOutcome,
+    /// Version of the hot list looked at.
+    pub hot_version: Option<i64>,
+    /// Distinct keys of the hot list.
+    pub keys: u64,
+    #[serde(flatten)]
+    pub counts: Counts,
     pub took_ms: u64,
     /// How many times the try-lock found the lock taken (each time: skipped, no wait).
     pub lock_busy: u32,
@@ -118,12 +136,7 @@ impl TaskRecord {
             outcome,
             hot_version: None,
             keys: 0,
-            rows: 0,
-            written: 0,
-            already_present: 0,
-            missing: 0,
-            unencodable: 0,
-            replicated: 0,
+            counts: Counts::default(),
             took_ms: 0,
             lock_busy: 0,
             session_lost: false,
@@ -147,12 +160,8 @@ pub struct Totals {
     /// Tasks per outcome, by outcome name.
     pub outcomes: std::collections::BTreeMap<String, u64>,
     pub keys: u64,
-    pub rows: u64,
-    pub written: u64,
-    pub already_present: u64,
-    pub missing: u64,
-    pub unencodable: u64,
-    pub replicated: u64,
+    #[serde(flatten)]
+    pub counts: Counts,
     pub lock_busy: u64,
 }
 
@@ -218,18 +227,13 @@ impl Summary {
                 .entry(r.outcome.as_str().into())
                 .or_default() += 1;
             totals.keys += r.keys;
-            totals.rows += r.rows;
-            totals.written += r.written;
-            totals.already_present += r.already_present;
-            totals.missing += r.missing;
-            totals.unencodable += r.unencodable;
-            totals.replicated += r.replicated;
+            totals.counts.add(r.counts);
             totals.lock_busy += u64::from(r.lock_busy);
         }
         self.complete = error.is_none() && records.iter().all(|r| r.outcome.is_done());
         self.tasks = records;
         self.took_ms = took.as_millis() as u64;
-        self.rows_per_s = totals.rows as f64 / took.as_secs_f64().max(1e-3);
+        self.rows_per_s = totals.counts.rows as f64 / took.as_secs_f64().max(1e-3);
         self.totals = totals;
         self.error = error;
     }
@@ -260,10 +264,10 @@ impl Summary {
                 r.outcome.as_str(),
                 r.hot_version.map_or("-".to_string(), |v| v.to_string()),
                 r.keys,
-                r.written,
-                r.already_present,
-                r.missing,
-                r.unencodable,
+                r.counts.written,
+                r.counts.already_present,
+                r.counts.missing,
+                r.counts.unencodable,
                 r.took_ms,
                 note
             );
@@ -279,12 +283,12 @@ impl Summary {
             "{} tasks ({}); {} rows: {} written, {} already present, {} missing, {} unencodable; {} replicated; {:.1}s, {:.0} rows/s{}",
             self.totals.tasks,
             outcomes.join(", "),
-            self.totals.rows,
-            self.totals.written,
-            self.totals.already_present,
-            self.totals.missing,
-            self.totals.unencodable,
-            self.totals.replicated,
+            self.totals.counts.rows,
+            self.totals.counts.written,
+            self.totals.counts.already_present,
+            self.totals.counts.missing,
+            self.totals.counts.unencodable,
+            self.totals.counts.replicated,
             self.took_ms as f64 / 1000.0,
             self.rows_per_s,
             if self.complete { "" } else { "; NOT COMPLETE" }
@@ -331,10 +335,10 @@ impl Progress {
         metrics::counter!("hotkeys_prewarm_tasks_total", "outcome" => r.outcome.as_str())
             .increment(1);
         for (result, n) in [
-            ("written", r.written),
-            ("already_present", r.already_present),
-            ("missing", r.missing),
-            ("unencodable", r.unencodable),
+            ("written", r.counts.written),
+            ("already_present", r.counts.already_present),
+            ("missing", r.counts.missing),
+            ("unencodable", r.counts.unencodable),
         ] {
             metrics::counter!("hotkeys_prewarm_keys_total", "result" => result).increment(n);
         }
@@ -380,13 +384,13 @@ mod tests {
     fn summary_counts_outcomes_and_completeness() {
         let mut s = Summary::new("h:1".into(), "t".into(), Mode::Once, false, false);
         let mut a = TaskRecord::new(0, TaskOutcome::Warmed);
-        a.rows = 10;
-        a.written = 9;
-        a.already_present = 1;
+        a.counts.rows = 10;
+        a.counts.written = 9;
+        a.counts.already_present = 1;
         let b = TaskRecord::new(1, TaskOutcome::WarmedByOther);
         s.finish(vec![a.clone(), b], Duration::from_secs(1), None);
         assert!(s.complete);
-        assert_eq!(s.totals.rows, 10);
+        assert_eq!(s.totals.counts.rows, 10);
         assert_eq!(s.totals.outcomes["warmed"], 1);
         assert_eq!(s.warmed_here(), vec![0]);
 

@@ -96,8 +96,8 @@ async fn three_processes_warm_each_of_twelve_tasks_exactly_once_without_waiting(
         busy > 0,
         "the processes never met a taken lock: {summaries:#?}"
     );
-    let written: u64 = summaries.iter().map(|s| s.totals.written).sum();
-    let missing: u64 = summaries.iter().map(|s| s.totals.missing).sum();
+    let written: u64 = summaries.iter().map(|s| s.totals.counts.written).sum();
+    let missing: u64 = summaries.iter().map(|s| s.totals.counts.missing).sum();
     assert_eq!(
         written,
         12 * 40,
@@ -159,7 +159,7 @@ async fn warmed_task_is_skipped_a_new_version_is_due_again_and_force_rewarms() {
 
     let (code, first, _) = f.run(&["--once"]).await;
     assert_eq!(code, 0);
-    assert_eq!(first.totals.written, 20);
+    assert_eq!(first.totals.counts.written, 20);
     assert_eq!(f.warmed(0).await.expect("mark").hot_version, 0);
 
     let (code, second, _) = f.run(&["--once"]).await;
@@ -167,7 +167,7 @@ async fn warmed_task_is_skipped_a_new_version_is_due_again_and_force_rewarms() {
     for task in [0, 1] {
         assert_eq!(record(&second, task).outcome, TaskOutcome::UpToDate);
     }
-    assert_eq!(second.totals.written, 0);
+    assert_eq!(second.totals.counts.written, 0);
 
     let v = f.publish(0, &keys((1..=10).chain([21, 22]))).await;
     assert_eq!(v, 1);
@@ -176,7 +176,7 @@ async fn warmed_task_is_skipped_a_new_version_is_due_again_and_force_rewarms() {
     let t0 = record(&third, 0);
     assert_eq!(t0.outcome, TaskOutcome::Warmed);
     assert_eq!(
-        (t0.written, t0.already_present),
+        (t0.counts.written, t0.counts.already_present),
         (2, 10),
         "only new keys are written"
     );
@@ -188,7 +188,10 @@ async fn warmed_task_is_skipped_a_new_version_is_due_again_and_force_rewarms() {
     for task in [0, 1] {
         assert_eq!(record(&forced, task).outcome, TaskOutcome::Warmed);
     }
-    assert_eq!(forced.totals.written, 22, "--force overwrites every value");
+    assert_eq!(
+        forced.totals.counts.written, 22,
+        "--force overwrites every value"
+    );
     f.cleanup().await;
 }
 
@@ -206,7 +209,12 @@ async fn existing_redis_values_are_kept_and_missing_rows_are_counted() {
     assert_eq!(code, 0, "{stderr}");
     let r = record(&summary, 0);
     assert_eq!(
-        (r.rows, r.written, r.already_present, r.missing),
+        (
+            r.counts.rows,
+            r.counts.written,
+            r.counts.already_present,
+            r.counts.missing
+        ),
         (3, 2, 1, 2)
     );
     assert_eq!(f.get("2").await.as_deref(), Some("live value"));
@@ -391,7 +399,7 @@ async fn dry_run_counts_rows_without_locking_or_writing() {
     assert_eq!(code, 0);
     let r = record(&summary, 0);
     assert_eq!(
-        (r.outcome, r.rows, r.missing, r.written),
+        (r.outcome, r.counts.rows, r.counts.missing, r.counts.written),
         (TaskOutcome::DryRun, 40, 3, 0)
     );
     assert!(f.cache_keys().await.is_empty());
@@ -413,7 +421,14 @@ async fn written_values_under_replicated_prefixes_are_queued_for_the_other_data_
     let (code, summary, stderr) = f.run(&["--once"]).await;
     assert_eq!(code, 0, "{stderr}");
     let r = record(&summary, 0);
-    assert_eq!((r.written, r.already_present, r.replicated), (5, 1, 5));
+    assert_eq!(
+        (
+            r.counts.written,
+            r.counts.already_present,
+            r.counts.replicated
+        ),
+        (5, 1, 5)
+    );
     let queued: Vec<String> = f
         .redis
         .lrange(&f.t.sync.queue, 0, -1)
