@@ -254,6 +254,8 @@ async fn a_query_the_server_rejects_is_a_configuration_error() {
     let pool = mysql::connect(&config(&test_url()), Duration::from_secs(5))
         .await
         .expect("MySQL");
+    // The second query must fail on its columns, not on a missing table.
+    mysql::migrate(&pool).await.expect("migrate");
     let err = RowLoader::with_query(
         &pool,
         "SELECT id FROM no_such_table WHERE id IN ({ids})",
