@@ -20,6 +20,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hotkeys::Topology;
+use hotkeys::blacklist::Blacklist;
+use hotkeys::config::Counter;
 use hotkeys::event::{KeyError, KeyPointer};
 use hotkeys::hotlist::{LockInfo, now_ms};
 use hotkeys::shutdown::CancellationToken;
@@ -44,7 +46,11 @@ struct Worker {
     tasks: HashMap<i32, Task>,
     /// `host:pid`, written into every hot list.
     owner: String,
-    pointer: KeyPointer,
+    /// The topology's counters and, in the same order, where each finds its key.
+    counters: Vec<Counter>,
+    pointers: Vec<KeyPointer>,
+    /// Counters with a threshold rule, evaluated after every publish round.
+    blacklists: Vec<Blacklist>,
     logged_kinds: HashSet<&'static str>,
     dead_letter: Option<BaseProducer>,
     /// Events counted since the metrics were last flushed.
@@ -73,12 +79,13 @@ impl ClientContext for Context {
             return;
         };
         for (partition, task) in &worker.tasks {
+            let next = task.next_offset();
             if let Some(p) = topic.partitions.get(partition)
                 && p.hi_offset >= 0
-                && task.next_offset >= 0
+                && next >= 0
             {
                 metrics::gauge!("hotkeys_counter_lag_events", "task" => partition.to_string())
-                    .set((p.hi_offset - task.next_offset).max(0) as f64);
+                    .set((p.hi_offset - next).max(0) as f64);
             }
         }
     }
@@ -139,6 +146,7 @@ pub struct Summary {
 pub fn run(
     topology: Arc<Topology>,
     zk: Zk,
+    blacklists: Vec<Blacklist>,
     runtime: Handle,
     shutdown: CancellationToken,
     until: Until,
@@ -148,8 +156,11 @@ pub fn run(
     } else {
         Some(hotkeys::kafka::producer_config(&topology.kafka).create::<BaseProducer>()?)
     };
+    let counters = topology.counters();
     let worker = Arc::new(Mutex::new(Worker {
-        pointer: KeyPointer::parse(&topology.source.key),
+        pointers: counters.iter().map(|c| KeyPointer::parse(&c.key)).collect(),
+        counters,
+        blacklists,
         topology: topology.clone(),
         zk,
         runtime,
@@ -239,24 +250,46 @@ pub fn run(
 }
 
 impl Worker {
-    /// Counts one message, or records it as malformed (false).
+    /// Counts one message in every counter that has not counted it yet, or records it as
+    /// malformed (false).
     fn count(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) -> bool {
         let Some(task) = self.tasks.get_mut(&message.partition()) else {
             return true;
         };
         let offset = message.offset();
-        if offset < task.next_offset {
-            return true;
+        let mut ts = None;
+        let mut error = None;
+        for ((counter, pointer), state) in self
+            .counters
+            .iter()
+            .zip(&self.pointers)
+            .zip(&mut task.counters)
+        {
+            if offset < state.next_offset {
+                continue;
+            }
+            state.next_offset = offset + 1;
+            if error.is_some() {
+                continue;
+            }
+            // Only the product counter may stand in the message key for a missing value.
+            let message_key = if counter.primary { message.key() } else { None };
+            match pointer.extract(message.payload(), message_key) {
+                Ok(key) => {
+                    let ts =
+                        *ts.get_or_insert_with(|| message.timestamp().to_millis().unwrap_or_else(now_ms));
+                    state.window.offer(&key, ts);
+                }
+                Err(KeyError::Missing) if !counter.primary => {}
+                Err(e) => error = Some(e),
+            }
         }
-        task.next_offset = offset + 1;
-        match self.pointer.extract(message.payload(), message.key()) {
-            Ok(key) => {
-                let ts = message.timestamp().to_millis().unwrap_or_else(now_ms);
-                task.counter.offer(&key, ts);
+        match error {
+            None => {
                 self.unflushed_events += 1;
                 true
             }
-            Err(e) => {
+            Some(e) => {
                 task.malformed += 1;
                 let task_id = task.id;
                 self.malformed(task_id, message, &e);
@@ -293,7 +326,8 @@ impl Worker {
         }
     }
 
-    /// Publishes every task with new events since its last publish.
+    /// Publishes every task with new events since its last publish, then evaluates the
+    /// threshold rules against what all workers published.
     fn publish_all(&mut self, consumer: &BaseConsumer<Context>) {
         metrics::counter!("hotkeys_counter_events_total").increment(self.unflushed_events);
         self.unflushed_events = 0;
@@ -311,8 +345,29 @@ impl Worker {
             // A ZooKeeper that is down fails every task alike: stop here and keep counting
             // rather than waiting out one deadline per task.
             if !self.publish_one(consumer, partition) {
-                break;
+                return;
             }
+        }
+        self.enforce_rules();
+    }
+
+    /// One evaluation of every threshold rule. Runs even when nothing was published, so
+    /// bans run out on time while traffic is quiet.
+    fn enforce_rules(&mut self) {
+        let now = now_ms();
+        for blacklist in &mut self.blacklists {
+            let result = self.runtime.block_on(async {
+                tokio::time::timeout(ZK_DEADLINE, blacklist.enforce(&self.zk, now)).await
+            });
+            let failure = match result {
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out".to_string(),
+            };
+            metrics::counter!("hotkeys_blacklist_failures_total", "counter" => blacklist.counter().to_string())
+                .increment(1);
+            tracing::warn!(counter = blacklist.counter(), error = %failure,
+                "threshold rule not evaluated; retrying next interval");
         }
     }
 
@@ -324,9 +379,12 @@ impl Worker {
                 return true;
             };
             let zk = self.zk.clone();
-            let (topology, owner) = (self.topology.clone(), self.owner.clone());
-            self.runtime
-                .block_on(deadline(task.publish(&zk, &topology, &owner)))
+            self.runtime.block_on(deadline(task.publish(
+                &zk,
+                &self.topology,
+                &self.counters,
+                &self.owner,
+            )))
         };
         let label = partition.to_string();
         match result {
@@ -339,7 +397,6 @@ impl Worker {
                     .set(published.items as f64);
                 tracing::debug!(
                     task = partition,
-                    version = published.version,
                     offset = published.offset,
                     items = published.items,
                     "published"
@@ -401,7 +458,7 @@ impl Worker {
         };
         match self
             .runtime
-            .block_on(deadline(Task::restore(&self.zk, &self.topology, id)))
+            .block_on(deadline(Task::restore(&self.zk, &self.counters, id)))
         {
             Ok((task, start)) => {
                 if let Start::Checkpoint(offset) = start
@@ -449,7 +506,7 @@ impl Worker {
             };
             let restored =
                 self.runtime
-                    .block_on(deadline(Task::restore(&self.zk, &self.topology, id)));
+                    .block_on(deadline(Task::restore(&self.zk, &self.counters, id)));
             let (task, start) = match restored {
                 Ok(r) => r,
                 Err(e) => {
@@ -459,7 +516,7 @@ impl Worker {
                     if e.is_session_lost() {
                         self.reconnect();
                     }
-                    (Task::empty(&self.topology, id, None), Start::Committed)
+                    (Task::empty(&self.counters, id), Start::Committed)
                 }
             };
             let offset = match start {

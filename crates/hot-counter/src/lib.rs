@@ -16,6 +16,8 @@ pub use consumer::{Summary, Until};
 use std::sync::Arc;
 
 use hotkeys::Topology;
+use hotkeys::blacklist::Blacklist;
+use hotkeys::cache::RedisConn;
 use hotkeys::exit;
 use hotkeys::kafka::TopicState;
 use hotkeys::shutdown::CancellationToken;
@@ -33,6 +35,8 @@ pub enum RunError {
     },
     #[error(transparent)]
     Loop(#[from] consumer::LoopError),
+    #[error("Redis for the threshold rules: {0}")]
+    Redis(#[from] hotkeys::cache::CacheError),
     #[error("the consumer thread panicked")]
     Panicked,
 }
@@ -43,6 +47,7 @@ impl RunError {
             RunError::ZooKeeper(ZkError::Unreachable { .. }) | RunError::Kafka { .. } => {
                 exit::UNREACHABLE
             }
+            RunError::Redis(e) if e.is_unreachable() => exit::UNREACHABLE,
             _ => exit::FAILED,
         }
     }
@@ -84,11 +89,27 @@ pub async fn run(
             .await
             .map_err(kafka_error)?;
     }
+    let blacklists = blacklists(&topology).await?;
     let topology = Arc::new(topology);
     let runtime = tokio::runtime::Handle::current();
-    let summary =
-        tokio::task::spawn_blocking(move || consumer::run(topology, zk, runtime, shutdown, until))
-            .await
-            .map_err(|_| RunError::Panicked)??;
+    let summary = tokio::task::spawn_blocking(move || {
+        consumer::run(topology, zk, blacklists, runtime, shutdown, until)
+    })
+    .await
+    .map_err(|_| RunError::Panicked)??;
     Ok(summary)
+}
+
+/// The blacklists of the counters with threshold rules; Redis is only needed when there
+/// are some.
+async fn blacklists(topology: &Topology) -> Result<Vec<Blacklist>, RunError> {
+    let counters = topology.counters();
+    if counters.iter().all(|c| c.rule.is_none()) {
+        return Ok(Vec::new());
+    }
+    let redis = RedisConn::connect_home(&topology.redis).await?;
+    Ok(counters
+        .iter()
+        .filter_map(|c| Blacklist::new(topology, c, redis.clone()))
+        .collect())
 }

@@ -48,6 +48,9 @@ pub struct Topology {
     pub source: SourceConfig,
     #[serde(default)]
     pub count: CountConfig,
+    /// More counters over the same events (`[[counter]]` tables); see [`Topology::counters`].
+    #[serde(default, rename = "counter", skip_serializing_if = "Vec::is_empty")]
+    pub counters: Vec<CounterConfig>,
     #[serde(default)]
     pub zookeeper: ZookeeperConfig,
     #[serde(default)]
@@ -69,6 +72,7 @@ impl Default for Topology {
             kafka: KafkaConfig::default(),
             source: SourceConfig::default(),
             count: CountConfig::default(),
+            counters: Vec::new(),
             zookeeper: ZookeeperConfig::default(),
             mysql: MysqlConfig::default(),
             redis: RedisConfig::default(),
@@ -173,6 +177,79 @@ impl Default for CountConfig {
             publish_every: Duration::from_secs(5),
         }
     }
+}
+
+/// Name of the counter that `[source]` and `[count]` define: the product counter whose hot
+/// lists prewarm reads. `[[counter]]` tables cannot use it.
+pub const PRIMARY_COUNTER: &str = "hot";
+
+/// One `[[counter]]` table: another key counted over the same events. Counting settings left
+/// out are taken from `[count]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CounterConfig {
+    /// ZooKeeper path segment and metrics label.
+    pub name: String,
+    /// JSON pointer to the counted value; events without one are not counted by this counter.
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<Algorithm>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<usize>,
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub window: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_n: Option<usize>,
+    /// Count per window at which `action` is taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
+    /// How long a key stays blacklisted after it was last seen over the threshold.
+    #[serde(default = "default_ban_for", with = "humantime_serde")]
+    pub ban_for: Duration,
+    /// Keys the rule never acts on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+}
+
+fn default_ban_for() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// What a threshold rule does to a key that crosses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Adds the key to the counter's blacklist (`hotkeys::blacklist`).
+    Blacklist,
+}
+
+/// A counter as the workers run it: `[source]`+`[count]` or one `[[counter]]`, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Counter {
+    pub name: String,
+    /// JSON pointer to the counted key.
+    pub key: String,
+    /// Only the primary counter falls back to the Kafka message key (the product id).
+    pub primary: bool,
+    pub count: CountConfig,
+    pub rule: Option<Rule>,
+}
+
+/// A threshold rule of a counter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub threshold: u64,
+    pub action: Action,
+    pub ban_for: Duration,
+    pub allow: std::collections::BTreeSet<String>,
 }
 
 /// The coordination cluster.
@@ -403,30 +480,49 @@ impl Topology {
         if !self.source.key.is_empty() && !self.source.key.starts_with('/') {
             return bad("source.key", "expected a JSON pointer starting with `/`");
         }
-        if self.count.capacity == 0 {
-            return bad("count.capacity", "expected at least 1");
-        }
-        if self.count.buckets == 0 {
-            return bad("count.buckets", "expected at least 1");
-        }
-        if self.count.window.as_millis() < u128::from(self.count.buckets) {
-            return bad(
-                "count.window",
-                "expected at least one millisecond per bucket",
-            );
-        }
-        if self.count.top_n == 0 || self.count.top_n > self.count.capacity {
-            return bad("count.top_n", "expected between 1 and count.capacity");
-        }
-        // A hot list must fit a znode (1 MB) with its checkpoint; ~100 bytes per item.
-        if self.count.top_n > 5_000 {
-            return bad(
-                "count.top_n",
-                "expected at most 5000 (a hot list must fit a znode)",
-            );
-        }
         if self.count.publish_every.is_zero() {
             return bad("count.publish_every", "expected a positive duration");
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, c) in self.counters.iter().enumerate() {
+            let at = |key: &str| format!("counter[{i}].{key}");
+            if c.name.is_empty()
+                || c.name.contains('/')
+                || c.name == PRIMARY_COUNTER
+                || !names.insert(c.name.as_str())
+            {
+                return bad(
+                    &at("name"),
+                    &format!(
+                        "expected a unique non-empty name without `/`, not `{PRIMARY_COUNTER}`"
+                    ),
+                );
+            }
+            if !c.key.starts_with('/') {
+                return bad(&at("key"), "expected a JSON pointer starting with `/`");
+            }
+            match (c.threshold, c.action) {
+                (Some(0), _) => return bad(&at("threshold"), "expected at least 1"),
+                (Some(_), None) => return bad(&at("action"), "expected an action with `threshold`"),
+                (None, Some(_)) => return bad(&at("threshold"), "expected a threshold with `action`"),
+                _ => {}
+            }
+            if c.ban_for.is_zero() {
+                return bad(&at("ban_for"), "expected a positive duration");
+            }
+        }
+        for counter in self.counters() {
+            let section = if counter.primary {
+                "count".to_string()
+            } else {
+                let i = self.counters.iter().position(|c| c.name == counter.name);
+                format!("counter[{}]", i.unwrap_or_default())
+            };
+            validate_count(&counter.count).map_err(|(key, message)| ConfigError::Key {
+                file: file.to_path_buf(),
+                key: format!("{section}.{key}"),
+                message: message.into(),
+            })?;
         }
         if !self.zookeeper.root.starts_with('/') || self.zookeeper.root.ends_with('/') {
             return bad(
@@ -467,12 +563,72 @@ impl Topology {
         Ok(())
     }
 
+    /// Every counter of the pipeline, the primary one (`[source]` and `[count]`) first.
+    pub fn counters(&self) -> Vec<Counter> {
+        let primary = Counter {
+            name: PRIMARY_COUNTER.into(),
+            key: self.source.key.clone(),
+            primary: true,
+            count: self.count.clone(),
+            rule: None,
+        };
+        let extra = self.counters.iter().map(|c| Counter {
+            name: c.name.clone(),
+            key: c.key.clone(),
+            primary: false,
+            count: CountConfig {
+                algorithm: c.algorithm.unwrap_or(self.count.algorithm),
+                capacity: c.capacity.unwrap_or(self.count.capacity),
+                window: c.window.unwrap_or(self.count.window),
+                buckets: c.buckets.unwrap_or(self.count.buckets),
+                top_n: c.top_n.unwrap_or(self.count.top_n),
+                publish_every: self.count.publish_every,
+            },
+            rule: c.threshold.zip(c.action).map(|(threshold, action)| Rule {
+                threshold,
+                action,
+                ban_for: c.ban_for,
+                allow: c.allow.iter().cloned().collect(),
+            }),
+        });
+        std::iter::once(primary).chain(extra).collect()
+    }
+
+    /// The counter called `name`, if the topology has one.
+    pub fn counter(&self, name: &str) -> Option<Counter> {
+        self.counters().into_iter().find(|c| c.name == name)
+    }
+
     /// The secret shared by `cache-sync ship` and `receive`, read from `sync.secret_env`.
     pub fn sync_secret(&self) -> Option<String> {
         std::env::var(&self.sync.secret_env)
             .ok()
             .filter(|s| !s.is_empty())
     }
+}
+
+/// The limits every counter's settings obey; `Err` names the key (within its table).
+fn validate_count(count: &CountConfig) -> Result<(), (&'static str, &'static str)> {
+    if count.capacity == 0 {
+        return Err(("capacity", "expected at least 1"));
+    }
+    if count.buckets == 0 {
+        return Err(("buckets", "expected at least 1"));
+    }
+    if count.window.as_millis() < u128::from(count.buckets) {
+        return Err(("window", "expected at least one millisecond per bucket"));
+    }
+    if count.top_n == 0 || count.top_n > count.capacity {
+        return Err(("top_n", "expected between 1 and the capacity"));
+    }
+    // A hot list must fit a znode (1 MB) with its checkpoint; ~100 bytes per item.
+    if count.top_n > 5_000 {
+        return Err((
+            "top_n",
+            "expected at most 5000 (a hot list must fit a znode)",
+        ));
+    }
+    Ok(())
 }
 
 /// Applies `HOTKEYS_<SECTION>_<KEY>` and `HOTKEYS_<KEY>` to the keys a topology knows.
@@ -677,6 +833,7 @@ mod tests {
     fn invalid_values_are_rejected_with_the_key() {
         for (text, key) in [
             ("[count]\ncapacity = 0\n", "count.capacity"),
+            ("[count]\npublish_every = \"0s\"\n", "count.publish_every"),
             ("[count]\ntop_n = 20000\ncapacity = 30000\n", "count.top_n"),
             ("[mysql]\nquery = \"SELECT 1\"\n", "mysql.query"),
             ("[redis]\nkey = \"product\"\n", "redis.key"),
@@ -684,6 +841,68 @@ mod tests {
             ("[zookeeper]\nroot = \"hotkeys\"\n", "zookeeper.root"),
         ] {
             let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn without_counter_tables_there_is_only_the_primary_counter() {
+        let counters = Topology::default().counters();
+        assert_eq!(counters.len(), 1);
+        assert_eq!(counters[0].name, PRIMARY_COUNTER);
+        assert!(counters[0].primary);
+        assert_eq!(counters[0].key, SourceConfig::default().key);
+        assert_eq!(counters[0].count, CountConfig::default());
+    }
+
+    #[test]
+    fn counter_tables_inherit_what_they_leave_out_from_count() {
+        let t = parse(
+            "[count]\ncapacity = 500\nwindow = \"1m\"\n\
+             [[counter]]\nname = \"caller\"\nkey = \"/headers/x-real-ip\"\ntop_n = 20\n\
+             threshold = 1000\naction = \"blacklist\"\nban_for = \"30s\"\nallow = [\"10.0.0.1\"]\n\
+             [[counter]]\nname = \"user\"\nkey = \"/uri_args/userId\"\nalgorithm = \"lru\"\n",
+        )
+        .unwrap();
+        let counters = t.counters();
+        assert_eq!(
+            counters.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            [PRIMARY_COUNTER, "caller", "user"]
+        );
+        let caller = t.counter("caller").unwrap();
+        assert!(!caller.primary);
+        assert_eq!(caller.count.capacity, 500);
+        assert_eq!(caller.count.window, Duration::from_secs(60));
+        assert_eq!(caller.count.top_n, 20);
+        let rule = caller.rule.unwrap();
+        assert_eq!(rule.threshold, 1000);
+        assert_eq!(rule.action, Action::Blacklist);
+        assert_eq!(rule.ban_for, Duration::from_secs(30));
+        assert!(rule.allow.contains("10.0.0.1"));
+        let user = t.counter("user").unwrap();
+        assert_eq!(user.count.algorithm, Algorithm::Lru);
+        assert_eq!(user.rule, None);
+    }
+
+    #[test]
+    fn bad_counter_tables_are_rejected_with_their_index() {
+        let table = |body: &str| format!("[[counter]]\n{body}\n");
+        for (text, key) in [
+            (table("name = \"hot\"\nkey = \"/a\""), "counter[0].name"),
+            (table("name = \"a/b\"\nkey = \"/a\""), "counter[0].name"),
+            (
+                format!("{}{}", table("name = \"x\"\nkey = \"/a\""), table("name = \"x\"\nkey = \"/b\"")),
+                "counter[1].name",
+            ),
+            (table("name = \"x\"\nkey = \"a\""), "counter[0].key"),
+            (table("name = \"x\"\nkey = \"/a\"\nthreshold = 5"), "counter[0].action"),
+            (table("name = \"x\"\nkey = \"/a\"\naction = \"blacklist\""), "counter[0].threshold"),
+            (table("name = \"x\"\nkey = \"/a\"\ncapacity = 0"), "counter[0].capacity"),
+            (table("name = \"x\"\nkey = \"/a\"\nthreshold = 5\naction = \"ban\""), "counter[0].action"),
+            (table("name = \"x\"\nkey = \"/a\"\nthresold = 5"), "thresold"),
+            (table("key = \"/a\""), "name"),
+        ] {
+            let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
         }
     }

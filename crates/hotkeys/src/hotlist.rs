@@ -1,8 +1,10 @@
-//! The records stored per task in ZooKeeper: the hot list, the `warmed` mark and the `lock`.
+//! The records stored in ZooKeeper: per task the hot list, the `warmed` mark and the `lock`;
+//! per counter with a threshold rule its blacklist.
 //!
-//! These JSON shapes are the contract between hot-counter (writer of `hot`), prewarm (reader
-//! of `hot`, writer of `lock` and `warmed`) and hotctl (reader of all). Field names follow
-//! DESIGN.md; readers ignore fields they do not know so writers can add some.
+//! These JSON shapes are the contract between hot-counter (writer of `hot` and `blacklist`),
+//! prewarm (reader of `hot`, writer of `lock` and `warmed`), subscribers and hotctl (readers
+//! of all). Field names follow DESIGN.md; readers ignore fields they do not know so writers
+//! can add some.
 
 use serde::{Deserialize, Serialize};
 
@@ -10,6 +12,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HotList {
     pub topology: String,
+    /// The counter, for `[[counter]]` tables; absent for the primary counter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counter: Option<String>,
     pub task: u32,
     /// Increases with every publish of this task; equals the znode's data version.
     pub version: i64,
@@ -42,16 +47,43 @@ pub struct HotItem {
     pub error: Option<u64>,
 }
 
-/// The `n` hottest items over several task lists. Tasks hold disjoint keys (a key always
-/// lands in one partition), so merging is a sort, not a sum.
+/// The `n` hottest items over several task lists. A key counted by several tasks (a caller
+/// address spread over every partition, say) gets the sum of its counts and error bounds;
+/// product keys land in one partition, so for them this is just a sort.
 pub fn merge<'a>(lists: impl IntoIterator<Item = &'a HotList>, n: usize) -> Vec<HotItem> {
-    let mut items: Vec<HotItem> = lists
-        .into_iter()
-        .flat_map(|l| l.items.iter().cloned())
-        .collect();
+    let mut by_key: std::collections::HashMap<&str, HotItem> = std::collections::HashMap::new();
+    for item in lists.into_iter().flat_map(|l| &l.items) {
+        by_key
+            .entry(&item.key)
+            .and_modify(|sum| {
+                sum.count += item.count;
+                sum.error = match (sum.error, item.error) {
+                    (None, None) => None,
+                    (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+                };
+            })
+            .or_insert_with(|| item.clone());
+    }
+    let mut items: Vec<HotItem> = by_key.into_values().collect();
     items.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
     items.truncate(n);
     items
+}
+
+/// `/…/counters/<counter>/blacklist`: the keys a threshold rule currently bans, for
+/// watchers. Redis holds the authoritative set (`hotkeys::blacklist`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlacklistRecord {
+    pub counter: String,
+    pub updated_at_ms: i64,
+    pub entries: Vec<Banned>,
+}
+
+/// One banned key and when its ban ends unless it is seen over the threshold again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Banned {
+    pub key: String,
+    pub until_ms: i64,
 }
 
 /// `/…/tasks/<task>/warmed`: which hot-list version prewarm loaded, and how it went.
@@ -124,6 +156,7 @@ mod tests {
     fn hot_list_round_trips_with_error_bounds() {
         let list = HotList {
             topology: "t".into(),
+            counter: None,
             task: 0,
             version: 1,
             generated_at_ms: 2,
@@ -141,5 +174,41 @@ mod tests {
         };
         let back: HotList = serde_json::from_slice(&serde_json::to_vec(&list).unwrap()).unwrap();
         assert_eq!(back, list);
+    }
+
+    #[test]
+    fn merge_sums_a_key_counted_by_several_tasks() {
+        let list = |task, items: &[(&str, u64, Option<u64>)]| HotList {
+            topology: "t".into(),
+            counter: Some("caller".into()),
+            task,
+            version: 1,
+            generated_at_ms: 0,
+            window_ms: 0,
+            offset: 0,
+            exact: None,
+            owner: None,
+            events: 0,
+            malformed: 0,
+            items: items
+                .iter()
+                .map(|&(key, count, error)| HotItem {
+                    key: key.into(),
+                    count,
+                    error,
+                })
+                .collect(),
+        };
+        let lists = [
+            list(0, &[("a", 10, Some(1)), ("b", 7, None)]),
+            list(1, &[("b", 5, Some(2)), ("c", 11, None)]),
+        ];
+        let merged = merge(&lists, 10);
+        let got: Vec<_> = merged.iter().map(|i| (i.key.as_str(), i.count, i.error)).collect();
+        assert_eq!(
+            got,
+            [("b", 12, Some(2)), ("c", 11, None), ("a", 10, Some(1))]
+        );
+        assert_eq!(merge(&lists, 1).len(), 1);
     }
 }

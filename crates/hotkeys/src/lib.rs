@@ -10,8 +10,10 @@
 //! | [`config`] | the topology file, its defaults, environment overrides and errors |
 //! | [`event`] | access-event formats and hot-key extraction |
 //! | [`count`] | per-task windowed counting: Space-Saving and LRU |
-//! | [`hotlist`] | the hot-list JSON published per task, and the `warmed` / `lock` records |
-//! | [`zk`] | the ZooKeeper layout (`/hotkeys/<topology>/tasks/<task>/…`) and session handling |
+//! | [`hotlist`] | the hot-list JSON published per task, the `warmed` / `lock` / `blacklist` records |
+//! | [`blacklist`] | threshold rules and the blacklists they keep in Redis and ZooKeeper |
+//! | [`subscribe`] | a stream of a counter's merged hot set, for application-side caches |
+//! | [`zk`] | the ZooKeeper layout (`/hotkeys/<topology>/[counters/<c>/]tasks/<task>/…`) and sessions |
 //! | [`kafka`] | librdkafka client settings from the topology, topic creation |
 //! | [`mysql`] | the product catalogue: pool, migrations, seeding, row loading |
 //! | [`ring`] | client-side key placement compatible with PECL memcache, Flexihash, ketama |
@@ -22,6 +24,7 @@
 //! | [`exit`] | the process exit codes every binary shares |
 //! | `testing` | (feature `testing`) isolated topologies for integration tests on the local stack |
 
+pub mod blacklist;
 pub mod cache;
 pub mod cli;
 pub mod config;
@@ -33,6 +36,7 @@ pub mod kafka;
 pub mod mysql;
 pub mod ring;
 pub mod shutdown;
+pub mod subscribe;
 pub mod sync_queue;
 pub mod telemetry;
 #[cfg(feature = "testing")]

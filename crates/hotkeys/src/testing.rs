@@ -210,6 +210,7 @@ pub async fn publish_hot_list(
     let n = keys.len() as u64;
     let hot = HotList {
         topology: topology.to_string(),
+        counter: None,
         task,
         version: i64::from(seen.map_or(0, |v| v + 1)),
         generated_at_ms: now_ms(),

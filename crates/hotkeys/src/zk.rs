@@ -6,7 +6,14 @@
 //! <root>/<topology>/tasks/<task>/checkpoint   persistent; counter state matching `hot`
 //! <root>/<topology>/tasks/<task>/lock         ephemeral; the prewarm process warming it
 //! <root>/<topology>/tasks/<task>/warmed       persistent; hotlist::Warmed
+//! <root>/<topology>/counters/<counter>/tasks/<task>/{hot,checkpoint}
+//!                                             the same, for each `[[counter]]` table
+//! <root>/<topology>/counters/<counter>/blacklist
+//!                                             persistent; hotlist::BlacklistRecord
 //! ```
+//!
+//! The primary counter (`config::PRIMARY_COUNTER`) owns `<root>/<topology>/tasks`, the path
+//! prewarm has always read; [`Layout::for_counter`] gives any counter's view of the tree.
 //!
 //! `hot` and `checkpoint` are always written together in one multi-op, conditioned on the
 //! version of `hot` the writer last saw: a worker that lost its partition can never
@@ -19,8 +26,8 @@ use std::time::Duration;
 
 use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, Error as ZkClientError, Stat};
 
-use crate::config::{Topology, ZookeeperConfig};
-use crate::hotlist::{HotList, LockInfo, Warmed};
+use crate::config::{PRIMARY_COUNTER, Topology, ZookeeperConfig};
+use crate::hotlist::{BlacklistRecord, HotList, LockInfo, Warmed};
 
 /// A ZooKeeper failure, told apart where callers act differently.
 #[derive(Debug, thiserror::Error)]
@@ -63,16 +70,21 @@ impl ZkError {
     }
 }
 
-/// Paths of one topology; the only place that spells them.
+/// Paths of one topology, as one counter sees them; the only place that spells them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     base: String,
+    /// Parent of `tasks` for this counter: `base` for the primary counter.
+    counter_base: String,
 }
 
 impl Layout {
+    /// The layout of the primary counter of a topology.
     pub fn new(root: &str, topology: &str) -> Layout {
+        let base = format!("{root}/{topology}");
         Layout {
-            base: format!("{root}/{topology}"),
+            counter_base: base.clone(),
+            base,
         }
     }
 
@@ -80,32 +92,50 @@ impl Layout {
         Layout::new(&topology.zookeeper.root, &topology.name)
     }
 
+    /// The same topology as counter `name` sees it.
+    pub fn for_counter(&self, name: &str) -> Layout {
+        let counter_base = if name == PRIMARY_COUNTER {
+            self.base.clone()
+        } else {
+            format!("{}/counters/{name}", self.base)
+        };
+        Layout {
+            base: self.base.clone(),
+            counter_base,
+        }
+    }
+
+    /// The topology's subtree.
     pub fn base(&self) -> &str {
         &self.base
     }
 
     pub fn tasks(&self) -> String {
-        format!("{}/tasks", self.base)
+        format!("{}/tasks", self.counter_base)
     }
 
     pub fn task(&self, task: u32) -> String {
-        format!("{}/tasks/{task}", self.base)
+        format!("{}/tasks/{task}", self.counter_base)
     }
 
     pub fn hot(&self, task: u32) -> String {
-        format!("{}/tasks/{task}/hot", self.base)
+        format!("{}/tasks/{task}/hot", self.counter_base)
     }
 
     pub fn checkpoint(&self, task: u32) -> String {
-        format!("{}/tasks/{task}/checkpoint", self.base)
+        format!("{}/tasks/{task}/checkpoint", self.counter_base)
     }
 
     pub fn lock(&self, task: u32) -> String {
-        format!("{}/tasks/{task}/lock", self.base)
+        format!("{}/tasks/{task}/lock", self.counter_base)
     }
 
     pub fn warmed(&self, task: u32) -> String {
-        format!("{}/tasks/{task}/warmed", self.base)
+        format!("{}/tasks/{task}/warmed", self.counter_base)
+    }
+
+    pub fn blacklist(&self) -> String {
+        format!("{}/blacklist", self.counter_base)
     }
 }
 
@@ -188,6 +218,15 @@ impl Zk {
 
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// This session, reading and writing counter `name`'s part of the tree.
+    pub fn for_counter(&self, name: &str) -> Zk {
+        Zk {
+            client: self.client.clone(),
+            layout: self.layout.for_counter(name),
+            config: self.config.clone(),
+        }
     }
 
     /// The raw client, for watches and for tests that need to act on the session.
@@ -350,6 +389,32 @@ impl Zk {
         }
     }
 
+    /// The hot lists of every task, in task order (subscribers, threshold rules).
+    pub async fn hot_lists(&self) -> Result<Vec<Versioned<HotList>>, ZkError> {
+        let mut lists = Vec::new();
+        for task in self.list_tasks().await? {
+            lists.extend(self.read_hot(task).await?);
+        }
+        Ok(lists)
+    }
+
+    pub async fn read_blacklist(&self) -> Result<Option<Versioned<BlacklistRecord>>, ZkError> {
+        self.get_json(&self.layout.blacklist()).await
+    }
+
+    /// Replaces the counter's blacklist node (watchers see one change per call).
+    pub async fn write_blacklist(&self, record: &BlacklistRecord) -> Result<(), ZkError> {
+        let path = self.layout.blacklist();
+        if let Some(parent) = path.rsplit_once('/').map(|(p, _)| p) {
+            self.client
+                .mkdir(parent, &PERSISTENT)
+                .await
+                .map_err(|e| ZkError::op(parent, e))?;
+        }
+        let data = serde_json::to_vec(record).expect("blacklist record serializes");
+        self.put(&path, &data).await
+    }
+
     /// Records that a hot-list version was warmed.
     pub async fn mark_warmed(&self, task: u32, warmed: &Warmed) -> Result<(), ZkError> {
         let path = self.layout.warmed(task);
@@ -389,7 +454,7 @@ impl Zk {
         Ok(views)
     }
 
-    /// A persistent recursive watch on the topology's tasks: it fires on every publish,
+    /// A persistent recursive watch on the counter's tasks: it fires on every publish,
     /// lock and warmed mark. Events can be lost across a reconnect (ZOOKEEPER-4698), so a
     /// watcher re-reads the whole state after every session event, not just the node named.
     pub async fn watch_tasks(&self) -> Result<zookeeper_client::PersistentWatcher, ZkError> {
@@ -450,6 +515,26 @@ mod tests {
         assert_eq!(
             l.checkpoint(3),
             "/hotkeys/product-detail/tasks/3/checkpoint"
+        );
+    }
+
+    #[test]
+    fn counters_other_than_the_primary_live_under_counters() {
+        let l = Layout::new("/hotkeys", "product-detail");
+        assert_eq!(l.for_counter(PRIMARY_COUNTER), l);
+        let c = l.for_counter("caller-ip");
+        assert_eq!(c.base(), "/hotkeys/product-detail");
+        assert_eq!(
+            c.hot(3),
+            "/hotkeys/product-detail/counters/caller-ip/tasks/3/hot"
+        );
+        assert_eq!(
+            c.checkpoint(3),
+            "/hotkeys/product-detail/counters/caller-ip/tasks/3/checkpoint"
+        );
+        assert_eq!(
+            c.blacklist(),
+            "/hotkeys/product-detail/counters/caller-ip/blacklist"
         );
     }
 }

@@ -260,6 +260,7 @@ mod tests {
     fn hot(keys: &[&str]) -> HotList {
         HotList {
             topology: "t".into(),
+            counter: None,
             task: 0,
             version: 1,
             generated_at_ms: 0,

@@ -1,0 +1,181 @@
+//! Hot-key subscription: a counter's merged hot set as a stream of updates, so an
+//! application process can keep the current hot keys in a local cache.
+//!
+//! A [`Subscription`] holds one ZooKeeper session and a persistent recursive watch on the
+//! counter's `tasks` subtree. Every event makes it re-read the tasks' hot lists; it yields a
+//! [`HotSet`] whenever a task's hot-list version moved. Watches fire once per publish, so
+//! every publish the subscriber is connected for is seen, in order. ZooKeeper may drop
+//! events across a reconnect (ZOOKEEPER-4698) and a session can expire; the subscription
+//! then opens a new session, watches again and re-reads everything, and it re-reads every
+//! [`RESYNC_EVERY`] anyway. Versions published while it was cut off arrive as one update
+//! with the newest lists; none is ever delivered out of order.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::Stream;
+use zookeeper_client::PersistentWatcher;
+
+use crate::Topology;
+use crate::hotlist::{HotItem, merge, now_ms};
+use crate::zk::{Zk, ZkError};
+
+/// How often a subscription re-reads the hot lists even without a watch event.
+pub const RESYNC_EVERY: Duration = Duration::from_secs(5);
+
+/// Pause before retrying after ZooKeeper failed.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Why a subscription could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("topology `{topology}` has no counter `{counter}` (counters: {known})")]
+    UnknownCounter {
+        topology: String,
+        counter: String,
+        known: String,
+    },
+    #[error(transparent)]
+    ZooKeeper(#[from] ZkError),
+}
+
+/// One update: the counter's hot set after at least one task published.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct HotSet {
+    pub counter: String,
+    pub at_ms: i64,
+    /// Hot-list version of every task that has published, by task.
+    pub versions: BTreeMap<u32, i64>,
+    /// Tasks whose list changed since the previous update (every task in the first one).
+    pub changed: Vec<u32>,
+    /// The counter's `top_n` hottest keys over all tasks.
+    pub items: Vec<HotItem>,
+}
+
+/// A live view of one counter's hot set; see the module docs.
+pub struct Subscription {
+    zk: Zk,
+    watcher: Option<PersistentWatcher>,
+    counter: String,
+    top_n: usize,
+    versions: BTreeMap<u32, i64>,
+}
+
+/// Subscribes to counter `counter` of `topology` (`config::PRIMARY_COUNTER` for the product
+/// counter). Fails when the counter is unknown or ZooKeeper is unreachable now; later
+/// ZooKeeper failures are retried inside the subscription.
+pub async fn subscribe(topology: &Topology, counter: &str) -> Result<Subscription, SubscribeError> {
+    let counters = topology.counters();
+    let Some(spec) = counters.iter().find(|c| c.name == counter) else {
+        return Err(SubscribeError::UnknownCounter {
+            topology: topology.name.clone(),
+            counter: counter.to_string(),
+            known: counters
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    };
+    let zk = Zk::connect(topology).await?.for_counter(counter);
+    Ok(Subscription {
+        zk,
+        watcher: None,
+        counter: counter.to_string(),
+        top_n: spec.count.top_n,
+        versions: BTreeMap::new(),
+    })
+}
+
+impl Subscription {
+    /// Waits for the next change of the hot set. Never fails: ZooKeeper trouble is logged
+    /// and retried until it answers again.
+    pub async fn next(&mut self) -> HotSet {
+        loop {
+            if self.watcher.is_none() {
+                match self.zk.watch_tasks().await {
+                    Ok(w) => self.watcher = Some(w),
+                    Err(e) => {
+                        self.recover(e).await;
+                        continue;
+                    }
+                }
+            }
+            match self.read().await {
+                Ok(Some(set)) => return set,
+                Ok(None) => {}
+                Err(e) => {
+                    self.recover(e).await;
+                    continue;
+                }
+            }
+            let Some(watcher) = self.watcher.as_mut() else {
+                continue;
+            };
+            tokio::select! {
+                event = watcher.changed() => {
+                    if event.session_state.is_terminated() {
+                        self.recover(ZkError::SessionExpired).await;
+                    }
+                }
+                () = tokio::time::sleep(RESYNC_EVERY) => {}
+            }
+        }
+    }
+
+    /// The subscription as a `Stream` of updates; it never ends.
+    pub fn into_stream(self) -> impl Stream<Item = HotSet> {
+        futures::stream::unfold(self, |mut s| async move {
+            let set = s.next().await;
+            Some((set, s))
+        })
+    }
+
+    /// The hot set when some task's version differs from the last update.
+    async fn read(&mut self) -> Result<Option<HotSet>, ZkError> {
+        let lists = self.zk.hot_lists().await?;
+        let versions: BTreeMap<u32, i64> = lists
+            .iter()
+            .map(|l| (l.value.task, i64::from(l.version)))
+            .collect();
+        if versions == self.versions {
+            return Ok(None);
+        }
+        let changed = versions
+            .iter()
+            .filter(|(task, v)| self.versions.get(task) != Some(v))
+            .map(|(task, _)| *task)
+            .collect();
+        self.versions = versions.clone();
+        Ok(Some(HotSet {
+            counter: self.counter.clone(),
+            at_ms: now_ms(),
+            versions,
+            changed,
+            items: merge(lists.iter().map(|l| &l.value), self.top_n),
+        }))
+    }
+
+    /// Gets back to a working session after `error`; returns when the next try may start.
+    async fn recover(&mut self, error: ZkError) {
+        if !error.is_session_lost() {
+            tracing::warn!(counter = %self.counter, %error, "hot-set subscription: ZooKeeper failed; retrying");
+            tokio::time::sleep(RETRY_AFTER).await;
+            return;
+        }
+        tracing::warn!(counter = %self.counter, "hot-set subscription: session expired; opening a new one");
+        self.watcher = None;
+        loop {
+            match self.zk.reconnect().await {
+                Ok(zk) => {
+                    self.zk = zk;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(counter = %self.counter, error = %e, "ZooKeeper reconnect failed; retrying");
+                    tokio::time::sleep(RETRY_AFTER).await;
+                }
+            }
+        }
+    }
+}
