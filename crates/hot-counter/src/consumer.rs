@@ -276,8 +276,9 @@ impl Worker {
             let message_key = if counter.primary { message.key() } else { None };
             match pointer.extract(message.payload(), message_key) {
                 Ok(key) => {
-                    let ts =
-                        *ts.get_or_insert_with(|| message.timestamp().to_millis().unwrap_or_else(now_ms));
+                    let ts = *ts.get_or_insert_with(|| {
+                        message.timestamp().to_millis().unwrap_or_else(now_ms)
+                    });
                     state.window.offer(&key, ts);
                 }
                 Err(KeyError::Missing) if !counter.primary => {}

@@ -70,11 +70,7 @@ impl Task {
     /// Restores a task's counters from their last checkpoints, or starts them empty. Never
     /// fails for a bad checkpoint: it is logged and that counter restarts, which loses
     /// history but not events.
-    pub async fn restore(
-        zk: &Zk,
-        counters: &[Counter],
-        id: u32,
-    ) -> Result<(Task, Start), ZkError> {
+    pub async fn restore(zk: &Zk, counters: &[Counter], id: u32) -> Result<(Task, Start), ZkError> {
         let mut restored = Vec::with_capacity(counters.len());
         for counter in counters {
             let zk = zk.for_counter(&counter.name);

@@ -1,16 +1,21 @@
 //! `hotctl`: the operator's command line. Each subcommand group lives in its own module
-//! (`db` for the catalogue database, `tasks` for what ZooKeeper holds per task); this file only parses arguments, loads the topology,
+//! (`db` for the catalogue database, `tasks` for what ZooKeeper holds per task, `blacklist`
+//! for the threshold rules' bans); this file only parses arguments, loads the topology,
 //! dispatches, and turns errors into the exit codes of `hotkeys::exit`.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use hotkeys::blacklist::BlacklistError;
+use hotkeys::cache::CacheError;
 use hotkeys::cli::TopologyArg;
 use hotkeys::config::ConfigError;
 use hotkeys::exit;
 use hotkeys::mysql::MysqlError;
+use hotkeys::subscribe::SubscribeError;
 use hotkeys::zk::ZkError;
 
+mod blacklist;
 mod db;
 mod tasks;
 
@@ -36,8 +41,13 @@ enum Command {
     Tasks(tasks::TasksArgs),
     /// One task's hot list, or all tasks merged and sorted.
     Hot(tasks::HotArgs),
-    /// A live view that refreshes whenever a task publishes, locks or is warmed.
+    /// A live view of a counter's merged hot set, updated whenever a task publishes;
+    /// `--json` prints one line per update.
     Watch(tasks::WatchArgs),
+    /// Keys the threshold rules ban, with the time left on each ban.
+    Blacklist(blacklist::BlacklistArgs),
+    /// Lift bans now.
+    Unban(blacklist::UnbanArgs),
     /// Clear the warmed marks (--warmed) or delete the topology's whole subtree (--yes).
     Reset(tasks::ResetArgs),
 }
@@ -63,6 +73,8 @@ fn main() -> ExitCode {
             Command::Hot(args) => tasks::hot(&topology, args).await,
             Command::Watch(args) => tasks::watch(&topology, args).await,
             Command::Reset(args) => tasks::reset(&topology, args).await,
+            Command::Blacklist(args) => blacklist::show(&topology, args).await,
+            Command::Unban(args) => blacklist::unban(&topology, args).await,
         }
     });
     match result {
@@ -88,11 +100,27 @@ fn exit_code(e: &anyhow::Error) -> i32 {
                 _ => exit::FAILED,
             };
         }
-        if let Some(z) = cause.downcast_ref::<ZkError>() {
+        let zk = match cause.downcast_ref::<SubscribeError>() {
+            Some(SubscribeError::ZooKeeper(z)) => Some(z),
+            _ => cause.downcast_ref::<ZkError>(),
+        };
+        if let Some(z) = zk {
             return match z {
                 ZkError::Unreachable { .. } | ZkError::Timeout => exit::UNREACHABLE,
                 _ => exit::FAILED,
             };
+        }
+        if let Some(c) = cause.downcast_ref::<CacheError>() {
+            return if c.is_unreachable() {
+                exit::UNREACHABLE
+            } else {
+                exit::FAILED
+            };
+        }
+        if let Some(BlacklistError::Redis(r)) = cause.downcast_ref::<BlacklistError>()
+            && (r.is_io_error() || r.is_connection_refusal() || r.is_timeout())
+        {
+            return exit::UNREACHABLE;
         }
         if cause.downcast_ref::<ConfigError>().is_some() {
             return exit::USAGE;

@@ -1,21 +1,33 @@
-//! `hotctl tasks | hot | watch | reset`: what ZooKeeper holds for a topology's tasks.
+//! `hotctl tasks | hot | watch | reset`: what ZooKeeper holds for a topology's tasks, for
+//! the primary counter or any `[[counter]]` (`--counter`).
 //!
-//! Tables on a terminal, JSON (`--json`) for scripts; both come from the same
-//! `hotkeys::zk::TaskView` values so they never disagree.
+//! Tables on a terminal, JSON (`--json`) for scripts; both come from the same values
+//! (`hotkeys::zk::TaskView`, `hotkeys::subscribe::HotSet`) so they never disagree.
 
 use std::io::IsTerminal;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use comfy_table::Table;
 use hotkeys::Topology;
+use hotkeys::config::PRIMARY_COUNTER;
 use hotkeys::hotlist::{HotItem, merge, now_ms};
+use hotkeys::subscribe::{HotSet, subscribe};
 use hotkeys::zk::{TaskView, Zk};
 use serde_json::json;
 
+/// Which counter a command reads.
+#[derive(Args)]
+pub struct CounterArg {
+    /// A `[[counter]]` of the topology; the product counter when absent.
+    #[arg(long, default_value = PRIMARY_COUNTER)]
+    counter: String,
+}
+
 #[derive(Args)]
 pub struct TasksArgs {
+    #[command(flatten)]
+    counter: CounterArg,
     /// One JSON document instead of a table.
     #[arg(long)]
     json: bool,
@@ -23,6 +35,8 @@ pub struct TasksArgs {
 
 #[derive(Args)]
 pub struct HotArgs {
+    #[command(flatten)]
+    counter: CounterArg,
     /// Only this task; all tasks merged when absent.
     task: Option<u32>,
     /// Items to show.
@@ -34,6 +48,8 @@ pub struct HotArgs {
 
 #[derive(Args)]
 pub struct WatchArgs {
+    #[command(flatten)]
+    counter: CounterArg,
     /// Items of the merged list to show.
     #[arg(long, default_value_t = 20)]
     top: usize,
@@ -53,7 +69,7 @@ pub struct ResetArgs {
 }
 
 pub async fn tasks(topology: &Topology, args: TasksArgs) -> anyhow::Result<()> {
-    let views = connect(topology).await?.task_views().await?;
+    let views = connect(topology, &args.counter).await?.task_views().await?;
     if args.json {
         let doc: Vec<_> = views.iter().map(task_json).collect();
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -64,7 +80,7 @@ pub async fn tasks(topology: &Topology, args: TasksArgs) -> anyhow::Result<()> {
 }
 
 pub async fn hot(topology: &Topology, args: HotArgs) -> anyhow::Result<()> {
-    let zk = connect(topology).await?;
+    let zk = connect(topology, &args.counter).await?;
     let items = match args.task {
         Some(task) => {
             let hot = zk
@@ -84,63 +100,27 @@ pub async fn hot(topology: &Topology, args: HotArgs) -> anyhow::Result<()> {
 }
 
 pub async fn watch(topology: &Topology, args: WatchArgs) -> anyhow::Result<()> {
-    let mut zk = connect(topology).await?;
-    let mut watcher = zk.watch_tasks().await?;
+    let mut subscription = subscribe(topology, &args.counter.counter).await?;
     let terminal = std::io::stdout().is_terminal() && !args.json;
-    let mut last = None;
     loop {
-        let views = zk.task_views().await?;
-        let versions: Vec<_> = views
-            .iter()
-            .map(|v| {
-                (
-                    v.task,
-                    v.hot.as_ref().map(|h| h.version),
-                    v.is_warm(),
-                    v.lock.is_some(),
-                )
-            })
-            .collect();
-        if last.as_ref() != Some(&versions) {
-            if args.json {
-                let doc = json!({
-                    "at_ms": now_ms(),
-                    "versions": views.iter().map(|v| json!({"task": v.task, "version": v.hot.as_ref().map(|h| h.version)})).collect::<Vec<_>>(),
-                    "items": merged(&views, args.top),
-                });
-                println!("{doc}");
-            } else {
-                if terminal {
-                    print!("\x1b[2J\x1b[H");
-                }
-                println!(
-                    "{}\n{}",
-                    tasks_table(&views),
-                    items_table(&merged(&views, args.top))
-                );
-            }
-            last = Some(versions);
-        }
-        tokio::select! {
-            event = watcher.changed() => {
-                if event.session_state.is_terminated() {
-                    // The watch died with the session: open a new one and read everything.
-                    zk = zk.reconnect().await?;
-                    watcher = zk.watch_tasks().await?;
-                    last = None;
-                }
-            }
-            // A periodic re-read covers events lost across a reconnect and keeps ages fresh.
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        let mut set = tokio::select! {
+            set = subscription.next() => set,
             _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        set.items.truncate(args.top);
+        if args.json {
+            println!("{}", serde_json::to_string(&set)?);
+        } else {
+            if terminal {
+                print!("\x1b[2J\x1b[H");
+            }
+            println!("{}\n{}", versions_table(&set), items_table(&set.items));
         }
-        // Publishes of several tasks arrive together: coalesce them into one redraw.
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 pub async fn reset(topology: &Topology, args: ResetArgs) -> anyhow::Result<()> {
-    let zk = connect(topology).await?;
+    let zk = connect(topology, &CounterArg::primary()).await?;
     if args.warmed {
         let tasks = zk.list_tasks().await?;
         for &task in &tasks {
@@ -160,8 +140,24 @@ pub async fn reset(topology: &Topology, args: ResetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(topology: &Topology) -> anyhow::Result<Zk> {
-    Ok(Zk::connect(topology).await?)
+impl CounterArg {
+    fn primary() -> CounterArg {
+        CounterArg {
+            counter: PRIMARY_COUNTER.into(),
+        }
+    }
+}
+
+/// A session scoped to the counter; an unknown counter is an error, not an empty view.
+async fn connect(topology: &Topology, counter: &CounterArg) -> anyhow::Result<Zk> {
+    if topology.counter(&counter.counter).is_none() {
+        bail!(
+            "topology `{}` has no counter `{}`",
+            topology.name,
+            counter.counter
+        );
+    }
+    Ok(Zk::connect(topology).await?.for_counter(&counter.counter))
 }
 
 fn merged(views: &[TaskView], n: usize) -> Vec<HotItem> {
@@ -212,6 +208,20 @@ fn tasks_table(views: &[TaskView]) -> Table {
             hot.map_or("-".into(), |h| h.value.events.to_string()),
             warmed,
             v.lock.as_ref().map_or("-".into(), |l| l.value.holder()),
+        ]);
+    }
+    table
+}
+
+fn versions_table(set: &HotSet) -> Table {
+    let mut table = Table::new();
+    table.set_header(["counter", "task", "version", "changed"]);
+    for (task, version) in &set.versions {
+        table.add_row([
+            set.counter.clone(),
+            task.to_string(),
+            version.to_string(),
+            if set.changed.contains(task) { "*" } else { "" }.to_string(),
         ]);
     }
     table

@@ -503,8 +503,12 @@ impl Topology {
             }
             match (c.threshold, c.action) {
                 (Some(0), _) => return bad(&at("threshold"), "expected at least 1"),
-                (Some(_), None) => return bad(&at("action"), "expected an action with `threshold`"),
-                (None, Some(_)) => return bad(&at("threshold"), "expected a threshold with `action`"),
+                (Some(_), None) => {
+                    return bad(&at("action"), "expected an action with `threshold`");
+                }
+                (None, Some(_)) => {
+                    return bad(&at("threshold"), "expected a threshold with `action`");
+                }
                 _ => {}
             }
             if c.ban_for.is_zero() {
@@ -891,15 +895,34 @@ mod tests {
             (table("name = \"hot\"\nkey = \"/a\""), "counter[0].name"),
             (table("name = \"a/b\"\nkey = \"/a\""), "counter[0].name"),
             (
-                format!("{}{}", table("name = \"x\"\nkey = \"/a\""), table("name = \"x\"\nkey = \"/b\"")),
+                format!(
+                    "{}{}",
+                    table("name = \"x\"\nkey = \"/a\""),
+                    table("name = \"x\"\nkey = \"/b\"")
+                ),
                 "counter[1].name",
             ),
             (table("name = \"x\"\nkey = \"a\""), "counter[0].key"),
-            (table("name = \"x\"\nkey = \"/a\"\nthreshold = 5"), "counter[0].action"),
-            (table("name = \"x\"\nkey = \"/a\"\naction = \"blacklist\""), "counter[0].threshold"),
-            (table("name = \"x\"\nkey = \"/a\"\ncapacity = 0"), "counter[0].capacity"),
-            (table("name = \"x\"\nkey = \"/a\"\nthreshold = 5\naction = \"ban\""), "counter[0].action"),
-            (table("name = \"x\"\nkey = \"/a\"\nthresold = 5"), "thresold"),
+            (
+                table("name = \"x\"\nkey = \"/a\"\nthreshold = 5"),
+                "counter[0].action",
+            ),
+            (
+                table("name = \"x\"\nkey = \"/a\"\naction = \"blacklist\""),
+                "counter[0].threshold",
+            ),
+            (
+                table("name = \"x\"\nkey = \"/a\"\ncapacity = 0"),
+                "counter[0].capacity",
+            ),
+            (
+                table("name = \"x\"\nkey = \"/a\"\nthreshold = 5\naction = \"ban\""),
+                "counter[0].action",
+            ),
+            (
+                table("name = \"x\"\nkey = \"/a\"\nthresold = 5"),
+                "thresold",
+            ),
             (table("key = \"/a\""), "name"),
         ] {
             let err = parse(&text).unwrap_err().to_string();

@@ -204,7 +204,10 @@ mod tests {
             list(1, &[("b", 5, Some(2)), ("c", 11, None)]),
         ];
         let merged = merge(&lists, 10);
-        let got: Vec<_> = merged.iter().map(|i| (i.key.as_str(), i.count, i.error)).collect();
+        let got: Vec<_> = merged
+            .iter()
+            .map(|i| (i.key.as_str(), i.count, i.error))
+            .collect();
         assert_eq!(
             got,
             [("b", 12, Some(2)), ("c", 11, None), ("a", 10, Some(1))]

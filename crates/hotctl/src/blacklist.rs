@@ -1,0 +1,105 @@
+//! `hotctl blacklist | unban`: the bans the threshold rules keep (`hotkeys::blacklist`).
+
+use anyhow::bail;
+use clap::Args;
+use comfy_table::Table;
+use hotkeys::Topology;
+use hotkeys::blacklist;
+use hotkeys::cache::RedisConn;
+use hotkeys::hotlist::now_ms;
+use hotkeys::zk::Zk;
+use serde_json::json;
+
+#[derive(Args)]
+pub struct BlacklistArgs {
+    /// Only this counter; every counter with a threshold rule when absent.
+    counter: Option<String>,
+    /// One JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct UnbanArgs {
+    counter: String,
+    /// Keys to lift the ban of. A key still over the threshold is banned again at the next
+    /// evaluation; allow-list it in the topology to spare it for good.
+    #[arg(required = true)]
+    keys: Vec<String>,
+}
+
+pub async fn show(topology: &Topology, args: BlacklistArgs) -> anyhow::Result<()> {
+    let counters = ruled_counters(topology, args.counter.as_deref())?;
+    let mut redis = RedisConn::connect_home(&topology.redis).await?;
+    let now = now_ms();
+    let mut rows = Vec::new();
+    for counter in &counters {
+        for entry in blacklist::entries(&mut redis, &topology.name, counter).await? {
+            // A ban that ran out is released by the next evaluation; it no longer counts.
+            if entry.until_ms > now {
+                rows.push((counter.clone(), entry.key, entry.until_ms - now));
+            }
+        }
+    }
+    if args.json {
+        let doc: Vec<_> = rows
+            .iter()
+            .map(|(counter, key, left)| json!({"counter": counter, "key": key, "remaining_ms": left}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        let mut table = Table::new();
+        table.set_header(["counter", "key", "remaining"]);
+        for (counter, key, left) in &rows {
+            table.add_row([
+                counter.clone(),
+                key.clone(),
+                humantime::format_duration(std::time::Duration::from_secs(
+                    (*left as u64).div_ceil(1000),
+                ))
+                .to_string(),
+            ]);
+        }
+        println!("{table}");
+    }
+    Ok(())
+}
+
+pub async fn unban(topology: &Topology, args: UnbanArgs) -> anyhow::Result<()> {
+    ruled_counters(topology, Some(&args.counter))?;
+    let mut redis = RedisConn::connect_home(&topology.redis).await?;
+    let zk = Zk::connect(topology).await?;
+    let removed = blacklist::unban(
+        &mut redis,
+        &zk,
+        &topology.name,
+        &args.counter,
+        &args.keys,
+        now_ms(),
+    )
+    .await?;
+    println!(
+        "lifted {removed} of {} bans on counter `{}`",
+        args.keys.len(),
+        args.counter
+    );
+    Ok(())
+}
+
+/// Names of the counters with a threshold rule, or the one asked for if it has one.
+fn ruled_counters(topology: &Topology, only: Option<&str>) -> anyhow::Result<Vec<String>> {
+    let ruled: Vec<String> = topology
+        .counters()
+        .into_iter()
+        .filter(|c| c.rule.is_some())
+        .map(|c| c.name)
+        .collect();
+    match only {
+        None => Ok(ruled),
+        Some(name) if ruled.iter().any(|c| c == name) => Ok(vec![name.to_string()]),
+        Some(name) if topology.counter(name).is_some() => {
+            bail!("counter `{name}` has no threshold rule")
+        }
+        Some(name) => bail!("topology `{}` has no counter `{name}`", topology.name),
+    }
+}
