@@ -1,5 +1,6 @@
-//! hot-counter workers against the real stack (Kafka, ZooKeeper): accuracy, flash crowds,
-//! a worker killed mid-stream, an expired ZooKeeper session, malformed input.
+//! hot-counter workers against the real stack (Kafka, ZooKeeper, Redis): accuracy, flash
+//! crowds, a worker killed mid-stream, an expired ZooKeeper session, malformed input,
+//! several counters on one stream and their threshold rules.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -366,4 +367,250 @@ async fn scrape(port: u16) -> Option<String> {
     let mut body = String::new();
     s.read_to_string(&mut body).await.ok()?;
     Some(body)
+}
+
+/// Runs one worker with `--until-caught-up` over `t`'s topic to its end.
+fn run_to_end(t: &Topology) {
+    let file = testing::write_topology(t);
+    let mut worker = Worker::start(&file, &[], &["--until-caught-up"]);
+    let status = worker.child.wait().expect("wait for hot-counter");
+    assert!(status.success(), "hot-counter failed:\n{}", worker.log());
+}
+
+/// The hot lists of counter `counter`, by task.
+async fn counter_lists(t: &Topology, counter: &str) -> HashMap<u32, HotList> {
+    let zk = Zk::connect(t).await.expect("zk").for_counter(counter);
+    hot_lists(&zk)
+        .await
+        .into_iter()
+        .map(|(task, (list, _))| (task, list))
+        .collect()
+}
+
+fn caller_counter(name: &str) -> hotkeys::config::CounterConfig {
+    hotkeys::config::CounterConfig {
+        name: name.into(),
+        key: "/headers/x-real-ip".into(),
+        algorithm: None,
+        capacity: Some(200),
+        window: None,
+        buckets: None,
+        top_n: Some(50),
+        threshold: None,
+        action: None,
+        ban_for: Duration::from_secs(600),
+        allow: Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_counters_on_one_stream_publish_what_two_separate_runs_publish() {
+    let both = {
+        let mut t = topology("two-counters", 3);
+        t.count.capacity = 500;
+        t.count.top_n = 50;
+        t.counters.push(caller_counter("caller-ip"));
+        t
+    };
+    let products = zipf_keys(40_000, 5_000, 1.0, 41);
+    let callers = zipf_keys(40_000, 1_000, 1.1, 42);
+    testing::produce(
+        &both,
+        products
+            .iter()
+            .zip(&callers)
+            .map(|(p, c)| Record::openresty_from(p, &format!("10.1.{c}"))),
+    )
+    .await;
+    // Separate runs read the same topic under their own names and groups.
+    let separate = |test: &str| {
+        let mut t = both.clone();
+        let id = testing::unique(test);
+        t.name = id.clone();
+        t.kafka.group = format!("{id}-group");
+        t.counters.clear();
+        t
+    };
+    let products_only = separate("products-only");
+    let mut callers_only = separate("callers-only");
+    callers_only.source.key = "/headers/x-real-ip".into();
+    callers_only.count.capacity = 200;
+
+    for t in [&both, &products_only, &callers_only] {
+        run_to_end(t);
+    }
+    let together_products = counter_lists(&both, "hot").await;
+    let together_callers = counter_lists(&both, "caller-ip").await;
+    let alone_products = counter_lists(&products_only, "hot").await;
+    let alone_callers = counter_lists(&callers_only, "hot").await;
+
+    assert_eq!(together_products.len(), 3);
+    assert_eq!(together_callers.len(), 3);
+    for task in 0..3 {
+        let (a, b) = (&together_products[&task], &alone_products[&task]);
+        assert_eq!(
+            (&a.items, a.events, a.offset),
+            (&b.items, b.events, b.offset),
+            "products, task {task}"
+        );
+        let (a, b) = (&together_callers[&task], &alone_callers[&task]);
+        assert_eq!(
+            (&a.items, a.events, a.offset),
+            (&b.items, b.events, b.offset),
+            "callers, task {task}"
+        );
+        assert_eq!(a.counter.as_deref(), Some("caller-ip"));
+    }
+    let events: u64 = together_callers.values().map(|l| l.events).sum();
+    assert_eq!(events, callers.len() as u64);
+}
+
+/// Until aborted, sends 60 events every 100 ms from 20 quiet callers (about 180 per caller
+/// per 6 s window), so event time and the windows keep moving.
+fn background_traffic(t: &Topology) -> tokio::task::JoinHandle<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = hotkeys::kafka::producer_config(&t.kafka)
+        .create()
+        .expect("producer");
+    let topic = t.kafka.topic.clone();
+    tokio::spawn(async move {
+        for tick in 0u64.. {
+            for i in 0..60u64 {
+                let product = ((tick * 60 + i) % 500).to_string();
+                let record = Record::openresty_from(&product, &format!("10.2.0.{}", i % 20));
+                let key = record.key.clone().unwrap_or_default();
+                let _ = producer
+                    .send_result(FutureRecord::to(&topic).key(&key).payload(&record.payload));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flooding_caller_is_blacklisted_then_released_after_ban_for_and_allow_listed_ones_never()
+{
+    let mut t = topology("blacklist", 3);
+    let ban_for = Duration::from_secs(3);
+    t.counters.push(hotkeys::config::CounterConfig {
+        window: Some(Duration::from_secs(6)),
+        buckets: Some(3),
+        threshold: Some(1000),
+        action: Some(hotkeys::config::Action::Blacklist),
+        ban_for,
+        allow: vec!["10.9.9.9".into()],
+        ..caller_counter("caller-ip")
+    });
+    hotkeys::kafka::ensure_topic(&t.kafka).await.expect("Kafka");
+    let file = testing::write_topology(&t);
+    let worker = Worker::start(&file, &[], &[]);
+    let background = background_traffic(&t);
+    let zk = Zk::connect(&t).await.expect("zk").for_counter("caller-ip");
+    eventually(60, "the caller counter to publish", || async {
+        (!hot_lists(&zk).await.is_empty()).then_some(())
+    })
+    .await;
+
+    let flood = (0..3000).flat_map(|i| {
+        let product = (i % 500).to_string();
+        [
+            Record::openresty_from(&product, "6.6.6.6"),
+            Record::openresty_from(&product, "10.9.9.9"),
+        ]
+    });
+    testing::produce(&t, flood).await;
+    let flooded = Instant::now();
+
+    let mut redis = redis::Client::open(t.redis.nodes[0].as_str())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis");
+    let set = hotkeys::blacklist::redis_key(&t.name, "caller-ip");
+    let until: f64 = eventually(60, "6.6.6.6 on the blacklist", || {
+        let mut redis = redis.clone();
+        let set = set.clone();
+        async move {
+            redis::cmd("ZSCORE")
+                .arg(&set)
+                .arg("6.6.6.6")
+                .query_async::<Option<f64>>(&mut redis)
+                .await
+                .expect("ZSCORE")
+        }
+    })
+    .await;
+    let banned = Instant::now();
+    eprintln!(
+        "blacklisted {:?} after the flood was delivered (publish_every {:?})",
+        banned - flooded,
+        t.count.publish_every
+    );
+    assert!(
+        until as i64 > hotkeys::hotlist::now_ms(),
+        "the ban is already over"
+    );
+    let merged = hotkeys::hotlist::merge(hot_lists(&zk).await.values().map(|(l, _)| l), 100);
+    let allowed = merged
+        .iter()
+        .find(|i| i.key == "10.9.9.9")
+        .expect("allow-listed caller counted");
+    assert!(allowed.count >= 1000, "{allowed:?}");
+    let record = zk
+        .read_blacklist()
+        .await
+        .expect("zk")
+        .expect("blacklist node")
+        .value;
+    assert!(
+        record.entries.iter().any(|e| e.key == "6.6.6.6"),
+        "{record:?}"
+    );
+
+    // The flood is over; the quiet callers go on and the window moves past it.
+    eventually(90, "6.6.6.6 released", || {
+        let mut redis = redis.clone();
+        let set = set.clone();
+        async move {
+            let score: Option<f64> = redis::cmd("ZSCORE")
+                .arg(&set)
+                .arg("6.6.6.6")
+                .query_async(&mut redis)
+                .await
+                .expect("ZSCORE");
+            score.is_none().then_some(())
+        }
+    })
+    .await;
+    assert!(
+        banned.elapsed() >= ban_for,
+        "released before ban_for ran out"
+    );
+    background.abort();
+
+    let entries: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&set)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut redis)
+        .await
+        .expect("ZRANGE");
+    assert!(entries.is_empty(), "{entries:?}");
+    let log = worker.log();
+    let bans: Vec<&str> = log.lines().filter(|l| l.contains("blacklisted")).collect();
+    assert_eq!(bans.len(), 1, "{bans:?}");
+    assert!(bans[0].contains("6.6.6.6"), "{bans:?}");
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("released from the blacklist"))
+            .count(),
+        1
+    );
+    let record = zk
+        .read_blacklist()
+        .await
+        .expect("zk")
+        .expect("blacklist node")
+        .value;
+    assert!(record.entries.is_empty(), "{record:?}");
 }

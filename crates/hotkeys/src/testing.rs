@@ -49,8 +49,14 @@ pub struct Record {
 impl Record {
     /// An OpenResty-format event for product `key`.
     pub fn openresty(key: &str) -> Record {
+        Record::openresty_from(key, "10.0.0.1")
+    }
+
+    /// An OpenResty-format event for product `key` requested by caller address `ip`
+    /// (`/headers/x-real-ip`).
+    pub fn openresty_from(key: &str, ip: &str) -> Record {
         let payload = format!(
-            r#"{{"request_module":"product_detail_info","headers":{{"host":"shop.example","user-agent":"test"}},"uri_args":{{"productId":"{key}","shopId":"1"}},"http_version":1.1,"method":"GET","raw_reader":"GET /product?productId={key}&shopId=1 HTTP/1.1\r\n","body_data":null}}"#
+            r#"{{"request_module":"product_detail_info","headers":{{"host":"shop.example","user-agent":"test","x-real-ip":"{ip}"}},"uri_args":{{"productId":"{key}","shopId":"1"}},"http_version":1.1,"method":"GET","raw_reader":"GET /product?productId={key}&shopId=1 HTTP/1.1\r\n","body_data":null}}"#
         );
         Record {
             key: Some(key.to_string()),
