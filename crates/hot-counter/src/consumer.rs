@@ -190,7 +190,11 @@ pub fn run(
     // batch of messages, or whenever the consumer has nothing to give.
     let mut since_check = 0u32;
     loop {
-        let polled = consumer.poll(Duration::from_millis(100));
+        // A zero timeout spares librdkafka a clock read per message; block only when its
+        // queue is empty.
+        let polled = consumer
+            .poll(Duration::ZERO)
+            .or_else(|| consumer.poll(Duration::from_millis(100)));
         let idle = polled.is_none();
         if let Some(result) = polled {
             match result {
