@@ -35,7 +35,7 @@ use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind, 
 
 use crate::codec::{self, Codec, CodecError};
 use crate::config::{RedisConfig, RedisMode};
-use crate::failover::Failover;
+use crate::failover::{Failover, State};
 use crate::ring::{Ring, RingError};
 
 /// What went wrong talking to the cache.
@@ -247,7 +247,11 @@ async fn resolve_master(
     cfg: &RedisConfig,
 ) -> Result<ConnectionManager, CacheError> {
     let unreachable = |source| CacheError::Connect {
-        node: format!("master `{}` of sentinels {}", cfg.master, cfg.nodes.join(",")),
+        node: format!(
+            "master `{}` of sentinels {}",
+            cfg.master,
+            cfg.nodes.join(",")
+        ),
         source,
     };
     let master = client
@@ -371,6 +375,16 @@ impl CacheNodes {
                 ring: Some(ring), ..
             } => ring.node_for(key.as_bytes()),
             Nodes::Independent { ring: None, .. } | Nodes::Cluster(_) | Nodes::Sentinel(_) => 0,
+        }
+    }
+
+    /// Where primary `p`'s keys are served from, when it has a backup.
+    pub fn failover_state(&self, p: usize) -> Option<State> {
+        match &self.nodes {
+            Nodes::Independent {
+                failover: Some(f), ..
+            } => f.has_backup(p).then(|| f.state(p)),
+            _ => None,
         }
     }
 

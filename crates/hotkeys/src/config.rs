@@ -329,8 +329,7 @@ impl RedisConfig {
         if self.pipeline == 0 {
             return bad("redis.pipeline", "expected at least 1");
         }
-        if !self.backups.is_empty() && !matches!(self.mode, RedisMode::Single | RedisMode::Ring)
-        {
+        if !self.backups.is_empty() && !matches!(self.mode, RedisMode::Single | RedisMode::Ring) {
             return bad(
                 "redis.backups",
                 "expected no backups outside `single` and `ring` mode (cluster and sentinel fail over by themselves)",
@@ -340,7 +339,9 @@ impl RedisConfig {
             if !self.nodes.contains(primary) {
                 return Err((
                     "redis.backups",
-                    format!("`{primary}` is not one of redis.nodes (expected a primary's URL as written there)"),
+                    format!(
+                        "`{primary}` is not one of redis.nodes (expected a primary's URL as written there)"
+                    ),
                 ));
             }
             if redis::parse_redis_url(backup).is_none() {
@@ -352,7 +353,9 @@ impl RedisConfig {
             if self.nodes.contains(backup) {
                 return Err((
                     "redis.backups",
-                    format!("backup `{backup}` of `{primary}` is itself a primary (its keys would move to the neighbour)"),
+                    format!(
+                        "backup `{backup}` of `{primary}` is itself a primary (its keys would move to the neighbour)"
+                    ),
                 ));
             }
         }

@@ -173,6 +173,11 @@ impl Failover {
         State::from_u8(self.shared.states[p].load(Ordering::Acquire))
     }
 
+    /// Whether primary `p` has a backup.
+    pub fn has_backup(&self, p: usize) -> bool {
+        self.shared.backup_of[p].is_some()
+    }
+
     /// Where a write of a key owned by primary `p` goes now.
     pub fn write_target(&self, p: usize) -> WriteTarget<'_> {
         match (&self.shared.backup_of[p], self.state(p)) {
@@ -257,7 +262,8 @@ impl Shared {
     fn set_state(&self, p: usize, to: State, keys: usize) {
         let from = State::from_u8(self.states[p].swap(to as u8, Ordering::AcqRel));
         let node = self.names[p].clone();
-        metrics::gauge!("hotkeys_cache_primary_state", "node" => node.clone()).set(f64::from(to as u8));
+        metrics::gauge!("hotkeys_cache_primary_state", "node" => node.clone())
+            .set(f64::from(to as u8));
         metrics::gauge!("hotkeys_cache_node_up", "node" => node.clone())
             .set(f64::from(u8::from(to != State::Down)));
         if from == to {
