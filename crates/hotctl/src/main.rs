@@ -1,10 +1,12 @@
 //! `hotctl`: the operator's command line. Each subcommand group lives in its own module
-//! (`db` for the catalogue database, `tasks` for what ZooKeeper holds per task); this file only parses arguments, loads the topology,
+//! (`db` for the catalogue database, `tasks` for what ZooKeeper holds per task, `keys` for
+//! what Redis holds); this file only parses arguments, loads the topology,
 //! dispatches, and turns errors into the exit codes of `hotkeys::exit`.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use hotkeys::cache::CacheError;
 use hotkeys::cli::TopologyArg;
 use hotkeys::config::ConfigError;
 use hotkeys::exit;
@@ -12,6 +14,7 @@ use hotkeys::mysql::MysqlError;
 use hotkeys::zk::ZkError;
 
 mod db;
+mod keys;
 mod tasks;
 
 #[derive(Parser)]
@@ -40,6 +43,10 @@ enum Command {
     Watch(tasks::WatchArgs),
     /// Clear the warmed marks (--warmed) or delete the topology's whole subtree (--yes).
     Reset(tasks::ResetArgs),
+    /// The warmed keys on every Redis node (SCAN); --verify keeps only live keys, with TTL.
+    Keys(keys::KeysArgs),
+    /// A hot list against Redis: which hot keys are warm, missing or expired.
+    Diff(keys::DiffArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +70,8 @@ fn main() -> ExitCode {
             Command::Hot(args) => tasks::hot(&topology, args).await,
             Command::Watch(args) => tasks::watch(&topology, args).await,
             Command::Reset(args) => tasks::reset(&topology, args).await,
+            Command::Keys(args) => keys::keys(&topology, args).await,
+            Command::Diff(args) => keys::diff(&topology, args).await,
         }
     });
     match result {
@@ -91,6 +100,13 @@ fn exit_code(e: &anyhow::Error) -> i32 {
         if let Some(z) = cause.downcast_ref::<ZkError>() {
             return match z {
                 ZkError::Unreachable { .. } | ZkError::Timeout => exit::UNREACHABLE,
+                _ => exit::FAILED,
+            };
+        }
+        if let Some(c) = cause.downcast_ref::<CacheError>() {
+            return match c {
+                _ if c.is_unreachable() => exit::UNREACHABLE,
+                CacheError::Config(_) | CacheError::Ring(_) => exit::USAGE,
                 _ => exit::FAILED,
             };
         }

@@ -480,6 +480,57 @@ impl CacheNodes {
         Ok(None)
     }
 
+    /// The remaining TTL of each of `keys` where a read of it would look (see
+    /// [`CacheNodes::get`]), in the order given.
+    pub async fn remaining(&self, keys: &[String]) -> Result<Vec<Remaining>, CacheError> {
+        let mut found = vec![Remaining::Absent; keys.len()];
+        if let Nodes::Cluster(conn) = &self.nodes {
+            // A cluster routes each key to its slot's owner; no cross-slot pipelines.
+            let ttls = try_join_all(keys.iter().map(|k| {
+                let mut conn = conn.clone();
+                async move {
+                    redis::cmd("PTTL")
+                        .arg(k)
+                        .query_async::<i64>(&mut conn)
+                        .await
+                }
+            }))
+            .await
+            .map_err(|source| self.command_error(0, source))?;
+            return Ok(ttls.into_iter().map(Remaining::from_pttl).collect());
+        }
+        let targets: Vec<Vec<usize>> = keys
+            .iter()
+            .map(|k| match &self.nodes {
+                Nodes::Independent {
+                    failover: Some(f), ..
+                } => f.read_targets(self.node_for(k)),
+                _ => vec![self.node_for(k)],
+            })
+            .collect();
+        // Round `r` asks each key still absent on its `r`-th node, one pipeline per node.
+        for round in 0..2 {
+            let mut per_node: HashMap<usize, Vec<usize>> = HashMap::new();
+            for (i, t) in targets.iter().enumerate() {
+                if found[i] == Remaining::Absent
+                    && let Some(&node) = t.get(round)
+                {
+                    per_node.entry(node).or_default().push(i);
+                }
+            }
+            for (node, idx) in per_node {
+                let asked: Vec<&str> = idx.iter().map(|&i| keys[i].as_str()).collect();
+                let ttls = pttls(&mut self.conn(node), &asked, self.pipeline)
+                    .await
+                    .map_err(|source| self.command_error(node, source))?;
+                for (i, ttl) in idx.into_iter().zip(ttls) {
+                    found[i] = ttl;
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// Applies `writes`: each set on its node, each delete on every node of a ring. One
     /// pipeline per node at a time (at most `redis.pipeline` commands), nodes in parallel;
     /// fails if any node fails, after the others finished. A primary that is down is
@@ -645,6 +696,46 @@ impl Write<'_> {
             Write::Set { key, .. } | Write::Delete { key } => key,
         }
     }
+}
+
+/// How long a key has left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remaining {
+    /// Not there (never written, deleted, evicted or expired).
+    Absent,
+    /// There without expiry.
+    Forever,
+    /// There for this long.
+    Left(Duration),
+}
+
+impl Remaining {
+    /// From a `PTTL` reply: -2 absent, -1 no expiry, else milliseconds.
+    pub fn from_pttl(pttl: i64) -> Remaining {
+        match pttl {
+            -1 => Remaining::Forever,
+            ms if ms >= 0 => Remaining::Left(Duration::from_millis(ms as u64)),
+            _ => Remaining::Absent,
+        }
+    }
+}
+
+/// `PTTL` of every key on one connection, `pipeline` keys per round trip.
+pub async fn pttls(
+    conn: &mut RedisConn,
+    keys: &[&str],
+    pipeline: usize,
+) -> Result<Vec<Remaining>, RedisError> {
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(pipeline.max(1)) {
+        let mut pipe = redis::pipe();
+        for k in chunk {
+            pipe.cmd("PTTL").arg(*k);
+        }
+        let ttls: Vec<i64> = pipe.query_async(conn).await?;
+        out.extend(ttls.into_iter().map(Remaining::from_pttl));
+    }
+    Ok(out)
 }
 
 /// Counts from one node. Deletes are kept by their index in the batch because a delete

@@ -284,7 +284,8 @@ impl RedisServer {
         server
     }
 
-    fn start_with(extra: &[&str]) -> RedisServer {
+    /// A plain node with extra redis-server arguments.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         let port = free_port();
         let dir = std::env::temp_dir().join(unique("redis"));
         std::fs::create_dir_all(&dir).expect("redis dir");
