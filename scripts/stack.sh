@@ -176,7 +176,8 @@ ensure_installed() { # SERVER...
       kafka) pkgs+=(kcat) ;;
       zookeeper) pkgs+=(zookeeper libslf4j-java) ;;
       mysql) pkgs+=(mariadb-server mariadb-client) ;;
-      redis | redis-remote) pkgs+=(redis-server redis-tools) ;;
+      # redis-sentinel: the Sentinel-mode tests start their own sentinels with it.
+      redis | redis-remote) pkgs+=(redis-server redis-tools redis-sentinel) ;;
     esac
   done
   local p seen=" "

@@ -1,6 +1,7 @@
 //! `hotctl`: the operator's command line. Each subcommand group lives in its own module
 //! (`db` for the catalogue database, `tasks` for what ZooKeeper holds per task, `blacklist`
-//! for the threshold rules' bans); this file only parses arguments, loads the topology,
+//! for the threshold rules' bans, `keys` for what Redis holds); this file only parses
+//! arguments, loads the topology,
 //! dispatches, and turns errors into the exit codes of `hotkeys::exit`.
 
 use std::process::ExitCode;
@@ -17,6 +18,7 @@ use hotkeys::zk::ZkError;
 
 mod blacklist;
 mod db;
+mod keys;
 mod tasks;
 
 #[derive(Parser)]
@@ -50,6 +52,10 @@ enum Command {
     Unban(blacklist::UnbanArgs),
     /// Clear the warmed marks (--warmed) or delete the topology's whole subtree (--yes).
     Reset(tasks::ResetArgs),
+    /// The warmed keys on every Redis node (SCAN); --verify keeps only live keys, with TTL.
+    Keys(keys::KeysArgs),
+    /// A hot list against Redis: which hot keys are warm, missing or expired.
+    Diff(keys::DiffArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +81,8 @@ fn main() -> ExitCode {
             Command::Reset(args) => tasks::reset(&topology, args).await,
             Command::Blacklist(args) => blacklist::show(&topology, args).await,
             Command::Unban(args) => blacklist::unban(&topology, args).await,
+            Command::Keys(args) => keys::keys(&topology, args).await,
+            Command::Diff(args) => keys::diff(&topology, args).await,
         }
     });
     match result {
@@ -111,10 +119,10 @@ fn exit_code(e: &anyhow::Error) -> i32 {
             };
         }
         if let Some(c) = cause.downcast_ref::<CacheError>() {
-            return if c.is_unreachable() {
-                exit::UNREACHABLE
-            } else {
-                exit::FAILED
+            return match c {
+                _ if c.is_unreachable() => exit::UNREACHABLE,
+                CacheError::Config(_) | CacheError::Ring(_) => exit::USAGE,
+                _ => exit::FAILED,
             };
         }
         if let Some(BlacklistError::Redis(r)) = cause.downcast_ref::<BlacklistError>()

@@ -5,7 +5,14 @@
 //! - `single`: one node takes every key;
 //! - `ring`: client-side placement over several independent nodes with a [`Ring`] that
 //!   reproduces the site's other clients (PECL memcache, Flexihash, twemproxy ketama);
-//! - `cluster`: Redis Cluster through the redis crate's cluster client.
+//! - `cluster`: Redis Cluster through the redis crate's cluster client;
+//! - `sentinel`: the master a set of Redis Sentinels names; after a failover (a node that
+//!   is gone or answers `READONLY`) the sentinels are asked again, and the caller's retry
+//!   reaches the new master.
+//!
+//! In `single` and `ring` mode a primary may have a backup that serves its keys while it is
+//! down ([`crate::failover`]). Every value goes through [`crate::codec`] on its way in
+//! and out, so large values are stored compressed.
 //!
 //! Writes are pipelined per node. A `set` goes to the node the placement picks; a `delete`
 //! goes to every node of a ring and succeeds only when every node answered, because "first
@@ -16,15 +23,19 @@
 //! `redis.timeout`: a pipeline of a thousand values easily takes longer under load.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::{join_all, try_join_all};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
-use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
+use redis::sentinel::{SentinelClient, SentinelServerType};
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value};
 
+use crate::codec::{self, Codec, CodecError};
 use crate::config::{RedisConfig, RedisMode};
+use crate::failover::{Failover, State};
 use crate::ring::{Ring, RingError};
 
 /// What went wrong talking to the cache.
@@ -41,6 +52,9 @@ pub enum CacheError {
     /// A node failed or did not answer a command in time.
     #[error("redis node {node}: {source}")]
     Command { node: String, source: RedisError },
+    /// A stored value is tagged as compressed but does not decompress.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
 }
 
 impl CacheError {
@@ -54,7 +68,7 @@ impl CacheError {
                     || source.is_connection_refusal()
                     || source.is_connection_dropped()
             }
-            CacheError::Config(_) | CacheError::Ring(_) => false,
+            CacheError::Config(_) | CacheError::Ring(_) | CacheError::Codec(_) => false,
         }
     }
 }
@@ -139,7 +153,9 @@ impl RedisConn {
             RedisMode::Single | RedisMode::Ring => {
                 Ok(RedisConn::Node(connect_node(first, cfg.timeout).await?))
             }
-            RedisMode::Sentinel => Err(sentinel_unsupported()),
+            RedisMode::Sentinel => Ok(RedisConn::Node(
+                SentinelMaster::connect(cfg).await?.current(),
+            )),
         }
     }
 }
@@ -147,11 +163,12 @@ impl RedisConn {
 /// The nodes of one data centre's cache and the rule that places keys on them.
 #[derive(Clone)]
 pub struct CacheNodes {
-    /// Node URLs as configured; they name nodes in errors.
+    /// Node URLs as configured, primaries first, then backups; they name nodes in errors.
     names: Vec<String>,
     nodes: Nodes,
     /// Commands per pipeline sent to one node.
     pipeline: usize,
+    codec: Codec,
 }
 
 #[derive(Clone)]
@@ -160,8 +177,92 @@ enum Nodes {
     Independent {
         conns: Vec<ConnectionManager>,
         ring: Option<Ring>,
+        /// Present when some primary has a backup.
+        failover: Option<Failover>,
     },
     Cluster(ClusterConnection),
+    Sentinel(Arc<SentinelMaster>),
+}
+
+/// The master a set of sentinels names, re-resolved after a failover.
+struct SentinelMaster {
+    client: tokio::sync::Mutex<SentinelClient>,
+    /// The connection to the master as last resolved.
+    current: Mutex<ConnectionManager>,
+    /// The sentinels (`nodes`), the master's name and the timeouts.
+    cfg: RedisConfig,
+}
+
+impl SentinelMaster {
+    async fn connect(cfg: &RedisConfig) -> Result<SentinelMaster, CacheError> {
+        let client = SentinelClient::build(
+            cfg.nodes.clone(),
+            cfg.master.clone(),
+            None,
+            SentinelServerType::Master,
+        )
+        .map_err(|e| CacheError::Config(format!("redis sentinels: {e}")))?;
+        let client = tokio::sync::Mutex::new(client);
+        let current = Mutex::new(resolve_master(&client, cfg).await?);
+        Ok(SentinelMaster {
+            client,
+            current,
+            cfg: cfg.clone(),
+        })
+    }
+
+    fn current(&self) -> ConnectionManager {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Asks the sentinels for the master again after `error`, when the error says the
+    /// master may have moved. A failure here leaves the old connection; the caller's retry
+    /// tries again.
+    async fn follow(&self, error: &RedisError) {
+        let moved = error.is_io_error()
+            || error.is_timeout()
+            || error.is_connection_refusal()
+            || error.is_connection_dropped()
+            || error.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly);
+        if !moved {
+            return;
+        }
+        let master = &self.cfg.master;
+        match resolve_master(&self.client, &self.cfg).await {
+            Ok(conn) => {
+                *self.current.lock().unwrap_or_else(|p| p.into_inner()) = conn;
+                metrics::counter!("hotkeys_cache_sentinel_resolves_total").increment(1);
+                tracing::info!(master, "asked the sentinels for the master again");
+            }
+            Err(e) => tracing::warn!(master, error = %e, "sentinels name no reachable master"),
+        }
+    }
+}
+
+async fn resolve_master(
+    client: &tokio::sync::Mutex<SentinelClient>,
+    cfg: &RedisConfig,
+) -> Result<ConnectionManager, CacheError> {
+    let unreachable = |source| CacheError::Connect {
+        node: format!(
+            "master `{}` of sentinels {}",
+            cfg.master,
+            cfg.nodes.join(",")
+        ),
+        source,
+    };
+    let master = client
+        .lock()
+        .await
+        .async_get_client()
+        .await
+        .map_err(unreachable)?;
+    ConnectionManager::new_with_config(master, manager_config(cfg.timeout))
+        .await
+        .map_err(unreachable)
 }
 
 impl CacheNodes {
@@ -171,6 +272,7 @@ impl CacheNodes {
             return Err(CacheError::Config("redis.nodes lists no node".into()));
         }
         let pipeline = cfg.pipeline.max(1);
+        let mut names = cfg.nodes.clone();
         let nodes = match cfg.mode {
             RedisMode::Single | RedisMode::Ring => {
                 let ring = match cfg.mode {
@@ -183,23 +285,86 @@ impl CacheNodes {
                         )));
                     }
                 };
-                let conns =
-                    try_join_all(cfg.nodes.iter().map(|n| connect_node(n, cfg.timeout))).await?;
-                Nodes::Independent { conns, ring }
+                Self::independent(cfg, ring, &mut names).await?
             }
             RedisMode::Cluster => Nodes::Cluster(connect_cluster(&cfg.nodes, cfg.timeout).await?),
-            RedisMode::Sentinel => return Err(sentinel_unsupported()),
+            RedisMode::Sentinel => Nodes::Sentinel(Arc::new(SentinelMaster::connect(cfg).await?)),
         };
         Ok(CacheNodes {
-            names: cfg.nodes.clone(),
+            names,
             nodes,
             pipeline,
+            codec: Codec::new(cfg.compress_over, cfg.compress_level),
         })
     }
 
-    /// The configured node URLs, in order; [`CacheNodes::node_for`] indexes into them.
+    /// The connections of `single` / `ring` mode. Primaries with a backup, and the backups,
+    /// connect lazily: a primary that is down at start begins on its backup. Every other
+    /// node must answer now. Backups are appended to `names`.
+    async fn independent(
+        cfg: &RedisConfig,
+        ring: Option<Ring>,
+        names: &mut Vec<String>,
+    ) -> Result<Nodes, CacheError> {
+        let mut backup_of = Vec::with_capacity(cfg.nodes.len());
+        for primary in &cfg.nodes {
+            backup_of.push(cfg.backups.get(primary).map(|backup| {
+                names.iter().position(|n| n == backup).unwrap_or_else(|| {
+                    names.push(backup.clone());
+                    names.len() - 1
+                })
+            }));
+        }
+        let lazy = |n: usize| n >= cfg.nodes.len() || backup_of[n].is_some();
+        let conns = try_join_all(names.iter().enumerate().map(|(n, url)| async move {
+            if lazy(n) {
+                lazy_node(url, cfg.timeout)
+            } else {
+                connect_node(url, cfg.timeout).await
+            }
+        }))
+        .await?;
+        let failover = match backup_of.iter().any(Option::is_some) {
+            true => Some(Failover::start(conns.clone(), names.clone(), backup_of, cfg).await),
+            false => None,
+        };
+        Ok(Nodes::Independent {
+            conns,
+            ring,
+            failover,
+        })
+    }
+
+    /// The node URLs: the configured nodes in order (which [`CacheNodes::node_for`] indexes
+    /// into), then the backups.
     pub fn nodes(&self) -> &[String] {
         &self.names
+    }
+
+    /// A connection to every node that can hold keys, named: each node and backup of a
+    /// ring, the master of a sentinel set. A cluster is asked through each configured
+    /// node, which therefore must list every primary.
+    pub async fn every_node(&self) -> Result<Vec<(String, RedisConn)>, CacheError> {
+        match &self.nodes {
+            Nodes::Independent { conns, .. } => Ok(self
+                .names
+                .iter()
+                .cloned()
+                .zip(conns.iter().map(|c| RedisConn::Node(c.clone())))
+                .collect()),
+            Nodes::Sentinel(master) => Ok(vec![(
+                format!("sentinel master {}", self.names.join(",")),
+                RedisConn::Node(master.current()),
+            )]),
+            Nodes::Cluster(_) => {
+                let mut all = Vec::new();
+                for url in &self.names {
+                    let conn = connect_node(url, Duration::from_secs(10)).await?;
+                    all.push((url.clone(), RedisConn::Node(conn)));
+                }
+                Ok(all)
+            }
+        }
     }
 
     /// Index of the node a `set` of `key` goes to. Redis Cluster places keys itself, so a
@@ -209,7 +374,17 @@ impl CacheNodes {
             Nodes::Independent {
                 ring: Some(ring), ..
             } => ring.node_for(key.as_bytes()),
-            Nodes::Independent { ring: None, .. } | Nodes::Cluster(_) => 0,
+            Nodes::Independent { ring: None, .. } | Nodes::Cluster(_) | Nodes::Sentinel(_) => 0,
+        }
+    }
+
+    /// Where primary `p`'s keys are served from, when it has a backup.
+    pub fn failover_state(&self, p: usize) -> Option<State> {
+        match &self.nodes {
+            Nodes::Independent {
+                failover: Some(f), ..
+            } => f.has_backup(p).then(|| f.state(p)),
+            _ => None,
         }
     }
 
@@ -219,6 +394,7 @@ impl CacheNodes {
         match &self.nodes {
             Nodes::Independent { conns, .. } => RedisConn::Node(conns[0].clone()),
             Nodes::Cluster(c) => RedisConn::Cluster(c.clone()),
+            Nodes::Sentinel(m) => RedisConn::Node(m.current()),
         }
     }
 
@@ -279,31 +455,119 @@ impl CacheNodes {
         Ok(outcome.deleted > 0)
     }
 
-    /// The value of `key` on the node that holds it.
+    /// The value of `key` on the node that holds it (its backup while it is down), decoded.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
-        let node = self.node_for(key);
-        let mut conn = self.conn(node);
-        redis::cmd("GET")
-            .arg(key)
-            .query_async(&mut conn)
+        let primary = self.node_for(key);
+        let nodes = match &self.nodes {
+            Nodes::Independent {
+                failover: Some(f), ..
+            } => f.read_targets(primary),
+            _ => vec![primary],
+        };
+        for node in nodes {
+            let stored: Option<Vec<u8>> = match redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut self.conn(node))
+                .await
+            {
+                Ok(v) => v,
+                Err(source) => return Err(self.failed(node, source).await),
+            };
+            if let Some(stored) = stored {
+                return Ok(Some(codec::decode(&stored)?.into_owned()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The remaining TTL of each of `keys` where a read of it would look (see
+    /// [`CacheNodes::get`]), in the order given.
+    pub async fn remaining(&self, keys: &[String]) -> Result<Vec<Remaining>, CacheError> {
+        let mut found = vec![Remaining::Absent; keys.len()];
+        if let Nodes::Cluster(conn) = &self.nodes {
+            // A cluster routes each key to its slot's owner; no cross-slot pipelines.
+            let ttls = try_join_all(keys.iter().map(|k| {
+                let mut conn = conn.clone();
+                async move {
+                    redis::cmd("PTTL")
+                        .arg(k)
+                        .query_async::<i64>(&mut conn)
+                        .await
+                }
+            }))
             .await
-            .map_err(|source| self.command_error(node, source))
+            .map_err(|source| self.command_error(0, source))?;
+            return Ok(ttls.into_iter().map(Remaining::from_pttl).collect());
+        }
+        let targets: Vec<Vec<usize>> = keys
+            .iter()
+            .map(|k| match &self.nodes {
+                Nodes::Independent {
+                    failover: Some(f), ..
+                } => f.read_targets(self.node_for(k)),
+                _ => vec![self.node_for(k)],
+            })
+            .collect();
+        // Round `r` asks each key still absent on its `r`-th node, one pipeline per node.
+        for round in 0..2 {
+            let mut per_node: HashMap<usize, Vec<usize>> = HashMap::new();
+            for (i, t) in targets.iter().enumerate() {
+                if found[i] == Remaining::Absent
+                    && let Some(&node) = t.get(round)
+                {
+                    per_node.entry(node).or_default().push(i);
+                }
+            }
+            for (node, idx) in per_node {
+                let asked: Vec<&str> = idx.iter().map(|&i| keys[i].as_str()).collect();
+                let ttls = pttls(&mut self.conn(node), &asked, self.pipeline)
+                    .await
+                    .map_err(|source| self.command_error(node, source))?;
+                for (i, ttl) in idx.into_iter().zip(ttls) {
+                    found[i] = ttl;
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Applies `writes`: each set on its node, each delete on every node of a ring. One
     /// pipeline per node at a time (at most `redis.pipeline` commands), nodes in parallel;
-    /// fails if any node fails, after the others finished.
+    /// fails if any node fails, after the others finished. A primary that is down is
+    /// replaced by its backup, which remembers the keys written for the fail-back.
     pub async fn apply(&self, writes: &[Write<'_>]) -> Result<WriteOutcome, CacheError> {
         match &self.nodes {
-            Nodes::Independent { conns, ring } => {
-                let mut per_node: Vec<Vec<usize>> = vec![Vec::new(); conns.len()];
+            Nodes::Independent {
+                conns,
+                ring,
+                failover,
+            } => {
+                let _routing = match failover {
+                    Some(f) => Some(f.routing().await),
+                    None => None,
+                };
+                let primaries = ring.as_ref().map_or(1, Ring::len);
+                let target = |p: usize| match failover {
+                    Some(f) => {
+                        let t = f.write_target(p);
+                        (t.node, t.track)
+                    }
+                    None => (p, None),
+                };
+                let mut per_node: Vec<Vec<(usize, Option<&str>)>> = vec![Vec::new(); conns.len()];
                 for (i, write) in writes.iter().enumerate() {
                     match write {
                         Write::Set { key, .. } => {
-                            let node = ring.as_ref().map_or(0, |r| r.node_for(key.as_bytes()));
-                            per_node[node].push(i);
+                            let p = ring.as_ref().map_or(0, |r| r.node_for(key.as_bytes()));
+                            let (node, track) = target(p);
+                            per_node[node].push((i, track));
                         }
-                        Write::Delete { .. } => per_node.iter_mut().for_each(|n| n.push(i)),
+                        Write::Delete { .. } => {
+                            for p in 0..primaries {
+                                let (node, track) = target(p);
+                                per_node[node].push((i, track));
+                            }
+                        }
                     }
                 }
                 let runs = per_node
@@ -315,6 +579,16 @@ impl CacheNodes {
                     });
                 merge(join_all(runs).await)
             }
+            Nodes::Sentinel(master) => {
+                let batch = (0..writes.len()).map(|i| (i, None)).collect();
+                let result = self
+                    .run_on(0, RedisConn::Node(master.current()), writes, batch)
+                    .await;
+                if let Err(CacheError::Command { source, .. }) = &result {
+                    master.follow(source).await;
+                }
+                merge(vec![result])
+            }
             Nodes::Cluster(conn) => {
                 // A cluster pipeline must stay within one slot; order per key is kept since
                 // a key never leaves its slot.
@@ -325,27 +599,29 @@ impl CacheNodes {
                         .or_default()
                         .push(i);
                 }
-                let runs = per_slot
-                    .into_values()
-                    .map(|batch| self.run_on(0, RedisConn::Cluster(conn.clone()), writes, batch));
+                let runs = per_slot.into_values().map(|batch| {
+                    let batch = batch.into_iter().map(|i| (i, None)).collect();
+                    self.run_on(0, RedisConn::Cluster(conn.clone()), writes, batch)
+                });
                 merge(join_all(runs).await)
             }
         }
     }
 
     /// Sends `writes` to one node in pipelines of at most `self.pipeline` commands, one after
-    /// the other so that later writes of a key never overtake earlier ones.
+    /// the other so that later writes of a key never overtake earlier ones. A write that
+    /// names a tracking set (a backup standing in for its primary) also adds its key there.
     async fn run_on(
         &self,
         node: usize,
         mut conn: RedisConn,
         writes: &[Write<'_>],
-        batch: Vec<usize>,
+        batch: Vec<(usize, Option<&str>)>,
     ) -> Result<Tally, CacheError> {
         let mut tally = Tally::default();
         for chunk in batch.chunks(self.pipeline) {
             let mut pipe = redis::pipe();
-            for &i in chunk {
+            for &(i, track) in chunk {
                 match writes[i] {
                     Write::Set {
                         key,
@@ -353,7 +629,8 @@ impl CacheNodes {
                         ttl,
                         only_if_absent,
                     } => {
-                        let cmd = pipe.cmd("SET").arg(key).arg(value);
+                        let stored = self.codec.encode(value);
+                        let cmd = pipe.cmd("SET").arg(key).arg(&*stored);
                         if let Some(ttl) = ttl {
                             // PX 0 is refused by Redis; a sub-millisecond TTL rounds up.
                             cmd.arg("PX").arg(ttl.as_millis().max(1) as u64);
@@ -366,12 +643,15 @@ impl CacheNodes {
                         pipe.cmd("DEL").arg(key);
                     }
                 }
+                if let Some(track) = track {
+                    pipe.cmd("SADD").arg(track).arg(writes[i].key()).ignore();
+                }
             }
             let replies: Vec<Value> = pipe
                 .query_async(&mut conn)
                 .await
                 .map_err(|source| self.command_error(node, source))?;
-            for (&i, reply) in chunk.iter().zip(replies) {
+            for (&(i, _), reply) in chunk.iter().zip(replies) {
                 match (&writes[i], reply) {
                     (Write::Set { .. }, Value::Nil) => tally.already_present += 1,
                     (Write::Set { .. }, _) => tally.written += 1,
@@ -387,6 +667,7 @@ impl CacheNodes {
         match &self.nodes {
             Nodes::Independent { conns, .. } => RedisConn::Node(conns[node].clone()),
             Nodes::Cluster(c) => RedisConn::Cluster(c.clone()),
+            Nodes::Sentinel(m) => RedisConn::Node(m.current()),
         }
     }
 
@@ -394,8 +675,17 @@ impl CacheNodes {
         let node = match &self.nodes {
             Nodes::Independent { .. } => self.names[node].clone(),
             Nodes::Cluster(_) => format!("cluster {}", self.names.join(",")),
+            Nodes::Sentinel(_) => format!("sentinel master {}", self.names.join(",")),
         };
         CacheError::Command { node, source }
+    }
+
+    /// The error of a failed command; a sentinel set first looks for a new master.
+    async fn failed(&self, node: usize, source: RedisError) -> CacheError {
+        if let Nodes::Sentinel(master) = &self.nodes {
+            master.follow(&source).await;
+        }
+        self.command_error(node, source)
     }
 }
 
@@ -406,6 +696,46 @@ impl Write<'_> {
             Write::Set { key, .. } | Write::Delete { key } => key,
         }
     }
+}
+
+/// How long a key has left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remaining {
+    /// Not there (never written, deleted, evicted or expired).
+    Absent,
+    /// There without expiry.
+    Forever,
+    /// There for this long.
+    Left(Duration),
+}
+
+impl Remaining {
+    /// From a `PTTL` reply: -2 absent, -1 no expiry, else milliseconds.
+    pub fn from_pttl(pttl: i64) -> Remaining {
+        match pttl {
+            -1 => Remaining::Forever,
+            ms if ms >= 0 => Remaining::Left(Duration::from_millis(ms as u64)),
+            _ => Remaining::Absent,
+        }
+    }
+}
+
+/// `PTTL` of every key on one connection, `pipeline` keys per round trip.
+pub async fn pttls(
+    conn: &mut RedisConn,
+    keys: &[&str],
+    pipeline: usize,
+) -> Result<Vec<Remaining>, RedisError> {
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(pipeline.max(1)) {
+        let mut pipe = redis::pipe();
+        for k in chunk {
+            pipe.cmd("PTTL").arg(*k);
+        }
+        let ttls: Vec<i64> = pipe.query_async(conn).await?;
+        out.extend(ttls.into_iter().map(Remaining::from_pttl));
+    }
+    Ok(out)
 }
 
 /// Counts from one node. Deletes are kept by their index in the batch because a delete
@@ -431,28 +761,38 @@ fn merge(results: Vec<Result<Tally, CacheError>>) -> Result<WriteOutcome, CacheE
     Ok(outcome)
 }
 
-fn sentinel_unsupported() -> CacheError {
-    CacheError::Config("mode `sentinel` is not supported yet; use single, ring or cluster".into())
+fn client(url: &str) -> Result<redis::Client, CacheError> {
+    redis::Client::open(url)
+        .map_err(|e| CacheError::Config(format!("redis node `{url}`: not a valid Redis URL: {e}")))
 }
 
-async fn connect_node(url: &str, timeout: Duration) -> Result<ConnectionManager, CacheError> {
-    let connect_error = |source| CacheError::Connect {
-        node: url.to_string(),
-        source,
-    };
-    let client = redis::Client::open(url).map_err(|e| {
-        CacheError::Config(format!("redis node `{url}`: not a valid Redis URL: {e}"))
-    })?;
-    // Few, quick reconnection attempts: a node that stays down should fail the command
-    // soon, and the callers (shipper, receiver, prewarm) have their own retry policies.
-    let config = ConnectionManagerConfig::new()
+/// Few, quick reconnection attempts: a node that stays down should fail the command soon,
+/// and the callers (shipper, receiver, prewarm, the failover checker) retry on their own.
+fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
         .set_response_timeout(Some(timeout))
         .set_connection_timeout(Some(timeout))
         .set_number_of_retries(2)
-        .set_max_delay(Duration::from_millis(500));
-    ConnectionManager::new_with_config(client, config)
+        .set_max_delay(Duration::from_millis(500))
+}
+
+async fn connect_node(url: &str, timeout: Duration) -> Result<ConnectionManager, CacheError> {
+    ConnectionManager::new_with_config(client(url)?, manager_config(timeout))
         .await
-        .map_err(connect_error)
+        .map_err(|source| CacheError::Connect {
+            node: url.to_string(),
+            source,
+        })
+}
+
+/// A connection made at its first command, for nodes that may be down at start.
+fn lazy_node(url: &str, timeout: Duration) -> Result<ConnectionManager, CacheError> {
+    ConnectionManager::new_lazy_with_config(client(url)?, manager_config(timeout)).map_err(
+        |source| CacheError::Connect {
+            node: url.to_string(),
+            source,
+        },
+    )
 }
 
 async fn connect_cluster(

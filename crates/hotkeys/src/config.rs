@@ -349,6 +349,20 @@ pub struct RedisConfig {
     /// Response timeout of one command or pipeline.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// `single` / `ring` mode: the backup node of a primary, by the primary's URL as written
+    /// in `nodes`. While a primary is down its keys are read and written on its backup.
+    pub backups: BTreeMap<String, String>,
+    /// How often every node with a backup is pinged.
+    #[serde(with = "humantime_serde")]
+    pub health_every: Duration,
+    /// Failed pings in a row after which a primary counts as down.
+    pub health_failures: u32,
+    /// `sentinel` mode: the name of the monitored master (`nodes` are the sentinels).
+    pub master: String,
+    /// Values longer than this many bytes are stored zstd-compressed; 0 never compresses.
+    pub compress_over: usize,
+    /// zstd level of compressed values, 1 (fast) to 22 (small).
+    pub compress_level: i32,
 }
 
 impl Default for RedisConfig {
@@ -363,7 +377,78 @@ impl Default for RedisConfig {
             ttl_jitter: 0.1,
             pipeline: 1000,
             timeout: Duration::from_secs(10),
+            backups: BTreeMap::new(),
+            health_every: Duration::from_secs(1),
+            health_failures: 3,
+            master: "mymaster".into(),
+            compress_over: 128 * 1024,
+            compress_level: 3,
         }
+    }
+}
+
+impl RedisConfig {
+    /// Checks the keys of `[redis]`; on error, the key and what was expected.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let bad = |key, message: &str| Err((key, message.to_string()));
+        if self.nodes.is_empty() {
+            return bad("redis.nodes", "expected at least one node URL");
+        }
+        if self.mode == RedisMode::Single && self.nodes.len() != 1 {
+            return bad("redis.nodes", "expected exactly one node in `single` mode");
+        }
+        if !self.key.contains("{key}") {
+            return bad("redis.key", "expected the `{key}` placeholder");
+        }
+        if !(0.0..=1.0).contains(&self.ttl_jitter) {
+            return bad("redis.ttl_jitter", "expected a fraction between 0 and 1");
+        }
+        if self.pipeline == 0 {
+            return bad("redis.pipeline", "expected at least 1");
+        }
+        if !self.backups.is_empty() && !matches!(self.mode, RedisMode::Single | RedisMode::Ring) {
+            return bad(
+                "redis.backups",
+                "expected no backups outside `single` and `ring` mode (cluster and sentinel fail over by themselves)",
+            );
+        }
+        for (primary, backup) in &self.backups {
+            if !self.nodes.contains(primary) {
+                return Err((
+                    "redis.backups",
+                    format!(
+                        "`{primary}` is not one of redis.nodes (expected a primary's URL as written there)"
+                    ),
+                ));
+            }
+            if redis::parse_redis_url(backup).is_none() {
+                return Err((
+                    "redis.backups",
+                    format!("backup `{backup}` of `{primary}`: expected a redis:// URL"),
+                ));
+            }
+            if self.nodes.contains(backup) {
+                return Err((
+                    "redis.backups",
+                    format!(
+                        "backup `{backup}` of `{primary}` is itself a primary (its keys would move to the neighbour)"
+                    ),
+                ));
+            }
+        }
+        if self.health_every.is_zero() {
+            return bad("redis.health_every", "expected a positive duration");
+        }
+        if self.health_failures == 0 {
+            return bad("redis.health_failures", "expected at least 1");
+        }
+        if self.mode == RedisMode::Sentinel && self.master.is_empty() {
+            return bad("redis.master", "expected the master name sentinel monitors");
+        }
+        if !(1..=22).contains(&self.compress_level) {
+            return bad("redis.compress_level", "expected a zstd level from 1 to 22");
+        }
+        Ok(())
     }
 }
 
@@ -543,20 +628,8 @@ impl Topology {
                 "expected between 1 and 65535 (MySQL bind limit)",
             );
         }
-        if self.redis.nodes.is_empty() {
-            return bad("redis.nodes", "expected at least one node URL");
-        }
-        if self.redis.mode == RedisMode::Single && self.redis.nodes.len() != 1 {
-            return bad("redis.nodes", "expected exactly one node in `single` mode");
-        }
-        if !self.redis.key.contains("{key}") {
-            return bad("redis.key", "expected the `{key}` placeholder");
-        }
-        if !(0.0..=1.0).contains(&self.redis.ttl_jitter) {
-            return bad("redis.ttl_jitter", "expected a fraction between 0 and 1");
-        }
-        if self.redis.pipeline == 0 {
-            return bad("redis.pipeline", "expected at least 1");
+        if let Err((key, message)) = self.redis.validate() {
+            return bad(key, &message);
         }
         if self.sync.batch == 0 {
             return bad("sync.batch", "expected at least 1");
@@ -927,6 +1000,76 @@ mod tests {
         ] {
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn redis_backups_map_primaries_to_their_backups() {
+        let t = parse(
+            "[redis]\nmode = \"ring\"\nnodes = [\"redis://a:1\", \"redis://b:2\"]\n\
+             health_every = \"250ms\"\nhealth_failures = 2\n\
+             [redis.backups]\n\"redis://a:1\" = \"redis://c:3\"\n",
+        )
+        .unwrap();
+        assert_eq!(t.redis.backups["redis://a:1"], "redis://c:3");
+        assert_eq!(t.redis.health_every, Duration::from_millis(250));
+        assert_eq!(t.redis.health_failures, 2);
+    }
+
+    #[test]
+    fn bad_redis_failover_and_codec_values_are_rejected_with_the_key_and_reason() {
+        let ring = "[redis]\nmode = \"ring\"\nnodes = [\"redis://a:1\", \"redis://b:2\"]\n";
+        for (text, key, reason) in [
+            (
+                format!("{ring}[redis.backups]\n\"redis://x:9\" = \"redis://c:3\"\n"),
+                "redis.backups",
+                "not one of redis.nodes",
+            ),
+            (
+                format!("{ring}[redis.backups]\n\"redis://a:1\" = \"redis://b:2\"\n"),
+                "redis.backups",
+                "itself a primary",
+            ),
+            (
+                format!("{ring}[redis.backups]\n\"redis://a:1\" = \"c:3\"\n"),
+                "redis.backups",
+                "redis:// URL",
+            ),
+            (
+                "[redis]\nmode = \"cluster\"\nnodes = [\"redis://a:1\"]\n\
+                 [redis.backups]\n\"redis://a:1\" = \"redis://c:3\"\n"
+                    .to_string(),
+                "redis.backups",
+                "no backups outside",
+            ),
+            (
+                format!("{ring}health_every = \"0s\"\n"),
+                "redis.health_every",
+                "positive",
+            ),
+            (
+                format!("{ring}health_failures = 0\n"),
+                "redis.health_failures",
+                "at least 1",
+            ),
+            (
+                "[redis]\nmode = \"sentinel\"\nmaster = \"\"\n".to_string(),
+                "redis.master",
+                "master name",
+            ),
+            (
+                "[redis]\ncompress_level = 40\n".to_string(),
+                "redis.compress_level",
+                "1 to 22",
+            ),
+            (
+                "[redis]\ncompress_over = -1\n".to_string(),
+                "redis.compress_over",
+                "",
+            ),
+        ] {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(reason), "{text}: {err}");
         }
     }
 

@@ -17,7 +17,9 @@
 //! | [`kafka`] | librdkafka client settings from the topology, topic creation |
 //! | [`mysql`] | the product catalogue: pool, migrations, seeding, row loading |
 //! | [`ring`] | client-side key placement compatible with PECL memcache, Flexihash, ketama |
-//! | [`cache`] | the Redis node set a cache write goes to (single, ring, cluster) |
+//! | [`cache`] | the Redis node set a cache write goes to (single, ring, cluster, sentinel) |
+//! | [`failover`] | backups of ring nodes: health checks, failover, fail-back |
+//! | [`codec`] | the byte format of cached values: plain, or zstd behind a one-byte tag |
 //! | [`sync_queue`] | replication operations and the durable Redis-list queue |
 //! | [`telemetry`] | tracing and Prometheus metrics set-up |
 //! | [`shutdown`] | SIGINT/SIGTERM turned into a cancellation token |
@@ -27,10 +29,12 @@
 pub mod blacklist;
 pub mod cache;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod count;
 pub mod event;
 pub mod exit;
+pub mod failover;
 pub mod hotlist;
 pub mod kafka;
 pub mod mysql;

@@ -521,3 +521,119 @@ async fn cut_while_locked(
     proxy.cut();
     finished(child.wait_with_output().await.expect("wait"))
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_killed_mid_prewarm_hands_its_keys_to_its_backup_and_gets_them_all_back() {
+    use hotkeys::cache::CacheNodes;
+    use hotkeys::config::RedisMode;
+    use hotkeys::failover::State;
+    use hotkeys::testing::RedisServer;
+
+    let mut a = RedisServer::start();
+    let b = RedisServer::start();
+    let backup = RedisServer::start();
+    let (a_url, b_url, backup_url) = (a.url(), b.url(), backup.url());
+    let Some(f) = Fixture::new("prewarm-failover", |t| {
+        t.redis.mode = RedisMode::Ring;
+        t.redis.nodes = vec![a_url.clone(), b_url.clone()];
+        t.redis.backups = [(a_url.clone(), backup_url.clone())].into();
+        t.redis.health_every = Duration::from_millis(100);
+        t.redis.health_failures = 2;
+    })
+    .await
+    else {
+        return;
+    };
+    for task in 0..3 {
+        f.publish(task, &hot_keys_of(task)).await;
+    }
+    let present: Vec<String> = (0..3)
+        .flat_map(|t: u64| keys(t * 100 + 1..=t * 100 + 40))
+        .map(|k| f.cache_key(&k))
+        .collect();
+
+    // A dies while prewarm holds its locks, before any value is written.
+    let child = f
+        .prewarm(&[
+            "--once",
+            "--json",
+            "--debug-hold-lock",
+            "1s",
+            "--concurrency",
+            "3",
+        ])
+        .spawn()
+        .expect("spawn prewarm");
+    eventually("prewarm to hold locks", || async {
+        (!f.locked_tasks().await.is_empty()).then_some(())
+    })
+    .await;
+    a.kill();
+    let (code, summary, stderr) = finished(child.wait_with_output().await.expect("wait"));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        summary.totals.counts.written,
+        present.len() as u64,
+        "{summary:#?}"
+    );
+
+    let get_all = |url: String, keys: Vec<String>| async move {
+        let mut conn = redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let mut values = Vec::new();
+        for k in keys {
+            let v: Option<String> = conn.get(&k).await.unwrap();
+            values.push(v);
+        }
+        values
+    };
+    // Every value is on B or on A's backup, never on the wrong one of them.
+    let probe = CacheNodes::connect(&f.t.redis).await.expect("node set");
+    let of_a: Vec<String> = present
+        .iter()
+        .filter(|k| probe.node_for(k) == 0)
+        .cloned()
+        .collect();
+    let of_b: Vec<String> = present
+        .iter()
+        .filter(|k| probe.node_for(k) == 1)
+        .cloned()
+        .collect();
+    assert!(!of_a.is_empty() && !of_b.is_empty());
+    let on_backup = get_all(backup_url.clone(), of_a.clone()).await;
+    assert!(
+        on_backup.iter().all(Option::is_some),
+        "A's keys on its backup"
+    );
+    let on_b = get_all(b_url.clone(), of_a.clone()).await;
+    assert!(on_b.iter().all(Option::is_none), "A's keys moved to B");
+    assert!(
+        get_all(b_url.clone(), of_b.clone())
+            .await
+            .iter()
+            .all(Option::is_some)
+    );
+
+    // A returns (empty); a running node set copies its keys back.
+    a.restart();
+    eventually("fail-back", || async {
+        (probe.failover_state(0) == Some(State::Up)).then_some(())
+    })
+    .await;
+    let back = get_all(a_url.clone(), of_a.clone()).await;
+    assert_eq!(back, on_backup, "every value of A is back on A, unchanged");
+    let mut to_backup = redis::Client::open(backup_url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let left: usize = redis::cmd("DBSIZE")
+        .query_async(&mut to_backup)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the backup is clean");
+    f.cleanup().await;
+}

@@ -1,0 +1,168 @@
+//! `hotctl keys` and `hotctl diff` against a redis-server the test starts itself, and (for
+//! `diff`) the stack's ZooKeeper. Skipped when ZooKeeper is unreachable, except with `CI`.
+
+use std::time::Duration;
+
+use hotkeys::Topology;
+use hotkeys::cache::CacheNodes;
+use hotkeys::hotlist::{Warmed, now_ms};
+use hotkeys::testing::{self, RedisServer};
+use hotkeys::zk::Zk;
+use serde_json::Value;
+
+/// Runs `hotctl --topology <t> ARGS` and parses its JSON output.
+fn hotctl_json(t: &Topology, args: &[&str]) -> Value {
+    let path = testing::write_topology(t);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hotctl"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("HOTKEYS_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .env("RUST_LOG", "warn")
+        .arg("--topology")
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("run hotctl");
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "hotctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("hotctl printed JSON")
+}
+
+fn listed(doc: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = doc["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key"].as_str().unwrap().to_string())
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_verify_lists_live_keys_with_their_ttl_and_excludes_expired_ones() {
+    // Without active expiry an expired key stays in the node until something touches it,
+    // as it would on a busy node between two expiry cycles.
+    let server = RedisServer::start_with(&["--enable-debug-command", "yes"]);
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("DEBUG")
+        .arg("SET-ACTIVE-EXPIRE")
+        .arg(0)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let mut t = testing::topology("hotctl-keys");
+    t.redis.nodes = vec![server.url()];
+    let key = |k: &str| hotkeys::cache::cache_key(&t.redis, k);
+    let cache = CacheNodes::connect(&t.redis).await.unwrap();
+    let hour = Duration::from_secs(3600);
+    cache
+        .set_many(&[(key("1"), "{}", hour), (key("2"), "{}", hour)])
+        .await
+        .unwrap();
+    cache
+        .set_many(&[(key("3"), "{}", Duration::from_millis(1))])
+        .await
+        .unwrap();
+    // Not the warmed key set: SCAN MATCH must leave it out.
+    redis::cmd("SET")
+        .arg("unrelated")
+        .arg("x")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let physically: usize = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
+    assert_eq!(physically, 4, "the expired key is still in the node");
+
+    let verified = hotctl_json(&t, &["keys", "--verify", "--json"]);
+    assert_eq!(listed(&verified), vec![key("1"), key("2")]);
+    for k in verified["keys"].as_array().unwrap() {
+        let ttl = k["ttl_ms"].as_i64().unwrap();
+        assert!(ttl > 0 && ttl <= 3_600_000, "{k}");
+        assert_eq!(k["node"], server.url());
+    }
+    let fast = hotctl_json(&t, &["keys", "--json"]);
+    let fast = listed(&fast);
+    assert!(
+        fast.contains(&key("1")) && fast.contains(&key("2")),
+        "{fast:?}"
+    );
+    assert!(!fast.contains(&"unrelated".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diff_tells_warm_missing_and_expired_hot_keys_apart() {
+    let server = RedisServer::start();
+    let mut t = testing::topology("hotctl-diff");
+    t.redis.nodes = vec![server.url()];
+    t.redis.ttl = Duration::from_secs(60);
+    let zk = match Zk::connect(&t).await {
+        Ok(zk) => zk,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipping: ZooKeeper: {e}; start it with scripts/stack.sh up");
+            return;
+        }
+        Err(e) => panic!("ZooKeeper: {e}"),
+    };
+    let hot = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+    testing::publish_hot_list(&zk, &t.name, 0, &hot(&["1", "2", "3"]), "test")
+        .await
+        .unwrap();
+    testing::publish_hot_list(&zk, &t.name, 1, &hot(&["4", "5"]), "test")
+        .await
+        .unwrap();
+    // Task 1 was warmed longer ago than redis.ttl: its absent keys have expired.
+    let long_ago = Warmed {
+        hot_version: 0,
+        at_ms: now_ms() - 120_000,
+        by: "test".into(),
+        rows: 2,
+        missing: 0,
+        took_ms: 0,
+    };
+    zk.mark_warmed(1, &long_ago).await.unwrap();
+    let cache = CacheNodes::connect(&t.redis).await.unwrap();
+    let key = |k: &str| hotkeys::cache::cache_key(&t.redis, k);
+    cache
+        .set_many(&[(key("1"), "{}", t.redis.ttl), (key("4"), "{}", t.redis.ttl)])
+        .await
+        .unwrap();
+
+    let doc = hotctl_json(&t, &["diff", "--json"]);
+    assert_eq!(
+        (
+            doc["warm"].as_u64(),
+            doc["missing"].as_u64(),
+            doc["expired"].as_u64()
+        ),
+        (Some(2), Some(2), Some(1)),
+        "{doc:#}"
+    );
+    let status_of = |hot_key: &str| {
+        doc["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["hot_key"] == hot_key)
+            .map(|k| k["status"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(status_of("1"), "warm");
+    assert_eq!(status_of("2"), "missing");
+    assert_eq!(status_of("5"), "expired");
+    let one_task = hotctl_json(&t, &["diff", "0", "--json"]);
+    assert_eq!(one_task["keys"].as_array().unwrap().len(), 3);
+    let _ = zk.delete_all().await;
+}
