@@ -1,4 +1,4 @@
-//! `replay`: access events from files or stdin, published in input order.
+//! `replay`: access events from files or stdin, published in input order for each key.
 //!
 //! Two threads share the work. The input thread reads (and un-gzips) the sources into
 //! ~1 MiB batches of whole lines and decodes them: format detection, key extraction, nginx
@@ -349,7 +349,7 @@ fn fill(reader: &mut dyn Read, buf: &mut Vec<u8>, eager: bool) -> io::Result<boo
     Ok(false)
 }
 
-/// Publishes every valid line of `sources` through `sink`, in input order.
+/// Publishes every valid line of `sources` through `sink`, in input order for each key.
 pub fn replay(
     sources: Vec<Source>,
     decoder: Decoder,
