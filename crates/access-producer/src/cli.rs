@@ -42,7 +42,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Mode {
-    /// Publish access events read from files or stdin, in input order.
+    /// Publish access events read from files or stdin, in input order for each key.
     ///
     /// Lines may be OpenResty JSON events (published unchanged, keyed by the topology's
     /// source.key pointer) or nginx `combined` access-log lines (converted to OpenResty JSON,

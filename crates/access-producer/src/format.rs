@@ -5,12 +5,11 @@
 //! parameter). In `auto` mode a line whose first non-blank byte is `{` is taken as JSON and
 //! anything else as nginx, so one file may mix both.
 
-use std::borrow::Cow;
-
 use hotkeys::config::SourceConfig;
-use hotkeys::event::{KeyError, KeyPointer};
+use hotkeys::event::KeyPointer;
 
 use crate::nginx::{self, Converter};
+use crate::validate;
 
 /// Which formats input lines may be in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -70,7 +69,7 @@ pub struct Decoder {
     nginx: Converter,
     /// The converted event of an nginx line.
     event: Vec<u8>,
-    /// A key that could not be borrowed from the line (escaped or numeric in the JSON).
+    /// A key that is not in the line as it stands: escaped in the JSON, or from an nginx line.
     key: Vec<u8>,
 }
 
@@ -112,28 +111,39 @@ impl Decoder {
     }
 
     fn decode_json<'a>(&'a mut self, line: &'a [u8]) -> Decoded<'a> {
-        // The key pointer reads only as far as the key, but the line is published whole, so
-        // all of it must be JSON: a line cut short would reach every consumer broken.
-        if !crate::validate::is_json(line) {
+        // The line is published whole, so all of it must be JSON, not just as far as the key:
+        // a line cut short would reach every consumer broken.
+        let Ok(found) = validate::scan(line, self.pointer.segments()) else {
             return Decoded::Bad(BadKind::NotJson);
-        }
+        };
         // The message key never stands in here: a replayed line has none.
-        match self.pointer.extract(Some(line), None) {
-            Ok(Cow::Borrowed(key)) => Decoded::Event {
-                key: key.as_bytes(),
-                payload: line,
-            },
-            Ok(Cow::Owned(key)) => {
-                self.key.clear();
-                self.key.extend_from_slice(key.as_bytes());
-                Decoded::Event {
-                    key: &self.key,
-                    payload: line,
+        let Some(at) = found else {
+            return Decoded::NoKey;
+        };
+        // The key as hot-counter reads it (`KeyPointer::extract`): a string's text, or a
+        // number as written; anything else is no key.
+        let value = &line[at];
+        let key: &[u8] = match value[0] {
+            b'"' => {
+                let text = &value[1..value.len() - 1];
+                if memchr::memchr(b'\\', text).is_none() {
+                    text
+                } else {
+                    let Ok(text) = serde_json::from_slice::<String>(value) else {
+                        return Decoded::Bad(BadKind::NotJson);
+                    };
+                    self.key.clear();
+                    self.key.extend_from_slice(text.as_bytes());
+                    &self.key
                 }
             }
-            Err(KeyError::Missing) => Decoded::NoKey,
-            Err(KeyError::NotJson(_)) => Decoded::Bad(BadKind::NotJson),
+            b'-' | b'0'..=b'9' => value,
+            _ => return Decoded::NoKey,
+        };
+        if key.is_empty() {
+            return Decoded::NoKey;
         }
+        Decoded::Event { key, payload: line }
     }
 }
 
@@ -238,6 +248,54 @@ mod tests {
         }
         let line = r#"10.0.0.1 - - [t] "GET /product?shopId=3 HTTP/1.1" 200 512 "-" "-""#;
         assert_eq!(d.decode(line.as_bytes()), Decoded::NoKey);
+    }
+
+    /// The key a replayed line is published with is the key hot-counter counts it under.
+    #[test]
+    fn json_keys_agree_with_hot_counters_extraction() {
+        use rand::{Rng, SeedableRng};
+        use rand_chacha::ChaCha8Rng;
+
+        let pointer = KeyPointer::parse(&SourceConfig::default().key);
+        let mut d = decoder(Format::Json);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let bytes: &[u8] = b"{}[]\",:\\ u0123456789productIduri_args-.en";
+        let bases = [
+            JSON,
+            r#"{"uri_args":{"productId":42}}"#,
+            r#"{"uri_args":{"productId":"a\u0041\n"}}"#,
+            r#"{"uri_args":{"shopId":"1"},"uri_args":{"productId":"2"}}"#,
+            r#"{"uri_args":{"productId":"3"},"uri_args":{"productId":"4"}}"#,
+            r#"{"uri_args":{"productId":null}}"#,
+            r#"{"uri_args":[{"productId":"5"}]}"#,
+            r#"{"uri_\u0061rgs":{"productId":"6"}}"#,
+        ];
+        let mut valid = 0;
+        for base in bases {
+            for _ in 0..2_000 {
+                let mut s = base.as_bytes().to_vec();
+                for _ in 0..rng.random_range(0..3) {
+                    let at = rng.random_range(0..=s.len());
+                    match rng.random_range(0..3) {
+                        0 if at < s.len() => {
+                            s.remove(at);
+                        }
+                        1 if at < s.len() => s[at] = bytes[rng.random_range(0..bytes.len())],
+                        _ => s.insert(at, bytes[rng.random_range(0..bytes.len())]),
+                    }
+                }
+                let ours = match d.decode(&s) {
+                    Decoded::Event { key, .. } => Some(key.to_vec()),
+                    Decoded::NoKey => None,
+                    _ => continue,
+                };
+                valid += 1;
+                let theirs = pointer.extract(Some(&s), None).ok();
+                let theirs = theirs.map(|k| k.as_bytes().to_vec());
+                assert_eq!(ours, theirs, "{}", String::from_utf8_lossy(&s));
+            }
+        }
+        assert!(valid > 2_000, "only {valid} valid lines");
     }
 
     #[test]

@@ -11,9 +11,11 @@
 //! Several clients share the partitions (see [`KafkaSink::new`]) because one client
 //! builds, compresses and acknowledges every batch for a broker on a single thread.
 
+use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::ptr::{self, NonNull};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -23,6 +25,7 @@ use flate2::write::GzEncoder;
 use hotkeys::config::KafkaConfig;
 use hotkeys::shutdown::CancellationToken;
 use rdkafka::ClientContext;
+use rdkafka::bindings as rdsys;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -34,6 +37,8 @@ use crate::report::Stats;
 
 /// Sends between two polls for delivery reports and updates of the delivered count.
 const POLL_EVERY: u32 = 256;
+/// librdkafka's `RD_KAFKA_PARTITION_UA`: its partitioner places the message.
+const UNASSIGNED: i32 = -1;
 
 /// What became of one event handed to a sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,10 +51,36 @@ pub enum Sent {
     Cancelled,
 }
 
+/// One event of a batch given to [`Sink::send_all`].
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    /// Never empty.
+    pub key: &'a [u8],
+    pub payload: &'a [u8],
+}
+
 /// A destination for keyed events.
 pub trait Sink: Send {
     /// Sends one event; `key` is never empty.
     fn send(&mut self, key: &[u8], payload: &[u8]) -> Result<Sent, Error>;
+    /// Sends `records`, in order for each key. `rejected` hears of every record refused,
+    /// by its index, and the others go on; the result is `Queued` or `Cancelled`. Events of
+    /// different keys may be sent in another order than given, so a caller that must stop
+    /// at the first refusal sends one by one instead.
+    fn send_all(
+        &mut self,
+        records: &[Record<'_>],
+        rejected: &mut dyn FnMut(usize, RDKafkaErrorCode),
+    ) -> Result<Sent, Error> {
+        for (i, r) in records.iter().enumerate() {
+            match self.send(r.key, r.payload)? {
+                Sent::Queued => {}
+                Sent::Rejected(code) => rejected(i, code),
+                Sent::Cancelled => return Ok(Sent::Cancelled),
+            }
+        }
+        Ok(Sent::Queued)
+    }
     /// Called when the producer loop has nothing to send for a while (paced or waiting for
     /// input), so delivery reports keep flowing.
     fn idle(&mut self) {}
@@ -101,10 +132,48 @@ impl ProducerContext for Delivery {
     }
 }
 
+/// librdkafka's handle of the topic on one client, for `rd_kafka_produce_batch`.
+struct TopicHandle(NonNull<rdsys::rd_kafka_topic_t>);
+
+// SAFETY: librdkafka's topic handles are reference-counted and may be used and destroyed
+// from any thread.
+unsafe impl Send for TopicHandle {}
+
+impl TopicHandle {
+    fn new(client: &BaseProducer<Delivery>, topic: &str) -> Result<TopicHandle, Error> {
+        let name = CString::new(topic).map_err(|e| Error::Produce(e.into()))?;
+        // SAFETY: the client is alive and the name a C string; a null configuration takes
+        // the client's topic defaults, as the per-message API does.
+        let handle = unsafe {
+            rdsys::rd_kafka_topic_new(client.client().native_ptr(), name.as_ptr(), ptr::null_mut())
+        };
+        NonNull::new(handle).map(TopicHandle).ok_or_else(|| {
+            // SAFETY: reads the calling thread's last librdkafka error.
+            let code = unsafe { rdsys::rd_kafka_last_error() };
+            Error::Produce(KafkaError::MessageProduction(code.into()))
+        })
+    }
+}
+
+impl Drop for TopicHandle {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from rd_kafka_topic_new and is released once, before its
+        // client (see `Client`).
+        unsafe { rdsys::rd_kafka_topic_destroy(self.0.as_ptr()) }
+    }
+}
+
+/// One librdkafka client and its handle of the topic.
+struct Client {
+    // Declared first so it is dropped before the client it belongs to.
+    topic: TopicHandle,
+    producer: BaseProducer<Delivery>,
+}
+
 /// Publishes to the topology's topic.
 pub struct KafkaSink {
     /// Independent librdkafka clients, each owning the partitions `p % len == index`.
-    clients: Vec<BaseProducer<Delivery>>,
+    clients: Vec<Client>,
     /// Partition count when this sink places messages itself; `None` leaves placement to
     /// librdkafka's configured partitioner (then there is one client).
     placement: Option<i32>,
@@ -153,14 +222,17 @@ impl KafkaSink {
             Some(p) => clients.min(p as usize),
             None => 1,
         };
-        let clients: Vec<BaseProducer<Delivery>> = (0..count)
+        let clients = (0..count)
             .map(|_| {
-                config.create_with_context(Delivery {
-                    stats: Arc::clone(&stats),
-                })
+                let producer: BaseProducer<Delivery> = config
+                    .create_with_context(Delivery {
+                        stats: Arc::clone(&stats),
+                    })
+                    .map_err(Error::ProducerConfig)?;
+                let topic = TopicHandle::new(&producer, &kafka.topic)?;
+                Ok(Client { topic, producer })
             })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(Error::ProducerConfig)?;
+            .collect::<Result<Vec<_>, Error>>()?;
         // An idempotent producer asks for its producer id when a metadata response arrives
         // while a broker connection is up, else it retries 500 ms later, and start-up often
         // loses that race: the first answer comes from the bootstrap connection, which is
@@ -168,7 +240,8 @@ impl KafkaSink {
         // on that connection and gets the id at once: half a second off short runs.
         for _ in 0..2 {
             for c in &clients {
-                c.client()
+                c.producer
+                    .client()
                     .fetch_metadata(Some(&kafka.topic), Duration::from_secs(10))
                     .map_err(Error::Produce)?;
             }
@@ -188,14 +261,75 @@ impl KafkaSink {
     fn account(&self) {
         let mut in_flight = 0u64;
         for c in &self.clients {
-            c.poll(Duration::ZERO);
-            in_flight += u64::try_from(c.in_flight_count()).unwrap_or(0);
+            c.producer.poll(Duration::ZERO);
+            in_flight += u64::try_from(c.producer.in_flight_count()).unwrap_or(0);
         }
         let sent = self.stats.sent.load(Relaxed);
         let failed = self.stats.failed.load(Relaxed);
         self.stats
             .delivered
             .store(sent.saturating_sub(failed + in_flight), Relaxed);
+    }
+
+    /// Queues `messages` (the records at `indices`) to `partition` with one client, in order,
+    /// waiting for room whenever its queue is full.
+    fn produce(
+        &self,
+        client: &Client,
+        partition: i32,
+        messages: &mut [rdsys::rd_kafka_message_t],
+        indices: &[usize],
+        rejected: &mut dyn FnMut(usize, RDKafkaErrorCode),
+    ) -> Result<Sent, Error> {
+        let mut done = 0;
+        while done < messages.len() {
+            let rest = &mut messages[done..];
+            let count = i32::try_from(rest.len()).unwrap_or(i32::MAX);
+            // SAFETY: the topic handle belongs to this client; `count` messages are there,
+            // pointing at records that outlive the call, which copies them (F_COPY).
+            unsafe {
+                rdsys::rd_kafka_produce_batch(
+                    client.topic.0.as_ptr(),
+                    partition,
+                    rdsys::RD_KAFKA_MSG_F_COPY,
+                    rest.as_mut_ptr(),
+                    count,
+                );
+            }
+            let (mut queued, mut full, mut failed) = (0, None, None);
+            for (i, m) in rest[..count as usize].iter().enumerate() {
+                match RDKafkaErrorCode::from(m.err) {
+                    RDKafkaErrorCode::NoError => queued += 1,
+                    // librdkafka fails every later message of the call too, so resuming
+                    // here keeps the order.
+                    RDKafkaErrorCode::QueueFull => {
+                        full = Some(i);
+                        break;
+                    }
+                    code @ (RDKafkaErrorCode::MessageSizeTooLarge
+                    | RDKafkaErrorCode::InvalidMessageSize
+                    | RDKafkaErrorCode::InvalidMessage) => rejected(indices[done + i], code),
+                    // Counted up to the end of the call: later messages may have been queued.
+                    code => failed = failed.or(Some(code)),
+                }
+            }
+            self.stats.sent.fetch_add(queued, Relaxed);
+            if let Some(code) = failed {
+                return Err(Error::Produce(KafkaError::MessageProduction(code)));
+            }
+            match full {
+                Some(i) => {
+                    done += i;
+                    if self.shutdown.is_cancelled() {
+                        return Ok(Sent::Cancelled);
+                    }
+                    // Acknowledgements free room; this waits a little for them.
+                    client.producer.poll(Duration::from_millis(1));
+                }
+                None => done += count as usize,
+            }
+        }
+        Ok(Sent::Queued)
     }
 }
 
@@ -250,8 +384,8 @@ impl Sink for KafkaSink {
     fn send(&mut self, key: &[u8], payload: &[u8]) -> Result<Sent, Error> {
         let partition = self.placement.map(|n| murmur2_partition(key, n));
         let client = match partition {
-            Some(p) => &self.clients[p as usize % self.clients.len()],
-            None => &self.clients[0],
+            Some(p) => &self.clients[p as usize % self.clients.len()].producer,
+            None => &self.clients[0].producer,
         };
         loop {
             let mut record = BaseRecord::to(&self.topic).key(key).payload(payload);
@@ -287,6 +421,61 @@ impl Sink for KafkaSink {
         Ok(Sent::Queued)
     }
 
+    /// Each partition's records go to librdkafka in one call of its batch API, which looks
+    /// the topic and partition up and reads the clocks once per call rather than once per
+    /// message, as the per-message API does.
+    fn send_all(
+        &mut self,
+        records: &[Record<'_>],
+        rejected: &mut dyn FnMut(usize, RDKafkaErrorCode),
+    ) -> Result<Sent, Error> {
+        // The records' indices grouped by partition, each group in input order, so per-key
+        // order holds; without placement here, one group for librdkafka's partitioner.
+        let mut indices: Vec<usize> = (0..records.len()).collect();
+        let mut groups = vec![(UNASSIGNED, 0..records.len())];
+        if let Some(n) = self.placement {
+            let partitions: Vec<i32> = records
+                .iter()
+                .map(|r| murmur2_partition(r.key, n))
+                .collect();
+            indices.sort_by_key(|&i| partitions[i]);
+            groups = indices
+                .chunk_by(|&a, &b| partitions[a] == partitions[b])
+                .scan(0, |start, group| {
+                    let range = *start..*start + group.len();
+                    *start = range.end;
+                    Some((partitions[group[0]], range))
+                })
+                .collect();
+        }
+        let mut messages = Vec::new();
+        for (partition, range) in groups {
+            let indices = &indices[range];
+            messages.clear();
+            messages.extend(indices.iter().map(|&i| rdsys::rd_kafka_message_t {
+                err: rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
+                rkt: ptr::null_mut(),
+                partition,
+                payload: records[i].payload.as_ptr().cast_mut().cast(),
+                len: records[i].payload.len(),
+                key: records[i].key.as_ptr().cast_mut().cast(),
+                key_len: records[i].key.len(),
+                offset: 0,
+                _private: ptr::null_mut(),
+            }));
+            let client = match partition {
+                UNASSIGNED => &self.clients[0],
+                p => &self.clients[p as usize % self.clients.len()],
+            };
+            let sent = self.produce(client, partition, &mut messages, indices, rejected)?;
+            if sent == Sent::Cancelled {
+                return Ok(sent);
+            }
+        }
+        self.account();
+        Ok(Sent::Queued)
+    }
+
     fn idle(&mut self) {
         self.account();
     }
@@ -297,7 +486,7 @@ impl Sink for KafkaSink {
         // message.timeout.ms, so this ends; an impatient operator's second signal exits.
         for c in &self.clients {
             loop {
-                match c.flush(Duration::from_millis(2)) {
+                match c.producer.flush(Duration::from_millis(2)) {
                     Ok(()) => break,
                     Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {}
                     Err(e) => return Err(Error::Produce(e)),

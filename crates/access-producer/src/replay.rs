@@ -1,4 +1,4 @@
-//! `replay`: access events from files or stdin, published in input order.
+//! `replay`: access events from files or stdin, published in input order for each key.
 //!
 //! Two threads share the work. The input thread reads (and un-gzips) the sources into
 //! ~1 MiB batches of whole lines and decodes them: format detection, key extraction, nginx
@@ -23,7 +23,7 @@ use hotkeys::shutdown::CancellationToken;
 
 use crate::error::Error;
 use crate::format::{BadKind, Decoded, Decoder};
-use crate::publish::{Sent, Sink};
+use crate::publish::{Record, Sent, Sink};
 use crate::report::Stats;
 
 /// Bytes of input a batch is filled to before it is decoded and handed over.
@@ -349,7 +349,7 @@ fn fill(reader: &mut dyn Read, buf: &mut Vec<u8>, eager: bool) -> io::Result<boo
     Ok(false)
 }
 
-/// Publishes every valid line of `sources` through `sink`, in input order.
+/// Publishes every valid line of `sources` through `sink`, in input order for each key.
 pub fn replay(
     sources: Vec<Source>,
     decoder: Decoder,
@@ -399,19 +399,42 @@ pub fn replay(
             }
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
         };
-        for event in &batch.events {
-            let payload = batch.get(&event.payload);
-            match sink.send(batch.get(&event.key), payload)? {
-                Sent::Queued => {}
-                Sent::Cancelled => return Ok(()),
-                Sent::Rejected(code) => {
-                    tracing::debug!(?code, "message refused");
-                    let at = || format!("{}:{}", names[batch.source], event.line);
-                    stats.bad_line(at, BadKind::Rejected.describe(), payload);
-                    if strict {
-                        return Err(strict_error(at(), BadKind::Rejected, payload));
+        let at = |event: &Event| format!("{}:{}", names[batch.source], event.line);
+        if strict {
+            // A refused event must stop everything after it, which a batch, sent partition
+            // by partition, cannot promise.
+            for event in &batch.events {
+                let payload = batch.get(&event.payload);
+                match sink.send(batch.get(&event.key), payload)? {
+                    Sent::Queued => {}
+                    Sent::Cancelled => return Ok(()),
+                    Sent::Rejected(code) => {
+                        tracing::debug!(?code, "message refused");
+                        stats.bad_line(|| at(event), BadKind::Rejected.describe(), payload);
+                        return Err(strict_error(at(event), BadKind::Rejected, payload));
                     }
                 }
+            }
+        } else {
+            let records: Vec<Record> = batch
+                .events
+                .iter()
+                .map(|e| Record {
+                    key: batch.get(&e.key),
+                    payload: batch.get(&e.payload),
+                })
+                .collect();
+            let sent = sink.send_all(&records, &mut |i, code| {
+                tracing::debug!(?code, "message refused");
+                let event = &batch.events[i];
+                stats.bad_line(
+                    || at(event),
+                    BadKind::Rejected.describe(),
+                    records[i].payload,
+                );
+            })?;
+            if sent == Sent::Cancelled {
+                return Ok(());
             }
         }
         // Recycling spares the input thread an allocation per batch.

@@ -182,6 +182,63 @@ fn strict_replay_exits_2_at_the_first_malformed_line() {
     );
 }
 
+/// A line larger than the client's `message.max.bytes` is refused by librdkafka itself: it
+/// is counted as malformed and the others are published, in order per key; under `--strict`
+/// nothing after it is.
+#[test]
+fn events_the_client_refuses_are_skipped_and_counted() {
+    if !kafka_is_up() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let topology = dir.path().join("small-messages.toml");
+    let text = std::fs::read_to_string(topology_file()).unwrap();
+    let text = text.replace(
+        "[kafka.producer]\n",
+        "[kafka.producer]\n\"message.max.bytes\" = \"2000\"\n",
+    );
+    std::fs::write(&topology, text).unwrap();
+    let huge = json_event(&"9".repeat(3000), 0);
+    let mut lines: Vec<String> = (0..40)
+        .map(|i| json_event(&format!("{}", i % 8), i))
+        .collect();
+    lines.insert(20, huge);
+    let file = dir.path().join("huge.log");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+
+    let topic = unique_topic("refused-local");
+    let stderr = run_ok(producer_with(&topic, &topology).arg("replay").arg(&file));
+    assert!(stderr.contains("40 sent, 1 malformed"), "{stderr}");
+    assert!(stderr.contains("refused by the Kafka client"), "{stderr}");
+    let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for r in read_all(&topic) {
+        let seq = r.json()["uri_args"]["seq"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        seqs.entry(r.key_str().to_string()).or_default().push(seq);
+    }
+    assert_eq!(seqs.len(), 8);
+    for (key, seqs) in &seqs {
+        let expected: Vec<u64> = (0..40)
+            .filter(|i| i % 8 == key.parse::<u64>().unwrap())
+            .collect();
+        assert_eq!(seqs, &expected, "key {key}");
+    }
+
+    let topic = unique_topic("refused-strict");
+    let (code, stderr) = run(producer_with(&topic, &topology)
+        .args(["replay", "--strict"])
+        .arg(&file));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:21", file.display())),
+        "{stderr}"
+    );
+    assert_eq!(message_count(&topic), 20, "{stderr}");
+}
+
 #[test]
 fn synthetic_with_a_fixed_seed_publishes_the_same_keys_twice() {
     if !kafka_is_up() {

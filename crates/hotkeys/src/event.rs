@@ -54,6 +54,11 @@ impl KeyPointer {
         KeyPointer { segments }
     }
 
+    /// The pointer's segments, unescaped; none for the empty pointer.
+    pub fn segments(&self) -> &[String] {
+        &self.segments
+    }
+
     /// The hot key of one Kafka message: the string or number at the pointer, else the
     /// message key. An empty payload is the plain-key format; any other payload must be JSON.
     pub fn extract<'a>(

@@ -7,7 +7,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -125,9 +125,14 @@ pub fn topology_file() -> PathBuf {
 
 /// The real binary, pointed at the stack and at `topic` through the environment overrides.
 pub fn producer(topic: &str) -> Command {
+    producer_with(topic, &topology_file())
+}
+
+/// [`producer`] with another topology file.
+pub fn producer_with(topic: &str, topology: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_access-producer"));
     cmd.arg("--topology")
-        .arg(topology_file())
+        .arg(topology)
         .env("HOTKEYS_KAFKA_BROKERS", brokers())
         .env("HOTKEYS_KAFKA_TOPIC", topic)
         .env_remove("HOTKEYS_KAFKA_PARTITIONS")
