@@ -7,6 +7,11 @@
 #   hot-counter --until-caught-up            (counting every event, final publish included).
 # Prints both rates, their ratio, and the worker's peak RSS, which must stay flat as the key
 # space grows at fixed capacity.
+#
+# kcat runs twice: as normally run (librdkafka's defaults), and tuned with the fetch-queue
+# settings hot-counter uses (hotkeys::kafka::consumer_config), so the second ratio compares
+# the consumers rather than their defaults. kcat's time is its whole run, start-up included;
+# the worker's is from its first message to its last counted (its whole run is printed too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${EVENTS:-5000000}
@@ -19,19 +24,35 @@ command -v kcat >/dev/null || { apt-get update -qq && apt-get install -y -qq kca
 cargo build --release -q -p access-producer -p hot-counter
 
 run=bench-count-$$-$(date +%s)
-printf '%-10s %12s %12s %8s %10s\n' keys kcat_ev/s counter_ev/s ratio peak_rss
+KCAT_TUNED=(-X queued.min.messages=100000 -X queued.max.messages.kbytes=32768
+  -X fetch.message.max.bytes=4194304 -X fetch.wait.max.ms=100)
+kcat_rate() { # TOPIC [kcat options…]: events/s of one full read
+  local topic=$1 start end
+  shift
+  start=$(date +%s.%N)
+  kcat -C -b "$HOTKEYS_KAFKA_BROKERS" -t "$topic" -e -o beginning -q "$@" >/dev/null
+  end=$(date +%s.%N)
+  echo "$EVENTS / ($end - $start)" | bc -l
+}
+trap 'scripts/stack.sh kafka-class org.apache.kafka.tools.TopicCommand \
+  --bootstrap-server "$HOTKEYS_KAFKA_BROKERS" --delete --topic "$run-.*" >/dev/null 2>&1 || true' EXIT
+
+printf '%-9s %10s %10s %10s %11s %6s %7s %9s\n' keys kcat kcat_tuned counter counter_run \
+  ratio ratio_t peak_rss
 for keys in $KEY_SPACES; do
   topic="$run-$keys"
   target/release/access-producer --quiet --topic "$topic" synthetic \
     --events "$EVENTS" --keys "$keys" --seed 7
+  kcat_plain=$(kcat_rate "$topic")
+  kcat_tuned=$(kcat_rate "$topic" "${KCAT_TUNED[@]}")
   start=$(date +%s.%N)
-  kcat -C -b "$HOTKEYS_KAFKA_BROKERS" -t "$topic" -e -o beginning -q >/dev/null
-  end=$(date +%s.%N)
-  kcat_rate=$(echo "$EVENTS / ($end - $start)" | bc -l)
   out=$(HOTKEYS_KAFKA_TOPIC="$topic" HOTKEYS_NAME="$topic" HOTKEYS_KAFKA_GROUP="$topic" \
     RUST_LOG=warn /usr/bin/time -f 'rss_kb=%M' target/release/hot-counter --until-caught-up 2>&1)
+  end=$(date +%s.%N)
   counter_rate=$(sed -n 's/.*: \([0-9]*\) events\/s.*/\1/p' <<<"$out")
   rss_kb=$(sed -n 's/^rss_kb=//p' <<<"$out")
-  printf '%-10s %12.0f %12.0f %8.2f %8d MB\n' "$keys" "$kcat_rate" "$counter_rate" \
-    "$(echo "$counter_rate / $kcat_rate" | bc -l)" "$((rss_kb / 1024))"
+  printf '%-9s %10.0f %10.0f %10.0f %11.0f %6.2f %7.2f %6d MB\n' "$keys" "$kcat_plain" \
+    "$kcat_tuned" "$counter_rate" "$(echo "$EVENTS / ($end - $start)" | bc -l)" \
+    "$(echo "$counter_rate / $kcat_plain" | bc -l)" "$(echo "$counter_rate / $kcat_tuned" | bc -l)" \
+    "$((rss_kb / 1024))"
 done

@@ -2,8 +2,9 @@
 //! the interval, and turns rebalances into task hand-overs.
 //!
 //! The loop runs on one dedicated blocking thread around an rdkafka `BaseConsumer`, which is
-//! the cheapest way to take millions of messages per second off librdkafka. Rebalance
-//! callbacks run inside `poll` on that same thread, so a hand-over is synchronous:
+//! the cheapest way to take millions of messages per second off librdkafka; it copies them
+//! in batches to a second thread that finds the keys and counts them (`handoff`). Rebalance
+//! callbacks run inside `poll` on the loop's thread, so a hand-over is synchronous:
 //!
 //! - on revoke, every dirty task publishes a final hot list and checkpoint before its
 //!   partition is released, so the next owner resumes exactly where this one stopped;
@@ -33,6 +34,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 
+use crate::handoff::{Event, Handoff};
 use crate::task::{Start, Task};
 
 /// Deadline of one ZooKeeper call made from the loop.
@@ -59,6 +61,7 @@ struct Worker {
 
 struct Context {
     worker: Arc<Mutex<Worker>>,
+    handoff: Arc<Handoff>,
 }
 
 impl ClientContext for Context {
@@ -95,6 +98,8 @@ impl ConsumerContext for Context {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             metrics::counter!("hotkeys_counter_rebalances_total", "kind" => "revoke").increment(1);
+            // What was polled of the revoked partitions is counted before their final publish.
+            self.handoff.drain();
             lock(&self.worker).revoke(consumer, tpl);
         }
     }
@@ -104,6 +109,7 @@ impl ConsumerContext for Context {
             Rebalance::Assign(tpl) => {
                 metrics::counter!("hotkeys_counter_rebalances_total", "kind" => "assign")
                     .increment(1);
+                self.handoff.drain();
                 lock(&self.worker).assign(consumer, tpl);
             }
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance failed"),
@@ -122,6 +128,8 @@ fn lock(worker: &Mutex<Worker>) -> MutexGuard<'_, Worker> {
 pub enum LoopError {
     #[error("Kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("the counting thread panicked")]
+    CountingPanicked,
 }
 
 /// How long the loop runs.
@@ -175,8 +183,31 @@ pub fn run(
     if until == Until::CaughtUp {
         config.set("enable.partition.eof", "true");
     }
+    let (handoff, counting) = Handoff::new();
+    let handoff = Arc::new(handoff);
+    let counter_thread = {
+        let (worker, handoff) = (worker.clone(), handoff.clone());
+        std::thread::Builder::new()
+            .name("counting".into())
+            .spawn(move || {
+                let mut totals = Summary::default();
+                handoff.count_batches(counting, |batch| {
+                    let mut w = lock(&worker);
+                    for event in batch.events() {
+                        if w.count(&event) {
+                            totals.events += 1;
+                        } else {
+                            totals.malformed += 1;
+                        }
+                    }
+                });
+                totals
+            })
+            .expect("spawn the counting thread")
+    };
     let consumer: BaseConsumer<Context> = config.create_with_context(Context {
         worker: worker.clone(),
+        handoff: handoff.clone(),
     })?;
     consumer.subscribe(&[&topology.kafka.topic])?;
     tracing::info!(topic = %topology.kafka.topic, group = %topology.kafka.group, "consuming");
@@ -185,7 +216,6 @@ pub fn run(
     let mut next_publish = Instant::now() + every;
     let mut at_end: HashSet<i32> = HashSet::new();
     let (mut first, mut last) = (None, Instant::now());
-    let mut summary = Summary::default();
     // Reading the clock and the token costs more than counting an event: do it once per
     // batch of messages, or whenever the consumer has nothing to give.
     let mut since_check = 0u32;
@@ -204,17 +234,15 @@ pub fn run(
                         at_end.clear();
                     }
                     at_end.remove(&message.partition());
-                    if lock(&worker).count(&message) {
-                        summary.events += 1;
-                    } else {
-                        summary.malformed += 1;
-                    }
+                    handoff.push(&message);
                 }
                 Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
-                    last = Instant::now();
                     at_end.insert(p);
                     let w = lock(&worker);
                     if !w.tasks.is_empty() && w.tasks.keys().all(|p| at_end.contains(p)) {
+                        drop(w);
+                        handoff.drain();
+                        last = Instant::now();
                         break;
                     }
                 }
@@ -222,6 +250,9 @@ pub fn run(
             }
         }
         since_check += 1;
+        if idle {
+            handoff.flush();
+        }
         if idle || since_check >= 1024 {
             since_check = 0;
             if shutdown.is_cancelled() {
@@ -232,12 +263,14 @@ pub fn run(
                 last = now;
             }
             if now >= next_publish {
+                handoff.drain();
                 lock(&worker).publish_all(&consumer);
                 next_publish = Instant::now() + every;
             }
         }
     }
     tracing::info!("shutting down: final publish, commit, leave the group");
+    handoff.drain();
     lock(&worker).publish_all(&consumer);
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(error = %e, "final commit had nothing to commit");
@@ -249,6 +282,10 @@ pub fn run(
     }
     // Dropping the consumer leaves the group; the revoke callback finds nothing dirty.
     drop(consumer);
+    handoff.close();
+    let mut summary = counter_thread
+        .join()
+        .map_err(|_| LoopError::CountingPanicked)?;
     summary.busy = first.map_or(Duration::ZERO, |f| last - f);
     Ok(summary)
 }
@@ -256,11 +293,11 @@ pub fn run(
 impl Worker {
     /// Counts one message in every counter that has not counted it yet, or records it as
     /// malformed (false).
-    fn count(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) -> bool {
-        let Some(task) = self.tasks.get_mut(&message.partition()) else {
+    fn count(&mut self, message: &Event<'_>) -> bool {
+        let Some(task) = self.tasks.get_mut(&message.partition) else {
             return true;
         };
-        let offset = message.offset();
+        let offset = message.offset;
         let mut ts = None;
         let mut error = None;
         for ((counter, pointer), state) in self
@@ -277,12 +314,10 @@ impl Worker {
                 continue;
             }
             // Only the product counter may stand in the message key for a missing value.
-            let message_key = if counter.primary { message.key() } else { None };
-            match pointer.extract(message.payload(), message_key) {
+            let message_key = if counter.primary { message.key } else { None };
+            match pointer.extract(message.payload, message_key) {
                 Ok(key) => {
-                    let ts = *ts.get_or_insert_with(|| {
-                        message.timestamp().to_millis().unwrap_or_else(now_ms)
-                    });
+                    let ts = *ts.get_or_insert_with(|| message.timestamp_ms.unwrap_or_else(now_ms));
                     state.window.offer(&key, ts);
                 }
                 Err(KeyError::Missing) if !counter.primary => {}
@@ -303,26 +338,19 @@ impl Worker {
         }
     }
 
-    fn malformed(
-        &mut self,
-        task: u32,
-        message: &rdkafka::message::BorrowedMessage<'_>,
-        error: &KeyError,
-    ) {
+    fn malformed(&mut self, task: u32, message: &Event<'_>, error: &KeyError) {
         metrics::counter!("hotkeys_counter_malformed_total", "task" => task.to_string(), "kind" => error.kind())
             .increment(1);
         if self.logged_kinds.insert(error.kind()) {
-            let sample = String::from_utf8_lossy(
-                &message.payload().unwrap_or_default()[..message.payload_len().min(200)],
-            )
-            .into_owned();
-            tracing::warn!(task, offset = message.offset(), kind = error.kind(), %error, %sample,
+            let payload = message.payload.unwrap_or_default();
+            let sample = String::from_utf8_lossy(&payload[..payload.len().min(200)]).into_owned();
+            tracing::warn!(task, offset = message.offset, kind = error.kind(), %error, %sample,
                 "malformed event (counted and skipped; further ones of this kind are only counted)");
         }
         if let Some(producer) = &self.dead_letter {
             let mut record = BaseRecord::to(&self.topology.kafka.dead_letter)
-                .payload(message.payload().unwrap_or_default());
-            if let Some(key) = message.key() {
+                .payload(message.payload.unwrap_or_default());
+            if let Some(key) = message.key {
                 record = record.key(key);
             }
             if let Err((e, _)) = producer.send::<[u8], [u8]>(record) {

@@ -3,12 +3,14 @@
 //! ZooKeeper.
 //!
 //! - [`consumer`]: the Kafka consumer loop and the rebalance hand-over of tasks;
+//! - [`handoff`]: the batches the loop hands to the counting thread;
 //! - [`task`]: one task's counter, offsets, publish and restore.
 //!
 //! Counting itself (`hotkeys::count`), the hot-list format (`hotkeys::hotlist`) and the
 //! ZooKeeper layout (`hotkeys::zk`) live in the shared library.
 
 pub mod consumer;
+pub mod handoff;
 pub mod task;
 
 pub use consumer::{Summary, Until};
