@@ -5,7 +5,8 @@
 #   stack up → migrate + seed 100,000 products → two hot-counter workers →
 #   access-producer: 2M Zipf events with a flash crowd → every task publishes →
 #   three prewarm processes in parallel → cache-sync replicates the warmed keys to the
-#   remote data centre's Redis → what ZooKeeper and Redis now hold.
+#   remote data centre's Redis → what ZooKeeper and Redis now hold. A second counter over
+#   the same events counts callers (x-real-ip) and blacklists the ones over its threshold.
 #
 # Every run uses its own topic, consumer group and ZooKeeper subtree, so it can be run
 # again; it empties the demo's cache keys (product:*) in both data centres first, as a cold
@@ -40,9 +41,20 @@ stage "build"
 run=demo-$(date +%Y%m%d-%H%M%S)
 export HOTKEYS_NAME=$run HOTKEYS_KAFKA_TOPIC=$run-access HOTKEYS_KAFKA_GROUP=$run-counters
 export HOTKEYS_COUNT_PUBLISH_EVERY=2s
-topology=topology/default.toml
 logs=.stack/demo/$run
 mkdir -p "$logs"
+# The shipped topology plus a caller counter with a threshold rule.
+topology=$logs/topology.toml
+cat topology/default.toml - >"$topology" <<'EOF'
+
+[[counter]]
+name = "caller-ip"
+key = "/headers/x-real-ip"
+top_n = 200
+threshold = 100000
+action = "blacklist"
+ban_for = "10m"
+EOF
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -69,9 +81,9 @@ for i in 1 2; do
   pids+=($!)
 done
 
-say "access-producer: $EVENTS Zipf events, product 4242 flash crowd from event 1,000,000"
+say "access-producer: $EVENTS Zipf events from 5,000 callers, product 4242 flash crowd from event 1,000,000"
 $bin/access-producer --topology $topology synthetic --events "$EVENTS" --keys "$PRODUCTS" \
-  --zipf 1.0 --seed 42 --burst "4242@1000000:0.2"
+  --zipf 1.0 --seed 42 --burst "4242@1000000:0.2" --callers 5000
 stage "produce $EVENTS events"
 
 say "waiting until every task has published all $EVENTS events"
@@ -144,6 +156,17 @@ say "hotctl tasks"
 $bin/hotctl --topology $topology tasks
 say "the merged hot list"
 $bin/hotctl --topology $topology hot --top 10
+say "callers over 100,000 requests in the window, blacklisted by the caller-ip counter"
+deadline=$((SECONDS + 60))
+until [ "$($bin/hotctl --topology $topology blacklist caller-ip --json | python3 -c '
+import json, sys; print(len(json.load(sys.stdin)))')" -gt 0 ]; do
+  if ((SECONDS > deadline)); then echo "no caller was blacklisted; see $logs" >&2; exit 1; fi
+  sleep 0.5
+done
+$bin/hotctl --topology $topology hot --counter caller-ip --top 4
+$bin/hotctl --topology $topology blacklist
+echo "applications check a caller with: redis-cli ZSCORE hotkeys:$run:blacklist:caller-ip <ip> (banned while > now in ms)"
+
 say "a few warmed values in Redis"
 for key in $($bin/hotctl --topology $topology hot --top 3 --json | python3 -c '
 import json, sys

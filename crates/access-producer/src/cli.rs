@@ -89,6 +89,11 @@ pub struct SyntheticArgs {
     /// Distinct shops; every product belongs to one.
     #[arg(long, value_name = "N", default_value_t = 1_000)]
     pub shops: u64,
+    /// Distinct callers: each event gets an `x-real-ip` header (and X-Real-IP request line)
+    /// drawn with the same Zipf exponent, for caller counters and threshold rules. 0 (the
+    /// default) leaves the header out.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub callers: u64,
     /// Seed of the stream; a random one is chosen (and printed) without it.
     #[arg(long, value_name = "X")]
     pub seed: Option<u64>,

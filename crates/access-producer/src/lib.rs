@@ -92,6 +92,7 @@ pub async fn run(
                 keys: args.keys,
                 zipf: args.zipf,
                 shops: args.shops,
+                callers: args.callers,
                 bursts: args.burst,
                 drift: args.drift,
                 rate,

@@ -171,6 +171,9 @@ pub struct Workload {
     pub zipf: f64,
     /// Distinct shops products belong to.
     pub shops: u64,
+    /// Distinct callers (client addresses, `x-real-ip`), Zipf-distributed like the
+    /// products; 0 leaves the header out.
+    pub callers: u64,
     pub bursts: Vec<Burst>,
     pub drift: Option<Drift>,
     /// Pacing, used here only to turn times into event indexes.
@@ -193,6 +196,9 @@ struct ActiveBurst {
 pub struct Generator {
     rng: ChaCha8Rng,
     zipf: Zipf<f64>,
+    /// Popularity of callers, when events carry one.
+    callers: Option<Zipf<f64>>,
+    caller: Vec<u8>,
     keys: u64,
     shops: u64,
     /// Multiplier of the rank permutation, coprime with `keys`.
@@ -239,6 +245,20 @@ impl Generator {
         }
         let zipf = Zipf::new(w.keys as f64, w.zipf)
             .map_err(|e| SpecError(format!("--zipf {}: {e}", w.zipf)))?;
+        if w.callers > 1 << 24 {
+            return Err(SpecError(format!(
+                "--callers {}: expected at most {} (one 10.0.0.0/8 address each)",
+                w.callers,
+                1u64 << 24
+            )));
+        }
+        let callers = match w.callers {
+            0 => None,
+            n => Some(
+                Zipf::new(n as f64, w.zipf)
+                    .map_err(|e| SpecError(format!("--zipf {}: {e}", w.zipf)))?,
+            ),
+        };
         let mut bursts = Vec::with_capacity(w.bursts.len());
         for b in &w.bursts {
             let start = b.start.to_index(w.rate, "a burst")?;
@@ -280,6 +300,8 @@ impl Generator {
         Ok(Generator {
             rng: ChaCha8Rng::seed_from_u64(w.seed),
             zipf,
+            callers,
+            caller: Vec::with_capacity(16),
             keys: w.keys,
             shops: w.shops,
             mult,
@@ -334,6 +356,12 @@ impl Generator {
             }
         };
         let ua = USER_AGENTS[self.rng.random_range(0..USER_AGENTS.len())];
+        self.caller.clear();
+        // Drawn only when asked for, so streams without callers stay byte for byte the same.
+        if let Some(callers) = &self.callers {
+            let rank = callers.sample(&mut self.rng) as u64;
+            push_caller(&mut self.caller, rank);
+        }
         self.write_event(shop, ua);
         (&self.key, &self.event)
     }
@@ -345,6 +373,10 @@ impl Generator {
         e.extend_from_slice(HOST);
         e.extend_from_slice(br#"","user-agent":""#);
         e.extend_from_slice(ua);
+        if !self.caller.is_empty() {
+            e.extend_from_slice(br#"","x-real-ip":""#);
+            e.extend_from_slice(&self.caller);
+        }
         e.extend_from_slice(br#""},"uri_args":{""#);
         push_escaped(e, &self.param);
         e.extend_from_slice(br#"":""#);
@@ -361,7 +393,26 @@ impl Generator {
         e.extend_from_slice(HOST);
         e.extend_from_slice(br"\r\nUser-Agent: ");
         e.extend_from_slice(ua);
+        if !self.caller.is_empty() {
+            e.extend_from_slice(br"\r\nX-Real-IP: ");
+            e.extend_from_slice(&self.caller);
+        }
         e.extend_from_slice(br#"\r\n\r\n","body_data":null}"#);
+    }
+}
+
+/// The address of popularity rank `rank` (1 = busiest), spread over 10.0.0.0/8 by a
+/// multiplicative permutation so the busiest callers do not sit next to each other.
+fn push_caller(out: &mut Vec<u8>, rank: u64) {
+    let n = (rank.wrapping_mul(0x9E_37_79) ^ 0x5A_5A_5A) & 0xFF_FF_FF;
+    for (i, octet) in [10, n >> 16, (n >> 8) & 0xFF, n & 0xFF]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            out.push(b'.');
+        }
+        push_u64(out, octet);
     }
 }
 
@@ -473,12 +524,15 @@ mod tests {
 
     use super::*;
 
+    const PINNED_CRC: u32 = 3_055_953_279;
+
     fn workload(seed: u64) -> Workload {
         Workload {
             seed,
             keys: 10_000,
             zipf: 1.0,
             shops: 100,
+            callers: 0,
             bursts: Vec::new(),
             drift: None,
             rate: None,
@@ -507,6 +561,50 @@ mod tests {
     fn same_seed_gives_the_same_bytes() {
         let w = workload(42);
         assert_eq!(stream(&w, 5_000), stream(&w, 5_000));
+    }
+
+    #[test]
+    fn callers_add_a_zipf_distributed_real_ip_to_the_json_and_the_raw_request() {
+        let with = Workload {
+            callers: 500,
+            ..workload(5)
+        };
+        let mut per_caller = std::collections::HashMap::new();
+        for (key, payload) in stream(&with, 2_000) {
+            let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+            let ip = v["headers"]["x-real-ip"].as_str().unwrap().to_string();
+            let octets: Vec<u64> = ip.split('.').map(|o| o.parse().unwrap()).collect();
+            assert!(
+                octets.len() == 4 && octets[0] == 10 && octets.iter().all(|&o| o < 256),
+                "{ip}"
+            );
+            assert!(
+                v["raw_reader"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("X-Real-IP: {ip}\r\n"))
+            );
+            assert_eq!(v["uri_args"]["productId"].as_str().unwrap().as_bytes(), key);
+            *per_caller.entry(ip).or_insert(0u32) += 1;
+        }
+        let busiest = per_caller.values().max().copied().unwrap();
+        assert!(
+            busiest > 100,
+            "the busiest of 500 Zipf callers sent only {busiest} of 2000"
+        );
+        assert!(per_caller.len() > 50, "{} callers", per_caller.len());
+    }
+
+    #[test]
+    fn a_seed_gives_the_same_stream_in_every_version() {
+        // Pinned: benchmarks and tests of other tools replay streams by seed, so a change
+        // to the generator that alters them must be deliberate (and update this value).
+        let mut crc = flate2::Crc::new();
+        for (key, payload) in stream(&workload(42), 1_000) {
+            crc.update(&key);
+            crc.update(&payload);
+        }
+        assert_eq!(crc.sum(), PINNED_CRC);
     }
 
     #[test]
@@ -697,6 +795,9 @@ mod tests {
     #[test]
     fn workload_limits_are_checked() {
         let mut w = workload(14);
+        w.callers = (1 << 24) + 1;
+        assert!(Generator::new(&w).unwrap_err().0.contains("--callers"));
+        w.callers = 0;
         w.keys = 0;
         assert!(Generator::new(&w).is_err());
         let mut w = workload(14);
