@@ -128,8 +128,6 @@ fn lock(worker: &Mutex<Worker>) -> MutexGuard<'_, Worker> {
 pub enum LoopError {
     #[error("Kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("the counting thread panicked")]
-    CountingPanicked,
 }
 
 /// How long the loop runs.
@@ -191,16 +189,25 @@ pub fn run(
             .name("counting".into())
             .spawn(move || {
                 let mut totals = Summary::default();
-                handoff.count_batches(counting, |batch| {
-                    let mut w = lock(&worker);
-                    for event in batch.events() {
-                        if w.count(&event) {
-                            totals.events += 1;
-                        } else {
-                            totals.malformed += 1;
+                let counted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    handoff.count_batches(counting, |batch| {
+                        let mut w = lock(&worker);
+                        for event in batch.events() {
+                            if w.count(&event) {
+                                totals.events += 1;
+                            } else {
+                                totals.malformed += 1;
+                            }
                         }
-                    }
-                });
+                    })
+                }));
+                if counted.is_err() {
+                    // The loop would wait for this thread forever. Dying without a final
+                    // publish is a crash like any other: the group hands the tasks over
+                    // from their last checkpoints.
+                    tracing::error!("the counting thread panicked; exiting");
+                    std::process::exit(hotkeys::exit::FAILED);
+                }
                 totals
             })
             .expect("spawn the counting thread")
@@ -283,9 +290,7 @@ pub fn run(
     // Dropping the consumer leaves the group; the revoke callback finds nothing dirty.
     drop(consumer);
     handoff.close();
-    let mut summary = counter_thread
-        .join()
-        .map_err(|_| LoopError::CountingPanicked)?;
+    let mut summary = counter_thread.join().unwrap_or_default();
     summary.busy = first.map_or(Duration::ZERO, |f| last - f);
     Ok(summary)
 }
