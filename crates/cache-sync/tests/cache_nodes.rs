@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::Stack;
@@ -218,77 +217,20 @@ async fn a_command_slower_than_the_redis_crate_default_timeout_still_succeeds() 
     assert_eq!(done, 1);
 }
 
-/// A Redis server of this test's own, on a free port, that the test can stop.
-struct OwnRedis {
-    child: std::process::Child,
-    url: String,
-}
-
-impl OwnRedis {
-    fn start() -> Option<OwnRedis> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match child {
-            Ok(c) => c,
-            Err(e) if std::env::var_os("CI").is_some() => panic!("cannot run redis-server: {e}"),
-            Err(e) => {
-                eprintln!("SKIPPED: cannot run redis-server: {e}");
-                return None;
-            }
-        };
-        Some(OwnRedis {
-            child,
-            url: format!("redis://127.0.0.1:{port}"),
-        })
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn delete_fails_when_one_ring_node_does_not_answer() {
     let Some(mut stack) = common::stack("delete_node_down").await else {
         return;
     };
-    let Some(mut own) = OwnRedis::start() else {
-        return;
-    };
+    let mut own = hotkeys::testing::RedisServer::start();
     let cfg = RedisConfig {
         mode: RedisMode::Ring,
-        nodes: vec![stack.local_url.clone(), own.url.clone()],
+        nodes: vec![stack.local_url.clone(), own.url()],
         timeout: Duration::from_secs(2),
         ..RedisConfig::default()
     };
-    let cache = loop {
-        match CacheNodes::connect(&cfg).await {
-            Ok(c) => break c,
-            // The server takes a moment to listen.
-            Err(e) if e.is_unreachable() => tokio::time::sleep(Duration::from_millis(20)).await,
-            Err(e) => panic!("{e}"),
-        }
-    };
+    // RedisServer::start returns once the server answers.
+    let cache = CacheNodes::connect(&cfg).await.unwrap();
     let key = format!("{}k", stack.prefix());
     redis::cmd("SET")
         .arg(&key)
@@ -297,10 +239,9 @@ async fn delete_fails_when_one_ring_node_does_not_answer() {
         .await
         .unwrap();
 
-    own.child.kill().unwrap();
-    own.child.wait().unwrap();
+    own.kill();
     let err = cache.delete(&key).await.unwrap_err();
-    assert!(err.to_string().contains(&own.url), "{err}");
+    assert!(err.to_string().contains(&own.url()), "{err}");
     assert!(err.is_unreachable(), "{err}");
     stack.cleanup().await;
 }
