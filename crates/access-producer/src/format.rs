@@ -253,7 +253,7 @@ mod tests {
     /// The key a replayed line is published with is the key hot-counter counts it under.
     #[test]
     fn json_keys_agree_with_hot_counters_extraction() {
-        use rand::{Rng, SeedableRng};
+        use rand::SeedableRng;
         use rand_chacha::ChaCha8Rng;
 
         let pointer = KeyPointer::parse(&SourceConfig::default().key);
@@ -273,17 +273,7 @@ mod tests {
         let mut valid = 0;
         for base in bases {
             for _ in 0..2_000 {
-                let mut s = base.as_bytes().to_vec();
-                for _ in 0..rng.random_range(0..3) {
-                    let at = rng.random_range(0..=s.len());
-                    match rng.random_range(0..3) {
-                        0 if at < s.len() => {
-                            s.remove(at);
-                        }
-                        1 if at < s.len() => s[at] = bytes[rng.random_range(0..bytes.len())],
-                        _ => s.insert(at, bytes[rng.random_range(0..bytes.len())]),
-                    }
-                }
+                let s = crate::validate::damage(base.as_bytes(), 0..3, bytes, &mut rng);
                 let ours = match d.decode(&s) {
                     Decoded::Event { key, .. } => Some(key.to_vec()),
                     Decoded::NoKey => None,

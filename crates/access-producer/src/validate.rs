@@ -268,9 +268,32 @@ impl Validator<'_> {
     }
 }
 
+/// `line` with a few random edits (a byte removed, replaced or inserted from `alphabet`):
+/// the damaged inputs of the tests that hold validation and key finding against an oracle.
+#[cfg(test)]
+pub(crate) fn damage(
+    line: &[u8],
+    edits: std::ops::Range<usize>,
+    alphabet: &[u8],
+    rng: &mut impl rand::Rng,
+) -> Vec<u8> {
+    let mut s = line.to_vec();
+    for _ in 0..rng.random_range(edits) {
+        let at = rng.random_range(0..=s.len());
+        match rng.random_range(0..3) {
+            0 if at < s.len() => {
+                s.remove(at);
+            }
+            1 if at < s.len() => s[at] = alphabet[rng.random_range(0..alphabet.len())],
+            _ => s.insert(at, alphabet[rng.random_range(0..alphabet.len())]),
+        }
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
     use serde::de::IgnoredAny;
 
@@ -424,17 +447,7 @@ mod tests {
         let bytes: &[u8] = b"{}[]\",:\\/ u0123456789abcdefAEtrunl-+.e\t\n\x01\xc3\xa9\xff";
         for base in VALID {
             for _ in 0..3_000 {
-                let mut s = base.as_bytes().to_vec();
-                for _ in 0..rng.random_range(1..4) {
-                    let at = rng.random_range(0..=s.len());
-                    match rng.random_range(0..3) {
-                        0 if at < s.len() => {
-                            s.remove(at);
-                        }
-                        1 if at < s.len() => s[at] = bytes[rng.random_range(0..bytes.len())],
-                        _ => s.insert(at, bytes[rng.random_range(0..bytes.len())]),
-                    }
-                }
+                let s = damage(base.as_bytes(), 1..4, bytes, &mut rng);
                 assert_eq!(is_json(&s), oracle(&s), "{:?}", String::from_utf8_lossy(&s));
             }
         }
