@@ -527,7 +527,7 @@ async fn a_flooding_caller_is_blacklisted_then_released_after_ban_for_and_allow_
         .await
         .expect("Redis");
     let set = hotkeys::blacklist::redis_key(&t.name, "caller-ip");
-    let until: f64 = eventually(60, "6.6.6.6 on the blacklist", || {
+    let ban_end = || {
         let mut redis = redis.clone();
         let set = set.clone();
         async move {
@@ -538,8 +538,8 @@ async fn a_flooding_caller_is_blacklisted_then_released_after_ban_for_and_allow_
                 .await
                 .expect("ZSCORE")
         }
-    })
-    .await;
+    };
+    let until = eventually(60, "6.6.6.6 on the blacklist", ban_end).await;
     let banned = Instant::now();
     eprintln!(
         "blacklisted {:?} after the flood was delivered (publish_every {:?})",
@@ -568,18 +568,8 @@ async fn a_flooding_caller_is_blacklisted_then_released_after_ban_for_and_allow_
     );
 
     // The flood is over; the quiet callers go on and the window moves past it.
-    eventually(90, "6.6.6.6 released", || {
-        let mut redis = redis.clone();
-        let set = set.clone();
-        async move {
-            let score: Option<f64> = redis::cmd("ZSCORE")
-                .arg(&set)
-                .arg("6.6.6.6")
-                .query_async(&mut redis)
-                .await
-                .expect("ZSCORE");
-            score.is_none().then_some(())
-        }
+    eventually(90, "6.6.6.6 released", || async {
+        ban_end().await.is_none().then_some(())
     })
     .await;
     assert!(
