@@ -89,13 +89,12 @@ fn exact_counts(keys: &[String]) -> HashMap<String, u64> {
 
 /// Every task's current hot list, by task id.
 async fn hot_lists(zk: &Zk) -> HashMap<u32, (HotList, i32)> {
-    let mut out = HashMap::new();
-    for task in zk.list_tasks().await.expect("list tasks") {
-        if let Some(v) = zk.read_hot(task).await.expect("read hot") {
-            out.insert(task, (v.value, v.version));
-        }
-    }
-    out
+    zk.hot_lists()
+        .await
+        .expect("read hot lists")
+        .into_iter()
+        .map(|v| (v.value.task, (v.value, v.version)))
+        .collect()
 }
 
 /// Waits until every partition's hot list reflects everything up to its end offset.
@@ -521,9 +520,7 @@ async fn a_flooding_caller_is_blacklisted_then_released_after_ban_for_and_allow_
     testing::produce(&t, flood).await;
     let flooded = Instant::now();
 
-    let mut redis = redis::Client::open(t.redis.nodes[0].as_str())
-        .expect("redis url")
-        .get_multiplexed_async_connection()
+    let mut redis = hotkeys::cache::RedisConn::connect_home(&t.redis)
         .await
         .expect("Redis");
     let set = hotkeys::blacklist::redis_key(&t.name, "caller-ip");
@@ -556,12 +553,14 @@ async fn a_flooding_caller_is_blacklisted_then_released_after_ban_for_and_allow_
         .find(|i| i.key == "10.9.9.9")
         .expect("allow-listed caller counted");
     assert!(allowed.count >= 1000, "{allowed:?}");
-    let record = zk
-        .read_blacklist()
-        .await
-        .expect("zk")
-        .expect("blacklist node")
-        .value;
+    let mirrored = || async {
+        zk.read_blacklist()
+            .await
+            .expect("zk")
+            .expect("blacklist node")
+            .value
+    };
+    let record = mirrored().await;
     assert!(
         record.entries.iter().any(|e| e.key == "6.6.6.6"),
         "{record:?}"
@@ -578,13 +577,9 @@ async fn a_flooding_caller_is_blacklisted_then_released_after_ban_for_and_allow_
     );
     background.abort();
 
-    let entries: Vec<String> = redis::cmd("ZRANGE")
-        .arg(&set)
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut redis)
+    let entries = hotkeys::blacklist::entries(&mut redis, &t.name, "caller-ip")
         .await
-        .expect("ZRANGE");
+        .expect("Redis");
     assert!(entries.is_empty(), "{entries:?}");
     let log = worker.log();
     let bans: Vec<&str> = log.lines().filter(|l| l.contains("blacklisted")).collect();
@@ -596,11 +591,6 @@ async fn a_flooding_caller_is_blacklisted_then_released_after_ban_for_and_allow_
             .count(),
         1
     );
-    let record = zk
-        .read_blacklist()
-        .await
-        .expect("zk")
-        .expect("blacklist node")
-        .value;
+    let record = mirrored().await;
     assert!(record.entries.is_empty(), "{record:?}");
 }

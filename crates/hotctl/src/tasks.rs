@@ -120,7 +120,8 @@ pub async fn watch(topology: &Topology, args: WatchArgs) -> anyhow::Result<()> {
 }
 
 pub async fn reset(topology: &Topology, args: ResetArgs) -> anyhow::Result<()> {
-    let zk = connect(topology, &CounterArg::primary()).await?;
+    // Warmed marks and the subtree belong to the topology, not to one counter.
+    let zk = Zk::connect(topology).await?;
     if args.warmed {
         let tasks = zk.list_tasks().await?;
         for &task in &tasks {
@@ -138,14 +139,6 @@ pub async fn reset(topology: &Topology, args: ResetArgs) -> anyhow::Result<()> {
     zk.delete_all().await?;
     println!("deleted {}", zk.layout().base());
     Ok(())
-}
-
-impl CounterArg {
-    fn primary() -> CounterArg {
-        CounterArg {
-            counter: PRIMARY_COUNTER.into(),
-        }
-    }
 }
 
 /// A session scoped to the counter; an unknown counter is an error, not an empty view.

@@ -84,6 +84,8 @@ pub struct Blacklist {
     counter: String,
     rule: Rule,
     key: String,
+    /// Hashed once: every evaluation runs it by its SHA.
+    script: Script,
     redis: RedisConn,
 }
 
@@ -95,6 +97,7 @@ impl Blacklist {
             counter: counter.name.clone(),
             key: redis_key(&topology.name, &counter.name),
             rule,
+            script: Script::new(ENFORCE),
             redis,
         })
     }
@@ -111,8 +114,7 @@ impl Blacklist {
         let merged = merge(lists.iter().map(|l| &l.value), usize::MAX);
         let over = over_threshold(&merged, &self.rule);
         let until = now_ms.saturating_add(self.rule.ban_for.as_millis() as i64);
-        let script = Script::new(ENFORCE);
-        let mut invocation = script.key(&self.key);
+        let mut invocation = self.script.key(&self.key);
         invocation.arg(now_ms).arg(until);
         for (key, _) in &over {
             invocation.arg(key);
