@@ -272,3 +272,61 @@ async fn a_query_the_server_rejects_is_a_configuration_error() {
     assert!(err.to_string().contains("`id`"), "{err}");
     pool.close().await;
 }
+
+#[tokio::test]
+async fn concurrent_migrations_of_a_fresh_database_apply_each_version_once() {
+    if !test_db().await {
+        return;
+    }
+    // Its own database: the race only exists before the first migration has run.
+    let admin = mysql::connect(&config(&admin_url()), Duration::from_secs(5))
+        .await
+        .expect("MySQL");
+    for sql in [
+        "DROP DATABASE IF EXISTS hotkeys_test_race",
+        "CREATE DATABASE hotkeys_test_race CHARACTER SET utf8mb4",
+    ] {
+        sqlx::raw_sql(sql).execute(&admin).await.expect(sql);
+    }
+    let (base, _) = admin_url()
+        .rsplit_once('/')
+        .map(|(b, d)| (b.to_string(), d.to_string()))
+        .unwrap();
+    let url = format!("{base}/hotkeys_test_race");
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let pool = mysql::connect(&config(&url), Duration::from_secs(5))
+                    .await
+                    .expect("MySQL");
+                let applied = mysql::migrate(&pool).await;
+                pool.close().await;
+                applied
+            })
+        })
+        .collect();
+    let mut applied_by = Vec::new();
+    for run in runs {
+        let applied = run
+            .await
+            .expect("join")
+            .expect("every concurrent migrate succeeds");
+        applied_by.push(applied.len());
+    }
+    let total = mysql::MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .count();
+    applied_by.sort_unstable();
+    assert_eq!(
+        applied_by,
+        [0, 0, 0, total],
+        "one process applies, the others find it done"
+    );
+    sqlx::raw_sql("DROP DATABASE hotkeys_test_race")
+        .execute(&admin)
+        .await
+        .expect("drop");
+    admin.close().await;
+}

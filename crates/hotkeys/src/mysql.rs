@@ -63,6 +63,8 @@ pub enum MysqlError {
     /// The server answered but refused us: wrong password, unknown database, no privilege.
     #[error("MySQL at {target} refused the connection: {source}")]
     Rejected { target: String, source: sqlx::Error },
+    #[error("migrations: another process held the migration lock for {0} s")]
+    MigrationBusy(u32),
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// A statement failed; `what` says which one.
@@ -166,11 +168,41 @@ pub async fn connect(cfg: &MysqlConfig, connect_timeout: Duration) -> Result<Poo
 /// The migrations of `migrations/`, compiled in.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
+/// How long [`migrate`] waits for another process that is migrating the same database.
+const MIGRATE_LOCK_WAIT_SECS: u32 = 300;
+
 /// Applies the migrations not applied yet and answers which ones it applied (version and
-/// description). Safe to run from several processes at once: sqlx takes a database lock.
+/// description). Safe to run from several processes at once.
 pub async fn migrate(pool: &Pool) -> Result<Vec<(i64, String)>, MysqlError> {
-    let before = applied_versions(pool).await;
-    MIGRATOR.run(pool).await?;
+    // sqlx locks with `GET_LOCK(name, -1)`, which MariaDB refuses (warning 1411, NULL, no
+    // lock), so two migrators would both insert the same version. Our own named lock with a
+    // finite wait, held on the connection that runs the migrations, serialises them on both
+    // servers. The name hashes the database so it stays within MySQL's 64 characters.
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| MysqlError::query("migrations: connecting", e))?;
+    let locked: Option<i64> =
+        sqlx::query_scalar("SELECT GET_LOCK(CONCAT('hotkeys-migrate-', MD5(DATABASE())), ?)")
+            .bind(MIGRATE_LOCK_WAIT_SECS)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| MysqlError::query("migrations: taking the migration lock", e))?;
+    if locked != Some(1) {
+        return Err(MysqlError::MigrationBusy(MIGRATE_LOCK_WAIT_SECS));
+    }
+    let before = applied_versions(&mut conn).await;
+    // `run_direct` is `run` on a plain connection; `run` through `Acquire` makes a future the
+    // compiler cannot prove `Send`, so callers could not spawn it.
+    let ran = MIGRATOR.run_direct(None, &mut *conn, false).await;
+    let released = sqlx::query("SELECT RELEASE_LOCK(CONCAT('hotkeys-migrate-', MD5(DATABASE())))")
+        .execute(&mut *conn)
+        .await;
+    if released.is_err() {
+        // A pooled connection must not keep the lock: the server drops it with the session.
+        conn.close_on_drop();
+    }
+    ran?;
     Ok(MIGRATOR
         .iter()
         .filter(|m| !m.migration_type.is_down_migration() && !before.contains(&m.version))
@@ -179,9 +211,9 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<(i64, String)>, MysqlError> {
 }
 
 /// Versions already applied; empty when the bookkeeping table does not exist yet.
-async fn applied_versions(pool: &Pool) -> Vec<i64> {
+async fn applied_versions(conn: &mut sqlx::pool::PoolConnection<sqlx::MySql>) -> Vec<i64> {
     sqlx::query_scalar::<_, i64>("SELECT version FROM _sqlx_migrations WHERE success = 1")
-        .fetch_all(pool)
+        .fetch_all(&mut **conn)
         .await
         .unwrap_or_default()
 }
