@@ -63,8 +63,9 @@ pub enum MysqlError {
     /// The server answered but refused us: wrong password, unknown database, no privilege.
     #[error("MySQL at {target} refused the connection: {source}")]
     Rejected { target: String, source: sqlx::Error },
-    #[error("migrations: another process held the migration lock for {0} s")]
-    MigrationBusy(u32),
+    /// Another process held the named lock that serialises migrations or seeds.
+    #[error("another process held the MySQL lock `{lock}…` for {wait:?}")]
+    LockBusy { lock: &'static str, wait: Duration },
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// A statement failed; `what` says which one.
@@ -168,46 +169,61 @@ pub async fn connect(cfg: &MysqlConfig, connect_timeout: Duration) -> Result<Poo
 /// The migrations of `migrations/`, compiled in.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
-/// How long [`migrate`] waits for another process that is migrating the same database.
-const MIGRATE_LOCK_WAIT_SECS: u32 = 300;
-
 /// Applies the migrations not applied yet and answers which ones it applied (version and
 /// description). Safe to run from several processes at once.
 pub async fn migrate(pool: &Pool) -> Result<Vec<(i64, String)>, MysqlError> {
     // sqlx locks with `GET_LOCK(name, -1)`, which MariaDB refuses (warning 1411, NULL, no
-    // lock), so two migrators would both insert the same version. Our own named lock with a
-    // finite wait, held on the connection that runs the migrations, serialises them on both
-    // servers. The name hashes the database so it stays within MySQL's 64 characters.
-    let mut conn = pool
-        .acquire()
-        .await
-        .map_err(|e| MysqlError::query("migrations: connecting", e))?;
-    let locked: Option<i64> =
-        sqlx::query_scalar("SELECT GET_LOCK(CONCAT('hotkeys-migrate-', MD5(DATABASE())), ?)")
-            .bind(MIGRATE_LOCK_WAIT_SECS)
-            .fetch_one(&mut *conn)
+    // lock), so two migrators would both insert the same version.
+    with_named_lock(pool, "hotkeys.migrate.", Duration::from_secs(300), async {
+        let mut conn = pool
+            .acquire()
             .await
-            .map_err(|e| MysqlError::query("migrations: taking the migration lock", e))?;
+            .map_err(|e| MysqlError::query("migrations: connecting", e))?;
+        let before = applied_versions(&mut conn).await;
+        // `run_direct` is `run` on a plain connection; `run` through `Acquire` makes a future
+        // the compiler cannot prove `Send`, so callers could not spawn it.
+        MIGRATOR.run_direct(None, &mut *conn, false).await?;
+        Ok(MIGRATOR
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration() && !before.contains(&m.version))
+            .map(|m| (m.version, m.description.to_string()))
+            .collect())
+    })
+    .await
+}
+
+/// Runs `work` while this process holds the MySQL named lock `prefix` + MD5 of the database
+/// (`GET_LOCK`, at most 64 characters), waiting up to `wait` for another holder. The lock
+/// lives on a connection of its own so `work` can use every connection of the pool, and
+/// closing that connection releases it even when the release statement is lost.
+async fn with_named_lock<T>(
+    pool: &Pool,
+    prefix: &'static str,
+    wait: Duration,
+    work: impl Future<Output = Result<T, MysqlError>>,
+) -> Result<T, MysqlError> {
+    const NAME: &str = "CONCAT(?, MD5(DATABASE()))";
+    let mut conn = MySqlConnection::connect_with(&pool.connect_options())
+        .await
+        .map_err(|e| MysqlError::query("connecting for a named lock", e))?;
+    let locked: Option<i64> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT GET_LOCK({NAME}, ?)")))
+            .bind(prefix)
+            .bind(wait.as_secs())
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| MysqlError::query("taking a named lock", e))?;
     if locked != Some(1) {
-        return Err(MysqlError::MigrationBusy(MIGRATE_LOCK_WAIT_SECS));
+        let _ = conn.close().await;
+        return Err(MysqlError::LockBusy { lock: prefix, wait });
     }
-    let before = applied_versions(&mut conn).await;
-    // `run_direct` is `run` on a plain connection; `run` through `Acquire` makes a future the
-    // compiler cannot prove `Send`, so callers could not spawn it.
-    let ran = MIGRATOR.run_direct(None, &mut *conn, false).await;
-    let released = sqlx::query("SELECT RELEASE_LOCK(CONCAT('hotkeys-migrate-', MD5(DATABASE())))")
-        .execute(&mut *conn)
+    let result = work.await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DO RELEASE_LOCK({NAME})")))
+        .bind(prefix)
+        .execute(&mut conn)
         .await;
-    if released.is_err() {
-        // A pooled connection must not keep the lock: the server drops it with the session.
-        conn.close_on_drop();
-    }
-    ran?;
-    Ok(MIGRATOR
-        .iter()
-        .filter(|m| !m.migration_type.is_down_migration() && !before.contains(&m.version))
-        .map(|m| (m.version, m.description.to_string()))
-        .collect())
+    let _ = conn.close().await;
+    result
 }
 
 /// Versions already applied; empty when the bookkeeping table does not exist yet.

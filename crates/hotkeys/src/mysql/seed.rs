@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use sqlx::{Connection, Executor, MySql, QueryBuilder};
+use sqlx::{MySql, QueryBuilder};
 use tokio::task::JoinSet;
 
 use super::encode::push_json_string;
@@ -19,10 +19,6 @@ const ROWS_PER_STATEMENT: u64 = 2_000;
 
 /// Statements in flight; more only queue up inside the server on two cores.
 const MAX_PARALLEL: usize = 4;
-
-/// A cross-process lock so that concurrent seeders (parallel test binaries, a demo) take
-/// turns instead of deadlocking on the same key ranges.
-const SEED_LOCK: &str = "hotkeys.seed";
 
 /// 2024-01-01T00:00:00Z: `updated_at` falls in the year after it.
 const EPOCH_MS: i64 = 1_704_067_200_000;
@@ -224,27 +220,15 @@ pub struct SeedReport {
 /// existing ones with the generated values. Concurrent seeders wait for each other.
 pub async fn seed(pool: &Pool, n: u64, seed: u64) -> Result<SeedReport, MysqlError> {
     let started = Instant::now();
-    // The lock lives on a connection of its own: the pool may have a single connection,
-    // which the inserts need.
-    let mut lock_conn = sqlx::mysql::MySqlConnection::connect_with(&pool.connect_options())
-        .await
-        .map_err(|e| MysqlError::query("connecting for the seed lock", e))?;
-    let locked: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 600)")
-        .bind(SEED_LOCK)
-        .fetch_one(&mut lock_conn)
-        .await
-        .map_err(|e| MysqlError::query("taking the seed lock", e))?;
-    if locked != Some(1) {
-        return Err(MysqlError::query(
-            "taking the seed lock",
-            sqlx::Error::Protocol("another seed held `hotkeys.seed` for 10 minutes".into()),
-        ));
-    }
-    let result = insert_all(pool, n, seed).await;
-    // Closing the connection releases the lock as well; this is the polite form.
-    let _ = lock_conn.execute("DO RELEASE_LOCK('hotkeys.seed')").await;
-    let _ = lock_conn.close().await;
-    result?;
+    // Concurrent seeders (parallel tests, a demo) take turns instead of deadlocking on the
+    // same key ranges.
+    super::with_named_lock(
+        pool,
+        "hotkeys.seed.",
+        Duration::from_secs(600),
+        insert_all(pool, n, seed),
+    )
+    .await?;
     Ok(SeedReport {
         rows: n,
         took: started.elapsed(),
