@@ -262,8 +262,9 @@ impl RedisServer {
         RedisServer::start_with(&["--replicaof", "127.0.0.1", &master_port.to_string()])
     }
 
-    /// A sentinel monitoring the node on `master_port` as `name`, alone (quorum 1) and
-    /// quick to declare it down.
+    /// A sentinel monitoring the node on `master_port` as `name`, alone (quorum 1). Tests
+    /// fail over with `SENTINEL FAILOVER`; the 5 s down-after keeps a starved CI machine
+    /// from failing over on its own first.
     pub fn sentinel(name: &str, master_port: u16) -> RedisServer {
         let port = free_port();
         let dir = std::env::temp_dir().join(unique("sentinel"));
@@ -274,7 +275,7 @@ impl RedisServer {
             format!(
                 "port {port}\nbind 127.0.0.1\ndir {dir}\n\
                  sentinel monitor {name} 127.0.0.1 {master_port} 1\n\
-                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel down-after-milliseconds {name} 5000\n\
                  sentinel failover-timeout {name} 3000\n",
                 dir = dir.display()
             ),

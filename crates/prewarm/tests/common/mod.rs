@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use hotkeys::Topology;
-use hotkeys::config::MysqlConfig;
+use hotkeys::config::{MysqlConfig, ZookeeperConfig};
 use hotkeys::hotlist::{LockInfo, Warmed};
 use hotkeys::mysql::{self, Pool};
 use hotkeys::testing;
@@ -149,7 +149,11 @@ impl Fixture {
         }
         catalogue(&admin, &test_db).await.close().await;
         let path = testing::write_topology(&t);
-        let zk = Zk::connect(&t).await.expect("ZooKeeper");
+        // The test's own client keeps the default session: with 2 s, zookeeper-client drops
+        // the connection after 800 ms without a reply, and one slow fsync would fail a read.
+        let mut own = t.clone();
+        own.zookeeper.session_timeout = ZookeeperConfig::default().session_timeout;
+        let zk = Zk::connect(&own).await.expect("ZooKeeper");
         let redis = redis::Client::open(real_redis.as_str())
             .expect("redis url")
             .get_multiplexed_async_connection()
