@@ -322,10 +322,7 @@ async fn malformed_events_are_counted_and_forwarded_and_counting_goes_on() {
         });
     }
     testing::produce(&t, records).await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let port = testing::free_port();
     let file = testing::write_topology(&t);
     let _w = Worker::start(&file, &[], &["--metrics", &format!("127.0.0.1:{port}")]);
     let zk = Zk::connect(&t).await.expect("zk");

@@ -11,13 +11,12 @@
 
 #![allow(dead_code)]
 
-use std::collections::HashSet;
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cache_sync::receive::{self, Receiver, StreamState};
@@ -25,6 +24,7 @@ use cache_sync::ship::{ShipSummary, Shipper};
 use hotkeys::Topology;
 use hotkeys::shutdown::CancellationToken;
 use hotkeys::sync_queue::{QueueStatus, SyncQueue};
+use hotkeys::testing;
 use redis::aio::MultiplexedConnection;
 
 pub const SECRET: &str = "integration-test-secret";
@@ -325,7 +325,7 @@ impl RedisCluster {
     fn start_node(&self) -> ClusterNode {
         let mut failures = Vec::new();
         for _ in 0..5 {
-            let (port, bus_port) = (free_port(), free_port());
+            let (port, bus_port) = (testing::free_port(), testing::free_port());
             let log = self.dir.path().join(format!("redis-{port}.log"));
             let mut child = Command::new("redis-server")
                 .args(["--port", &port.to_string()])
@@ -446,23 +446,6 @@ impl Drop for RedisCluster {
         }
         for node in &mut self.nodes {
             let _ = node.child.wait();
-        }
-    }
-}
-
-/// A port nothing listens on now, never the same twice in this process (tests of one
-/// binary run in parallel).
-fn free_port() -> u16 {
-    static TAKEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    let mut taken = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
-    let taken = taken.get_or_insert_with(HashSet::new);
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("cannot bind a loopback port")
-            .port();
-        if taken.insert(port) {
-            return port;
         }
     }
 }
