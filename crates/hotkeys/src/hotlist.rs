@@ -8,8 +8,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The top-N list one task publishes to `/hotkeys/<topology>/tasks/<task>/hot`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The top-N list one task publishes to `/hotkeys/<topology>/tasks/<task>/hot`. The default
+/// is an empty list of version 0.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HotList {
     pub topology: String,
     /// The counter, for `[[counter]]` tables; absent for the primary counter.
@@ -179,17 +180,8 @@ mod tests {
     #[test]
     fn merge_sums_a_key_counted_by_several_tasks() {
         let list = |task, items: &[(&str, u64, Option<u64>)]| HotList {
-            topology: "t".into(),
             counter: Some("caller".into()),
             task,
-            version: 1,
-            generated_at_ms: 0,
-            window_ms: 0,
-            offset: 0,
-            exact: None,
-            owner: None,
-            events: 0,
-            malformed: 0,
             items: items
                 .iter()
                 .map(|&(key, count, error)| HotItem {
@@ -198,6 +190,7 @@ mod tests {
                     error,
                 })
                 .collect(),
+            ..HotList::default()
         };
         let lists = [
             list(0, &[("a", 10, Some(1)), ("b", 7, None)]),

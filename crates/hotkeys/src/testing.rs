@@ -217,16 +217,12 @@ pub async fn publish_hot_list(
     let n = keys.len() as u64;
     let hot = HotList {
         topology: topology.to_string(),
-        counter: None,
         task,
         version: i64::from(seen.map_or(0, |v| v + 1)),
         generated_at_ms: now_ms(),
         window_ms: 300_000,
-        offset: 0,
-        exact: None,
         owner: Some(owner.to_string()),
         events: n * (n + 1) / 2,
-        malformed: 0,
         items: keys
             .iter()
             .enumerate()
@@ -236,6 +232,7 @@ pub async fn publish_hot_list(
                 error: None,
             })
             .collect(),
+        ..HotList::default()
     };
     let bytes = serde_json::to_vec(&hot).expect("hot list serializes");
     zk.publish(task, seen, &bytes, b"{}").await

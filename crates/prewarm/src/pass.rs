@@ -259,17 +259,6 @@ mod tests {
 
     fn hot(keys: &[&str]) -> HotList {
         HotList {
-            topology: "t".into(),
-            counter: None,
-            task: 0,
-            version: 1,
-            generated_at_ms: 0,
-            window_ms: 0,
-            offset: 0,
-            exact: None,
-            owner: None,
-            events: 0,
-            malformed: 0,
             items: keys
                 .iter()
                 .map(|k| HotItem {
@@ -278,6 +267,7 @@ mod tests {
                     error: None,
                 })
                 .collect(),
+            ..HotList::default()
         }
     }
 
