@@ -19,9 +19,14 @@ fn admin_url() -> String {
 }
 
 fn test_url() -> String {
+    url_of("hotkeys_test")
+}
+
+/// The configured server's URL with `database` in place of its own.
+fn url_of(database: &str) -> String {
     let url = admin_url();
     let (base, _) = url.rsplit_once('/').expect("mysql url has a database");
-    format!("{base}/hotkeys_test")
+    format!("{base}/{database}")
 }
 
 fn config(url: &str) -> MysqlConfig {
@@ -29,6 +34,13 @@ fn config(url: &str) -> MysqlConfig {
         url: url.to_string(),
         ..MysqlConfig::default()
     }
+}
+
+/// A pool on `url`; the server must be up.
+async fn connect(url: &str) -> mysql::Pool {
+    mysql::connect(&config(url), Duration::from_secs(5))
+        .await
+        .expect("MySQL")
 }
 
 /// Creates `hotkeys_test` if needed; `false` (skip) when MySQL is unreachable.
@@ -88,9 +100,7 @@ async fn migrate_twice_is_harmless_and_the_second_run_is_up_to_date() {
         "{}",
         text(&out.stdout)
     );
-    let pool = mysql::connect(&config(&test_url()), Duration::from_secs(5))
-        .await
-        .expect("MySQL");
+    let pool = connect(&test_url()).await;
     let applied: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = 1")
             .fetch_one(&pool)
@@ -106,9 +116,7 @@ async fn seed_writes_the_same_deterministic_products_every_time() {
         return;
     }
     let checksum = || async {
-        let pool = mysql::connect(&config(&test_url()), Duration::from_secs(5))
-            .await
-            .expect("MySQL");
+        let pool = connect(&test_url()).await;
         let sum: i64 = sqlx::query_scalar(
             "SELECT CAST(COALESCE(SUM(CRC32(CONCAT_WS('|', id, shop_id, name, price, stock, \
              attributes, updated_at))), 0) AS SIGNED) FROM products WHERE id <= 300",
@@ -137,9 +145,7 @@ async fn seed_writes_the_same_deterministic_products_every_time() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(checksum().await, first, "a second seed changed the rows");
 
-    let pool = mysql::connect(&config(&test_url()), Duration::from_secs(5))
-        .await
-        .expect("MySQL");
+    let pool = connect(&test_url()).await;
     let ids: Vec<String> = (1..=300).map(|i: i64| i.to_string()).collect();
     let loaded = mysql::load_rows(&pool, &MysqlConfig::default().query, 128, &ids)
         .await
@@ -180,9 +186,7 @@ async fn rows_load_as_json_with_every_column_type_mapped() {
     if !test_db().await {
         return;
     }
-    let pool = mysql::connect(&config(&test_url()), Duration::from_secs(5))
-        .await
-        .expect("MySQL");
+    let pool = connect(&test_url()).await;
     let table = format!("column_types_{}", std::process::id());
     let ddl = format!(
         "CREATE TABLE {table} (id BIGINT PRIMARY KEY, u BIGINT UNSIGNED, flag TINYINT(1), \
@@ -251,9 +255,7 @@ async fn a_query_the_server_rejects_is_a_configuration_error() {
     if !test_db().await {
         return;
     }
-    let pool = mysql::connect(&config(&test_url()), Duration::from_secs(5))
-        .await
-        .expect("MySQL");
+    let pool = connect(&test_url()).await;
     // The second query must fail on its columns, not on a missing table.
     mysql::migrate(&pool).await.expect("migrate");
     let err = RowLoader::with_query(
@@ -279,27 +281,19 @@ async fn concurrent_migrations_of_a_fresh_database_apply_each_version_once() {
         return;
     }
     // Its own database: the race only exists before the first migration has run.
-    let admin = mysql::connect(&config(&admin_url()), Duration::from_secs(5))
-        .await
-        .expect("MySQL");
+    let admin = connect(&admin_url()).await;
     for sql in [
         "DROP DATABASE IF EXISTS hotkeys_test_race",
         "CREATE DATABASE hotkeys_test_race CHARACTER SET utf8mb4",
     ] {
         sqlx::raw_sql(sql).execute(&admin).await.expect(sql);
     }
-    let (base, _) = admin_url()
-        .rsplit_once('/')
-        .map(|(b, d)| (b.to_string(), d.to_string()))
-        .unwrap();
-    let url = format!("{base}/hotkeys_test_race");
+    let url = url_of("hotkeys_test_race");
     let runs: Vec<_> = (0..4)
         .map(|_| {
             let url = url.clone();
             tokio::spawn(async move {
-                let pool = mysql::connect(&config(&url), Duration::from_secs(5))
-                    .await
-                    .expect("MySQL");
+                let pool = connect(&url).await;
                 let applied = mysql::migrate(&pool).await;
                 pool.close().await;
                 applied
