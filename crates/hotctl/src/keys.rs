@@ -156,11 +156,36 @@ fn status(ttl: Remaining, warmed_at_ms: Option<i64>, cfg_ttl: Duration, now_ms: 
     }
 }
 
-pub async fn diff(topology: &Topology, args: DiffArgs) -> anyhow::Result<()> {
+/// One hot key of a task and what Redis holds of it.
+pub struct DiffRow {
+    pub task: u32,
+    pub hot_key: String,
+    pub cache_key: String,
+    status: Status,
+}
+
+impl DiffRow {
+    /// `warm`, `expired` or `missing`.
+    pub fn status(&self) -> &'static str {
+        self.status.name()
+    }
+
+    /// The row as `hotctl diff --json` and the dashboard's API print it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut row = json!({"task": self.task, "hot_key": self.hot_key, "key": self.cache_key, "status": self.status()});
+        if let Status::Warm(ttl) = self.status {
+            row["ttl_ms"] = json!(ttl_ms(ttl));
+        }
+        row
+    }
+}
+
+/// Every hot key of `task` (every task when `None`) with what Redis holds of it.
+pub async fn diff_rows(topology: &Topology, task: Option<u32>) -> anyhow::Result<Vec<DiffRow>> {
     let zk = Zk::connect(topology)
         .await
         .context("connecting to ZooKeeper")?;
-    let tasks = match args.task {
+    let tasks = match task {
         Some(t) => vec![t],
         None => zk.list_tasks().await?,
     };
@@ -180,38 +205,57 @@ pub async fn diff(topology: &Topology, args: DiffArgs) -> anyhow::Result<()> {
             .collect();
         let ttls = cache.remaining(&keys).await?;
         for ((item, key), ttl) in hot.value.items.iter().zip(keys).zip(ttls) {
-            let s = status(ttl, warmed_at, topology.redis.ttl, now);
-            rows.push((task, item.key.clone(), key, s));
+            rows.push(DiffRow {
+                task,
+                hot_key: item.key.clone(),
+                cache_key: key,
+                status: status(ttl, warmed_at, topology.redis.ttl, now),
+            });
         }
     }
-    let count = |name: &str| rows.iter().filter(|r| r.3.name() == name).count();
-    let (warm, expired, missing) = (count("warm"), count("expired"), count("missing"));
+    Ok(rows)
+}
+
+/// How many of `rows` are warm, expired and missing.
+pub fn diff_counts(rows: &[DiffRow]) -> (usize, usize, usize) {
+    let count = |name: &str| rows.iter().filter(|r| r.status() == name).count();
+    (count("warm"), count("expired"), count("missing"))
+}
+
+/// [`diff_counts`] of each task, in task order.
+pub fn diff_counts_by_task(rows: &[DiffRow]) -> Vec<(u32, (usize, usize, usize))> {
+    let mut tasks: Vec<u32> = rows.iter().map(|r| r.task).collect();
+    tasks.dedup();
+    tasks
+        .into_iter()
+        .map(|task| {
+            let of_task: Vec<&DiffRow> = rows.iter().filter(|r| r.task == task).collect();
+            let count = |name: &str| of_task.iter().filter(|r| r.status() == name).count();
+            (task, (count("warm"), count("expired"), count("missing")))
+        })
+        .collect()
+}
+
+pub async fn diff(topology: &Topology, args: DiffArgs) -> anyhow::Result<()> {
+    let rows = diff_rows(topology, args.task).await?;
+    let (warm, expired, missing) = diff_counts(&rows);
     if args.json {
-        let keys: Vec<_> = rows
-            .iter()
-            .map(|(task, hot, key, s)| {
-                let mut row = json!({"task": task, "hot_key": hot, "key": key, "status": s.name()});
-                if let Status::Warm(ttl) = s {
-                    row["ttl_ms"] = json!(ttl_ms(*ttl));
-                }
-                row
-            })
-            .collect();
+        let keys: Vec<_> = rows.iter().map(DiffRow::to_json).collect();
         let doc = json!({"warm": warm, "expired": expired, "missing": missing, "keys": keys});
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         let mut table = Table::new();
         table.set_header(["task", "hot key", "cache key", "status", "ttl"]);
-        for (task, hot, key, s) in &rows {
-            let ttl = match s {
-                Status::Warm(ttl) => ttl_text(*ttl),
+        for row in &rows {
+            let ttl = match row.status {
+                Status::Warm(ttl) => ttl_text(ttl),
                 _ => "-".into(),
             };
             table.add_row([
-                task.to_string(),
-                hot.clone(),
-                key.clone(),
-                s.name().into(),
+                row.task.to_string(),
+                row.hot_key.clone(),
+                row.cache_key.clone(),
+                row.status().into(),
                 ttl,
             ]);
         }

@@ -153,7 +153,7 @@ async fn connect(topology: &Topology, counter: &CounterArg) -> anyhow::Result<Zk
     Ok(Zk::connect(topology).await?.for_counter(&counter.counter))
 }
 
-fn merged(views: &[TaskView], n: usize) -> Vec<HotItem> {
+pub fn merged(views: &[TaskView], n: usize) -> Vec<HotItem> {
     merge(
         views
             .iter()
@@ -162,7 +162,7 @@ fn merged(views: &[TaskView], n: usize) -> Vec<HotItem> {
     )
 }
 
-fn task_json(v: &TaskView) -> serde_json::Value {
+pub fn task_json(v: &TaskView) -> serde_json::Value {
     json!({
         "task": v.task,
         "owner": v.hot.as_ref().and_then(|h| h.value.owner.clone()),

@@ -59,6 +59,8 @@ pub struct Topology {
     pub redis: RedisConfig,
     #[serde(default)]
     pub sync: SyncConfig,
+    #[serde(default)]
+    pub dashboard: DashboardConfig,
 }
 
 fn default_name() -> String {
@@ -77,6 +79,7 @@ impl Default for Topology {
             mysql: MysqlConfig::default(),
             redis: RedisConfig::default(),
             sync: SyncConfig::default(),
+            dashboard: DashboardConfig::default(),
         }
     }
 }
@@ -515,6 +518,35 @@ impl Default for SyncConfig {
     }
 }
 
+/// `hotctl dashboard`: the web UI, JSON API and hot-key history of a topology.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DashboardConfig {
+    /// Address the dashboard listens on (`--listen` wins).
+    pub listen: String,
+    /// How often the merged hot lists are recorded into MySQL; 0 turns recording off
+    /// (`--record` wins).
+    #[serde(with = "humantime_serde")]
+    pub record: Duration,
+    /// How long recorded hot lists are kept (`--retain` wins).
+    #[serde(with = "humantime_serde")]
+    pub retain: Duration,
+    /// Name of the environment variable holding the token that write requests (unban)
+    /// must carry; without it the dashboard is read-only.
+    pub token_env: String,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig {
+            listen: "127.0.0.1:8490".into(),
+            record: Duration::from_secs(60),
+            retain: Duration::from_secs(7 * 24 * 3600),
+            token_env: "HOTKEYS_DASHBOARD_TOKEN".into(),
+        }
+    }
+}
+
 impl Topology {
     /// Reads a topology file and applies the `HOTKEYS_*` overrides of this process.
     pub fn load(path: &Path) -> Result<Topology, ConfigError> {
@@ -637,6 +669,17 @@ impl Topology {
         if self.sync.in_flight == 0 || self.sync.in_flight > 64 {
             return bad("sync.in_flight", "expected between 1 and 64");
         }
+        if self
+            .dashboard
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
+            return bad(
+                "dashboard.listen",
+                "expected an address such as 127.0.0.1:8490",
+            );
+        }
         Ok(())
     }
 
@@ -674,6 +717,13 @@ impl Topology {
     /// The counter called `name`, if the topology has one.
     pub fn counter(&self, name: &str) -> Option<Counter> {
         self.counters().into_iter().find(|c| c.name == name)
+    }
+
+    /// The dashboard's write token, read from `dashboard.token_env`.
+    pub fn dashboard_token(&self) -> Option<String> {
+        std::env::var(&self.dashboard.token_env)
+            .ok()
+            .filter(|s| !s.is_empty())
     }
 
     /// The secret shared by `cache-sync ship` and `receive`, read from `sync.secret_env`.

@@ -10,6 +10,7 @@
 //!                                             the same, for each `[[counter]]` table
 //! <root>/<topology>/counters/<counter>/blacklist
 //!                                             persistent; hotlist::BlacklistRecord
+//! <root>/<topology>/dashboard/recorder        ephemeral; the dashboard recording history
 //! ```
 //!
 //! The primary counter (`config::PRIMARY_COUNTER`) owns `<root>/<topology>/tasks`, the path
@@ -136,6 +137,11 @@ impl Layout {
 
     pub fn blacklist(&self) -> String {
         format!("{}/blacklist", self.counter_base)
+    }
+
+    /// The lock of the one `hotctl dashboard` that records hot-key history.
+    pub fn recorder(&self) -> String {
+        format!("{}/dashboard/recorder", self.base)
     }
 }
 
@@ -371,12 +377,55 @@ impl Zk {
     /// Takes the task's ephemeral lock if nobody holds it; never waits.
     /// `Ok(false)` means somebody else holds it.
     pub async fn try_lock(&self, task: u32, holder: &LockInfo) -> Result<bool, ZkError> {
-        let path = self.layout.lock(task);
+        self.try_ephemeral(&self.layout.lock(task), holder).await
+    }
+
+    /// Takes the dashboard recorder lock if nobody holds it; never waits.
+    pub async fn try_lock_recorder(&self, holder: &LockInfo) -> Result<bool, ZkError> {
+        let path = self.layout.recorder();
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.client
+                .mkdir(parent, &PERSISTENT)
+                .await
+                .map_err(|e| ZkError::op(parent, e))?;
+        }
+        self.try_ephemeral(&path, holder).await
+    }
+
+    /// Who holds the recorder lock, and whether it is this session.
+    pub async fn read_recorder(&self) -> Result<Option<(LockInfo, bool)>, ZkError> {
+        let path = self.layout.recorder();
+        let Some((data, stat)) = self.get(&path).await? else {
+            return Ok(None);
+        };
+        let holder = serde_json::from_slice(&data).map_err(|source| ZkError::Malformed {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Some((
+            holder,
+            stat.ephemeral_owner == self.client.session_id().0,
+        )))
+    }
+
+    /// Releases the recorder lock if this session holds it.
+    pub async fn unlock_recorder(&self) -> Result<(), ZkError> {
+        if let Some((_, true)) = self.read_recorder().await? {
+            let path = self.layout.recorder();
+            match self.client.delete(&path, None).await {
+                Ok(()) | Err(ZkClientError::NoNode) => {}
+                Err(e) => return Err(ZkError::op(&path, e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn try_ephemeral(&self, path: &str, holder: &LockInfo) -> Result<bool, ZkError> {
         let data = serde_json::to_vec(holder).expect("lock info serializes");
-        match self.client.create(&path, &data, &EPHEMERAL).await {
+        match self.client.create(path, &data, &EPHEMERAL).await {
             Ok(_) => Ok(true),
             Err(ZkClientError::NodeExists) => Ok(false),
-            Err(e) => Err(ZkError::op(&path, e)),
+            Err(e) => Err(ZkError::op(path, e)),
         }
     }
 
@@ -515,6 +564,10 @@ mod tests {
         assert_eq!(
             l.checkpoint(3),
             "/hotkeys/product-detail/tasks/3/checkpoint"
+        );
+        assert_eq!(
+            l.for_counter("caller-ip").recorder(),
+            "/hotkeys/product-detail/dashboard/recorder"
         );
     }
 
