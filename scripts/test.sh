@@ -10,9 +10,10 @@ scripts/stack.sh up
 
 # The dashboard's browser test drives Debian's chromium through chromedriver.
 if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
-  echo "installing chromium and chromium-driver (log: .stack/apt-chromium.log)"
-  { apt-get update && apt-get install -y chromium chromium-driver; } >.stack/apt-chromium.log 2>&1 ||
-    { echo "installing chromium failed; see .stack/apt-chromium.log" >&2; exit 1; }
+  STACK_DIR=$PWD/.stack
+  # shellcheck source=scripts/lib.sh
+  . scripts/lib.sh
+  apt_install chromium chromium-driver
 fi
 
 cargo fmt --all -- --check

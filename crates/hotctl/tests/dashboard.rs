@@ -43,6 +43,7 @@ async fn read_routes_answer_json_and_every_page_escapes_a_hostile_key() {
     assert_eq!(tasks[0]["task"], 0);
     assert_eq!(tasks[0]["items"], 3);
     assert_eq!(tasks[0]["owner"], "test");
+    assert_eq!(tasks[0]["end_offset"], Value::Null, "no topic, no end offset: {tasks}");
 
     let hot = d.json("/api/hot?top=3").await;
     assert_eq!(hot["counter"], "hot");
@@ -89,6 +90,8 @@ async fn read_routes_answer_json_and_every_page_escapes_a_hostile_key() {
             "{page} renders the key as markup"
         );
     }
+    let (_, overview) = d.get("/").await;
+    assert!(overview.contains(r#"<td class="up">up</td>"#), "the Redis node: {overview}");
     let (_, hot_page) = d.get("/hot").await;
     assert!(
         hot_page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),

@@ -1,4 +1,5 @@
-//! librdkafka client settings built from the topology, and creation of the access topic.
+//! librdkafka client settings built from the topology, creation of the access topic, and
+//! librdkafka's own log lines routed to `tracing`.
 //!
 //! Our tuning is applied first and the topology's `[kafka.producer]` / `[kafka.consumer]`
 //! tables last, so an operator can override anything (SASL, TLS, batching) without code.
@@ -8,11 +9,47 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
+
+/// What librdkafka says while a broker is still starting (loading its coordinators, electing
+/// leaders of a new topic). It retries on its own, so these are not warnings: a client
+/// started together with its broker would otherwise greet a new user with a screenful.
+const STARTUP_RETRIES: [&str; 4] = [
+    "Coordinator load in progress",
+    "Coordinator not available",
+    "Leader not available",
+    "Unknown topic or partition",
+];
+
+/// Whether a librdkafka message is an expected retry while a broker starts.
+pub fn is_startup_retry(message: &str) -> bool {
+    STARTUP_RETRIES.iter().any(|m| message.contains(m))
+}
+
+/// Routes one librdkafka log line to `tracing` (target `librdkafka`), at debug level when
+/// it is an expected start-up retry; for `ClientContext::log` implementations.
+pub fn log(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    if is_startup_retry(message) {
+        tracing::debug!(target: "librdkafka", fac, "{message}");
+        return;
+    }
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{message}"),
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", fac, "{message}")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
+    }
+}
 
 /// Settings for a throughput-tuned idempotent producer.
 pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
@@ -131,6 +168,22 @@ pub fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<Option<usize>
         }))
 }
 
+/// The end offset (high watermark) of every partition of the topology's topic, in partition
+/// order; empty when the topic does not exist. Blocking: async callers use `spawn_blocking`.
+pub fn end_offsets(kafka: &KafkaConfig) -> Result<Vec<i64>, KafkaError> {
+    let Some(partitions) = partition_count(kafka, &kafka.topic)? else {
+        return Ok(Vec::new());
+    };
+    let consumer: BaseConsumer = admin_config(kafka).create()?;
+    (0..partitions as i32)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(&kafka.topic, p, Duration::from_secs(10))
+                .map(|(_, high)| high)
+        })
+        .collect()
+}
+
 /// Settings for admin and metadata clients: the brokers plus the consumer passthrough, which
 /// is where SASL/TLS settings live for clients that are not producers.
 fn admin_config(kafka: &KafkaConfig) -> ClientConfig {
@@ -149,4 +202,20 @@ fn admin_config(kafka: &KafkaConfig) -> ClientConfig {
 
 fn is_connection_setting(key: &str) -> bool {
     key.starts_with("security.") || key.starts_with("sasl.") || key.starts_with("ssl.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broker_loading_its_coordinator_is_a_start_up_retry() {
+        assert!(is_startup_retry(
+            "Failed to acquire idempotence PID from broker TxnCoordinator/1: \
+             Broker: Coordinator load in progress: retrying"
+        ));
+        assert!(!is_startup_retry(
+            "127.0.0.1:9092/1: Connect to ipv4#127.0.0.1:9092 failed: Connection refused"
+        ));
+    }
 }

@@ -183,22 +183,9 @@ pub fn write_topology(topology: &Topology) -> PathBuf {
 
 /// The end offset (high watermark) of every partition of the topology's topic.
 pub fn end_offsets(topology: &Topology) -> Vec<i64> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &topology.kafka.brokers)
-        .create()
-        .expect("consumer");
-    let partitions = crate::kafka::partition_count(&topology.kafka, &topology.kafka.topic)
-        .expect("metadata")
-        .expect("topic exists");
-    (0..partitions as i32)
-        .map(|p| {
-            consumer
-                .fetch_watermarks(&topology.kafka.topic, p, std::time::Duration::from_secs(10))
-                .expect("watermarks")
-                .1
-        })
-        .collect()
+    let ends = crate::kafka::end_offsets(&topology.kafka).expect("watermarks");
+    assert!(!ends.is_empty(), "topic {} exists", topology.kafka.topic);
+    ends
 }
 
 /// Publishes `keys`, hottest first, as the next version of `task`'s hot list the way a

@@ -21,6 +21,7 @@ use super::ApiError;
 use super::auth::{authorize, bearer};
 use super::history::{MAX_KEY_CHARS, Range};
 use super::hub::HotView;
+use super::probe;
 use super::state::Dashboard;
 use crate::blacklist::{bans, ruled_counters};
 use crate::keys::{diff_counts, diff_counts_by_task, diff_rows};
@@ -150,7 +151,25 @@ async fn tasks(
     let views = d
         .with_zk(|zk| async move { zk.for_counter(name).task_views().await })
         .await?;
-    Ok(Json(views.iter().map(task_json).collect()))
+    // Lag needs Kafka; without it the tasks are still worth answering.
+    let ends = probe::end_offsets(&d.topology.kafka)
+        .await
+        .unwrap_or_default();
+    Ok(Json(
+        views
+            .iter()
+            .map(|v| {
+                let mut task = task_json(v);
+                let end = ends.get(v.task as usize).copied();
+                task["end_offset"] = json!(end);
+                task["lag"] = json!(
+                    end.zip(task["offset"].as_i64())
+                        .map(|(e, o)| (e - o).max(0))
+                );
+                task
+            })
+            .collect(),
+    ))
 }
 
 /// A counter's merged hot set read from ZooKeeper now.

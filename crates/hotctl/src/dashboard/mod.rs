@@ -12,6 +12,7 @@
 //! | `record` | the recorder: one dashboard at a time (ZooKeeper try-lock) writes history |
 //! | `pages` | the server-rendered HTML pages (maud escapes every key) |
 //! | `charts` | SVG charts drawn by plotters on the server |
+//! | `probe` | Kafka end offsets and Redis node states, for the overview and `/api/tasks` |
 //! | `assets` | the stylesheet and the live-update script, compiled into the binary |
 //!
 //! The server is read-only unless `dashboard.token_env` names a set variable, and listens on
@@ -36,6 +37,7 @@ mod error;
 mod history;
 mod hub;
 mod pages;
+mod probe;
 mod record;
 mod state;
 mod stream;

@@ -22,6 +22,7 @@ use super::api::{HotQuery, RangeQuery, hot_view, lift};
 use super::auth::authorize;
 use super::charts;
 use super::history::Range;
+use super::probe;
 use super::state::Dashboard;
 use crate::blacklist::{bans, remaining_text};
 use crate::keys::{diff_counts_by_task, diff_rows};
@@ -139,6 +140,8 @@ async fn overview(State(d): State<Arc<Dashboard>>) -> Page {
             Ok(q) => q.status().await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
+    let ends = probe::end_offsets(&d.topology.kafka).await;
+    let nodes = probe::nodes(&d.topology.redis).await;
     Ok(layout(
         &format!("Overview of {}", d.topology.name),
         "Overview",
@@ -146,8 +149,9 @@ async fn overview(State(d): State<Arc<Dashboard>>) -> Page {
             @for (counter, views) in &sections {
                 h2 { "Counter " code { (counter.name) } }
                 p.meta { (counter_summary(counter)) }
-                (tasks_table(views))
+                (tasks_table(views, ends.as_deref().unwrap_or_default()))
             }
+            @if let Err(e) = &ends { p.error { "end offsets unknown: " (e) } }
             h2 { "Replication" }
             @match &queue {
                 Ok(s) => table.kv {
@@ -161,7 +165,18 @@ async fn overview(State(d): State<Arc<Dashboard>>) -> Page {
                 Err(e) => p.error { (e) },
             }
             h2 { "Redis nodes" }
-            ul { @for node in &d.topology.redis.nodes { li { code { (redact(node)) } } } }
+            table.kv {
+                thead { tr { th { "node" } th { "backup" } th { "state" } } }
+                tbody {
+                    @for n in &nodes {
+                        tr {
+                            td { code { (n.node) } }
+                            td { @if let Some(b) = &n.backup { code { (b) } } }
+                            td class=(n.state) { (n.state) }
+                        }
+                    }
+                }
+            }
             h2 { "History recorder" }
             p {
                 @match &recorder {
@@ -173,16 +188,6 @@ async fn overview(State(d): State<Arc<Dashboard>>) -> Page {
             }
         },
     ))
-}
-
-/// A node URL without its userinfo (a password may be in it).
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
 }
 
 fn counter_summary(counter: &Counter) -> String {
@@ -199,13 +204,15 @@ fn counter_summary(counter: &Counter) -> String {
     text
 }
 
-fn tasks_table(views: &[TaskView]) -> Markup {
+/// The tasks of a counter; `ends` are the partitions' end offsets (empty when unknown).
+fn tasks_table(views: &[TaskView], ends: &[i64]) -> Markup {
     let now = now_ms();
     html! {
         table {
             thead { tr {
                 th { "task" } th { "owner" } th { "version" } th { "age" } th.num { "events" }
-                th.num { "offset" } th.num { "malformed" } th { "warmed" } th { "lock" }
+                th.num { "offset" } th.num { "end offset" } th.num { "lag" } th.num { "malformed" }
+                th { "warmed" } th { "lock" }
             } }
             tbody {
                 @for v in views {
@@ -217,6 +224,9 @@ fn tasks_table(views: &[TaskView]) -> Markup {
                         td { @if let Some(h) = hot { (age(now - h.value.generated_at_ms)) } }
                         td.num { @if let Some(h) = hot { (h.value.events) } }
                         td.num { @if let Some(h) = hot { (h.value.offset) } }
+                        @let end = ends.get(v.task as usize).copied();
+                        td.num { @if let Some(e) = end { (e) } }
+                        td.num { @if let (Some(h), Some(e)) = (hot, end) { ((e - h.value.offset).max(0)) } }
                         td.num { @if let Some(h) = hot { (h.value.malformed) } }
                         td {
                             @match (&v.warmed, v.is_warm()) {
@@ -292,7 +302,7 @@ async fn hot(State(d): State<Arc<Dashboard>>, Query(q): Query<HotPageQuery>) -> 
             }
             p.meta #updated { "version " (view.id) " · " (charts::utc(view.at_ms)) }
             table #hot data-stream=(stream) data-counter=(counter.name) {
-                thead { tr { th.num { "#" } th { "key" } th.num { "count" } th.num { "± error" } th { "last hour" } } }
+                thead { tr { th.num { "#" } th { "key" } th.num { "count" } th.num { "± error" } th { "trend" } } }
                 tbody {
                     @for (i, item) in shown.iter().enumerate() {
                         tr data-key=(item.key) {
@@ -300,7 +310,7 @@ async fn hot(State(d): State<Arc<Dashboard>>, Query(q): Query<HotPageQuery>) -> 
                             td { a href=(history_link(&counter.name, &item.key)) { (item.key) } }
                             td.num.count { (item.count) }
                             td.num { (item.error.map_or(String::new(), |e| e.to_string())) }
-                            td.trend { (PreEscaped(charts::sparkline(trends.get(&item.key).map_or(&[][..], Vec::as_slice), range))) }
+                            td.trend { (PreEscaped(trend(trends.get(&item.key).map_or(&[][..], Vec::as_slice), now))) }
                         }
                     }
                 }
@@ -308,6 +318,20 @@ async fn hot(State(d): State<Arc<Dashboard>>, Query(q): Query<HotPageQuery>) -> 
             noscript { p.meta { "Reload the page for newer counts (live updates need JavaScript)." } }
         },
     ))
+}
+
+/// A key's trend line from its first recorded point in the trend span until now.
+fn trend(points: &[(i64, u64)], now: i64) -> String {
+    let Some(&(first, _)) = points.first() else {
+        return String::new();
+    };
+    charts::sparkline(
+        points,
+        Range {
+            from_ms: first,
+            to_ms: now,
+        },
+    )
 }
 
 fn history_link(counter: &str, key: &str) -> String {
@@ -503,12 +527,6 @@ mod tests {
     fn urlencode_leaves_only_unreserved_characters() {
         assert_eq!(urlencode("a b&c=<d>"), "a%20b%26c%3D%3Cd%3E");
         assert_eq!(urlencode("10.0.0.1"), "10.0.0.1");
-    }
-
-    #[test]
-    fn node_urls_lose_their_password() {
-        assert_eq!(redact("redis://:pw@h:6379"), "redis://…@h:6379");
-        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
     }
 
     #[test]
