@@ -43,7 +43,11 @@ async fn read_routes_answer_json_and_every_page_escapes_a_hostile_key() {
     assert_eq!(tasks[0]["task"], 0);
     assert_eq!(tasks[0]["items"], 3);
     assert_eq!(tasks[0]["owner"], "test");
-    assert_eq!(tasks[0]["end_offset"], Value::Null, "no topic, no end offset: {tasks}");
+    assert_eq!(
+        tasks[0]["end_offset"],
+        Value::Null,
+        "no topic, no end offset: {tasks}"
+    );
 
     let hot = d.json("/api/hot?top=3").await;
     assert_eq!(hot["counter"], "hot");
@@ -91,7 +95,10 @@ async fn read_routes_answer_json_and_every_page_escapes_a_hostile_key() {
         );
     }
     let (_, overview) = d.get("/").await;
-    assert!(overview.contains(r#"<td class="up">up</td>"#), "the Redis node: {overview}");
+    assert!(
+        overview.contains(r#"<td class="up">up</td>"#),
+        "the Redis node: {overview}"
+    );
     let (_, hot_page) = d.get("/hot").await;
     assert!(
         hot_page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
@@ -426,4 +433,47 @@ async fn one_of_two_dashboards_records_and_the_other_takes_over_when_it_dies() {
     })
     .await;
     zk.delete_all().await.expect("clean up");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_open_streams_and_releases_the_recorder_lock() {
+    let t = common::topology("dash-sigterm");
+    let zk = Zk::connect(&t).await.expect("ZooKeeper");
+    publish_products(&zk, &t).await;
+    let mut d = Dashboard::start(&t, &["--record", "1s"], None).await;
+    testing::eventually(60, "this dashboard to record", || async {
+        (d.json("/api/recorder").await["this"] == true).then_some(())
+    })
+    .await;
+    let mut stream = SseReader::open(&d, "/api/stream", None).await;
+    stream.next_event(30).await;
+
+    let status = d.terminate().await;
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        zk.read_recorder().await.expect("ZooKeeper").is_none(),
+        "the lock is released at once, not when the session times out"
+    );
+    zk.delete_all().await.expect("clean up");
+}
+
+#[test]
+fn an_unreachable_zookeeper_exits_3() {
+    let mut t = common::topology("dash-no-zk");
+    t.zookeeper.connect = format!("127.0.0.1:{}", testing::free_port());
+    let file = testing::write_topology(&t);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hotctl"))
+        .env("RUST_LOG", "off")
+        .env_remove("HOTKEYS_ZOOKEEPER_CONNECT")
+        .arg("--topology")
+        .arg(file)
+        .args(["dashboard", "--listen", "127.0.0.1:0", "--record", "0"])
+        .output()
+        .expect("run hotctl");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

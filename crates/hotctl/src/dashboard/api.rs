@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hotkeys::blacklist;
+use hotkeys::blacklist::{self, BlacklistError};
 use hotkeys::config::{Counter, PRIMARY_COUNTER};
 use hotkeys::hotlist::now_ms;
 use hotkeys::sync_queue::SyncQueue;
@@ -218,13 +218,17 @@ pub async fn lift(d: &Dashboard, counter: &str, keys: &[String]) -> Result<usize
         )));
     }
     let mut redis = d.redis.clone();
-    let lifted = d
+    let topology = d.topology.name.as_str();
+    let outcome = d
         .with_zk(|zk| async move {
-            Ok(blacklist::unban(&mut redis, &zk, &d.topology.name, counter, keys, now_ms()).await)
+            match blacklist::unban(&mut redis, &zk, topology, counter, keys, now_ms()).await {
+                // Through `with_zk`, so a lost session is replaced for the next request.
+                Err(BlacklistError::ZooKeeper(e)) => Err(e),
+                other => Ok(other),
+            }
         })
-        .await?
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    Ok(lifted)
+        .await?;
+    outcome.map_err(|e| ApiError::unavailable(e.to_string()))
 }
 
 async fn unban(

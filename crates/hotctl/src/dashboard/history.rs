@@ -20,13 +20,10 @@ pub const MAX_ROWS: usize = 100_000;
 /// Rows one retention `DELETE` removes, so no statement holds locks for long.
 const DELETE_CHUNK: u64 = 10_000;
 
+/// A history query that failed; MySQL's message, without the URL.
 #[derive(Debug, thiserror::Error)]
-pub enum HistoryError {
-    #[error(transparent)]
-    Mysql(#[from] MysqlError),
-    #[error("history query failed: {0}")]
-    Query(#[from] sqlx::Error),
-}
+#[error("history query failed: {0}")]
+pub struct HistoryError(#[from] sqlx::Error);
 
 /// A time range in Unix milliseconds, both ends included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +55,7 @@ pub struct History {
 
 impl History {
     /// Connects and applies the migrations, so the table exists.
-    pub async fn open(topology: &Topology, timeout: Duration) -> Result<History, HistoryError> {
+    pub async fn open(topology: &Topology, timeout: Duration) -> Result<History, MysqlError> {
         let pool = mysql::connect(&topology.mysql, timeout).await?;
         mysql::migrate(&pool).await?;
         Ok(History {

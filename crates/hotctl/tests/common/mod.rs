@@ -147,6 +147,21 @@ impl Dashboard {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
     }
 
+    /// Sends SIGTERM and waits (at most 30 s) for the process to exit.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM");
+        let child = &mut self.child;
+        testing::eventually(30, "the dashboard to exit after SIGTERM", || {
+            let status = child.try_wait().expect("child status");
+            async move { status }
+        })
+        .await
+    }
+
     /// Sends SIGKILL: the process dies without releasing anything.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
