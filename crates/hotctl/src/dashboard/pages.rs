@@ -3,6 +3,7 @@
 //! numbers. Every page works without JavaScript; `assets/live.js` only adds live updates
 //! and remembers the unban token for the tab.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use hotkeys::config::Counter;
-use hotkeys::hotlist::now_ms;
+use hotkeys::hotlist::{HotItem, now_ms};
 use hotkeys::zk::TaskView;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde::Deserialize;
@@ -265,12 +266,15 @@ async fn hot(State(d): State<Arc<Dashboard>>, Query(q): Query<HotPageQuery>) -> 
     };
     let shown: Vec<_> = view.items.iter().take(top).collect();
     let keys: Vec<String> = shown.iter().map(|i| i.key.clone()).collect();
-    // Trend lines need the history; without MySQL the page shows none.
+    // Trend lines need the history; without it the page still shows the counts.
     let trends = match d.history() {
         Ok(h) => h
             .series_of(&counter.name, &keys, range)
             .await
-            .unwrap_or_default(),
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "no trend lines");
+                Default::default()
+            }),
         Err(_) => Default::default(),
     };
     let search = q.q.as_deref().filter(|s| !s.is_empty());
@@ -301,23 +305,36 @@ async fn hot(State(d): State<Arc<Dashboard>>, Query(q): Query<HotPageQuery>) -> 
                 }
             }
             p.meta #updated { "version " (view.id) " · " (charts::utc(view.at_ms)) }
-            table #hot data-stream=(stream) data-counter=(counter.name) {
-                thead { tr { th.num { "#" } th { "key" } th.num { "count" } th.num { "± error" } th { "trend" } } }
-                tbody {
-                    @for (i, item) in shown.iter().enumerate() {
-                        tr data-key=(item.key) {
-                            td.num { (i + 1) }
-                            td { a href=(history_link(&counter.name, &item.key)) { (item.key) } }
-                            td.num.count { (item.count) }
-                            td.num { (item.error.map_or(String::new(), |e| e.to_string())) }
-                            td.trend { (PreEscaped(trend(trends.get(&item.key).map_or(&[][..], Vec::as_slice), now))) }
-                        }
-                    }
-                }
-            }
+            (hot_table(&counter.name, &shown, &trends, &stream, now))
             noscript { p.meta { "Reload the page for newer counts (live updates need JavaScript)." } }
         },
     ))
+}
+
+/// The live table of the hot-keys page; `live.js` rebuilds its rows from `stream`.
+fn hot_table(
+    counter: &str,
+    shown: &[&HotItem],
+    trends: &HashMap<String, Vec<(i64, u64)>>,
+    stream: &str,
+    now: i64,
+) -> Markup {
+    html! {
+        table #hot data-stream=(stream) data-counter=(counter) {
+            thead { tr { th.num { "#" } th { "key" } th.num { "count" } th.num { "± error" } th { "trend" } } }
+            tbody {
+                @for (i, item) in shown.iter().enumerate() {
+                    tr data-key=(item.key) {
+                        td.num { (i + 1) }
+                        td { a href=(history_link(counter, &item.key)) { (item.key) } }
+                        td.num.count { (item.count) }
+                        td.num { (item.error.map_or(String::new(), |e| e.to_string())) }
+                        td.trend { (PreEscaped(trend(trends.get(&item.key).map_or(&[][..], Vec::as_slice), now))) }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A key's trend line from its first recorded point in the trend span until now.
