@@ -286,12 +286,23 @@ async fn the_stream_pushes_each_publish_and_a_reconnect_resumes_from_last_event_
     t.count.publish_every = Duration::from_secs(1);
     let zk = Zk::connect(&t).await.expect("ZooKeeper");
     publish_products(&zk, &t).await;
-    let d = Dashboard::start(&t, &["--record", "0"], None).await;
+    let metrics = format!("127.0.0.1:{}", testing::free_port());
+    let d = Dashboard::start(&t, &["--record", "0", "--metrics", &metrics], None).await;
 
     let mut stream = SseReader::open(&d, "/api/stream?top=2", None).await;
     let (first, data) = stream.next_event(30).await;
     assert_eq!(data["items"][0], json!({"key": "p1", "count": 3}), "{data}");
     assert_eq!(data["items"].as_array().map(Vec::len), Some(2));
+    let scraped = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        scraped.contains("hotkeys_dashboard_stream_clients 1"),
+        "{scraped}"
+    );
 
     // New events counted: p1 rises to 5 in task 0's next version.
     publish_hot_list(&zk, &t.name, 0, &keys(&["p1", "a", "b", "c", "d"]), "test")

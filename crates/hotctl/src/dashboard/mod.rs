@@ -57,6 +57,9 @@ pub struct DashboardArgs {
     /// How long recorded rows are kept; `dashboard.retain` when absent.
     #[arg(long, value_parser = humantime::parse_duration)]
     retain: Option<Duration>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9466).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
 }
 
 /// The settings after flags and topology are combined.
@@ -88,6 +91,13 @@ impl Settings {
 
 pub async fn run(topology: &Topology, args: DashboardArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(topology, &args)?;
+    if let Some(addr) = args.metrics {
+        hotkeys::telemetry::serve_metrics(addr).with_context(|| format!("--metrics {addr}"))?;
+    }
+    if !settings.listen.ip().is_loopback() {
+        tracing::warn!(listen = %settings.listen,
+            "the dashboard listens beyond loopback: whoever reaches it reads hot keys and bans");
+    }
     let shutdown = hotkeys::shutdown::on_signals();
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await

@@ -41,6 +41,7 @@ pub async fn run(dashboard: Arc<Dashboard>) {
         }
         match tick(&dashboard, &me).await {
             Ok(now) => {
+                metrics::gauge!("hotkeys_dashboard_recording").set(if now { 1.0 } else { 0.0 });
                 if now != holding {
                     tracing::info!(
                         recording = now,
@@ -91,10 +92,13 @@ async fn tick(dashboard: &Dashboard, me: &LockInfo) -> Result<bool, RecordError>
             .with_zk(|zk| async move { zk.for_counter(name).hot_lists().await })
             .await?;
         let items = merge(lists.iter().map(|l| &l.value), counter.count.top_n);
-        history.record(name, taken_at, &items).await?;
+        let rows = history.record(name, taken_at, &items).await?;
+        metrics::counter!("hotkeys_dashboard_history_rows_total", "counter" => counter.name.clone())
+            .increment(rows as u64);
     }
     let retain = i64::try_from(dashboard.settings.retain.as_millis()).unwrap_or(i64::MAX);
     let deleted = history.prune(taken_at.saturating_sub(retain)).await?;
+    metrics::counter!("hotkeys_dashboard_history_deleted_total").increment(deleted);
     if deleted > 0 {
         tracing::info!(deleted, "deleted history older than the retention");
     }

@@ -40,18 +40,48 @@ pub async fn stream(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<i64>().ok());
-    let events =
-        futures::stream::unfold((latest, last_id), move |(mut latest, last_id)| async move {
-            let view = next_view(&mut latest, last_id).await?;
-            let event = Event::default()
-                .id(view.id.to_string())
-                .retry(RETRY)
-                .json_data(view.truncated(top))
-                .unwrap_or_else(|_| Event::default().comment("unserializable view"));
-            Some((Ok(event), (latest, Some(view.id))))
-        })
-        .take_until(d.shutdown.clone().cancelled_owned());
+    let cursor = Cursor {
+        latest,
+        last_id,
+        _open: ClientGauge::new(),
+    };
+    let events = futures::stream::unfold(cursor, move |mut cursor| async move {
+        let view = next_view(&mut cursor.latest, cursor.last_id).await?;
+        let event = Event::default()
+            .id(view.id.to_string())
+            .retry(RETRY)
+            .json_data(view.truncated(top))
+            .unwrap_or_else(|_| Event::default().comment("unserializable view"));
+        metrics::counter!("hotkeys_dashboard_stream_events_total").increment(1);
+        cursor.last_id = Some(view.id);
+        Some((Ok(event), cursor))
+    })
+    .take_until(d.shutdown.clone().cancelled_owned());
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")))
+}
+
+/// Where one client's stream is.
+struct Cursor {
+    latest: Latest,
+    /// The id of the last view this client has (sent, or named by `Last-Event-ID`).
+    last_id: Option<i64>,
+    _open: ClientGauge,
+}
+
+/// Counts open streams in `hotkeys_dashboard_stream_clients` while it lives.
+struct ClientGauge;
+
+impl ClientGauge {
+    fn new() -> ClientGauge {
+        metrics::gauge!("hotkeys_dashboard_stream_clients").increment(1.0);
+        ClientGauge
+    }
+}
+
+impl Drop for ClientGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("hotkeys_dashboard_stream_clients").decrement(1.0);
+    }
 }
 
 /// The next view whose id differs from `last_id`; `None` when the hub has stopped.
