@@ -1130,4 +1130,23 @@ mod tests {
             .to_string();
         assert!(err.contains("space-saving") && err.contains("lru"), "{err}");
     }
+
+    #[test]
+    fn dashboard_keys_take_env_overrides_and_a_bad_address_is_named() {
+        let t = parse_env(
+            "",
+            &[
+                ("HOTKEYS_DASHBOARD_RECORD", "0s"),
+                ("HOTKEYS_DASHBOARD_LISTEN", "0.0.0.0:9000"),
+            ],
+        )
+        .unwrap();
+        assert!(t.dashboard.record.is_zero());
+        assert_eq!(t.dashboard.listen, "0.0.0.0:9000");
+        assert_eq!(t.dashboard.token_env, "HOTKEYS_DASHBOARD_TOKEN");
+        let err = parse("[dashboard]\nlisten = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dashboard.listen"), "{err}");
+    }
 }
