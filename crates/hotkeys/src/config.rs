@@ -126,6 +126,9 @@ pub struct SourceConfig {
     pub key: String,
     /// Query parameter holding the key in nginx access-log lines.
     pub query_param: String,
+    /// Longer keys are malformed events: counted, sampled in the log, sent to the
+    /// dead-letter topic. Bounds what one key costs in memory, hot lists and checkpoints.
+    pub max_key_bytes: usize,
 }
 
 impl Default for SourceConfig {
@@ -133,6 +136,7 @@ impl Default for SourceConfig {
         SourceConfig {
             key: "/uri_args/productId".into(),
             query_param: "productId".into(),
+            max_key_bytes: 256,
         }
     }
 }
@@ -161,9 +165,33 @@ pub struct CountConfig {
     pub buckets: u32,
     /// Items in a published hot list.
     pub top_n: usize,
-    /// How often each task publishes its hot list.
+    /// How often each task publishes its hot list, when it changed.
     #[serde(with = "humantime_serde")]
     pub publish_every: Duration,
+    /// How often each task writes its counter checkpoint (also at revoke and shutdown). A
+    /// new owner resumes from the checkpoint and re-counts what came after it.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_every: Duration,
+    /// Events stamped further ahead of the worker's clock are counted as happening now
+    /// (and as `future`); default: one bucket (`window / buckets`).
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_future: Option<Duration>,
+}
+
+impl CountConfig {
+    /// The length of one window bucket.
+    pub fn bucket(&self) -> Duration {
+        self.window / self.buckets.max(1)
+    }
+
+    /// How far ahead of the clock an event's timestamp is taken as it is.
+    pub fn max_future(&self) -> Duration {
+        self.max_future.unwrap_or_else(|| self.bucket())
+    }
 }
 
 impl Default for CountConfig {
@@ -174,7 +202,9 @@ impl Default for CountConfig {
             window: Duration::from_secs(300),
             buckets: 10,
             top_n: 100,
-            publish_every: Duration::from_secs(5),
+            publish_every: Duration::from_millis(500),
+            checkpoint_every: Duration::from_secs(30),
+            max_future: None,
         }
     }
 }
@@ -568,6 +598,15 @@ impl Topology {
         if self.count.publish_every.is_zero() {
             return bad("count.publish_every", "expected a positive duration");
         }
+        if self.count.checkpoint_every < self.count.publish_every {
+            return bad(
+                "count.checkpoint_every",
+                "expected at least count.publish_every (a checkpoint is written with a publish)",
+            );
+        }
+        if self.source.max_key_bytes == 0 {
+            return bad("source.max_key_bytes", "expected at least 1");
+        }
         let mut names = std::collections::HashSet::new();
         for (i, c) in self.counters.iter().enumerate() {
             let at = |key: &str| format!("counter[{i}].{key}");
@@ -607,11 +646,13 @@ impl Topology {
                 let i = self.counters.iter().position(|c| c.name == counter.name);
                 format!("counter[{}]", i.unwrap_or_default())
             };
-            validate_count(&counter.count).map_err(|(key, message)| ConfigError::Key {
-                file: file.to_path_buf(),
-                key: format!("{section}.{key}"),
-                message: message.into(),
-            })?;
+            validate_count(&counter.count, self.source.max_key_bytes).map_err(
+                |(key, message)| ConfigError::Key {
+                    file: file.to_path_buf(),
+                    key: format!("{section}.{key}"),
+                    message,
+                },
+            )?;
         }
         if !self.zookeeper.root.starts_with('/') || self.zookeeper.root.ends_with('/') {
             return bad(
@@ -659,7 +700,7 @@ impl Topology {
                 window: c.window.unwrap_or(self.count.window),
                 buckets: c.buckets.unwrap_or(self.count.buckets),
                 top_n: c.top_n.unwrap_or(self.count.top_n),
-                publish_every: self.count.publish_every,
+                ..self.count.clone()
             },
             rule: c.threshold.zip(c.action).map(|(threshold, action)| Rule {
                 threshold,
@@ -685,25 +726,31 @@ impl Topology {
 }
 
 /// The limits every counter's settings obey; `Err` names the key (within its table).
-fn validate_count(count: &CountConfig) -> Result<(), (&'static str, &'static str)> {
+fn validate_count(count: &CountConfig, max_key_bytes: usize) -> Result<(), (&'static str, String)> {
+    let err = |key, message: &str| Err((key, message.to_string()));
     if count.capacity == 0 {
-        return Err(("capacity", "expected at least 1"));
+        return err("capacity", "expected at least 1");
     }
     if count.buckets == 0 {
-        return Err(("buckets", "expected at least 1"));
+        return err("buckets", "expected at least 1");
     }
     if count.window.as_millis() < u128::from(count.buckets) {
-        return Err(("window", "expected at least one millisecond per bucket"));
+        return err("window", "expected at least one millisecond per bucket");
     }
     if count.top_n == 0 || count.top_n > count.capacity {
-        return Err(("top_n", "expected between 1 and the capacity"));
+        return err("top_n", "expected between 1 and the capacity");
     }
-    // A hot list must fit a znode (1 MB) with its checkpoint; ~100 bytes per item.
-    if count.top_n > 5_000 {
-        return Err((
+    let fit = crate::hotlist::max_items(max_key_bytes);
+    if count.top_n > fit {
+        return err(
             "top_n",
-            "expected at most 5000 (a hot list must fit a znode)",
-        ));
+            &format!(
+                "expected at most {fit}: {} items of up to source.max_key_bytes = {max_key_bytes} \
+                 must fit a hot list of {} bytes (one ZooKeeper request)",
+                count.top_n,
+                crate::hotlist::MAX_BYTES
+            ),
+        );
     }
     Ok(())
 }

@@ -235,7 +235,7 @@ pub async fn publish_hot_list(
         ..HotList::default()
     };
     let bytes = serde_json::to_vec(&hot).expect("hot list serializes");
-    zk.publish(task, seen, &bytes, b"{}").await
+    zk.publish(task, seen, &bytes, Some(b"{}")).await
 }
 
 /// A redis-server (or sentinel) of the test's own on a free loopback port, without

@@ -173,7 +173,7 @@ impl Fixture {
     pub async fn publish_raw(&self, task: u32, bytes: &[u8]) {
         self.zk.ensure_task(task).await.expect("ensure task");
         self.zk
-            .publish(task, None, bytes, b"{}")
+            .publish(task, None, bytes, Some(b"{}"))
             .await
             .expect("publish");
     }
