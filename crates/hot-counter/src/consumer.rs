@@ -109,6 +109,9 @@ fn subscribe(
 ) -> Result<BaseConsumer<Context>, LoopError> {
     let mut config = hotkeys::kafka::consumer_config(&topology.kafka, &topology.kafka.group);
     config.set("statistics.interval.ms", "5000");
+    // Names this worker in the group's description (`hotctl reset`, kafka-consumer-groups).
+    let me = hotkeys::hotlist::LockInfo::this_process();
+    config.set("client.id", format!("hot-counter-{}-{}", me.host, me.pid));
     if until == Until::CaughtUp {
         config.set("enable.partition.eof", "true");
     }

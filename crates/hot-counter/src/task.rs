@@ -38,6 +38,8 @@ pub struct Task {
     pub counters: Vec<TaskCounter>,
     /// Events skipped as malformed since this worker took the task.
     pub malformed: u64,
+    /// Of `malformed`, those whose key was over `source.max_key_bytes`.
+    pub key_too_long: u64,
     /// Events stamped too far ahead of the clock, counted as happening when read.
     pub future: u64,
 }
@@ -150,6 +152,7 @@ impl Task {
             epoch: EPOCHS.fetch_add(1, Ordering::Relaxed),
             counters,
             malformed: 0,
+            key_too_long: 0,
             future: 0,
         }
     }
@@ -266,6 +269,7 @@ impl Task {
             owner: Some(owner.to_string()),
             events: top.events,
             malformed: self.malformed,
+            key_too_long: self.key_too_long,
             future: self.future,
             late: state.window.late(),
             truncated: false,

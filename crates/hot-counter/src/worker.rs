@@ -139,6 +139,9 @@ impl Worker {
             }
             Some(e) => {
                 task.malformed += 1;
+                if matches!(e, KeyError::TooLong { .. }) {
+                    task.key_too_long += 1;
+                }
                 let task_id = task.id;
                 self.malformed(task_id, message, &e);
                 false

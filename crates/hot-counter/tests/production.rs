@@ -133,6 +133,7 @@ async fn hot_keys_of_20_kb_are_rejected_and_publishing_goes_on_with_bounded_memo
     let lists = caught_up(&zk, &t).await;
     let list = &lists[&0].0;
     assert_eq!(list.malformed, 4_500);
+    assert_eq!(list.key_too_long, 4_500);
     assert_eq!(
         list.items.len(),
         1,
@@ -234,4 +235,30 @@ async fn a_worker_whose_state_is_deleted_creates_it_again_and_loses_nothing() {
         .map(|(l, _)| l)
         .collect();
     assert_eq!(lists.iter().map(|l| l.events).sum::<u64>(), 3_010);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn brokers_and_group_flags_override_the_topology_file() {
+    let mut t = topology("flags", 1);
+    testing::produce(&t, (0..10).map(|_| Record::openresty("1"))).await;
+    let brokers = t.kafka.brokers.clone();
+    let group = format!("{}-from-flag", t.kafka.group);
+    t.kafka.brokers = "127.0.0.1:1".into();
+    let file = testing::write_topology(&t);
+    let mut worker = Worker::start(
+        &file,
+        &[],
+        &[
+            "--until-caught-up",
+            "--brokers",
+            &brokers,
+            "--group",
+            &group,
+        ],
+    );
+    let status = worker.child.wait().expect("wait for hot-counter");
+    assert!(status.success(), "{}", worker.log());
+    t.kafka.brokers = brokers;
+    t.kafka.group = group;
+    assert_eq!(committed_offsets(&t, 1), [Offset::Offset(10)]);
 }

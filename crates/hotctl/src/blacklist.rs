@@ -53,7 +53,7 @@ pub async fn show(topology: &Topology, args: BlacklistArgs) -> anyhow::Result<()
         for (counter, key, left) in &rows {
             table.add_row([
                 counter.clone(),
-                key.clone(),
+                crate::render::printable(key),
                 humantime::format_duration(std::time::Duration::from_secs(
                     (*left as u64).div_ceil(1000),
                 ))

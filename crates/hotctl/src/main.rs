@@ -19,6 +19,7 @@ use hotkeys::zk::ZkError;
 mod blacklist;
 mod db;
 mod keys;
+mod render;
 mod tasks;
 
 #[derive(Parser)]

@@ -48,6 +48,9 @@ pub struct HotList {
     /// Malformed events the current owner skipped since it took the task.
     #[serde(default)]
     pub malformed: u64,
+    /// Of `malformed`, events whose key was longer than `source.max_key_bytes`.
+    #[serde(default)]
+    pub key_too_long: u64,
     /// Events stamped more than `count.max_future` ahead of the worker's clock, counted as
     /// happening when they were read (since the current owner took the task).
     #[serde(default)]
@@ -208,6 +211,7 @@ mod tests {
             owner: Some("h:1".into()),
             events: 9,
             malformed: 1,
+            key_too_long: 1,
             future: 2,
             late: 3,
             truncated: false,
