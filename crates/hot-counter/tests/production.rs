@@ -93,15 +93,28 @@ async fn an_event_stamped_50_minutes_ahead_leaves_the_next_500_counted_exactly()
     testing::produce(&t, [skewed]).await;
     let keys = zipf_keys(500, 50, 1.0, 42);
     testing::produce(&t, keys.iter().map(|k| Record::openresty(k))).await;
+    // And one from a clock two hours behind: older than the window, so late.
+    let mut behind = Record::openresty("stale-clock");
+    behind.timestamp_ms = Some(hotkeys::hotlist::now_ms() - 2 * 3600 * 1000);
+    testing::produce(&t, [behind]).await;
 
+    let port = testing::free_port();
     let file = testing::write_topology(&t);
-    let worker = Worker::start(&file, &[], &[]);
+    let worker = Worker::start(&file, &[], &["--metrics", &format!("127.0.0.1:{port}")]);
     let zk = Zk::connect(&t).await.expect("zk");
     let lists = caught_up(&zk, &t).await;
     let list = &lists[&0].0;
     assert_eq!(list.future, 1, "{list:?}");
-    assert_eq!(list.late, 0, "{list:?}");
+    assert_eq!(list.late, 1, "{list:?}");
     assert_eq!(list.events, 501);
+    assert_eq!(
+        metric_total(port, "hotkeys_counter_future_total", 1.0).await,
+        1.0
+    );
+    assert_eq!(
+        metric_total(port, "hotkeys_counter_late_total", 1.0).await,
+        1.0
+    );
     let exact = exact_counts(&keys);
     for item in list.items.iter().filter(|i| i.key != "broken-clock") {
         assert_eq!(item.count, exact[&item.key], "count of {}", item.key);
@@ -113,14 +126,18 @@ async fn an_event_stamped_50_minutes_ahead_leaves_the_next_500_counted_exactly()
     testing::produce(&t, keys[..100].iter().map(|k| Record::openresty(k))).await;
     let lists = caught_up(&zk, &t).await;
     assert_eq!(lists[&0].0.events, 601, "{}", worker.log());
-    assert_eq!(lists[&0].0.late, 0);
+    assert_eq!(
+        lists[&0].0.late, 1,
+        "late events are part of the checkpoint"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hot_keys_of_20_kb_are_rejected_and_publishing_goes_on_with_bounded_memory() {
     let t = topology("long-keys", 1);
     let file = testing::write_topology(&t);
-    let worker = Worker::start(&file, &[], &[]);
+    let port = testing::free_port();
+    let worker = Worker::start(&file, &[], &["--metrics", &format!("127.0.0.1:{port}")]);
     let long_keys: Vec<String> = (0..150).map(|i| format!("{i:0>20480}")).collect();
     testing::produce(
         &t,
@@ -158,6 +175,11 @@ async fn hot_keys_of_20_kb_are_rejected_and_publishing_goes_on_with_bounded_memo
     eprintln!("peak RSS of the worker: {rss} MB");
     assert!(rss < 1024, "peak RSS {rss} MB");
     assert!(worker.log().contains("key_too_long"), "{}", worker.log());
+    let rejected = metric_total(port, "hotkeys_counter_malformed_total", 4_500.0).await;
+    assert_eq!(rejected, 4_500.0);
+    let body = scrape(port).await.expect("metrics");
+    let by_kind = |l: &&str| l.contains(r#"kind="key_too_long""#) && l.ends_with(" 4500");
+    assert!(body.lines().any(|l| by_kind(&l)), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
