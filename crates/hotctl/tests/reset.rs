@@ -2,25 +2,16 @@
 //! consumer group and resets under them only when forced; `--warmed` and `--yes` together
 //! delete everything, `--warmed` alone only the marks.
 
-use std::process::{Command, Output};
+mod common;
+
 use std::time::Duration;
 
+use common::hotctl;
 use hotkeys::Topology;
 use hotkeys::hotlist::{Warmed, now_ms};
 use hotkeys::testing::{self, Record, eventually, publish_hot_list};
 use hotkeys::zk::Zk;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-
-fn hotctl(topology: &Topology, args: &[&str]) -> Output {
-    let file = testing::write_topology(topology);
-    Command::new(env!("CARGO_BIN_EXE_hotctl"))
-        .arg("--topology")
-        .arg(file)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run hotctl")
-}
 
 /// A topology with one published, warmed task.
 async fn published(test: &str) -> (Topology, Zk) {
