@@ -27,9 +27,14 @@ impl TopologyArg {
             tracing::error!("{message}");
             ExitCode::from(exit::USAGE as u8)
         };
-        let candidates: Vec<PathBuf> = SEARCH_PATH.iter().map(PathBuf::from).collect();
-        let path = locate(self.path.as_deref(), &candidates).map_err(usage)?;
+        let path = self.resolve().map_err(usage)?;
         Topology::load(&path).map_err(|e| usage(e.to_string()))
+    }
+
+    /// The file to read: the one named, else the first of [`SEARCH_PATH`] that exists.
+    pub fn resolve(&self) -> Result<PathBuf, String> {
+        let candidates: Vec<PathBuf> = SEARCH_PATH.iter().map(PathBuf::from).collect();
+        locate(self.path.as_deref(), &candidates)
     }
 }
 
