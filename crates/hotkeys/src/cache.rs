@@ -37,6 +37,7 @@ use crate::codec::{self, Codec, CodecError};
 use crate::config::{RedisConfig, RedisMode};
 use crate::failover::{Failover, State};
 use crate::ring::{Ring, RingError};
+use crate::secret::NodeUrl;
 
 /// What went wrong talking to the cache.
 #[derive(Debug, thiserror::Error)]
@@ -160,11 +161,28 @@ impl RedisConn {
     }
 }
 
+impl RedisConn {
+    /// Connects to the one node at `url` (e.g. `sync.state`).
+    pub async fn connect(url: &str, timeout: Duration) -> Result<RedisConn, CacheError> {
+        Ok(RedisConn::Node(connect_node(url, timeout).await?))
+    }
+}
+
+/// A connection to one node of a set, for operator tools that walk every node.
+pub struct NodeConn {
+    /// The node's URL without credentials.
+    pub name: String,
+    pub conn: RedisConn,
+    /// The node that serves this primary's keys while it is down, if it has one.
+    pub backup: Option<String>,
+}
+
 /// The nodes of one data centre's cache and the rule that places keys on them.
 #[derive(Clone)]
 pub struct CacheNodes {
-    /// Node URLs as configured, primaries first, then backups; they name nodes in errors.
-    names: Vec<String>,
+    /// Node URLs as configured, primaries first, then backups; they name nodes in errors
+    /// (without credentials).
+    names: Vec<NodeUrl>,
     nodes: Nodes,
     /// Commands per pipeline sent to one node.
     pipeline: usize,
@@ -250,7 +268,7 @@ async fn resolve_master(
         node: format!(
             "master `{}` of sentinels {}",
             cfg.master,
-            cfg.nodes.join(",")
+            NodeUrl::join(&cfg.nodes)
         ),
         source,
     };
@@ -268,6 +286,17 @@ async fn resolve_master(
 impl CacheNodes {
     /// Connects to every node of `cfg`; fails if any node cannot be reached now.
     pub async fn connect(cfg: &RedisConfig) -> Result<CacheNodes, CacheError> {
+        Self::connect_with(cfg, false).await
+    }
+
+    /// Like [`CacheNodes::connect`], but the nodes of `single` and `ring` mode connect at
+    /// their first command: for operator tools that report a node that is down and go on
+    /// with the others.
+    pub async fn connect_lazily(cfg: &RedisConfig) -> Result<CacheNodes, CacheError> {
+        Self::connect_with(cfg, true).await
+    }
+
+    async fn connect_with(cfg: &RedisConfig, all_lazy: bool) -> Result<CacheNodes, CacheError> {
         if cfg.nodes.is_empty() {
             return Err(CacheError::Config("redis.nodes lists no node".into()));
         }
@@ -285,13 +314,13 @@ impl CacheNodes {
                         )));
                     }
                 };
-                Self::independent(cfg, ring, &mut names).await?
+                Self::independent(cfg, ring, &mut names, all_lazy).await?
             }
             RedisMode::Cluster => Nodes::Cluster(connect_cluster(&cfg.nodes, cfg.timeout).await?),
             RedisMode::Sentinel => Nodes::Sentinel(Arc::new(SentinelMaster::connect(cfg).await?)),
         };
         Ok(CacheNodes {
-            names,
+            names: names.iter().map(NodeUrl::from).collect(),
             nodes,
             pipeline,
             codec: Codec::new(cfg.compress_over, cfg.compress_level),
@@ -300,11 +329,12 @@ impl CacheNodes {
 
     /// The connections of `single` / `ring` mode. Primaries with a backup, and the backups,
     /// connect lazily: a primary that is down at start begins on its backup. Every other
-    /// node must answer now. Backups are appended to `names`.
+    /// node must answer now, unless `all_lazy`. Backups are appended to `names`.
     async fn independent(
         cfg: &RedisConfig,
         ring: Option<Ring>,
         names: &mut Vec<String>,
+        all_lazy: bool,
     ) -> Result<Nodes, CacheError> {
         let mut backup_of = Vec::with_capacity(cfg.nodes.len());
         for primary in &cfg.nodes {
@@ -315,7 +345,7 @@ impl CacheNodes {
                 })
             }));
         }
-        let lazy = |n: usize| n >= cfg.nodes.len() || backup_of[n].is_some();
+        let lazy = |n: usize| all_lazy || n >= cfg.nodes.len() || backup_of[n].is_some();
         let conns = try_join_all(names.iter().enumerate().map(|(n, url)| async move {
             if lazy(n) {
                 lazy_node(url, cfg.timeout)
@@ -325,7 +355,10 @@ impl CacheNodes {
         }))
         .await?;
         let failover = match backup_of.iter().any(Option::is_some) {
-            true => Some(Failover::start(conns.clone(), names.clone(), backup_of, cfg).await),
+            true => {
+                let shown = names.iter().map(NodeUrl::from).collect();
+                Some(Failover::start(conns.clone(), shown, backup_of, cfg).await)
+            }
             false => None,
         };
         Ok(Nodes::Independent {
@@ -337,34 +370,56 @@ impl CacheNodes {
 
     /// The node URLs: the configured nodes in order (which [`CacheNodes::node_for`] indexes
     /// into), then the backups.
-    pub fn nodes(&self) -> &[String] {
+    pub fn nodes(&self) -> &[NodeUrl] {
         &self.names
     }
 
-    /// A connection to every node that can hold keys, named: each node and backup of a
-    /// ring, the master of a sentinel set. A cluster is asked through each configured
-    /// node, which therefore must list every primary.
-    pub async fn every_node(&self) -> Result<Vec<(String, RedisConn)>, CacheError> {
+    /// A connection to every node that can hold keys: each node and backup of a ring, the
+    /// master of a sentinel set. A cluster is asked through each configured node, which
+    /// therefore must list every primary.
+    pub async fn every_node(&self) -> Result<Vec<NodeConn>, CacheError> {
         match &self.nodes {
-            Nodes::Independent { conns, .. } => Ok(self
-                .names
+            Nodes::Independent {
+                conns, failover, ..
+            } => Ok(conns
                 .iter()
-                .cloned()
-                .zip(conns.iter().map(|c| RedisConn::Node(c.clone())))
+                .enumerate()
+                .map(|(n, c)| NodeConn {
+                    name: self.names[n].to_string(),
+                    conn: RedisConn::Node(c.clone()),
+                    backup: failover
+                        .as_ref()
+                        .and_then(|f| f.backup_index(n))
+                        .map(|b| self.names[b].to_string()),
+                })
                 .collect()),
-            Nodes::Sentinel(master) => Ok(vec![(
-                format!("sentinel master {}", self.names.join(",")),
-                RedisConn::Node(master.current()),
-            )]),
+            Nodes::Sentinel(master) => Ok(vec![NodeConn {
+                name: format!("sentinel master {}", self.shown_names()),
+                conn: RedisConn::Node(master.current()),
+                backup: None,
+            }]),
             Nodes::Cluster(_) => {
                 let mut all = Vec::new();
                 for url in &self.names {
-                    let conn = connect_node(url, Duration::from_secs(10)).await?;
-                    all.push((url.clone(), RedisConn::Node(conn)));
+                    let conn = connect_node(url.expose(), Duration::from_secs(10)).await?;
+                    all.push(NodeConn {
+                        name: url.to_string(),
+                        conn: RedisConn::Node(conn),
+                        backup: None,
+                    });
                 }
                 Ok(all)
             }
         }
+    }
+
+    /// Every node, comma-separated, without credentials.
+    fn shown_names(&self) -> String {
+        self.names
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Index of the node a `set` of `key` goes to. Redis Cluster places keys itself, so a
@@ -399,7 +454,7 @@ impl CacheNodes {
     }
 
     /// Name of the node behind [`CacheNodes::home`], for errors.
-    pub fn home_name(&self) -> &str {
+    pub fn home_name(&self) -> &NodeUrl {
         &self.names[0]
     }
 
@@ -673,9 +728,9 @@ impl CacheNodes {
 
     fn command_error(&self, node: usize, source: RedisError) -> CacheError {
         let node = match &self.nodes {
-            Nodes::Independent { .. } => self.names[node].clone(),
-            Nodes::Cluster(_) => format!("cluster {}", self.names.join(",")),
-            Nodes::Sentinel(_) => format!("sentinel master {}", self.names.join(",")),
+            Nodes::Independent { .. } => self.names[node].to_string(),
+            Nodes::Cluster(_) => format!("cluster {}", self.shown_names()),
+            Nodes::Sentinel(_) => format!("sentinel master {}", self.shown_names()),
         };
         CacheError::Command { node, source }
     }
@@ -762,8 +817,12 @@ fn merge(results: Vec<Result<Tally, CacheError>>) -> Result<WriteOutcome, CacheE
 }
 
 fn client(url: &str) -> Result<redis::Client, CacheError> {
-    redis::Client::open(url)
-        .map_err(|e| CacheError::Config(format!("redis node `{url}`: not a valid Redis URL: {e}")))
+    redis::Client::open(url).map_err(|e| {
+        CacheError::Config(format!(
+            "redis node `{}`: not a valid Redis URL: {e}",
+            NodeUrl::new(url)
+        ))
+    })
 }
 
 /// Few, quick reconnection attempts: a node that stays down should fail the command soon,
@@ -780,7 +839,7 @@ async fn connect_node(url: &str, timeout: Duration) -> Result<ConnectionManager,
     ConnectionManager::new_with_config(client(url)?, manager_config(timeout))
         .await
         .map_err(|source| CacheError::Connect {
-            node: url.to_string(),
+            node: NodeUrl::new(url).to_string(),
             source,
         })
 }
@@ -789,7 +848,7 @@ async fn connect_node(url: &str, timeout: Duration) -> Result<ConnectionManager,
 fn lazy_node(url: &str, timeout: Duration) -> Result<ConnectionManager, CacheError> {
     ConnectionManager::new_lazy_with_config(client(url)?, manager_config(timeout)).map_err(
         |source| CacheError::Connect {
-            node: url.to_string(),
+            node: NodeUrl::new(url).to_string(),
             source,
         },
     )
@@ -808,7 +867,7 @@ async fn connect_cluster(
         .get_async_connection()
         .await
         .map_err(|source| CacheError::Connect {
-            node: format!("cluster {}", seeds.join(",")),
+            node: format!("cluster {}", NodeUrl::join(seeds)),
             source,
         })
 }
