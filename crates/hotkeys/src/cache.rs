@@ -536,9 +536,23 @@ impl CacheNodes {
     }
 
     /// The remaining TTL of each of `keys` where a read of it would look (see
-    /// [`CacheNodes::get`]), in the order given.
+    /// [`CacheNodes::get`]), in the order given. Fails if a node it asks does not answer.
     pub async fn remaining(&self, keys: &[String]) -> Result<Vec<Remaining>, CacheError> {
-        let mut found = vec![Remaining::Absent; keys.len()];
+        let mut readable = self.remaining_readable(keys).await?;
+        if let Some(e) = readable.unreadable.pop() {
+            return Err(e);
+        }
+        Ok(readable
+            .ttls
+            .into_iter()
+            .map(|t| t.unwrap_or(Remaining::Absent))
+            .collect())
+    }
+
+    /// Like [`CacheNodes::remaining`], but goes on past nodes that do not answer: the keys
+    /// of a primary that fails are asked on its backup, if it has one. A key that no node
+    /// could be asked about is `None`; `unreadable` holds each node's failure.
+    pub async fn remaining_readable(&self, keys: &[String]) -> Result<Readable, CacheError> {
         if let Nodes::Cluster(conn) = &self.nodes {
             // A cluster routes each key to its slot's owner; no cross-slot pipelines.
             let ttls = try_join_all(keys.iter().map(|k| {
@@ -552,22 +566,34 @@ impl CacheNodes {
             }))
             .await
             .map_err(|source| self.command_error(0, source))?;
-            return Ok(ttls.into_iter().map(Remaining::from_pttl).collect());
+            return Ok(Readable {
+                ttls: ttls
+                    .into_iter()
+                    .map(|t| Some(Remaining::from_pttl(t)))
+                    .collect(),
+                unreadable: Vec::new(),
+            });
         }
-        let targets: Vec<Vec<usize>> = keys
+        let failover = match &self.nodes {
+            Nodes::Independent { failover, .. } => failover.as_ref(),
+            _ => None,
+        };
+        let mut targets: Vec<Vec<usize>> = keys
             .iter()
-            .map(|k| match &self.nodes {
-                Nodes::Independent {
-                    failover: Some(f), ..
-                } => f.read_targets(self.node_for(k)),
-                _ => vec![self.node_for(k)],
+            .map(|k| {
+                let p = self.node_for(k);
+                failover.map_or_else(|| vec![p], |f| f.read_targets(p))
             })
             .collect();
-        // Round `r` asks each key still absent on its `r`-th node, one pipeline per node.
-        for round in 0..2 {
+        let mut found: Vec<Option<Remaining>> = vec![None; keys.len()];
+        let mut unreadable = Vec::new();
+        let mut failed = HashSet::new();
+        // Round `r` asks each key not found yet on its `r`-th node, one pipeline per node.
+        // A node that fails hands its keys on to its backup in the next round.
+        for round in 0..3 {
             let mut per_node: HashMap<usize, Vec<usize>> = HashMap::new();
             for (i, t) in targets.iter().enumerate() {
-                if found[i] == Remaining::Absent
+                if matches!(found[i], None | Some(Remaining::Absent))
                     && let Some(&node) = t.get(round)
                 {
                     per_node.entry(node).or_default().push(i);
@@ -575,15 +601,56 @@ impl CacheNodes {
             }
             for (node, idx) in per_node {
                 let asked: Vec<&str> = idx.iter().map(|&i| keys[i].as_str()).collect();
-                let ttls = pttls(&mut self.conn(node), &asked, self.pipeline)
-                    .await
-                    .map_err(|source| self.command_error(node, source))?;
-                for (i, ttl) in idx.into_iter().zip(ttls) {
-                    found[i] = ttl;
+                let result = match failed.contains(&node) {
+                    true => None,
+                    false => Some(pttls(&mut self.conn(node), &asked, self.pipeline).await),
+                };
+                match result {
+                    Some(Ok(ttls)) => {
+                        for (i, ttl) in idx.into_iter().zip(ttls) {
+                            found[i] = Some(ttl);
+                        }
+                        continue;
+                    }
+                    Some(Err(source)) => {
+                        let e = self.failed(node, source).await;
+                        if !e.is_unreachable() {
+                            return Err(e);
+                        }
+                        failed.insert(node);
+                        unreadable.push(e);
+                    }
+                    None => {}
+                }
+                let backup = failover.and_then(|f| f.backup_index(node));
+                for i in idx {
+                    if let Some(b) = backup.filter(|b| !targets[i].contains(b)) {
+                        targets[i].push(b);
+                    }
                 }
             }
         }
-        Ok(found)
+        Ok(Readable {
+            ttls: found,
+            unreadable,
+        })
+    }
+
+    /// The primaries whose keys their backup serves now, by name, with the backup's name.
+    pub fn failed_over(&self) -> Vec<(String, String)> {
+        let Nodes::Independent {
+            failover: Some(f), ..
+        } = &self.nodes
+        else {
+            return Vec::new();
+        };
+        (0..self.names.len())
+            .filter_map(|p| {
+                let backup = f.backup_index(p)?;
+                (f.state(p) != State::Up)
+                    .then(|| (self.names[p].to_string(), self.names[backup].to_string()))
+            })
+            .collect()
     }
 
     /// Applies `writes`: each set on its node, each delete on every node of a ring. One
@@ -751,6 +818,14 @@ impl Write<'_> {
             Write::Set { key, .. } | Write::Delete { key } => key,
         }
     }
+}
+
+/// What [`CacheNodes::remaining_readable`] could read.
+pub struct Readable {
+    /// Per key, in the order asked; `None` when no node holding it answered.
+    pub ttls: Vec<Option<Remaining>>,
+    /// The failure of each node that did not answer.
+    pub unreadable: Vec<CacheError>,
 }
 
 /// How long a key has left.

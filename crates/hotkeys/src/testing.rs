@@ -355,7 +355,8 @@ impl RedisServer {
             let pong = client
                 .get_connection_with_timeout(std::time::Duration::from_secs(1))
                 .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-            if pong.is_ok() {
+            // A server started with `--requirepass` answers NOAUTH: it is up as well.
+            if pong.as_ref().is_ok() || pong.is_err_and(|e| e.code() == Some("NOAUTH")) {
                 return;
             }
             assert!(
