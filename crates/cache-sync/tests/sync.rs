@@ -3,11 +3,11 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{RunningReceiver, SECRET, Stack, assert_same_state, ship_until_empty};
-use hotkeys::Topology;
+use common::{
+    RunningReceiver, Stack, assert_same_state, cache_sync, ship_until_empty, topology_file,
+};
 use hotkeys::sync_queue::{Op, SyncQueue};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -92,26 +92,6 @@ async fn hundred_thousand_interleaved_ops_arrive_with_the_same_final_state() {
 
     receiver.stop().await;
     stack.cleanup().await;
-}
-
-/// Writes `t` to a file the `cache-sync` binary can load.
-fn topology_file(t: &Topology) -> tempfile::NamedTempFile {
-    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-    std::fs::write(file.path(), toml::to_string(t).unwrap()).unwrap();
-    file
-}
-
-/// The real binary, with an environment that cannot override the test's topology.
-fn cache_sync(topology: &std::path::Path) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cache-sync"));
-    cmd.env_clear()
-        .env("HOTKEYS_SYNC_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
-        .arg("--topology")
-        .arg(topology)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    cmd
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
