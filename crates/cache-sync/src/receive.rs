@@ -53,7 +53,7 @@ use axum::{BoxError, Router};
 use hotkeys::Topology;
 use hotkeys::cache::{CacheNodes, RedisConn, Write};
 use hotkeys::shutdown::CancellationToken;
-use hotkeys::sync_queue::{Op, QueuedOp, SyncError, SyncQueue, check_no_eviction, now_ms};
+use hotkeys::sync_queue::{Op, QueuedOp, SyncError, check_no_eviction, now_ms, state_beside};
 use redis::Script;
 use tower::ServiceBuilder;
 
@@ -237,17 +237,15 @@ impl IntoResponse for Refusal {
 
 impl Receiver {
     /// Connects to the receiving cache: the topology's `[redis]` settings with
-    /// `sync.apply_nodes` as the nodes (when given).
-    /// The stream records go to `sync.state`, or the home of the receiving cache; its
-    /// eviction policy is checked first.
+    /// `sync.apply_nodes` as the nodes (when given). The stream records go to `sync.state`,
+    /// or the home of the receiving cache; its eviction policy is checked first.
     pub async fn connect(topology: &Topology, secret: &str) -> Result<Receiver, Error> {
         let mut redis = topology.redis.clone();
         if !topology.sync.apply_nodes.is_empty() {
             redis.nodes = topology.sync.apply_nodes.clone();
         }
         let cache = CacheNodes::connect(&redis).await?;
-        let queue = SyncQueue::beside(&cache, &redis, &topology.sync).await?;
-        let (mut state, state_name) = (queue.conn(), queue.node().to_string());
+        let (mut state, state_name) = state_beside(&cache, &redis, &topology.sync).await?;
         check_no_eviction(&mut state, &state_name).await?;
         Receiver::new(cache, state, state_name, topology, secret)
     }

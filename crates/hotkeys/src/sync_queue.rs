@@ -296,6 +296,19 @@ pub async fn connect_state(
     Ok((RedisConn::connect_home(cache).await?, name))
 }
 
+/// Like [`connect_state`], for a process that has `cache` open already: its home connection
+/// is reused unless `sync.state` names a node of its own.
+pub async fn state_beside(
+    cache: &CacheNodes,
+    redis: &RedisConfig,
+    sync: &SyncConfig,
+) -> Result<(RedisConn, String), SyncError> {
+    if sync.state.is_empty() {
+        return Ok((cache.home(), cache.home_name().to_string()));
+    }
+    connect_state(redis, sync).await
+}
+
 /// Refuses a state node whose `maxmemory-policy` may evict any key (`allkeys-*`). Read from
 /// `INFO memory`, which needs no CONFIG permission; every node of a cluster is asked.
 pub async fn check_no_eviction(conn: &mut RedisConn, node: &str) -> Result<(), SyncError> {
@@ -537,29 +550,13 @@ impl SyncQueue {
         redis: &RedisConfig,
         sync: &SyncConfig,
     ) -> Result<SyncQueue, SyncError> {
-        if sync.state.is_empty() {
-            return Ok(SyncQueue::new(
-                cache.home(),
-                cache.home_name().to_string(),
-                sync,
-            ));
-        }
-        SyncQueue::connect(redis, sync).await
+        let (conn, node) = state_beside(cache, redis, sync).await?;
+        Ok(SyncQueue::new(conn, node, sync))
     }
 
     /// Fails when the state node may evict the queue (see [`check_no_eviction`]).
     pub async fn check_no_eviction(&self) -> Result<(), SyncError> {
         check_no_eviction(&mut self.conn.clone(), &self.node).await
-    }
-
-    /// The connection to the state node.
-    pub fn conn(&self) -> RedisConn {
-        self.conn.clone()
-    }
-
-    /// The state node, for messages (no credentials).
-    pub fn node(&self) -> &str {
-        &self.node
     }
 
     /// The name of the Redis list.
