@@ -414,3 +414,40 @@ async fn a_receiving_ring_gets_each_key_on_its_node_and_deletes_on_every_node() 
     );
     h.finish().await;
 }
+
+#[tokio::test]
+async fn with_its_stream_record_gone_an_old_stamp_is_refused_with_403_and_a_recent_one_is_a_duplicate()
+ {
+    let Some(mut h) = Harness::start("stale", 1 << 20).await else {
+        return;
+    };
+    let key = h.key("k");
+    let last = 1100;
+    for stamp in 1..=last {
+        let (status, text) = h
+            .send(stamp, &[Op::set(&key, stamp.to_string(), None)])
+            .await;
+        assert_eq!(status, StatusCode::OK, "stamp {stamp}: {text}");
+    }
+    // The record is lost (as an evicting Redis would lose it).
+    redis::cmd("DEL")
+        .arg(receive::stream_key(&h.stream))
+        .query_async::<()>(&mut h.stack.remote)
+        .await
+        .unwrap();
+
+    let (status, text) = h.send(1, &[Op::set(&key, "replayed", None)]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    assert!(error(&text).contains("behind"), "{text}");
+    let (status, text) = h.send(last - 1, &[Op::set(&key, "resent", None)]).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(applied(&text).status, Outcome::Duplicate);
+    assert_eq!(h.remote_get(&key).await, Some(last.to_string()));
+    let (status, text) = h.send(last + 1, &[Op::set(&key, "next", None)]).await;
+    assert_eq!(
+        (status, applied(&text).status),
+        (StatusCode::OK, Outcome::Applied)
+    );
+    assert_eq!(h.state().await.processed, last + 1);
+    h.finish().await;
+}
