@@ -14,10 +14,8 @@ use serde_json::Value;
 fn hotctl_json(t: &Topology, args: &[&str]) -> Value {
     let path = testing::write_topology(t);
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hotctl"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("HOTKEYS_") {
-            cmd.env_remove(k);
-        }
+    for k in hotkeys::testing::topology_overrides() {
+        cmd.env_remove(k);
     }
     let out = cmd
         .env("RUST_LOG", "warn")
@@ -175,10 +173,8 @@ const PLANTED: &str = "planted-Pw-5b1e";
 fn hotctl_traced(t: &Topology, args: &[&str]) -> (i32, String, String) {
     let path = testing::write_topology(t);
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hotctl"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("HOTKEYS_") {
-            cmd.env_remove(k);
-        }
+    for k in hotkeys::testing::topology_overrides() {
+        cmd.env_remove(k);
     }
     let out = cmd
         .env("RUST_LOG", "trace")
