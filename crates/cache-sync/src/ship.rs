@@ -193,21 +193,16 @@ impl Shipper {
         until_empty: bool,
         summary: &mut ShipSummary,
     ) -> Result<(), Error> {
-        let Some(stream) = self
-            .retrying(shutdown, summary, || self.queue.stream_id())
-            .await?
-        else {
-            return Ok(());
-        };
-        tracing::info!(queue = self.queue.name(), %stream, remote = %self.sender.remote, "shipping");
+        // The stream is learnt from Redis by the first resync, after the eviction check.
         let pending = slot.insert(Pending {
             batches: VecDeque::new(),
-            stream: stream.into(),
+            stream: "".into(),
             last: 0,
         });
         if !self.resync(pending, shutdown, summary).await? {
             return Ok(());
         }
+        tracing::info!(queue = self.queue.name(), stream = %pending.stream, remote = %self.sender.remote, "shipping");
         loop {
             if !self.fill(pending, shutdown, summary).await? {
                 return Ok(());
@@ -283,6 +278,7 @@ impl Shipper {
         while !shutdown.is_cancelled() && pending.batches.len() < self.window {
             match self.queue.take(self.batch, self.window).await {
                 Ok(Some(batch)) => {
+                    failures = 0;
                     metrics::gauge!("hotkeys_sync_queue_length").set(batch.queued as f64);
                     self.launch(pending, batch, shutdown);
                 }
@@ -329,11 +325,13 @@ impl Shipper {
             return Ok(false);
         };
         if *pending.stream != stream {
-            tracing::error!(
-                old = %pending.stream,
-                new = %stream,
-                "the state node lost the replication state (restarted empty?); the batches in flight are gone, shipping a new stream"
-            );
+            if !pending.stream.is_empty() {
+                tracing::error!(
+                    old = %pending.stream,
+                    new = %stream,
+                    "the state node lost the replication state (restarted empty?); the batches in flight are gone, shipping a new stream"
+                );
+            }
             pending.abort();
             pending.stream = stream.into();
             pending.last = 0;

@@ -316,8 +316,8 @@ pub async fn check_no_eviction(conn: &mut RedisConn, node: &str) -> Result<(), S
         .arg("memory")
         .query_async(conn)
         .await
-        .map_err(|source| SyncError::Redis {
-            queue: node.to_string(),
+        .map_err(|source| CacheError::Command {
+            node: node.to_string(),
             source,
         })?;
     let mut policies = Vec::new();
