@@ -44,6 +44,18 @@ fn listed(doc: &Value) -> Vec<String> {
     keys
 }
 
+/// The stack's ZooKeeper; `None` (skip) when it is unreachable, a failure under `CI`.
+async fn zookeeper(t: &Topology) -> Option<Zk> {
+    match Zk::connect(t).await {
+        Ok(zk) => Some(zk),
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipping: ZooKeeper: {e}; start it with scripts/stack.sh up");
+            None
+        }
+        Err(e) => panic!("ZooKeeper: {e}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_verify_lists_live_keys_with_their_ttl_and_excludes_expired_ones() {
     // Without active expiry an expired key stays in the node until something touches it,
@@ -106,13 +118,8 @@ async fn diff_tells_warm_missing_and_expired_hot_keys_apart() {
     let mut t = testing::topology("hotctl-diff");
     t.redis.nodes = vec![server.url()];
     t.redis.ttl = Duration::from_secs(60);
-    let zk = match Zk::connect(&t).await {
-        Ok(zk) => zk,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("skipping: ZooKeeper: {e}; start it with scripts/stack.sh up");
-            return;
-        }
-        Err(e) => panic!("ZooKeeper: {e}"),
+    let Some(zk) = zookeeper(&t).await else {
+        return;
     };
     let hot = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<Vec<_>>();
     testing::publish_hot_list(&zk, &t.name, 0, &hot(&["1", "2", "3"]), "test")
@@ -272,13 +279,8 @@ async fn keys_with_a_ring_primary_down_counts_its_keys_on_the_backup_says_so_and
 #[tokio::test(flavor = "multi_thread")]
 async fn diff_with_a_ring_primary_down_reads_its_keys_on_the_backup_says_so_and_exits_1() {
     let (servers, t, hot) = ring_with_a_primary_down("hotctl-diff-outage").await;
-    let zk = match Zk::connect(&t).await {
-        Ok(zk) => zk,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("skipping: ZooKeeper: {e}; start it with scripts/stack.sh up");
-            return;
-        }
-        Err(e) => panic!("ZooKeeper: {e}"),
+    let Some(zk) = zookeeper(&t).await else {
+        return;
     };
     testing::publish_hot_list(&zk, &t.name, 0, &hot, "test")
         .await
