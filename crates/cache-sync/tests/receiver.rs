@@ -451,3 +451,37 @@ async fn with_its_stream_record_gone_an_old_stamp_is_refused_with_403_and_a_rece
     assert_eq!(h.state().await.processed, last + 1);
     h.finish().await;
 }
+
+#[tokio::test]
+async fn a_request_whose_body_never_arrives_is_answered_408_after_sync_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(h) = Harness::start_with("slow_body", |t| {
+        t.sync.timeout = std::time::Duration::from_secs(1);
+    })
+    .await
+    else {
+        return;
+    };
+    let mut conn = tokio::net::TcpStream::connect(h.receiver.addr)
+        .await
+        .unwrap();
+    conn.write_all(
+        b"POST /sync HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        let mut buf = [0u8; 1024];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed without an answer");
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("an answer within 30 s");
+    let head = String::from_utf8_lossy(&answer);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    h.finish().await;
+}
