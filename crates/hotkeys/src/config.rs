@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::secret::NodeUrl;
+
 /// What went wrong loading a topology; every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -308,7 +310,12 @@ impl Default for ZookeeperConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MysqlConfig {
+    /// `mysql://user@host:port/database`; a password here is used only when `password_env`
+    /// names no variable that is set.
     pub url: String,
+    /// Name of the environment variable holding the password (never the password itself);
+    /// empty: the URL's own.
+    pub password_env: String,
     /// Row query; `{ids}` is replaced by the bound key list, and one column must be `id`.
     pub query: String,
     /// Keys per `IN (…)` query.
@@ -320,11 +327,24 @@ pub struct MysqlConfig {
 impl Default for MysqlConfig {
     fn default() -> Self {
         MysqlConfig {
-            url: "mysql://hotkeys:hotkeys@127.0.0.1:3306/hotkeys".into(),
+            url: "mysql://hotkeys@127.0.0.1:3306/hotkeys".into(),
+            password_env: "HOTKEYS_MYSQL_PASSWORD".into(),
             query: "SELECT id, shop_id, name, price, stock, attributes, updated_at FROM products WHERE id IN ({ids})".into(),
             batch: 500,
             pool: 8,
         }
+    }
+}
+
+impl MysqlConfig {
+    /// The password from the variable `password_env` names, when it is set.
+    pub fn password_from_env(&self) -> Option<String> {
+        if self.password_env.is_empty() {
+            return None;
+        }
+        std::env::var(&self.password_env)
+            .ok()
+            .filter(|s| !s.is_empty())
     }
 }
 
@@ -443,7 +463,8 @@ impl RedisConfig {
             );
         }
         for (primary, backup) in &self.backups {
-            if !self.nodes.contains(primary) {
+            let (primary, backup) = (NodeUrl::from(primary), NodeUrl::from(backup));
+            if !self.nodes.iter().any(|n| n == primary.expose()) {
                 return Err((
                     "redis.backups",
                     format!(
@@ -451,13 +472,13 @@ impl RedisConfig {
                     ),
                 ));
             }
-            if redis::parse_redis_url(backup).is_none() {
+            if redis::parse_redis_url(backup.expose()).is_none() {
                 return Err((
                     "redis.backups",
                     format!("backup `{backup}` of `{primary}`: expected a redis:// URL"),
                 ));
             }
-            if self.nodes.contains(backup) {
+            if self.nodes.iter().any(|n| n == backup.expose()) {
                 return Err((
                     "redis.backups",
                     format!(
@@ -513,6 +534,11 @@ pub struct SyncConfig {
     pub max_body: usize,
     /// Redis nodes of the receiving data centre.
     pub apply_nodes: Vec<String>,
+    /// The Redis node holding the replication state: the shipper's queue and in-flight
+    /// batches, the receiver's per-stream records. Empty: the home of the cache (the first
+    /// node of `redis.nodes` for the shipper, of `apply_nodes` for the receiver). It must not
+    /// evict: ship and receive refuse to run on an `allkeys-*` maxmemory-policy.
+    pub state: String,
     /// Compression of the request bodies the shipper sends.
     pub compression: SyncCompression,
     /// Time one HTTP batch may take, request and answer, before it is retried.
@@ -537,6 +563,7 @@ impl Default for SyncConfig {
             replicate: vec!["product:".into()],
             max_body: 16 * 1024 * 1024,
             apply_nodes: vec!["redis://127.0.0.1:6380".into()],
+            state: String::new(),
             compression: SyncCompression::Zstd,
             timeout: Duration::from_secs(30),
             retry_max: Duration::from_secs(10),
@@ -677,6 +704,15 @@ impl Topology {
         }
         if self.sync.in_flight == 0 || self.sync.in_flight > 64 {
             return bad("sync.in_flight", "expected between 1 and 64");
+        }
+        if !self.sync.state.is_empty() && redis::parse_redis_url(&self.sync.state).is_none() {
+            return bad(
+                "sync.state",
+                &format!(
+                    "`{}`: expected a redis:// URL",
+                    NodeUrl::new(self.sync.state.as_str())
+                ),
+            );
         }
         Ok(())
     }
