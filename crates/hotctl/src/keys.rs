@@ -24,6 +24,8 @@ use hotkeys::hotlist::now_ms;
 use hotkeys::zk::Zk;
 use serde_json::json;
 
+use crate::render::printable;
+
 #[derive(Args)]
 pub struct KeysArgs {
     /// Keep only keys that still exist, with their remaining TTL (one PTTL per key).
@@ -137,7 +139,7 @@ pub async fn keys(topology: &Topology, args: KeysArgs) -> anyhow::Result<()> {
         for f in &found {
             table.add_row([
                 f.node.clone(),
-                f.key.clone(),
+                printable(&f.key),
                 f.ttl.map_or_else(|| "-".into(), ttl_text),
             ]);
         }
@@ -313,8 +315,8 @@ pub async fn diff(topology: &Topology, args: DiffArgs) -> anyhow::Result<()> {
             };
             table.add_row([
                 task.to_string(),
-                hot.clone(),
-                key.clone(),
+                printable(hot),
+                printable(key),
                 s.name().into(),
                 ttl,
             ]);
