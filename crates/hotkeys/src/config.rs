@@ -60,6 +60,8 @@ pub struct Topology {
     #[serde(default)]
     pub redis: RedisConfig,
     #[serde(default)]
+    pub prewarm: PrewarmConfig,
+    #[serde(default)]
     pub sync: SyncConfig,
 }
 
@@ -78,6 +80,7 @@ impl Default for Topology {
             zookeeper: ZookeeperConfig::default(),
             mysql: MysqlConfig::default(),
             redis: RedisConfig::default(),
+            prewarm: PrewarmConfig::default(),
             sync: SyncConfig::default(),
         }
     }
@@ -503,6 +506,70 @@ impl RedisConfig {
     }
 }
 
+/// How prewarm treats values already in the cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrewarmConfig {
+    /// A cached value with less than this left to live is loaded again; one with more is
+    /// skipped without asking MySQL. See [`Topology::refresh_before`].
+    pub refresh_before: RefreshBefore,
+}
+
+impl Default for PrewarmConfig {
+    fn default() -> Self {
+        PrewarmConfig {
+            refresh_before: RefreshBefore::Share(10.0),
+        }
+    }
+}
+
+/// `prewarm.refresh_before`: a duration (`"5m"`) or a percentage of `redis.ttl` (`"10%"`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum RefreshBefore {
+    /// Percent of `redis.ttl`, from 0 up to (not including) 100.
+    Share(f64),
+    Fixed(Duration),
+}
+
+impl RefreshBefore {
+    /// The duration this setting means for a cache whose TTL is `ttl`.
+    pub fn of(self, ttl: Duration) -> Duration {
+        match self {
+            RefreshBefore::Share(percent) => ttl.mul_f64(percent / 100.0),
+            RefreshBefore::Fixed(d) => d,
+        }
+    }
+}
+
+impl TryFrom<String> for RefreshBefore {
+    type Error = String;
+
+    fn try_from(raw: String) -> Result<Self, String> {
+        match raw.trim().strip_suffix('%') {
+            Some(percent) => percent
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|p| (0.0..100.0).contains(p))
+                .map(RefreshBefore::Share)
+                .ok_or_else(|| format!("expected a percentage from 0% to 99%, found `{raw}`")),
+            None => humantime::parse_duration(raw.trim())
+                .map(RefreshBefore::Fixed)
+                .map_err(|e| format!("expected a duration or a percentage of redis.ttl: {e}")),
+        }
+    }
+}
+
+impl From<RefreshBefore> for String {
+    fn from(r: RefreshBefore) -> String {
+        match r {
+            RefreshBefore::Share(percent) => format!("{percent}%"),
+            RefreshBefore::Fixed(d) => humantime::format_duration(d).to_string(),
+        }
+    }
+}
+
 /// Encoding of the HTTP batches `cache-sync ship` sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -699,6 +766,12 @@ impl Topology {
         if let Err((key, message)) = self.redis.validate() {
             return bad(key, &message);
         }
+        if self.refresh_before() >= self.redis.ttl {
+            return bad(
+                "prewarm.refresh_before",
+                "expected less than redis.ttl (otherwise every cached value is always loaded again)",
+            );
+        }
         if self.sync.batch == 0 {
             return bad("sync.batch", "expected at least 1");
         }
@@ -751,6 +824,12 @@ impl Topology {
     /// The counter called `name`, if the topology has one.
     pub fn counter(&self, name: &str) -> Option<Counter> {
         self.counters().into_iter().find(|c| c.name == name)
+    }
+
+    /// How long before its expiry a cached value is loaded again by prewarm
+    /// (`prewarm.refresh_before` resolved against `redis.ttl`).
+    pub fn refresh_before(&self) -> Duration {
+        self.prewarm.refresh_before.of(self.redis.ttl)
     }
 
     /// The secret shared by `cache-sync ship` and `receive`, read from `sync.secret_env`.
@@ -1162,5 +1241,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("space-saving") && err.contains("lru"), "{err}");
+    }
+
+    #[test]
+    fn refresh_before_is_a_share_of_the_ttl_or_a_duration_and_below_the_ttl() {
+        let default = parse("").unwrap();
+        assert_eq!(default.refresh_before(), Duration::from_secs(360));
+        let share = parse("[redis]\nttl = \"10m\"\n[prewarm]\nrefresh_before = \"25%\"\n");
+        assert_eq!(share.unwrap().refresh_before(), Duration::from_secs(150));
+        let fixed = parse_env("", &[("HOTKEYS_PREWARM_REFRESH_BEFORE", "90s")]).unwrap();
+        assert_eq!(fixed.refresh_before(), Duration::from_secs(90));
+        for (text, reason) in [
+            ("[prewarm]\nrefresh_before = \"100%\"\n", "percentage"),
+            ("[prewarm]\nrefresh_before = \"soon\"\n", "duration"),
+            (
+                "[prewarm]\nrefresh_before = \"2h\"\n",
+                "less than redis.ttl",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(
+                err.contains("prewarm.refresh_before") && err.contains(reason),
+                "{text}: {err}"
+            );
+        }
     }
 }

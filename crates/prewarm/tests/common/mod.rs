@@ -297,6 +297,25 @@ where
     testing::eventually(PATIENCE, what, check).await
 }
 
+/// The value of one sample of prewarm's `/metrics` on `port` (`name` with its labels, as
+/// printed), 0 when not printed yet; `None` while nothing answers there.
+pub async fn metric(port: u16, sample: &str) -> Option<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok()?;
+    let value = body
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .map_or(0, |v| v.trim().parse::<f64>().expect("a number") as u64);
+    Some(value)
+}
+
 /// Sends a signal to a child by pid (`kill -STOP`, `-CONT`, `-TERM`).
 pub fn signal(pid: u32, sig: &str) {
     let status = std::process::Command::new("kill")
