@@ -70,7 +70,7 @@ pub async fn show(topology: &Topology, args: BlacklistArgs) -> anyhow::Result<()
         for ban in &bans {
             table.add_row([
                 ban.counter.clone(),
-                ban.key.clone(),
+                crate::render::printable(&ban.key),
                 remaining_text(ban.remaining_ms),
             ]);
         }

@@ -20,6 +20,7 @@ mod blacklist;
 mod dashboard;
 mod db;
 mod keys;
+mod render;
 mod tasks;
 
 #[derive(Parser)]

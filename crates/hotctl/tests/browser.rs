@@ -5,11 +5,11 @@
 //!
 //! Skipped when `chromedriver` is not installed, except with `CI` set (then a failure).
 
-mod common;
+mod dashboard_support;
 
 use std::process::{Child, Command, Stdio};
 
-use common::Dashboard;
+use dashboard_support::Dashboard;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hotkeys::blacklist::redis_key;
 use hotkeys::cache::RedisConn;
@@ -101,7 +101,7 @@ async fn the_hot_keys_page_updates_live_and_unban_with_the_token_lifts_a_ban() {
     let Some(driver) = Driver::start() else {
         return;
     };
-    let t = common::topology("dash-browser");
+    let t = dashboard_support::topology("dash-browser");
     let zk = Zk::connect(&t).await.expect("ZooKeeper");
     let planted = format!("planted-{}", std::process::id());
     let listed = |extra: usize| {

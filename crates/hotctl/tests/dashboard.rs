@@ -2,11 +2,11 @@
 //! the escaping of hostile keys, the SSE stream, and the history recorder. Hot lists are
 //! published the way hot-counter does (`testing::publish_hot_list`).
 
-mod common;
+mod dashboard_support;
 
 use std::time::Duration;
 
-use common::Dashboard;
+use dashboard_support::Dashboard;
 use hotkeys::Topology;
 use hotkeys::blacklist::redis_key;
 use hotkeys::cache::RedisConn;
@@ -33,7 +33,7 @@ async fn publish_products(zk: &Zk, t: &Topology) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn read_routes_answer_json_and_every_page_escapes_a_hostile_key() {
-    let t = common::topology("dash-read");
+    let t = dashboard_support::topology("dash-read");
     let zk = Zk::connect(&t).await.expect("ZooKeeper");
     publish_products(&zk, &t).await;
     let d = Dashboard::start(&t, &["--record", "0"], None).await;
@@ -111,7 +111,7 @@ async fn read_routes_answer_json_and_every_page_escapes_a_hostile_key() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unban_is_forbidden_without_a_server_token_and_unauthorized_without_the_right_one() {
-    let t = common::topology("dash-unban");
+    let t = dashboard_support::topology("dash-unban");
     let mut redis = RedisConn::connect_home(&t.redis).await.expect("Redis");
     let set = redis_key(&t.name, "caller");
     let until = now_ms() + 600_000;
@@ -282,7 +282,7 @@ impl SseReader {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_stream_pushes_each_publish_and_a_reconnect_resumes_from_last_event_id() {
-    let mut t = common::topology("dash-sse");
+    let mut t = dashboard_support::topology("dash-sse");
     t.count.publish_every = Duration::from_secs(1);
     let zk = Zk::connect(&t).await.expect("ZooKeeper");
     publish_products(&zk, &t).await;
@@ -351,10 +351,10 @@ async fn rows_around(pool: &hotkeys::mysql::Pool, topology: &str, before: i64) -
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_recorder_writes_history_that_the_api_reads_back_and_deletes_old_rows() {
-    let t = common::topology("dash-record");
+    let t = dashboard_support::topology("dash-record");
     let zk = Zk::connect(&t).await.expect("ZooKeeper");
     publish_products(&zk, &t).await;
-    let pool = common::history_db().await;
+    let pool = dashboard_support::history_db().await;
     // The dashboard migrates at start; a row two hours old must go with --retain 1h.
     let d = Dashboard::start(&t, &["--record", "1s", "--retain", "1h"], None).await;
     let old = now_ms() - 2 * 3600 * 1000;
@@ -408,7 +408,7 @@ async fn the_recorder_writes_history_that_the_api_reads_back_and_deletes_old_row
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_of_two_dashboards_records_and_the_other_takes_over_when_it_dies() {
-    let mut t = common::topology("dash-recorders");
+    let mut t = dashboard_support::topology("dash-recorders");
     // ZooKeeper's shortest session (2 × its tick): a killed holder's lock goes soon.
     t.zookeeper.session_timeout = Duration::from_secs(4);
     let zk = Zk::connect(&t).await.expect("ZooKeeper");
@@ -448,7 +448,7 @@ async fn one_of_two_dashboards_records_and_the_other_takes_over_when_it_dies() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_ends_open_streams_and_releases_the_recorder_lock() {
-    let t = common::topology("dash-sigterm");
+    let t = dashboard_support::topology("dash-sigterm");
     let zk = Zk::connect(&t).await.expect("ZooKeeper");
     publish_products(&zk, &t).await;
     let mut d = Dashboard::start(&t, &["--record", "1s"], None).await;
@@ -470,7 +470,7 @@ async fn sigterm_ends_open_streams_and_releases_the_recorder_lock() {
 
 #[test]
 fn an_unreachable_zookeeper_exits_3() {
-    let mut t = common::topology("dash-no-zk");
+    let mut t = dashboard_support::topology("dash-no-zk");
     t.zookeeper.connect = format!("127.0.0.1:{}", testing::free_port());
     let file = testing::write_topology(&t);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_hotctl"))

@@ -124,7 +124,7 @@ pub async fn ensure_topic_named(
     name: &str,
     partitions: u32,
 ) -> Result<TopicState, KafkaError> {
-    if let Some(partitions) = partition_count(kafka, name)? {
+    if let Some(partitions) = partition_count_off_runtime(kafka, name).await? {
         return Ok(TopicState::Exists { partitions });
     }
     let admin: AdminClient<DefaultClientContext> = admin_config(kafka).create()?;
@@ -146,7 +146,7 @@ pub async fn ensure_topic_named(
     }
     // Metadata propagates asynchronously; wait until the broker serves every partition.
     for _ in 0..100 {
-        if partition_count(kafka, name)? == Some(partitions as usize) {
+        if partition_count_off_runtime(kafka, name).await? == Some(partitions as usize) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -154,7 +154,51 @@ pub async fn ensure_topic_named(
     Ok(TopicState::Created)
 }
 
-/// Partitions of `topic`, or `None` when it does not exist.
+/// [`partition_count`] on a blocking thread: librdkafka's metadata call blocks for up to
+/// its timeout, which must never stall a tokio worker.
+async fn partition_count_off_runtime(
+    kafka: &KafkaConfig,
+    topic: &str,
+) -> Result<Option<usize>, KafkaError> {
+    let (kafka, topic) = (kafka.clone(), topic.to_string());
+    tokio::task::spawn_blocking(move || partition_count(&kafka, &topic))
+        .await
+        .expect("the metadata call does not panic")
+}
+
+/// One member of a consumer group, as the group coordinator describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    pub client_id: String,
+    pub host: String,
+}
+
+/// The members of `group` right now; empty when nobody consumes in it. Runs librdkafka's
+/// blocking group call on a blocking thread.
+pub async fn group_members(
+    kafka: &KafkaConfig,
+    group: &str,
+) -> Result<Vec<GroupMember>, KafkaError> {
+    let (kafka, group) = (kafka.clone(), group.to_string());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = admin_config(&kafka).create()?;
+        let groups = consumer.fetch_group_list(Some(&group), Duration::from_secs(10))?;
+        Ok(groups
+            .groups()
+            .iter()
+            .filter(|g| g.name() == group)
+            .flat_map(|g| g.members())
+            .map(|m| GroupMember {
+                client_id: m.client_id().to_string(),
+                host: m.client_host().trim_start_matches('/').to_string(),
+            })
+            .collect())
+    })
+    .await
+    .expect("the group call does not panic")
+}
+
+/// Partitions of `topic`, or `None` when it does not exist. Blocks for up to 10 s.
 pub fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<Option<usize>, KafkaError> {
     let consumer: BaseConsumer = admin_config(kafka).create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;

@@ -16,9 +16,12 @@
 //! The primary counter (`config::PRIMARY_COUNTER`) owns `<root>/<topology>/tasks`, the path
 //! prewarm has always read; [`Layout::for_counter`] gives any counter's view of the tree.
 //!
-//! `hot` and `checkpoint` are always written together in one multi-op, conditioned on the
-//! version of `hot` the writer last saw: a worker that lost its partition can never
-//! overwrite what the new owner published (fencing by znode version).
+//! Every write of `hot` is conditioned on the version of `hot` the writer last saw, and a
+//! `checkpoint` is only written together with `hot` in one multi-op: a worker that lost its
+//! partition can never overwrite what the new owner published (fencing by znode version).
+//! One request carries at most [`REQUEST_MAX_BYTES`] of data (ZooKeeper drops the
+//! connection on a request over `jute.maxbuffer`, 1 MB by default, and a retry fails the
+//! same way forever).
 //!
 //! A [`Zk`] is one session. After `SessionExpired` the client does not recover; callers call
 //! [`Zk::reconnect`] and recreate their ephemerals.
@@ -29,6 +32,10 @@ use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, Error as ZkClien
 
 use crate::config::{PRIMARY_COUNTER, Topology, ZookeeperConfig};
 use crate::hotlist::{BlacklistRecord, HotList, LockInfo, Warmed};
+
+/// The most data one write request carries: `jute.maxbuffer` (1 MiB by default) less room
+/// for paths and the request's framing.
+pub const REQUEST_MAX_BYTES: usize = 1024 * 1024 - 16 * 1024;
 
 /// A ZooKeeper failure, told apart where callers act differently.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +51,8 @@ pub enum ZkError {
     Timeout,
     #[error("{path}: lost a race (another writer changed the node)")]
     Fenced { path: String },
+    #[error("{path}: deleted under the writer (hotctl reset?)")]
+    Gone { path: String },
     #[error("{path}: {source}")]
     Op { path: String, source: ZkClientError },
     #[error("{path}: malformed record: {source}")]
@@ -339,15 +348,17 @@ impl Zk {
         }
     }
 
-    /// Writes `hot` and `checkpoint` atomically. `seen` is the `hot` version this writer
-    /// last read or wrote (`None`: it believes the task was never published). Returns the
-    /// new version, or [`ZkError::Fenced`] when another writer got there first.
+    /// Writes `hot`, and `checkpoint` with it when given, atomically. `seen` is the `hot`
+    /// version this writer last read or wrote (`None`: it believes the task was never
+    /// published, and must then give a checkpoint). Returns the new version;
+    /// [`ZkError::Fenced`] when another writer got there first; [`ZkError::Gone`] when the
+    /// nodes were deleted since `seen` (the writer may then create them anew).
     pub async fn publish(
         &self,
         task: u32,
         seen: Option<i32>,
         hot: &[u8],
-        checkpoint: &[u8],
+        checkpoint: Option<&[u8]>,
     ) -> Result<i32, ZkError> {
         let hot_path = self.layout.hot(task);
         let checkpoint_path = self.layout.checkpoint(task);
@@ -355,10 +366,21 @@ impl Zk {
         let staged = match seen {
             None => writer
                 .add_create(&hot_path, hot, &PERSISTENT)
-                .and_then(|()| writer.add_create(&checkpoint_path, checkpoint, &PERSISTENT)),
-            Some(v) => writer
-                .add_set_data(&hot_path, hot, Some(v))
-                .and_then(|()| writer.add_set_data(&checkpoint_path, checkpoint, None)),
+                .and_then(|()| {
+                    writer.add_create(
+                        &checkpoint_path,
+                        checkpoint.unwrap_or_default(),
+                        &PERSISTENT,
+                    )
+                }),
+            Some(v) => {
+                writer
+                    .add_set_data(&hot_path, hot, Some(v))
+                    .and_then(|()| match checkpoint {
+                        Some(c) => writer.add_set_data(&checkpoint_path, c, None),
+                        None => Ok(()),
+                    })
+            }
         };
         staged.map_err(|e| ZkError::op(&hot_path, e))?;
         match writer.commit().await {
@@ -370,6 +392,10 @@ impl Zk {
                 source: ZkClientError::NodeExists | ZkClientError::BadVersion,
                 ..
             }) => Err(ZkError::Fenced { path: hot_path }),
+            Err(zookeeper_client::MultiWriteError::OperationFailed {
+                source: ZkClientError::NoNode,
+                ..
+            }) => Err(ZkError::Gone { path: hot_path }),
             Err(e) => Err(ZkError::op(&hot_path, e.into())),
         }
     }

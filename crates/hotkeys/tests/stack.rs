@@ -32,7 +32,11 @@ async fn kafka_round_trip_through_a_consumer_group() {
         }
     }
     keys.sort();
-    assert_eq!(keys, ["a", "b", "c"]);
+    assert_eq!(
+        keys,
+        ["a", "b", "c"],
+        "keys consumed within the 60 s deadline"
+    );
 }
 
 #[tokio::test]

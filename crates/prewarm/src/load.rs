@@ -1,7 +1,16 @@
-//! One task's keys, batch by batch: rows from MySQL (a pooled, prepared `IN (…)` query per
-//! batch), then one pipelined write per Redis node with the key template, a jittered TTL and
-//! `SET NX` (a value already in Redis is newer than our copy, as with mcrouter's WarmUpRoute
-//! `add`), then the replication ops of the values actually written.
+//! One task's keys, batch by batch: first the cache is asked which of them it lacks (one
+//! pipelined `PTTL` per node, through the placement and failover of
+//! [`hotkeys::cache::CacheNodes::remaining`]); only those are read from MySQL (a pooled,
+//! prepared `IN (…)` query per batch), then written with one pipelined write per Redis node
+//! with the key template and a jittered TTL, then the replication ops of the values actually
+//! written.
+//!
+//! Prewarm reads only what Redis lacks. A key that is there with more than
+//! `prewarm.refresh_before` to live is skipped (`skipped_warm`). A missing key is written with
+//! `SET NX` (a value that appeared meanwhile is newer than our copy, as with mcrouter's
+//! WarmUpRoute `add`); a key about to expire is overwritten with the row just read, since a
+//! value the application had written since would have a full TTL. `--force` loads and
+//! overwrites every key.
 //!
 //! Several batches of a task are in flight at once, so one batch's Redis write overlaps the
 //! next batch's SELECT. Failures of MySQL or Redis are retried up to the run's budget.
@@ -9,7 +18,9 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use hotkeys::cache::{CacheNodes, WriteOutcome, cache_key, jittered_ttl};
+use std::collections::HashSet;
+
+use hotkeys::cache::{CacheNodes, Remaining, Write, WriteOutcome, cache_key, jittered_ttl};
 use hotkeys::sync_queue::{Op, SyncQueue};
 use hotkeys::zk::Zk;
 use zookeeper_client::SessionState;
@@ -48,8 +59,16 @@ async fn warm_batch(ctx: &Ctx, keys: &[String], held: Option<&Zk>) -> Result<Cou
     if expired(held) {
         return Err(Halt::SessionLost);
     }
+    let due = lacking(ctx, keys).await?;
+    let mut counts = Counts {
+        skipped_warm: (keys.len() - due.keys.len()) as u64,
+        ..Counts::default()
+    };
+    if due.keys.is_empty() {
+        return Ok(counts);
+    }
     let loaded = retry(&ctx.policy, Dependency::MySql, "loading rows", || {
-        ctx.loader.load_batch(keys)
+        ctx.loader.load_batch(&due.keys)
     })
     .await?
     .map_err(|e| failed(Dependency::MySql, e))?;
@@ -62,12 +81,9 @@ async fn warm_batch(ctx: &Ctx, keys: &[String], held: Option<&Zk>) -> Result<Cou
             "rows that cannot be encoded as JSON are skipped"
         );
     }
-    let mut counts = Counts {
-        rows: loaded.rows.len() as u64,
-        missing: loaded.missing.len() as u64,
-        unencodable: loaded.unencodable.len() as u64,
-        ..Counts::default()
-    };
+    counts.rows = loaded.rows.len() as u64;
+    counts.missing = loaded.missing.len() as u64;
+    counts.unencodable = loaded.unencodable.len() as u64;
     ctx.progress
         .rows
         .fetch_add(counts.rows, std::sync::atomic::Ordering::Relaxed);
@@ -75,15 +91,14 @@ async fn warm_batch(ctx: &Ctx, keys: &[String], held: Option<&Zk>) -> Result<Cou
         return Ok(counts); // dry run
     };
     let redis = &ctx.topology.redis;
-    let entries: Vec<(String, String, Duration)> = loaded
+    let entries: Vec<Entry> = loaded
         .rows
         .into_iter()
-        .map(|(key, row)| {
-            (
-                cache_key(redis, &key),
-                row.into_string(),
-                jittered_ttl(redis),
-            )
+        .map(|(key, row)| Entry {
+            overwrite: ctx.opts.force || due.expiring.contains(&key),
+            key: cache_key(redis, &key),
+            value: row.into_string(),
+            ttl: jittered_ttl(redis),
         })
         .collect();
     if entries.is_empty() {
@@ -92,13 +107,9 @@ async fn warm_batch(ctx: &Ctx, keys: &[String], held: Option<&Zk>) -> Result<Cou
     if expired(held) {
         return Err(Halt::SessionLost);
     }
-    let force = ctx.opts.force;
-    let outcome = retry(&ctx.policy, Dependency::Redis, "writing values", || async {
-        if force {
-            cache.set_many(&entries).await
-        } else {
-            cache.set_many_nx(&entries).await
-        }
+    let writes: Vec<Write<'_>> = entries.iter().map(Entry::write).collect();
+    let outcome = retry(&ctx.policy, Dependency::Redis, "writing values", || {
+        cache.apply(&writes)
     })
     .await?
     .map_err(|e| failed(Dependency::Redis, e))?;
@@ -110,6 +121,89 @@ async fn warm_batch(ctx: &Ctx, keys: &[String], held: Option<&Zk>) -> Result<Cou
     Ok(counts)
 }
 
+/// One value to write: the cache key, the encoded row, its TTL, and whether it replaces a
+/// value that is there (a key about to expire, or `--force`) or only fills a gap (`SET NX`).
+struct Entry {
+    key: String,
+    value: String,
+    ttl: Duration,
+    overwrite: bool,
+}
+
+impl Entry {
+    fn write(&self) -> Write<'_> {
+        Write::Set {
+            key: &self.key,
+            value: self.value.as_bytes(),
+            ttl: Some(self.ttl),
+            only_if_absent: !self.overwrite,
+        }
+    }
+}
+
+/// The keys of a batch that need a row from MySQL.
+struct Due {
+    /// Missing from the cache or about to expire there, in the order given.
+    keys: Vec<String>,
+    /// Those of `keys` the cache still holds (they are overwritten, not `SET NX`).
+    expiring: HashSet<String>,
+}
+
+/// Asks the cache which of `keys` it lacks. `--force` and a dry run (which has no cache
+/// connection) take every key.
+async fn lacking(ctx: &Ctx, keys: &[String]) -> Result<Due, Halt> {
+    let every = || Due {
+        keys: keys.to_vec(),
+        expiring: HashSet::new(),
+    };
+    let Some(cache) = ctx.cache.as_ref().filter(|_| !ctx.opts.force) else {
+        return Ok(every());
+    };
+    let redis = &ctx.topology.redis;
+    let cache_keys: Vec<String> = keys.iter().map(|k| cache_key(redis, k)).collect();
+    let remaining = retry(&ctx.policy, Dependency::Redis, "reading TTLs", || {
+        cache.remaining(&cache_keys)
+    })
+    .await?
+    .map_err(|e| failed(Dependency::Redis, e))?;
+    let refresh_before = ctx.topology.refresh_before();
+    let mut due = Due {
+        keys: Vec::new(),
+        expiring: HashSet::new(),
+    };
+    for (key, left) in keys.iter().zip(remaining) {
+        match need(left, refresh_before) {
+            Need::Nothing => {}
+            Need::Fill => due.keys.push(key.clone()),
+            Need::Refresh => {
+                due.keys.push(key.clone());
+                due.expiring.insert(key.clone());
+            }
+        }
+    }
+    Ok(due)
+}
+
+/// What a key with `left` to live in the cache needs.
+#[derive(Debug, PartialEq, Eq)]
+enum Need {
+    /// Warm for longer than `refresh_before`, or kept without expiry.
+    Nothing,
+    /// Not in the cache.
+    Fill,
+    /// In the cache, but gone within `refresh_before`.
+    Refresh,
+}
+
+fn need(left: Remaining, refresh_before: Duration) -> Need {
+    match left {
+        Remaining::Absent => Need::Fill,
+        Remaining::Forever => Need::Nothing,
+        Remaining::Left(d) if d < refresh_before => Need::Refresh,
+        Remaining::Left(_) => Need::Nothing,
+    }
+}
+
 /// Queues the values this batch stored for the other data centre. Values `SET NX` left
 /// alone were written by the application, whose own writes replicate; sending our older
 /// copy would overwrite them there.
@@ -117,33 +211,29 @@ async fn replicate(
     ctx: &Ctx,
     sync: &SyncQueue,
     cache: &CacheNodes,
-    entries: &[(String, String, Duration)],
+    entries: &[Entry],
     outcome: WriteOutcome,
 ) -> Result<u64, Halt> {
-    let candidates: Vec<&(String, String, Duration)> = entries
-        .iter()
-        .filter(|(k, _, _)| sync.replicates(k))
-        .collect();
+    let candidates: Vec<&Entry> = entries.iter().filter(|e| sync.replicates(&e.key)).collect();
     if candidates.is_empty() {
         return Ok(0);
     }
-    let stored: Vec<&(String, String, Duration)> = if outcome.already_present == 0 {
+    let stored: Vec<&Entry> = if outcome.already_present == 0 {
         candidates
     } else {
-        // `set_many_nx` counts but does not say which keys it stored: a stored value reads
-        // back as ours. Only batches that met existing values pay for these reads.
-        let reads =
-            futures::future::join_all(candidates.iter().map(|(k, _, _)| cache.get(k))).await;
+        // `SET NX` counts but does not say which keys it stored: a stored value reads back as
+        // ours. Only batches that met existing values pay for these reads.
+        let reads = futures::future::join_all(candidates.iter().map(|e| cache.get(&e.key))).await;
         candidates
             .into_iter()
             .zip(reads)
-            .filter(|((_, v, _), read)| matches!(read, Ok(Some(got)) if got == v.as_bytes()))
+            .filter(|(e, read)| matches!(read, Ok(Some(got)) if got == e.value.as_bytes()))
             .map(|(e, _)| e)
             .collect()
     };
     let ops: Vec<Op> = stored
         .iter()
-        .map(|(k, v, ttl)| Op::set(k.clone(), v.as_bytes().to_vec(), Some(*ttl)))
+        .map(|e| Op::set(e.key.clone(), e.value.as_bytes().to_vec(), Some(e.ttl)))
         .collect();
     let queued = retry(
         &ctx.policy,
@@ -161,4 +251,21 @@ fn failed(dependency: Dependency, e: impl std::fmt::Display) -> Halt {
         dependency,
         message: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_keys_missing_or_about_to_expire_need_a_row() {
+        let before = Duration::from_secs(60);
+        let left = |s| Remaining::Left(Duration::from_secs(s));
+        assert_eq!(need(Remaining::Absent, before), Need::Fill);
+        assert_eq!(need(left(59), before), Need::Refresh);
+        assert_eq!(need(left(0), before), Need::Refresh);
+        assert_eq!(need(left(60), before), Need::Nothing);
+        assert_eq!(need(left(3600), before), Need::Nothing);
+        assert_eq!(need(Remaining::Forever, before), Need::Nothing);
+    }
 }

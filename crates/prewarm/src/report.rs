@@ -89,6 +89,9 @@ pub struct Counts {
     pub written: u64,
     /// Values left alone because Redis already had one (`SET NX`).
     pub already_present: u64,
+    /// Keys not read from MySQL because Redis holds them for longer than
+    /// `prewarm.refresh_before`.
+    pub skipped_warm: u64,
     /// Keys without a row in MySQL.
     pub missing: u64,
     /// Rows that could not be encoded as JSON.
@@ -102,6 +105,7 @@ impl Counts {
         self.rows += o.rows;
         self.written += o.written;
         self.already_present += o.already_present;
+        self.skipped_warm += o.skipped_warm;
         self.missing += o.missing;
         self.unencodable += o.unencodable;
         self.replicated += o.replicated;
@@ -252,20 +256,30 @@ impl Summary {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:>6}  {:<16} {:>8} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8}  holder / error",
-            "task", "outcome", "version", "keys", "written", "present", "missing", "bad", "ms"
+            "{:>6}  {:<16} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8}  holder / error",
+            "task",
+            "outcome",
+            "version",
+            "keys",
+            "written",
+            "present",
+            "warm",
+            "missing",
+            "bad",
+            "ms"
         );
         for r in &self.tasks {
             let note = r.error.as_deref().or(r.holder.as_deref()).unwrap_or("");
             let _ = writeln!(
                 out,
-                "{:>6}  {:<16} {:>8} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8}  {}",
+                "{:>6}  {:<16} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8}  {}",
                 r.task,
                 r.outcome.as_str(),
                 r.hot_version.map_or("-".to_string(), |v| v.to_string()),
                 r.keys,
                 r.counts.written,
                 r.counts.already_present,
+                r.counts.skipped_warm,
                 r.counts.missing,
                 r.counts.unencodable,
                 r.took_ms,
@@ -280,7 +294,7 @@ impl Summary {
             .collect();
         let _ = writeln!(
             out,
-            "{} tasks ({}); {} rows: {} written, {} already present, {} missing, {} unencodable; {} replicated; {:.1}s, {:.0} rows/s{}",
+            "{} tasks ({}); {} rows: {} written, {} already present, {} missing, {} unencodable; {} skipped warm; {} replicated; {:.1}s, {:.0} rows/s{}",
             self.totals.tasks,
             outcomes.join(", "),
             self.totals.counts.rows,
@@ -288,6 +302,7 @@ impl Summary {
             self.totals.counts.already_present,
             self.totals.counts.missing,
             self.totals.counts.unencodable,
+            self.totals.counts.skipped_warm,
             self.totals.counts.replicated,
             self.took_ms as f64 / 1000.0,
             self.rows_per_s,
@@ -330,18 +345,22 @@ impl Progress {
         self.failed.store(failed, Ordering::Relaxed);
     }
 
-    /// Counts a finished attempt into the metrics.
+    /// Counts a finished attempt into the metrics: keys by what became of them, and the
+    /// keys looked up in MySQL (found, missing or unencodable).
     pub(crate) fn record(&self, r: &TaskRecord) {
         metrics::counter!("hotkeys_prewarm_tasks_total", "outcome" => r.outcome.as_str())
             .increment(1);
         for (result, n) in [
             ("written", r.counts.written),
             ("already_present", r.counts.already_present),
+            ("skipped_warm", r.counts.skipped_warm),
             ("missing", r.counts.missing),
             ("unencodable", r.counts.unencodable),
         ] {
             metrics::counter!("hotkeys_prewarm_keys_total", "result" => result).increment(n);
         }
+        metrics::counter!("hotkeys_prewarm_mysql_lookups_total")
+            .increment(r.counts.rows + r.counts.missing + r.counts.unencodable);
     }
 
     pub(crate) fn line(&self, started: Instant) -> String {

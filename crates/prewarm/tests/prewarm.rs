@@ -6,9 +6,9 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{ABSENT, Fixture, SEED, eventually, finished, keys, signal};
+use common::{ABSENT, Fixture, SEED, eventually, finished, keys, metric, signal};
 use hotkeys::mysql::SeedProduct;
-use hotkeys::testing::TcpProxy;
+use hotkeys::testing::{self, TcpProxy};
 use prewarm::{TaskOutcome, TaskRecord};
 use redis::AsyncCommands;
 
@@ -176,9 +176,14 @@ async fn warmed_task_is_skipped_a_new_version_is_due_again_and_force_rewarms() {
     let t0 = record(&third, 0);
     assert_eq!(t0.outcome, TaskOutcome::Warmed);
     assert_eq!(
-        (t0.counts.written, t0.counts.already_present),
-        (2, 10),
-        "only new keys are written"
+        (
+            t0.counts.rows,
+            t0.counts.written,
+            t0.counts.already_present,
+            t0.counts.skipped_warm
+        ),
+        (2, 2, 0, 10),
+        "only new keys are read and written"
     );
     assert_eq!(record(&third, 1).outcome, TaskOutcome::UpToDate);
     assert_eq!(f.warmed(0).await.expect("mark").hot_version, 1);
@@ -212,10 +217,11 @@ async fn existing_redis_values_are_kept_and_missing_rows_are_counted() {
         (
             r.counts.rows,
             r.counts.written,
-            r.counts.already_present,
+            r.counts.skipped_warm,
             r.counts.missing
         ),
-        (3, 2, 1, 2)
+        (2, 2, 1, 2),
+        "the key Redis holds is not read from MySQL"
     );
     assert_eq!(f.get("2").await.as_deref(), Some("live value"));
     let one: serde_json::Value =
@@ -230,7 +236,7 @@ async fn existing_redis_values_are_kept_and_missing_rows_are_counted() {
         "TTL {ttl} ms outside the jittered range"
     );
     let mark = f.warmed(0).await.expect("mark");
-    assert_eq!((mark.rows, mark.missing), (3, 2));
+    assert_eq!((mark.rows, mark.missing), (2, 2));
     f.cleanup().await;
 }
 
@@ -330,6 +336,38 @@ async fn mysql_down_at_start_exits_3_before_taking_any_lock() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_redis_password_in_a_node_url_shows_in_no_log_line_or_error() {
+    const PLANTED: &str = "planted-Pw-3e7a";
+    let closed = hotkeys::testing::free_port();
+    let Some(f) = Fixture::new("prewarm-planted", |t| {
+        t.redis.nodes = vec![format!("redis://:{PLANTED}@127.0.0.1:{closed}")];
+    })
+    .await
+    else {
+        return;
+    };
+    f.publish(0, &hot_keys_of(0)).await;
+    let out = f
+        .prewarm(&["--once", "--retry-for", "1s"])
+        .env("RUST_LOG", "trace")
+        .output()
+        .await
+        .expect("run prewarm");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains(&format!("127.0.0.1:{closed}")),
+        "the node is named: {text}"
+    );
+    assert!(!text.contains(PLANTED), "the password shows:\n{text}");
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn malformed_hot_list_is_reported_and_the_other_tasks_proceed() {
     let Some(f) = Fixture::new("prewarm-malformed", |_| {}).await else {
         return;
@@ -422,11 +460,7 @@ async fn written_values_under_replicated_prefixes_are_queued_for_the_other_data_
     assert_eq!(code, 0, "{stderr}");
     let r = record(&summary, 0);
     assert_eq!(
-        (
-            r.counts.written,
-            r.counts.already_present,
-            r.counts.replicated
-        ),
+        (r.counts.written, r.counts.skipped_warm, r.counts.replicated),
         (5, 1, 5)
     );
     let queued: Vec<String> = f
@@ -471,12 +505,93 @@ async fn watch_rewarms_a_task_when_its_hot_list_moves_to_a_new_version() {
         f.warmed(0).await.filter(|w| w.hot_version == 1)
     })
     .await;
-    assert_eq!(mark.rows, 8);
+    assert_eq!(mark.rows, 3, "only the keys new to the hot list are read");
     signal(watcher.id().expect("pid"), "TERM");
     let (code, summary, stderr) = finished(watcher.wait_with_output().await.expect("wait"));
     assert_eq!(code, 0, "{stderr}");
     assert!(summary.passes >= 2);
     assert!(f.locked_tasks().await.is_empty());
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_reads_mysql_only_for_keys_redis_lacks_or_is_about_to_expire() {
+    let Some(mut f) = Fixture::new("prewarm-lacks", |_| {}).await else {
+        return;
+    };
+    let hot = keys(1..=20);
+    f.publish(0, &hot).await;
+    let port = testing::free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let watcher = f
+        .prewarm(&[
+            "--watch",
+            "--json",
+            "--interval",
+            "200ms",
+            "--metrics",
+            &metrics,
+        ])
+        .spawn()
+        .expect("spawn prewarm");
+    let warms = |n: u64| async move {
+        eventually(&format!("warm number {n} to be counted"), || async {
+            metric(port, r#"hotkeys_prewarm_tasks_total{outcome="warmed"}"#)
+                .await
+                .filter(|&warmed| warmed >= n)
+        })
+        .await
+    };
+    let lookups = || metric(port, "hotkeys_prewarm_mysql_lookups_total");
+    assert_eq!(warms(1).await, 1);
+    assert_eq!(lookups().await, Some(20));
+
+    // The hot set stays the same and warm while its version moves.
+    for version in 1..=3 {
+        f.publish(0, &hot).await;
+        assert_eq!(warms(version + 1).await, version + 1);
+    }
+    assert_eq!(
+        lookups().await,
+        Some(20),
+        "an unchanged, warm hot set costs MySQL nothing"
+    );
+    assert_eq!(
+        metric(port, r#"hotkeys_prewarm_keys_total{result="skipped_warm"}"#).await,
+        Some(60)
+    );
+
+    // One key expires from Redis, another is about to.
+    let gone = f.cache_key("5");
+    let _: bool = f.redis.pexpire(&gone, 1).await.expect("PEXPIRE");
+    let expiring = f.cache_key("6");
+    let _: bool = f.redis.expire(&expiring, 30).await.expect("EXPIRE");
+    eventually("key 5 to expire", || async {
+        let mut redis = f.redis.clone();
+        let left: i64 = redis.pttl(&gone).await.expect("PTTL");
+        (left == -2).then_some(())
+    })
+    .await;
+    f.publish(0, &hot).await;
+    assert_eq!(warms(5).await, 5);
+    assert_eq!(
+        lookups().await,
+        Some(22),
+        "only the two keys are read again"
+    );
+    assert!(
+        f.get("5").await.is_some(),
+        "the expired key is warmed again"
+    );
+    let refresh_before = f.t.refresh_before().as_millis() as i64;
+    assert!(
+        f.ttl_ms("6").await > refresh_before,
+        "the key about to expire is refreshed"
+    );
+
+    signal(watcher.id().expect("pid"), "TERM");
+    let (code, _, stderr) = finished(watcher.wait_with_output().await.expect("wait"));
+    assert_eq!(code, 0, "{stderr}");
     f.cleanup().await;
 }
 

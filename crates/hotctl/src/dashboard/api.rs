@@ -24,7 +24,7 @@ use super::hub::HotView;
 use super::probe;
 use super::state::Dashboard;
 use crate::blacklist::{bans, ruled_counters};
-use crate::keys::{diff_counts, diff_counts_by_task, diff_rows};
+use crate::keys::diff_report;
 use crate::tasks::task_json;
 
 /// Items of `/api/hot` and the stream when `top` is absent.
@@ -336,19 +336,19 @@ async fn replication(State(d): State<Arc<Dashboard>>) -> Result<Json<Value>, Api
 }
 
 async fn cache(State(d): State<Arc<Dashboard>>) -> Result<Json<Value>, ApiError> {
-    let rows = diff_rows(&d.topology, None).await?;
-    let (warm, expired, missing) = diff_counts(&rows);
-    let per_task: Vec<Value> = diff_counts_by_task(&rows)
+    let diff = diff_report(&d.topology, None).await?;
+    // `hotctl diff --json`, plus the counts of each task.
+    let mut doc = diff.to_json();
+    doc["tasks"] = diff
+        .counts_by_task()
         .iter()
-        .map(|(task, (w, e, m))| json!({"task": task, "warm": w, "expired": e, "missing": m}))
+        .map(|(task, counts)| {
+            let mut row = json!(counts);
+            row["task"] = json!(task);
+            row
+        })
         .collect();
-    Ok(Json(json!({
-        "warm": warm,
-        "expired": expired,
-        "missing": missing,
-        "tasks": per_task,
-        "keys": rows.iter().map(|r| r.to_json()).collect::<Vec<_>>(),
-    })))
+    Ok(Json(doc))
 }
 
 async fn recorder(State(d): State<Arc<Dashboard>>) -> Result<Json<Value>, ApiError> {

@@ -26,7 +26,7 @@ use super::history::Range;
 use super::probe;
 use super::state::Dashboard;
 use crate::blacklist::{bans, remaining_text};
-use crate::keys::{diff_counts_by_task, diff_rows};
+use crate::keys::diff_report;
 
 /// Ranges offered by the history page's picker.
 const RANGES: [(&str, &str); 5] = [
@@ -512,21 +512,28 @@ async fn unban(
 }
 
 async fn cache(State(d): State<Arc<Dashboard>>) -> Page {
-    let rows = diff_rows(&d.topology, None).await.map_err(ApiError::from)?;
-    let tasks = diff_counts_by_task(&rows);
+    let diff = diff_report(&d.topology, None)
+        .await
+        .map_err(ApiError::from)?;
     Ok(layout(
         "Cache",
         "Cache",
         html! {
             p.meta { "Each task's hot keys against Redis, as " code { "hotctl diff" } " reports them." }
             table {
-                thead { tr { th { "task" } th.num { "warm" } th.num { "expired" } th.num { "missing" } } }
+                thead { tr {
+                    th { "task" } th.num { "warm" } th.num { "expired" } th.num { "missing" } th.num { "unknown" }
+                } }
                 tbody {
-                    @for (task, (warm, expired, missing)) in &tasks {
-                        tr { td { (task) } td.num { (warm) } td.num { (expired) } td.num { (missing) } }
+                    @for (task, c) in diff.counts_by_task() {
+                        tr {
+                            td { (task) } td.num { (c.warm) } td.num { (c.expired) } td.num { (c.missing) }
+                            td.num { (c.unknown) }
+                        }
                     }
                 }
             }
+            @for note in diff.notes() { p.error { (note) } }
         },
     ))
 }

@@ -173,7 +173,7 @@ impl Fixture {
     pub async fn publish_raw(&self, task: u32, bytes: &[u8]) {
         self.zk.ensure_task(task).await.expect("ensure task");
         self.zk
-            .publish(task, None, bytes, b"{}")
+            .publish(task, None, bytes, Some(b"{}"))
             .await
             .expect("publish");
     }
@@ -182,10 +182,8 @@ impl Fixture {
     /// environment (they would point the child elsewhere than this topology).
     pub fn prewarm(&self, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_prewarm"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("HOTKEYS_") {
-                cmd.env_remove(k);
-            }
+        for k in hotkeys::testing::topology_overrides() {
+            cmd.env_remove(k);
         }
         cmd.arg("--topology")
             .arg(&self.path)
@@ -297,6 +295,25 @@ where
     Fut: std::future::Future<Output = Option<T>>,
 {
     testing::eventually(PATIENCE, what, check).await
+}
+
+/// The value of one sample of prewarm's `/metrics` on `port` (`name` with its labels, as
+/// printed), 0 when not printed yet; `None` while nothing answers there.
+pub async fn metric(port: u16, sample: &str) -> Option<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok()?;
+    let value = body
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .map_or(0, |v| v.trim().parse::<f64>().expect("a number") as u64);
+    Some(value)
 }
 
 /// Sends a signal to a child by pid (`kill -STOP`, `-CONT`, `-TERM`).

@@ -1,0 +1,320 @@
+//! Detection latency of a running hot-counter, as `scripts/bench-latency.sh` measures it.
+//!
+//! ```text
+//! cargo run --release -p hotkeys --example latency_probe -- --topology topology/default.toml
+//! ```
+//!
+//! Sends a steady background stream of plain-key events over many products, then flash
+//! crowds of new products (every event of a crowd at once), and reports for each crowd the
+//! time from its first event sent to
+//!
+//! - the whole crowd counted in a hot list in ZooKeeper (the znode's modification time of
+//!   the first version whose guaranteed count, `count - error`, covers the crowd), and
+//! - a subscriber (`hotkeys::subscribe`) seeing the whole crowd in the hot set,
+//!
+//! then p50, p99 and max of both, and the bytes written under the counter's tasks in
+//! ZooKeeper per second (every data change under the subtree, its new size). The last lines
+//! are one summary line per figure. `--cleanup` deletes the topology's ZooKeeper subtree.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use hotkeys::Topology;
+use hotkeys::cli::TopologyArg;
+use hotkeys::config::PRIMARY_COUNTER;
+use hotkeys::hotlist::{HotItem, now_ms};
+use hotkeys::zk::Zk;
+use rand::Rng;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tokio_util::sync::CancellationToken;
+use zookeeper_client::EventType;
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    topology: TopologyArg,
+    /// Flash crowds sent.
+    #[arg(long, default_value_t = 5)]
+    crowds: usize,
+    /// Events per crowd, all on one new product.
+    #[arg(long, default_value_t = 3000)]
+    crowd_size: u64,
+    /// Background events per second, spread uniformly over `--background-keys` products.
+    #[arg(long, default_value_t = 3000)]
+    rate: u64,
+    #[arg(long, default_value_t = 100_000)]
+    background_keys: u64,
+    /// Time between two crowds; each is sent at a random point of its slot, so crowds meet
+    /// the worker's publish tick at different phases.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    spacing: Duration,
+    /// How long a crowd may take to be seen before the run fails.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    patience: Duration,
+    /// Delete the topology's ZooKeeper subtree and exit.
+    #[arg(long)]
+    cleanup: bool,
+}
+
+/// First-sent times of the crowds, and when each was seen complete, by crowd key.
+#[derive(Default)]
+struct Crowds {
+    sent_ms: HashMap<String, i64>,
+    zk_ms: HashMap<String, i64>,
+    subscriber_ms: HashMap<String, i64>,
+}
+
+type Shared = Arc<Mutex<Crowds>>;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    hotkeys::telemetry::init_logs();
+    let args = Args::parse();
+    let Ok(topology) = args.topology.load() else {
+        std::process::exit(hotkeys::exit::USAGE);
+    };
+    let zk = Zk::connect(&topology).await?;
+    if args.cleanup {
+        return Ok(zk.delete_all().await?);
+    }
+    hotkeys::kafka::ensure_topic(&topology.kafka).await?;
+    let producer: FutureProducer = hotkeys::kafka::producer_config(&topology.kafka).create()?;
+    let stop = CancellationToken::new();
+    tokio::spawn(background(
+        producer.clone(),
+        topology.kafka.topic.clone(),
+        args.rate,
+        args.background_keys,
+        stop.clone(),
+    ));
+    wait_for_worker(&zk, topology.kafka.partitions, args.patience).await?;
+
+    let crowds = Shared::default();
+    let bytes = Arc::new(Mutex::new(0u64));
+    let zk_watch = tokio::spawn(watch_zk(
+        zk.clone(),
+        crowds.clone(),
+        bytes.clone(),
+        args.crowd_size,
+    ));
+    let sub = tokio::spawn(watch_subscriber(
+        topology.clone(),
+        crowds.clone(),
+        args.crowd_size,
+    ));
+    // Both watchers are in place before the first crowd.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let measuring = Instant::now();
+    send_crowds(&producer, &topology, &args, &crowds).await?;
+    let seen = wait_for_all(&crowds, args.crowds, args.patience).await;
+    let elapsed = measuring.elapsed().as_secs_f64();
+    stop.cancel();
+    zk_watch.abort();
+    sub.abort();
+    producer.flush(Duration::from_secs(10))?;
+
+    let written = *bytes.lock().unwrap_or_else(|p| p.into_inner());
+    report(&crowds, written as f64 / elapsed, topology.kafka.partitions);
+    if !seen {
+        bail!("not every crowd was seen within {:?}", args.patience);
+    }
+    Ok(())
+}
+
+/// Sends `rate` events per second over `keys` products until `stop`.
+async fn background(
+    producer: FutureProducer,
+    topic: String,
+    rate: u64,
+    keys: u64,
+    stop: CancellationToken,
+) {
+    const TICK: Duration = Duration::from_millis(10);
+    let per_tick = (rate / 100).max(1);
+    let mut tick = tokio::time::interval(TICK);
+    while !stop.is_cancelled() {
+        tick.tick().await;
+        for _ in 0..per_tick {
+            let key = rand::rng().random_range(1..=keys).to_string();
+            send(&producer, &topic, &key);
+        }
+    }
+}
+
+/// Queues one plain-key event (empty payload); delivery is the producer's business.
+fn send(producer: &FutureProducer, topic: &str, key: &str) {
+    let record = FutureRecord::to(topic).key(key).payload("");
+    if let Err((e, _)) = producer.send_result(record) {
+        tracing::warn!(error = %e, "event not queued");
+    }
+}
+
+/// Waits until every task has published a hot list: the worker owns every partition.
+async fn wait_for_worker(zk: &Zk, partitions: u32, patience: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let lists = zk.hot_lists().await?;
+        if lists.len() >= partitions as usize {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {partitions} tasks published a hot list within {patience:?}; is hot-counter running?",
+                lists.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Sends the crowds, one per `spacing` slot, each at a random point of its slot.
+async fn send_crowds(
+    producer: &FutureProducer,
+    topology: &Topology,
+    args: &Args,
+    crowds: &Shared,
+) -> anyhow::Result<()> {
+    let run = now_ms();
+    for i in 0..args.crowds {
+        let offset = args.spacing.mul_f64(rand::rng().random_range(0.0..1.0));
+        tokio::time::sleep(offset).await;
+        let key = format!("crowd-{run}-{i}");
+        let sent = now_ms();
+        for _ in 0..args.crowd_size {
+            send(producer, &topology.kafka.topic, &key);
+        }
+        lock(crowds).sent_ms.insert(key, sent);
+        tokio::time::sleep(args.spacing - offset).await;
+    }
+    producer
+        .flush(Duration::from_secs(10))
+        .context("delivering the crowds")
+}
+
+/// Whether `items` count all of `crowd` events of `key` for certain.
+fn complete(items: &[HotItem], key: &str, crowd: u64) -> bool {
+    items
+        .iter()
+        .any(|i| i.key == key && i.count - i.error.unwrap_or(0) >= crowd)
+}
+
+/// Records, from a persistent watch on the tasks, when each crowd first appears complete in
+/// a hot list (the znode's modification time), and adds up the bytes of every write.
+async fn watch_zk(
+    zk: Zk,
+    crowds: Shared,
+    bytes: Arc<Mutex<u64>>,
+    crowd: u64,
+) -> anyhow::Result<()> {
+    let mut watcher = zk.watch_tasks().await?;
+    loop {
+        let event = watcher.changed().await;
+        if !matches!(
+            event.event_type,
+            EventType::NodeCreated | EventType::NodeDataChanged
+        ) {
+            continue;
+        }
+        if let Ok(Some(stat)) = zk.client().check_stat(&event.path).await {
+            *bytes.lock().unwrap_or_else(|p| p.into_inner()) += stat.data_length as u64;
+        }
+        let Some(task) = task_of_hot(&event.path) else {
+            continue;
+        };
+        let Ok(Some(hot)) = zk.read_hot(task).await else {
+            continue;
+        };
+        let mut c = lock(&crowds);
+        let done: Vec<(String, i64)> = c
+            .sent_ms
+            .iter()
+            .filter(|(k, _)| !c.zk_ms.contains_key(*k) && complete(&hot.value.items, k, crowd))
+            .map(|(k, sent)| (k.clone(), hot.modified_ms - sent))
+            .collect();
+        c.zk_ms.extend(done);
+    }
+}
+
+/// The task of a `…/tasks/<task>/hot` path.
+fn task_of_hot(path: &str) -> Option<u32> {
+    let rest = path.strip_suffix("/hot")?;
+    rest.rsplit('/').next()?.parse().ok()
+}
+
+/// Records when a subscriber first sees each crowd complete in the hot set.
+async fn watch_subscriber(topology: Topology, crowds: Shared, crowd: u64) -> anyhow::Result<()> {
+    let mut sub = hotkeys::subscribe::subscribe(&topology, PRIMARY_COUNTER).await?;
+    loop {
+        let set = sub.next().await;
+        let now = now_ms();
+        let mut c = lock(&crowds);
+        let done: Vec<(String, i64)> = c
+            .sent_ms
+            .iter()
+            .filter(|(k, _)| !c.subscriber_ms.contains_key(*k) && complete(&set.items, k, crowd))
+            .map(|(k, sent)| (k.clone(), now - sent))
+            .collect();
+        c.subscriber_ms.extend(done);
+    }
+}
+
+/// Waits until both watchers saw `n` crowds; false when `patience` ran out first.
+async fn wait_for_all(crowds: &Shared, n: usize, patience: Duration) -> bool {
+    let deadline = Instant::now() + patience;
+    while Instant::now() < deadline {
+        {
+            let c = lock(crowds);
+            if c.zk_ms.len() >= n && c.subscriber_ms.len() >= n {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+fn report(crowds: &Shared, bytes_per_s: f64, partitions: u32) {
+    let c = lock(crowds);
+    let mut order: Vec<(&String, &i64)> = c.sent_ms.iter().collect();
+    order.sort_by_key(|(_, sent)| **sent);
+    for (i, (key, _)) in order.iter().enumerate() {
+        let show = |m: &HashMap<String, i64>| m.get(*key).map_or("never".into(), i64::to_string);
+        println!(
+            "crowd {i}: zk_ms={} subscriber_ms={}",
+            show(&c.zk_ms),
+            show(&c.subscriber_ms)
+        );
+    }
+    println!("latency_zk_ms {}", percentiles(c.zk_ms.values()));
+    println!(
+        "latency_subscriber_ms {}",
+        percentiles(c.subscriber_ms.values())
+    );
+    println!(
+        "zk_write_bytes_per_s total={bytes_per_s:.0} per_task={:.0}",
+        bytes_per_s / f64::from(partitions.max(1))
+    );
+}
+
+/// `p50=… p99=… max=…` by nearest rank.
+fn percentiles<'a>(values: impl Iterator<Item = &'a i64>) -> String {
+    let mut v: Vec<i64> = values.copied().collect();
+    if v.is_empty() {
+        return "p50=- p99=- max=-".into();
+    }
+    v.sort_unstable();
+    let rank = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    format!(
+        "p50={} p99={} max={}",
+        rank(0.50),
+        rank(0.99),
+        v[v.len() - 1]
+    )
+}
+
+fn lock(crowds: &Shared) -> std::sync::MutexGuard<'_, Crowds> {
+    crowds.lock().unwrap_or_else(|p| p.into_inner())
+}
