@@ -69,9 +69,10 @@ async fn read_routes_answer_json_and_every_page_escapes_a_hostile_key() {
     assert_eq!(replication["queue"], t.sync.queue);
     let cache = d.json("/api/cache").await;
     assert_eq!(cache["missing"], 5, "nothing warmed: {cache}");
+    assert_eq!(cache["complete"], true, "every node answered: {cache}");
     assert_eq!(
         cache["tasks"][1],
-        json!({"task": 1, "warm": 0, "expired": 0, "missing": 2})
+        json!({"task": 1, "warm": 0, "expired": 0, "missing": 2, "unknown": 0})
     );
     assert_eq!(cache["keys"].as_array().map(Vec::len), Some(5));
     let recorder = d.json("/api/recorder").await;

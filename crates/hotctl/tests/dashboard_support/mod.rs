@@ -88,13 +88,13 @@ impl Dashboard {
         history_db().await.close().await;
         let file = testing::write_topology(t);
         let addr = format!("127.0.0.1:{}", testing::free_port());
+        let log = std::env::temp_dir().join(format!("{}.log", testing::unique("dashboard")));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hotctl"));
-        // The topology file is complete: nothing from this process's environment applies.
-        for (k, _) in std::env::vars() {
-            if k.starts_with("HOTKEYS_") {
-                cmd.env_remove(k);
-            }
+        // The topology file is complete: no override from this process's environment applies.
+        for k in testing::topology_overrides() {
+            cmd.env_remove(k);
         }
+        cmd.env_remove(TOKEN_ENV);
         if let Some(token) = token {
             cmd.env(TOKEN_ENV, token);
         }
@@ -105,6 +105,7 @@ impl Dashboard {
             .args(["dashboard", "--listen", &addr])
             .args(args)
             .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("dashboard log"))
             .spawn()
             .expect("run hotctl dashboard");
         let mut dashboard = Dashboard {
@@ -113,15 +114,16 @@ impl Dashboard {
         };
         let client = reqwest::Client::new();
         let probe = format!("{}/api/recorder", dashboard.base);
+        let child = &mut dashboard.child;
         testing::eventually(60, "the dashboard to answer", || {
+            if let Some(status) = child.try_wait().expect("child status") {
+                let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("the dashboard exited ({status}): {stderr}");
+            }
             let (client, probe) = (client.clone(), probe.clone());
             async move { client.get(&probe).send().await.ok() }
         })
         .await;
-        assert!(
-            dashboard.child.try_wait().expect("child status").is_none(),
-            "the dashboard exited"
-        );
         dashboard
     }
 
