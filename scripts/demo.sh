@@ -214,7 +214,7 @@ if ! command -v chromium >/dev/null; then
   STACK_DIR=$PWD/.stack
   # shellcheck source=scripts/lib.sh
   . scripts/lib.sh
-  apt_install chromium
+  apt_install chromium fonts-liberation
 fi
 chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --disable-background-networking \
   --no-first-run --hide-scrollbars --window-size=1200,900 --screenshot="$logs/dashboard-hot.png" \
