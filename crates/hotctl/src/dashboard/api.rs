@@ -28,7 +28,7 @@ use crate::keys::diff_report;
 use crate::tasks::task_json;
 
 /// Items of `/api/hot` and the stream when `top` is absent.
-pub const DEFAULT_TOP: usize = 20;
+const DEFAULT_TOP: usize = 20;
 /// Keys of `/api/top` when `n` is absent, and the most it answers.
 const DEFAULT_N: usize = 20;
 const MAX_N: usize = 1000;
@@ -36,7 +36,7 @@ const MAX_N: usize = 1000;
 const MAX_UNBAN_KEYS: usize = 1000;
 const MAX_BODY: usize = 1024 * 1024;
 /// The range a history query covers when `from` is absent.
-pub const DEFAULT_RANGE: Duration = Duration::from_secs(3600);
+const DEFAULT_RANGE: Duration = Duration::from_secs(3600);
 
 pub fn routes() -> Router<Arc<Dashboard>> {
     Router::new()
@@ -123,7 +123,7 @@ impl RangeQuery {
 }
 
 /// A point in time: Unix milliseconds, `now`, or `-<duration>` before now.
-pub fn parse_time(text: &str, now: i64) -> Result<i64, ApiError> {
+fn parse_time(text: &str, now: i64) -> Result<i64, ApiError> {
     if text == "now" {
         return Ok(now);
     }
@@ -313,7 +313,7 @@ async fn history_csv(
 
 /// A CSV field (RFC 4180) that a spreadsheet opens as text: quoted when it holds a
 /// delimiter, and prefixed with `'` when it would start a formula (keys are untrusted).
-pub fn csv_field(text: &str) -> String {
+fn csv_field(text: &str) -> String {
     let text = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{text}")
     } else {

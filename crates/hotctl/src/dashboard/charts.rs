@@ -71,7 +71,7 @@ fn plot(
 }
 
 /// `HH:MM` (UTC) on a chart of a day or less, `MM-DD HH:MM` on a longer one.
-pub fn time_label(ms: i64, span_ms: i64) -> String {
+fn time_label(ms: i64, span_ms: i64) -> String {
     let stamp = utc(ms);
     if span_ms <= 24 * 3600 * 1000 {
         stamp[11..16].to_string()

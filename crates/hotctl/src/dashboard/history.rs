@@ -14,9 +14,9 @@ use sqlx::QueryBuilder;
 /// Keys longer than this (in characters) are not recorded: the column is `VARCHAR(512)`.
 pub const MAX_KEY_CHARS: usize = 512;
 /// Points of one key's series.
-pub const MAX_POINTS: usize = 10_000;
+const MAX_POINTS: usize = 10_000;
 /// Rows of one CSV export.
-pub const MAX_ROWS: usize = 100_000;
+const MAX_ROWS: usize = 100_000;
 /// Rows one retention `DELETE` removes, so no statement holds locks for long.
 const DELETE_CHUNK: u64 = 10_000;
 

@@ -360,7 +360,7 @@ fn history_link(counter: &str, key: &str) -> String {
 }
 
 /// Percent-encodes everything but unreserved characters (RFC 3986).
-pub fn urlencode(text: &str) -> String {
+fn urlencode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

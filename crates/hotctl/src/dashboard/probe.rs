@@ -85,7 +85,7 @@ async fn tracked(backup: &str, primary: &str) -> u64 {
 }
 
 /// A node URL without its userinfo (a password may be in it).
-pub fn redact(url: &str) -> String {
+fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://…@{}", &url[..scheme], &url[at + 1..])

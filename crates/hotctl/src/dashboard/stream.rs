@@ -22,7 +22,7 @@ use super::hub::Latest;
 use super::state::Dashboard;
 
 /// Interval of the heartbeat comments.
-pub const HEARTBEAT: Duration = Duration::from_secs(10);
+const HEARTBEAT: Duration = Duration::from_secs(10);
 /// What a browser waits before reconnecting after the stream broke.
 const RETRY: Duration = Duration::from_secs(2);
 
