@@ -26,8 +26,8 @@ COPY --from=build \
      /src/target/release/cache-sync \
      /src/target/release/hotctl \
      /usr/local/bin/
-COPY topology/default.toml /etc/hotkeys/default.toml
-ENV HOTKEYS_TOPOLOGY=/etc/hotkeys/default.toml
+# Where every binary looks for a topology without --topology (hotkeys::cli::SEARCH_PATH).
+COPY topology/default.toml /etc/hotkeys/topology.toml
 # cache-sync receive, hotctl dashboard
 EXPOSE 8480 8490
 USER hotkeys

@@ -152,6 +152,11 @@ fn docker_compose_images_are_upstream_or_built_here_and_our_commands_exist() {
         .map(|l| l.trim_end_matches(" \\"))
         .collect();
     assert_eq!(installed.len(), 5, "the five binaries: {installed:?}");
+    let installed_topology = hotkeys::cli::SEARCH_PATH[1];
+    assert!(
+        dockerfile.contains(&format!("COPY topology/default.toml {installed_topology}")),
+        "the image's topology is where the binaries look for one"
+    );
     // Binaries `cargo test --workspace` built next to this test, to ask each subcommand's
     // --help (absent when only this package was built).
     let bin_dir = std::env::current_exe()
