@@ -12,6 +12,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -127,13 +128,23 @@ impl Context {
 }
 
 impl ClientContext for Context {
+    /// Expected retries while a broker starts are debug, not warnings.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        hotkeys::kafka::log(level, fac, message);
+    }
+
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         // End-of-partition is reported as an "error" by librdkafka; it is how
         // `--until-caught-up` knows it is done.
-        if !matches!(
+        if matches!(
             error.rdkafka_error_code(),
             Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
         ) {
+            return;
+        }
+        if hotkeys::kafka::is_startup_retry(reason) {
+            tracing::debug!(%error, reason, "librdkafka retry while the broker starts");
+        } else {
             tracing::error!(%error, reason, "librdkafka error");
         }
     }
