@@ -12,7 +12,8 @@
 //!   to read: exactly what the checkpoint does not include);
 //! - a fenced write (another worker published the task) replaces the task with that
 //!   writer's checkpoint and seeks there;
-//! - a node deleted under us (`hotctl reset`) is created again by the next round;
+//! - a node deleted under us (`hotctl reset`) is created again by the next round, which
+//!   starts at once;
 //! - an expired session is replaced by a new one;
 //! - any other failure is retried next round, and never holds up the other tasks.
 //!
@@ -234,6 +235,8 @@ impl Publisher {
                 match result {
                     Err(ZkError::Fenced { .. }) => fenced.push(partition),
                     Err(e) if e.is_session_lost() => session_lost = true,
+                    // Create it again at once rather than one interval later.
+                    Err(ZkError::Gone { .. }) => self.next_publish = Instant::now(),
                     _ => {}
                 }
                 if let Some(task) = w.tasks.get_mut(&partition)

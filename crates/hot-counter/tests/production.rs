@@ -224,11 +224,11 @@ async fn a_worker_whose_state_is_deleted_creates_it_again_and_loses_nothing() {
         .await
         .expect("delete the topology's subtree");
     let second = zipf_keys(1_000, 300, 1.0, 44);
-    let sent = Instant::now();
     testing::produce(&t, second.iter().map(|k| Record::openresty(k))).await;
+    let sent = Instant::now();
     let lists = caught_up(&zk, &t).await;
     eprintln!(
-        "new counts visible {:?} after sending (publish_every {:?})",
+        "new counts visible {:?} after their delivery (publish_every {:?})",
         sent.elapsed(),
         t.count.publish_every
     );
