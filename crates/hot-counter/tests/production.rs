@@ -177,7 +177,7 @@ async fn hot_keys_of_20_kb_are_rejected_and_publishing_goes_on_with_bounded_memo
     assert!(worker.log().contains("key_too_long"), "{}", worker.log());
     let rejected = metric_total(port, "hotkeys_counter_malformed_total", 4_500.0).await;
     assert_eq!(rejected, 4_500.0);
-    let body = scrape(port).await.expect("metrics");
+    let body = testing::scrape_metrics(port).await.expect("metrics");
     let by_kind = |l: &&str| l.contains(r#"kind="key_too_long""#) && l.ends_with(" 4500");
     assert!(body.lines().any(|l| by_kind(&l)), "{body}");
 }

@@ -230,7 +230,7 @@ async fn malformed_events_are_counted_and_forwarded_and_counting_goes_on() {
     assert_eq!(events, 500);
 
     let malformed = eventually(30, "malformed counters in the metrics", || async {
-        let body = scrape(port).await?;
+        let body = testing::scrape_metrics(port).await?;
         let total: f64 = body
             .lines()
             .filter(|l| l.starts_with("hotkeys_counter_malformed_total"))
@@ -263,17 +263,9 @@ async fn counter_lists(t: &Topology, counter: &str) -> HashMap<u32, HotList> {
 
 fn caller_counter(name: &str) -> hotkeys::config::CounterConfig {
     hotkeys::config::CounterConfig {
-        name: name.into(),
-        key: "/headers/x-real-ip".into(),
-        algorithm: None,
         capacity: Some(200),
-        window: None,
-        buckets: None,
         top_n: Some(50),
-        threshold: None,
-        action: None,
-        ban_for: Duration::from_secs(600),
-        allow: Vec::new(),
+        ..hotkeys::config::CounterConfig::new(name, "/headers/x-real-ip")
     }
 }
 

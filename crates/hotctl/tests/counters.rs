@@ -6,7 +6,6 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 use common::hotctl;
 use hotkeys::Topology;
@@ -31,17 +30,11 @@ fn json(out: &Output) -> Value {
 fn topology(test: &str) -> Topology {
     let mut t = testing::topology(test);
     t.counters.push(CounterConfig {
-        name: "caller".into(),
-        key: "/headers/x-real-ip".into(),
-        algorithm: None,
-        capacity: None,
-        window: None,
-        buckets: None,
         top_n: Some(10),
         threshold: Some(20),
         action: Some(Action::Blacklist),
-        ban_for: Duration::from_secs(600),
         allow: vec!["10.0.0.1".into()],
+        ..CounterConfig::new("caller", "/headers/x-real-ip")
     });
     t
 }

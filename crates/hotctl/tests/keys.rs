@@ -1,8 +1,11 @@
 //! `hotctl keys` and `hotctl diff` against a redis-server the test starts itself, and (for
 //! `diff`) the stack's ZooKeeper. Skipped when ZooKeeper is unreachable, except with `CI`.
 
+mod common;
+
 use std::time::Duration;
 
+use common::{hotctl, hotctl_logging};
 use hotkeys::Topology;
 use hotkeys::cache::CacheNodes;
 use hotkeys::hotlist::{Warmed, now_ms};
@@ -12,19 +15,7 @@ use serde_json::Value;
 
 /// Runs `hotctl --topology <t> ARGS` and parses its JSON output.
 fn hotctl_json(t: &Topology, args: &[&str]) -> Value {
-    let path = testing::write_topology(t);
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hotctl"));
-    for k in hotkeys::testing::topology_overrides() {
-        cmd.env_remove(k);
-    }
-    let out = cmd
-        .env("RUST_LOG", "warn")
-        .arg("--topology")
-        .arg(&path)
-        .args(args)
-        .output()
-        .expect("run hotctl");
-    let _ = std::fs::remove_file(&path);
+    let out = hotctl(t, args);
     assert!(
         out.status.success(),
         "hotctl {args:?}: {}",
@@ -178,19 +169,7 @@ const PLANTED: &str = "planted-Pw-5b1e";
 /// Runs `hotctl --topology <t> ARGS` with every log level on; exit code, stdout, stderr.
 /// Fails the test if the planted password appears in either stream.
 fn hotctl_traced(t: &Topology, args: &[&str]) -> (i32, String, String) {
-    let path = testing::write_topology(t);
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hotctl"));
-    for k in hotkeys::testing::topology_overrides() {
-        cmd.env_remove(k);
-    }
-    let out = cmd
-        .env("RUST_LOG", "trace")
-        .arg("--topology")
-        .arg(&path)
-        .args(args)
-        .output()
-        .expect("run hotctl");
-    let _ = std::fs::remove_file(&path);
+    let out = hotctl_logging(t, args, "trace");
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -257,6 +257,26 @@ pub struct CounterConfig {
     pub allow: Vec<String>,
 }
 
+impl CounterConfig {
+    /// A counter of the value at `key` named `name`, every other setting inherited from
+    /// `[count]`, without a rule.
+    pub fn new(name: &str, key: &str) -> CounterConfig {
+        CounterConfig {
+            name: name.into(),
+            key: key.into(),
+            algorithm: None,
+            capacity: None,
+            window: None,
+            buckets: None,
+            top_n: None,
+            threshold: None,
+            action: None,
+            ban_for: default_ban_for(),
+            allow: Vec::new(),
+        }
+    }
+}
+
 fn default_ban_for() -> Duration {
     Duration::from_secs(600)
 }

@@ -238,6 +238,21 @@ pub async fn publish_hot_list(
     zk.publish(task, seen, &bytes, Some(b"{}")).await
 }
 
+/// The text of the Prometheus endpoint on `127.0.0.1:port` (`--metrics`); `None` while
+/// nothing answers there.
+pub async fn scrape_metrics(port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok()?;
+    Some(body)
+}
+
 /// A redis-server (or sentinel) of the test's own on a free loopback port, without
 /// persistence; killed when dropped. For tests that stop, restart or fail over a node
 /// without disturbing the shared stack.

@@ -114,23 +114,10 @@ pub async fn caught_up(zk: &Zk, topology: &Topology) -> HashMap<u32, (HotList, i
     .await
 }
 
-pub async fn scrape(port: u16) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .await
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.ok()?;
-    Some(body)
-}
-
 /// The sum of every sample of metric `name` (all label sets) once it reaches `at_least`.
 pub async fn metric_total(port: u16, name: &str, at_least: f64) -> f64 {
     eventually(30, &format!("{name} to reach {at_least}"), || async {
-        let body = scrape(port).await?;
+        let body = testing::scrape_metrics(port).await?;
         let total: f64 = body
             .lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))

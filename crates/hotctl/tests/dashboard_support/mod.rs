@@ -60,17 +60,11 @@ pub fn topology(test: &str) -> Topology {
     t.mysql.url = mysql_url(DATABASE);
     t.dashboard.token_env = TOKEN_ENV.into();
     t.counters.push(CounterConfig {
-        name: "caller".into(),
-        key: "/headers/x-real-ip".into(),
-        algorithm: None,
-        capacity: None,
-        window: None,
-        buckets: None,
         top_n: Some(10),
         threshold: Some(20),
         action: Some(Action::Blacklist),
-        ban_for: Duration::from_secs(600),
         allow: vec![],
+        ..CounterConfig::new("caller", "/headers/x-real-ip")
     });
     t
 }

@@ -300,15 +300,7 @@ where
 /// The value of one sample of prewarm's `/metrics` on `port` (`name` with its labels, as
 /// printed), 0 when not printed yet; `None` while nothing answers there.
 pub async fn metric(port: u16, sample: &str) -> Option<u64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .await
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.ok()?;
+    let body = hotkeys::testing::scrape_metrics(port).await?;
     let value = body
         .lines()
         .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
