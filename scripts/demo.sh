@@ -28,6 +28,17 @@ stage() {
   stage_start=$now
 }
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# await_http URL PID LOG WHAT: waits until URL answers, or fails with LOG's tail when the
+# process PID dies or 30 s pass.
+await_http() {
+  local deadline=$((SECONDS + 30))
+  until curl -fsS "$1" >/dev/null 2>&1; do
+    if ! kill -0 "$2" 2>/dev/null || ((SECONDS > deadline)); then
+      echo "$4 is not answering on $1:" >&2; tail -n 20 "$3" >&2; exit 1
+    fi
+    sleep 0.2
+  done
+}
 
 say "local stack (Kafka, ZooKeeper, MariaDB, Redis ×2)"
 scripts/stack.sh up
@@ -121,13 +132,7 @@ HOTKEYS_SYNC_APPLY_NODES=redis://127.0.0.1:$remote_port \
   $bin/cache-sync --topology $topology receive >"$logs/cache-sync-receive.log" 2>&1 &
 receiver=$!
 pids+=($receiver)
-deadline=$((SECONDS + 30))
-until curl -fsS "http://$listen/healthz" >/dev/null 2>&1; do
-  if ! kill -0 "$receiver" 2>/dev/null || ((SECONDS > deadline)); then
-    echo "cache-sync receive is not listening on $listen:" >&2; tail -n 20 "$logs/cache-sync-receive.log" >&2; exit 1
-  fi
-  sleep 0.2
-done
+await_http "http://$listen/healthz" "$receiver" "$logs/cache-sync-receive.log" "cache-sync receive"
 echo "receiver listening on $listen; queued: $($bin/cache-sync --topology $topology status --json | python3 -c '
 import json, sys; print(json.load(sys.stdin)["length"])') operations (prewarm replicated $replicated)"
 timeout 300 $bin/cache-sync --topology $topology ship --until-empty 2>"$logs/cache-sync-ship.log" ||
@@ -186,13 +191,7 @@ fi
 $bin/hotctl --topology $topology dashboard --listen "$dashboard_addr" --record 2s >"$logs/dashboard.log" 2>&1 &
 dashboard=$!
 pids+=($dashboard)
-deadline=$((SECONDS + 30))
-until curl -fsS "http://$dashboard_addr/api/recorder" >/dev/null 2>&1; do
-  if ! kill -0 "$dashboard" 2>/dev/null || ((SECONDS > deadline)); then
-    echo "the dashboard is not answering on $dashboard_addr:" >&2; tail -n 20 "$logs/dashboard.log" >&2; exit 1
-  fi
-  sleep 0.2
-done
+await_http "http://$dashboard_addr/api/recorder" "$dashboard" "$logs/dashboard.log" "the dashboard"
 echo "dashboard: http://$dashboard_addr/ (logs: $logs/dashboard.log)"
 echo "  curl 'http://$dashboard_addr/api/hot?top=3'"
 curl -fsS "http://$dashboard_addr/api/hot?top=3" | python3 -c '
