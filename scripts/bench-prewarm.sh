@@ -35,7 +35,7 @@ SEED=${SEED:-1}
 DB=${BENCH_DB:-8}
 CONCURRENCY=${CONCURRENCY:-4}
 TTL=3600
-MYSQL_URL=${HOTKEYS_MYSQL_URL:-mysql://hotkeys:hotkeys@127.0.0.1:3306/hotkeys}
+MYSQL_URL=${HOTKEYS_MYSQL_URL:-mysql://hotkeys@127.0.0.1:3306/hotkeys}
 REDIS_URL=${HOTKEYS_REDIS_NODES:-redis://127.0.0.1:6379}
 REDIS_URL=${REDIS_URL%%,*}
 REDIS_URL=${REDIS_URL%/}
@@ -43,13 +43,17 @@ REDIS_URL=${REDIS_URL%/}
 ((HOT <= CATALOGUE)) || { echo "bench-prewarm: HOT ($HOT) exceeds CATALOGUE ($CATALOGUE)" >&2; exit 2; }
 ((HOT / TASKS <= 5000)) || { echo "bench-prewarm: more than 5000 keys per task; raise TASKS" >&2; exit 2; }
 
-# mysql://user:password@host:port/database
+# mysql://user[:password]@host:port/database; HOTKEYS_MYSQL_PASSWORD (mysql.password_env)
+# wins over a password in the URL, as it does for the binaries.
 url=${MYSQL_URL#*://}
-MY_USER=${url%%:*}; url=${url#*:}
-MY_PASS=${url%%@*}; url=${url#*@}
+userinfo=${url%%@*}; url=${url#*@}
+MY_USER=${userinfo%%:*}
+MY_PASS=${HOTKEYS_MYSQL_PASSWORD:-}
+if [[ -z $MY_PASS && $userinfo == *:* ]]; then MY_PASS=${userinfo#*:}; fi
 MY_HOST=${url%%:*}; url=${url#*:}
 MY_PORT=${url%%/*}; MY_DB=${url#*/}; MY_DB=${MY_DB%%\?*}
-sql() { mariadb --no-defaults -h "$MY_HOST" -P "$MY_PORT" -u "$MY_USER" -p"$MY_PASS" "$MY_DB" "$@"; }
+# The password goes through the environment, never the command line (visible in ps).
+sql() { MYSQL_PWD=$MY_PASS mariadb --no-defaults -h "$MY_HOST" -P "$MY_PORT" -u "$MY_USER" "$MY_DB" "$@"; }
 
 hp=${REDIS_URL#*://}; hp=${hp%%/*}
 R_HOST=${hp%:*}; R_PORT=${hp##*:}

@@ -7,6 +7,8 @@
 #   three prewarm processes in parallel → cache-sync replicates the warmed keys to the
 #   remote data centre's Redis → what ZooKeeper and Redis now hold. A second counter over
 #   the same events counts callers (x-real-ip) and blacklists the ones over its threshold.
+#   Last, hotctl dashboard serves it all on http://127.0.0.1:8490/ and headless Chromium
+#   saves a screenshot of its hot-keys page under .stack/demo/<run>/.
 #
 # Every run uses its own topic, consumer group and ZooKeeper subtree, so it can be run
 # again; it empties the demo's cache keys (product:*) in both data centres first, as a cold
@@ -64,7 +66,7 @@ trap cleanup EXIT
 
 say "catalogue: migrate and seed $PRODUCTS products"
 $bin/hotctl --topology $topology db migrate
-$bin/hotctl --topology $topology db seed --products "$PRODUCTS"
+RUST_LOG=warn $bin/hotctl --topology $topology db seed --products "$PRODUCTS"
 stage "migrate + seed"
 
 say "cold cache: removing product:* from Redis (local and remote data centre)"
@@ -176,6 +178,54 @@ print(" ".join(i["key"] for i in json.load(sys.stdin)))'); do
 done
 echo "warmed keys in Redis: $(redis-cli -p "$redis_port" --scan --pattern 'product:*' | wc -l)"
 
+say "dashboard: web UI, JSON API and SSE stream (hotctl dashboard)"
+dashboard_addr=127.0.0.1:${DASHBOARD_PORT:-8490}
+if (exec 3<>"/dev/tcp/${dashboard_addr%:*}/${dashboard_addr#*:}") 2>/dev/null; then
+  echo "something already listens on $dashboard_addr; stop it or set DASHBOARD_PORT" >&2; exit 1
+fi
+$bin/hotctl --topology $topology dashboard --listen "$dashboard_addr" --record 2s >"$logs/dashboard.log" 2>&1 &
+dashboard=$!
+pids+=($dashboard)
+deadline=$((SECONDS + 30))
+until curl -fsS "http://$dashboard_addr/api/recorder" >/dev/null 2>&1; do
+  if ! kill -0 "$dashboard" 2>/dev/null || ((SECONDS > deadline)); then
+    echo "the dashboard is not answering on $dashboard_addr:" >&2; tail -n 20 "$logs/dashboard.log" >&2; exit 1
+  fi
+  sleep 0.2
+done
+echo "dashboard: http://$dashboard_addr/ (logs: $logs/dashboard.log)"
+echo "  curl 'http://$dashboard_addr/api/hot?top=3'"
+curl -fsS "http://$dashboard_addr/api/hot?top=3" | python3 -c '
+import json, sys
+print("  " + ", ".join("%s: %d" % (i["key"], i["count"]) for i in json.load(sys.stdin)["items"]))'
+# A second wave while the dashboard records: product 777 goes viral, the rest rises a little.
+echo "a second wave of 150,000 events at 25,000/s: product 777 goes viral; the dashboard records every 2s"
+RUST_LOG=warn $bin/access-producer --topology $topology synthetic --events 150000 --keys "$PRODUCTS" \
+  --zipf 1.0 --seed 7 --burst "777@0:0.4" --callers 5000 --rate 25000 >"$logs/second-wave.log" 2>&1
+deadline=$((SECONDS + 60))
+until curl -fsS "http://$dashboard_addr/api/history?key=777&from=-5m" | python3 -c '
+import json, sys
+points = json.load(sys.stdin)["points"]
+sys.exit(0 if len(points) >= 3 and points[-1][1] > 50000 else 1)'; do
+  if ((SECONDS > deadline)); then echo "the dashboard recorded no history of 777; see $logs/dashboard.log" >&2; exit 1; fi
+  sleep 0.5
+done
+if ! command -v chromium >/dev/null; then
+  STACK_DIR=$PWD/.stack
+  # shellcheck source=scripts/lib.sh
+  . scripts/lib.sh
+  apt_install chromium fonts-liberation
+fi
+chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --disable-background-networking \
+  --no-first-run --hide-scrollbars --window-size=1200,900 --screenshot="$logs/dashboard-hot.png" \
+  "http://$dashboard_addr/hot?top=12" >"$logs/chromium.log" 2>&1 ||
+  { echo "chromium could not take the screenshot; see $logs/chromium.log" >&2; exit 1; }
+echo "screenshot of the hot-keys page: $logs/dashboard-hot.png"
+stage "dashboard + screenshot"
+
 say "time per stage"
 printf '%s\n' "${stages[@]}"
 printf '%-34s %7.1f s\n' "total" "$(echo "$(date +%s.%N) - $t0" | bc -l)"
+if [ -t 0 ]; then
+  read -r -p "The dashboard stays up at http://$dashboard_addr/ until you press Enter. "
+fi

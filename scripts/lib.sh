@@ -134,8 +134,10 @@ pkg_installed() { # PACKAGE
   [[ $(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null) == installed ]]
 }
 
-# apt-get install the given packages (update once per run). Service autostart is suppressed
-# with a temporary policy-rc.d so packaged daemons (mariadb, redis) do not take our ports.
+# apt-get install the given packages (update once per run), quietly: apt's and dpkg's output
+# goes to $STACK_DIR/apt.log, shown (its end and path) only when the install fails. Service
+# autostart is suppressed with a temporary policy-rc.d so packaged daemons (mariadb, redis)
+# do not take our ports.
 APT_UPDATED=0
 apt_install() { # PACKAGE...
   (($#)) || return 0
@@ -145,7 +147,9 @@ apt_install() { # PACKAGE...
     sudo=(sudo)
   fi
   command -v apt-get >/dev/null || die "apt-get not found; install these yourself: $*"
-  log "stack.sh: installing: $*"
+  local apt_log=${STACK_DIR:-.stack}/apt.log
+  mkdir -p "$(dirname "$apt_log")"
+  log "stack.sh: installing: $* (log: $apt_log)"
   local policy=/usr/sbin/policy-rc.d made_policy=0
   if [[ ! -e $policy ]]; then
     printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
@@ -154,12 +158,16 @@ apt_install() { # PACKAGE...
   fi
   local rc=0
   if ((APT_UPDATED == 0)); then
-    "${sudo[@]}" apt-get update -qq || rc=$?
+    "${sudo[@]}" apt-get update -qq >>"$apt_log" 2>&1 || rc=$?
     APT_UPDATED=1
   fi
   if ((rc == 0)); then
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" || rc=$?
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" \
+      >>"$apt_log" 2>&1 || rc=$?
   fi
   if ((made_policy)); then "${sudo[@]}" rm -f "$policy"; fi
-  ((rc == 0)) || die "apt-get install failed (exit $rc) for: $*"
+  if ((rc != 0)); then
+    tail_logs "$apt_log"
+    die "apt-get install failed (exit $rc) for: $* (log: $apt_log)"
+  fi
 }

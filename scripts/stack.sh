@@ -444,7 +444,8 @@ write_env() {
       "MYSQL_PORT=$MYSQL_PORT" "REDIS_PORT=$REDIS_PORT" "REMOTE_REDIS_PORT=$REMOTE_REDIS_PORT" \
       "HOTKEYS_KAFKA_BROKERS=$HOST:$KAFKA_PORT" \
       "HOTKEYS_ZOOKEEPER_CONNECT=$HOST:$ZK_PORT" \
-      "HOTKEYS_MYSQL_URL=mysql://hotkeys:hotkeys@$HOST:$MYSQL_PORT/hotkeys" \
+      "HOTKEYS_MYSQL_URL=mysql://hotkeys@$HOST:$MYSQL_PORT/hotkeys" \
+      "HOTKEYS_MYSQL_PASSWORD=hotkeys" \
       "HOTKEYS_REDIS_NODES=redis://$HOST:$REDIS_PORT" \
       "REMOTE_REDIS_URL=redis://$HOST:$REMOTE_REDIS_PORT" \
       "HOTKEYS_SYNC_SECRET=dev-secret-change-me"; do

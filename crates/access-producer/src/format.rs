@@ -6,7 +6,9 @@
 //! anything else as nginx, so one file may mix both.
 
 use hotkeys::config::SourceConfig;
-use hotkeys::event::KeyPointer;
+use std::borrow::Cow;
+
+use hotkeys::event::{KeyPointer, key_of_json};
 
 use crate::nginx::{self, Converter};
 use crate::validate;
@@ -34,6 +36,8 @@ pub enum BadKind {
     Unrecognized,
     /// Kafka refused the message itself (larger than `message.max.bytes`, say).
     Rejected,
+    /// The key is longer than `source.max_key_bytes`: hot-counter would skip it.
+    KeyTooLong,
 }
 
 impl BadKind {
@@ -44,6 +48,7 @@ impl BadKind {
             BadKind::NotNginx => "not an nginx combined line",
             BadKind::Unrecognized => "neither OpenResty JSON nor an nginx combined line",
             BadKind::Rejected => "refused by the Kafka client",
+            BadKind::KeyTooLong => "key longer than source.max_key_bytes",
         }
     }
 }
@@ -71,6 +76,7 @@ pub struct Decoder {
     event: Vec<u8>,
     /// A key that is not in the line as it stands: escaped in the JSON, or from an nginx line.
     key: Vec<u8>,
+    max_key_bytes: usize,
 }
 
 impl Decoder {
@@ -81,6 +87,7 @@ impl Decoder {
             nginx: Converter::new(&source.query_param),
             event: Vec::with_capacity(1024),
             key: Vec::with_capacity(64),
+            max_key_bytes: source.max_key_bytes,
         }
     }
 
@@ -98,6 +105,7 @@ impl Decoder {
             return self.decode_json(line);
         }
         match self.nginx.convert(line, &mut self.event, &mut self.key) {
+            Ok(()) if self.key.len() > self.max_key_bytes => Decoded::Bad(BadKind::KeyTooLong),
             Ok(()) => Decoded::Event {
                 key: &self.key,
                 payload: &self.event,
@@ -120,28 +128,23 @@ impl Decoder {
         let Some(at) = found else {
             return Decoded::NoKey;
         };
-        // The key as hot-counter reads it (`KeyPointer::extract`): a string's text, or a
-        // number as written; anything else is no key.
-        let value = &line[at];
-        let key: &[u8] = match value[0] {
-            b'"' => {
-                let text = &value[1..value.len() - 1];
-                if memchr::memchr(b'\\', text).is_none() {
-                    text
-                } else {
-                    let Ok(text) = serde_json::from_slice::<String>(value) else {
-                        return Decoded::Bad(BadKind::NotJson);
-                    };
-                    self.key.clear();
-                    self.key.extend_from_slice(text.as_bytes());
-                    &self.key
-                }
-            }
-            b'-' | b'0'..=b'9' => value,
-            _ => return Decoded::NoKey,
+        // The key as hot-counter reads it: the one key rule of `hotkeys::event`. The line
+        // is valid UTF-8 (scan checked it), so the value's text is too.
+        let Ok(value) = std::str::from_utf8(&line[at]) else {
+            return Decoded::Bad(BadKind::NotJson);
         };
-        if key.is_empty() {
-            return Decoded::NoKey;
+        let key: &[u8] = match key_of_json(value) {
+            Ok(Some(Cow::Borrowed(key))) => key.as_bytes(),
+            Ok(Some(Cow::Owned(key))) => {
+                self.key.clear();
+                self.key.extend_from_slice(key.as_bytes());
+                &self.key
+            }
+            Ok(None) => return Decoded::NoKey,
+            Err(_) => return Decoded::Bad(BadKind::NotJson),
+        };
+        if key.len() > self.max_key_bytes {
+            return Decoded::Bad(BadKind::KeyTooLong);
         }
         Decoded::Event { key, payload: line }
     }
@@ -269,6 +272,7 @@ mod tests {
             r#"{"uri_args":{"productId":null}}"#,
             r#"{"uri_args":[{"productId":"5"}]}"#,
             r#"{"uri_\u0061rgs":{"productId":"6"}}"#,
+            r#"{"uri_args":{"productId":["7","8"]}}"#,
         ];
         let mut valid = 0;
         for base in bases {
@@ -286,6 +290,35 @@ mod tests {
             }
         }
         assert!(valid > 2_000, "only {valid} valid lines");
+    }
+
+    /// `?productId=55&productId=56` as the OpenResty reporter writes it and as nginx logs it.
+    #[test]
+    fn a_repeated_argument_is_keyed_by_its_first_value_in_both_formats() {
+        let mut d = decoder(Format::Json);
+        let json = r#"{"uri_args":{"productId":["55","56"],"shopId":"1"},"method":"GET"}"#;
+        assert_eq!(event(&mut d, json).0, "55");
+        let mut d = decoder(Format::Nginx);
+        let line = r#"10.0.0.1 - - [01/Jan/2025:00:00:00 +0000] "GET /product?productId=55&productId=56 HTTP/1.1" 200 512 "-" "curl/8.5.0""#;
+        assert_eq!(event(&mut d, line).0, "55");
+    }
+
+    #[test]
+    fn keys_over_max_key_bytes_are_bad_lines_in_both_formats() {
+        let source = SourceConfig {
+            max_key_bytes: 8,
+            ..SourceConfig::default()
+        };
+        let mut d = Decoder::new(Format::Auto, &source);
+        let json = r#"{"uri_args":{"productId":"123456789"}}"#;
+        assert_eq!(d.decode(json.as_bytes()), Decoded::Bad(BadKind::KeyTooLong));
+        let line =
+            r#"10.0.0.1 - - [t] "GET /product?productId=123456789 HTTP/1.1" 200 512 "-" "-""#;
+        assert_eq!(d.decode(line.as_bytes()), Decoded::Bad(BadKind::KeyTooLong));
+        assert_eq!(
+            event(&mut d, r#"{"uri_args":{"productId":"12345678"}}"#).0,
+            "12345678"
+        );
     }
 
     #[test]

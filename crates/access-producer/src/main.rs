@@ -5,18 +5,15 @@ use std::process::ExitCode;
 use access_producer::Cli;
 use anyhow::Context;
 use clap::Parser;
-use hotkeys::{Topology, exit};
+use hotkeys::exit;
 
 fn main() -> ExitCode {
     keep_freed_memory();
     hotkeys::telemetry::init_logs();
     let cli = Cli::parse();
-    let mut topology = match Topology::load(&cli.topology.path) {
+    let mut topology = match cli.topology.load() {
         Ok(t) => t,
-        Err(e) => {
-            tracing::error!("{e}");
-            return code(exit::USAGE);
-        }
+        Err(code) => return code,
     };
     cli.apply_overrides(&mut topology);
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -95,21 +95,15 @@ struct Delivery {
 
 impl ClientContext for Delivery {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{message}"),
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", fac, "{message}")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
-        }
+        hotkeys::kafka::log(level, fac, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(target: "librdkafka", %error, "{reason}");
+        if hotkeys::kafka::is_startup_retry(reason) {
+            tracing::debug!(target: "librdkafka", %error, "{reason}");
+        } else {
+            tracing::warn!(target: "librdkafka", %error, "{reason}");
+        }
     }
 }
 

@@ -146,6 +146,35 @@ fn events_without_a_key_are_skipped_never_published_with_an_empty_key() {
     assert!(stderr.contains("7 without a key"), "{stderr}");
 }
 
+/// `?productId=55&productId=56`, as the OpenResty reporter writes it (cjson of
+/// `get_uri_args()`) and as nginx logs it: both replays key it by 55, and hot-counter's
+/// extraction of either published event says 55 too.
+#[test]
+fn a_repeated_product_id_is_keyed_by_its_first_value_through_either_format_and_hot_counter() {
+    if !kafka_is_up() {
+        return;
+    }
+    let lua = r#"{"request_module":"product_detail_info","headers":{"host":"shop"},"uri_args":{"productId":["55","56"],"shopId":"1"},"http_version":1.1,"method":"GET","raw_reader":"GET \/product?productId=55&productId=56&shopId=1 HTTP\/1.1\r\n\r\n"}"#;
+    let nginx = nginx_line("productId=55&productId=56&shopId=1");
+    let dir = tempfile::tempdir().unwrap();
+    let pointer = hotkeys::event::KeyPointer::parse(&hotkeys::config::SourceConfig::default().key);
+    for (format, line) in [("json", lua.to_string()), ("nginx", nginx)] {
+        let topic = unique_topic(&format!("repeated-{format}"));
+        let file = dir.path().join(format!("{format}.log"));
+        std::fs::write(&file, format!("{line}\n")).unwrap();
+        let stderr = run_ok(
+            producer(&topic)
+                .args(["replay", "--format", format])
+                .arg(&file),
+        );
+        let records = read_all(&topic);
+        assert_eq!(records.len(), 1, "{format}: {stderr}");
+        assert_eq!(records[0].key_str(), "55", "{format}");
+        let counted = pointer.extract(Some(&records[0].payload), None).unwrap();
+        assert_eq!(counted, "55", "{format}: hot-counter's key");
+    }
+}
+
 #[test]
 fn strict_replay_exits_2_at_the_first_malformed_line() {
     if !kafka_is_up() {
@@ -198,7 +227,11 @@ fn events_the_client_refuses_are_skipped_and_counted() {
         "[kafka.producer]\n\"message.max.bytes\" = \"2000\"\n",
     );
     std::fs::write(&topology, text).unwrap();
-    let huge = json_event(&"9".repeat(3000), 0);
+    // Large by a field other than the key: a long key is refused earlier, by the key rule.
+    let huge = json_event("9", 0).replace(
+        r#""shopId":"1""#,
+        &format!(r#""shopId":"{}""#, "1".repeat(3000)),
+    );
     let mut lines: Vec<String> = (0..40)
         .map(|i| json_event(&format!("{}", i % 8), i))
         .collect();

@@ -15,7 +15,7 @@ pub enum Error {
     #[error(transparent)]
     Cache(#[from] CacheError),
     /// The receiver answered a batch with an error that trying again cannot fix.
-    #[error("{remote} refused batch {stamp}: HTTP {status}: {message}")]
+    #[error("{remote} refused batch {stamp}: HTTP {status}: {message}{}", refusal_hint(*status))]
     Refused {
         remote: String,
         stamp: u64,
@@ -39,12 +39,29 @@ pub enum Error {
     },
 }
 
+/// What an operator can do about a refusal that stops the shipper.
+fn refusal_hint(status: u16) -> &'static str {
+    match status {
+        401 => {
+            " (the shared secret differs: set the same value in the variable sync.secret_env names on both sides)"
+        }
+        413 => " (lower sync.batch here, or raise sync.max_body on the receiver)",
+        400 => " (the batch is not valid even without the elements that are not operations)",
+        403 => {
+            " (a stamp far behind the stream: another shipper shares the queue's stream, or a replay)"
+        }
+        _ => "",
+    }
+}
+
 impl Error {
     /// The process exit code DESIGN.md assigns to this failure.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) => exit::USAGE,
             Error::Queue(e) if e.is_unreachable() => exit::UNREACHABLE,
+            // The state node may evict: the configuration's to fix.
+            Error::Queue(SyncError::Evicting { .. }) => exit::USAGE,
             Error::Cache(e) if e.is_unreachable() => exit::UNREACHABLE,
             Error::Cache(CacheError::Config(_) | CacheError::Ring(_)) => exit::USAGE,
             Error::Queue(SyncError::Cache(CacheError::Config(_) | CacheError::Ring(_))) => {

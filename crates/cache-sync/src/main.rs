@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use cache_sync::{Cli, Command};
 use clap::Parser;
-use hotkeys::{Topology, exit};
+use hotkeys::exit;
 
 fn main() -> ExitCode {
     hotkeys::telemetry::init_logs();
@@ -24,9 +24,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    let mut topology = match Topology::load(&cli.topology.path) {
+    let mut topology = match cli.topology.load() {
         Ok(t) => t,
-        Err(e) => return fail(&e.into(), exit::USAGE),
+        Err(code) => return code,
     };
     cli.apply_overrides(&mut topology);
     // One thread: the work is a chain of round trips, and hopping between worker threads

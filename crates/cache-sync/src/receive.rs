@@ -1,16 +1,30 @@
 //! `cache-sync receive`: the HTTP endpoint that applies batches to this data centre's cache.
 //!
 //! A request is checked whole before anything is applied — size, signature, encoding, every
-//! operation — so a refused request changes nothing. A batch is applied only if its stamp is
-//! the next one of its stream. Per stream, a Redis hash on the home of the receiving cache
-//! (`cache-sync:stream:<stream>`) records:
+//! operation — so a refused request changes nothing. The signature covers the whole body,
+//! stream and stamp included. A batch is applied only if its stamp is the next one of its
+//! stream. Per stream, a Redis hash on the state node (`sync.state`, else the home of the
+//! receiving cache), `cache-sync:stream:<stream>`, records:
 //!
 //! - `processing`: the stamp being applied; `processed`: the last stamp fully applied;
 //! - `applied` / `applied_ops`: batch applications started and their operations (with no
 //!   receiver crash, `applied == processed`); `duplicates`: re-sent stamps acknowledged
 //!   without applying them;
 //! - `owner` / `lease_end`: a lease that keeps a second receiver process off a batch being
-//!   applied (requests of one stream are serialized inside one process anyway).
+//!   applied (requests of one stream are serialized inside one process anyway). It is
+//!   renewed before every chunk of `redis.pipeline` writes after the first, and a receiver
+//!   that finds it lost stops applying.
+//!
+//! The process also remembers the last stamp it applied per stream (for at most
+//! `MAX_STREAMS` streams), so that a stream record that went missing cannot let an old batch
+//! apply again: anything up to that stamp is a duplicate, and a stamp more than
+//! `STALE_STAMPS` behind is refused (403) outright — a shipper never re-sends one that old.
+//! The state node must not evict (see [`hotkeys::sync_queue::check_no_eviction`]): it is
+//! checked at start and after every failed command; an `allkeys-*` policy stops the receiver.
+//!
+//! Requests are served at most `MAX_CONCURRENT` at a time, each within `sync.timeout`
+//! (answered 408 after it), so slow or oversized unauthenticated requests cannot tie the
+//! receiver up.
 //!
 //! A re-sent stamp is answered as a success without applying it again. A stamp that skips
 //! ahead is refused, since the shipper never skips one — after waiting up to the request's
@@ -23,33 +37,39 @@
 //! lands on the same final state because it is the newest batch of its stream.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Bytes;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header::{CONTENT_ENCODING, RETRY_AFTER};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{BoxError, Router};
 use hotkeys::Topology;
 use hotkeys::cache::{CacheNodes, RedisConn, Write};
 use hotkeys::shutdown::CancellationToken;
-use hotkeys::sync_queue::{Op, QueuedOp, now_ms};
+use hotkeys::sync_queue::{Op, QueuedOp, SyncError, check_no_eviction, now_ms, state_beside};
 use redis::Script;
+use tower::ServiceBuilder;
 
 use crate::error::Error;
 use crate::wire::{self, BatchReply, BatchRequest, DecodeError, ErrorReply, Outcome};
 
 /// Starts applying a stamp if it is the next one and no other receiver holds the stream.
 ///
-/// KEYS: the stream hash. ARGV: stamp, operations, now (ms), lease end (ms), owner.
-/// Returns {0 duplicate | 1 go | 2 gap | 3 busy, processed}.
+/// KEYS: the stream hash. ARGV: stamp, operations, now (ms), lease end (ms), owner, the last
+/// stamp this process applied, stale distance.
+/// Returns {0 duplicate | 1 go | 2 gap | 3 busy | 4 stale, processed}.
 const BEGIN_SCRIPT: &str = r"
 local processed = tonumber(redis.call('HGET', KEYS[1], 'processed') or '0')
+processed = math.max(processed, tonumber(ARGV[6]))
 local stamp = tonumber(ARGV[1])
+if stamp + tonumber(ARGV[7]) < processed then return {4, processed} end
 if stamp <= processed then
   redis.call('HINCRBY', KEYS[1], 'duplicates', 1)
   return {0, processed}
@@ -65,14 +85,34 @@ return {1, processed}
 ";
 
 /// Marks a stamp fully applied. KEYS: the stream hash. ARGV: stamp, now (ms).
-/// Returns 1, or 0 if the stamp is no longer the next one (another receiver finished it).
+/// Returns 1, or 0 if the stamp was recorded already (another receiver finished it).
 const COMMIT_SCRIPT: &str = r"
 local processed = tonumber(redis.call('HGET', KEYS[1], 'processed') or '0')
-if tonumber(ARGV[1]) ~= processed + 1 then return 0 end
+if tonumber(ARGV[1]) <= processed then return 0 end
 redis.call('HSET', KEYS[1], 'processed', ARGV[1], 'updated_ms', ARGV[2])
 redis.call('HDEL', KEYS[1], 'owner', 'lease_end')
 return 1
 ";
+
+/// Extends the lease on a stamp being applied, if this receiver still holds it.
+/// KEYS: the stream hash. ARGV: stamp, owner, lease end (ms). Returns 1, or 0 if lost.
+const RENEW_SCRIPT: &str = r"
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return 0 end
+if redis.call('HGET', KEYS[1], 'processing') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'lease_end', ARGV[3])
+return 1
+";
+
+/// Streams whose last applied stamp the process remembers; more are refused while every
+/// one of them has a request under way.
+const MAX_STREAMS: usize = 1024;
+
+/// How far behind the last applied stamp a batch may be and still be a re-send: far more
+/// than the 64 batches a shipper may have in flight.
+const STALE_STAMPS: u64 = 1024;
+
+/// Requests served at once; the others wait for a turn.
+const MAX_CONCURRENT: usize = 64;
 
 /// The Redis hash holding the state of `stream` on the receiving side.
 pub fn stream_key(stream: &str) -> String {
@@ -119,6 +159,20 @@ pub async fn stream_state(conn: &RedisConn, stream: &str) -> redis::RedisResult<
 /// Applies authenticated batches to the receiving cache.
 pub struct Receiver {
     cache: CacheNodes,
+    /// The node holding the stream records (`sync.state`, else the cache's home).
+    state: RedisConn,
+    /// Its name, without credentials.
+    state_name: String,
+    /// Set when a command on `state` failed: the next request checks the eviction policy
+    /// again, since the connection may now reach another server.
+    recheck: AtomicBool,
+    /// Why the receiver must stop (the state node may evict); `stop` is cancelled with it.
+    fatal: Mutex<Option<SyncError>>,
+    stop: CancellationToken,
+    /// Writes per chunk; the lease is renewed between chunks.
+    chunk: usize,
+    /// Time one request may take.
+    timeout: Duration,
     secret: Vec<u8>,
     max_body: usize,
     /// How long another receiver process keeps off a batch this one is applying.
@@ -129,6 +183,7 @@ pub struct Receiver {
     streams: Mutex<HashMap<String, Arc<StreamSlot>>>,
     begin: Script,
     commit: Script,
+    renew: Script,
 }
 
 /// What the requests of one stream share inside this process.
@@ -182,18 +237,27 @@ impl IntoResponse for Refusal {
 
 impl Receiver {
     /// Connects to the receiving cache: the topology's `[redis]` settings with
-    /// `sync.apply_nodes` as the nodes (when given).
+    /// `sync.apply_nodes` as the nodes (when given). The stream records go to `sync.state`,
+    /// or the home of the receiving cache; its eviction policy is checked first.
     pub async fn connect(topology: &Topology, secret: &str) -> Result<Receiver, Error> {
         let mut redis = topology.redis.clone();
         if !topology.sync.apply_nodes.is_empty() {
             redis.nodes = topology.sync.apply_nodes.clone();
         }
         let cache = CacheNodes::connect(&redis).await?;
-        Receiver::new(cache, topology, secret)
+        let (mut state, state_name) = state_beside(&cache, &redis, &topology.sync).await?;
+        check_no_eviction(&mut state, &state_name).await?;
+        Receiver::new(cache, state, state_name, topology, secret)
     }
 
-    /// A receiver applying to `cache`.
-    pub fn new(cache: CacheNodes, topology: &Topology, secret: &str) -> Result<Receiver, Error> {
+    /// A receiver applying to `cache`, keeping its stream records on `state`.
+    pub fn new(
+        cache: CacheNodes,
+        state: RedisConn,
+        state_name: String,
+        topology: &Topology,
+        secret: &str,
+    ) -> Result<Receiver, Error> {
         if secret.is_empty() {
             return Err(Error::Config(format!(
                 "no shared secret: set the environment variable {}",
@@ -202,6 +266,13 @@ impl Receiver {
         }
         Ok(Receiver {
             cache,
+            state,
+            state_name,
+            recheck: AtomicBool::new(false),
+            fatal: Mutex::new(None),
+            stop: CancellationToken::new(),
+            chunk: topology.redis.pipeline.max(1),
+            timeout: topology.sync.timeout.max(Duration::from_secs(1)),
             secret: secret.as_bytes().to_vec(),
             max_body: topology.sync.max_body,
             // A shipper gives up on a request after `sync.timeout`; by then the batch is
@@ -216,16 +287,33 @@ impl Receiver {
             streams: Mutex::new(HashMap::new()),
             begin: Script::new(BEGIN_SCRIPT),
             commit: Script::new(COMMIT_SCRIPT),
+            renew: Script::new(RENEW_SCRIPT),
         })
     }
 
-    /// The HTTP routes: `POST /sync` and `GET /healthz`.
+    /// The HTTP routes: `POST /sync` and `GET /healthz`, at most `MAX_CONCURRENT` requests
+    /// at a time, each answered within `sync.timeout`.
     pub fn router(self: Arc<Self>) -> Router {
         let limit = self.max_body;
+        let guard = ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(|e: BoxError| async move {
+                if e.is::<tower::timeout::error::Elapsed>() {
+                    Refusal::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "timeout",
+                        "the request took longer than sync.timeout",
+                    )
+                } else {
+                    Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "internal", e.to_string())
+                }
+            }))
+            .concurrency_limit(MAX_CONCURRENT)
+            .timeout(self.timeout);
         Router::new()
             .route("/sync", post(handle))
             .route("/healthz", get(|| async { "ok" }))
             .layer(DefaultBodyLimit::max(limit))
+            .layer(guard)
             .with_state(self)
     }
 
@@ -299,21 +387,27 @@ impl Receiver {
             ops,
         } = request;
         let ops = ops.0;
-        let slot = self.stream_slot(&stream);
+        let slot = self.stream_slot(&stream)?;
         let key = stream_key(&stream);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms).min(MAX_WAIT);
-        let mut conn = self.cache.home();
+        let mut conn = self.state.clone();
+        if self.recheck.swap(false, Ordering::AcqRel) {
+            self.check_state().await?;
+        }
         let _held = loop {
             let held = slot.lock.lock().await;
             let now = now_ms();
+            let applied_here = *slot.progress.borrow();
             let (verdict, processed): (u8, u64) = self
                 .begin
                 .key(&key)
                 .arg(stamp)
                 .arg(ops.len())
                 .arg(now)
-                .arg(now + self.lease.as_millis() as u64)
+                .arg(self.lease_end())
                 .arg(&self.owner)
+                .arg(applied_here)
+                .arg(STALE_STAMPS)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| self.redis_failed(e))?;
@@ -334,6 +428,15 @@ impl Receiver {
                     let mut progress = slot.progress.subscribe();
                     drop(held);
                     let _ = tokio::time::timeout_at(deadline, progress.changed()).await;
+                }
+                4 => {
+                    return Err(Refusal::new(
+                        StatusCode::FORBIDDEN,
+                        "stale",
+                        format!(
+                            "stamp {stamp} is more than {STALE_STAMPS} behind stream {stream}, which has processed {processed}"
+                        ),
+                    ));
                 }
                 2 => {
                     return Err(Refusal::new(
@@ -376,10 +479,15 @@ impl Receiver {
     ) -> Result<(), Refusal> {
         let now = now_ms();
         let writes: Vec<Write<'_>> = ops.iter().map(|op| to_write(op, now)).collect();
-        self.cache
-            .apply(&writes)
-            .await
-            .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "redis", e.to_string()))?;
+        for (i, chunk) in writes.chunks(self.chunk).enumerate() {
+            // The lease taken by BEGIN_SCRIPT covers the first chunk.
+            if i > 0 {
+                self.renew_lease(key, stamp, conn).await?;
+            }
+            self.cache.apply(chunk).await.map_err(|e| {
+                Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "redis", e.to_string())
+            })?;
+        }
         let committed: u8 = self
             .commit
             .key(key)
@@ -394,11 +502,79 @@ impl Receiver {
         Ok(())
     }
 
-    fn stream_slot(&self, stream: &str) -> Arc<StreamSlot> {
+    /// When the lease on `stamp` runs out if it is not renewed.
+    fn lease_end(&self) -> u64 {
+        now_ms() + self.lease.as_millis() as u64
+    }
+
+    /// Extends the lease on `stamp`; refuses (503) when another receiver took it over.
+    async fn renew_lease(
+        &self,
+        key: &str,
+        stamp: u64,
+        conn: &mut RedisConn,
+    ) -> Result<(), Refusal> {
+        let held: u8 = self
+            .renew
+            .key(key)
+            .arg(stamp)
+            .arg(&self.owner)
+            .arg(self.lease_end())
+            .invoke_async(conn)
+            .await
+            .map_err(|e| self.redis_failed(e))?;
+        if held == 0 {
+            return Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                format!("lost the lease on stamp {stamp} to another receiver; stopped applying it"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the state node's eviction policy again; an evicting node stops the receiver.
+    async fn check_state(&self) -> Result<(), Refusal> {
+        match check_no_eviction(&mut self.state.clone(), &self.state_name).await {
+            Ok(()) => Ok(()),
+            Err(e @ SyncError::Evicting { .. }) => {
+                let message = e.to_string();
+                *self.fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                self.stop.cancel();
+                Err(Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "evicting",
+                    message,
+                ))
+            }
+            Err(e) => {
+                self.recheck.store(true, Ordering::Release);
+                Err(Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "redis",
+                    e.to_string(),
+                ))
+            }
+        }
+    }
+
+    /// The slot of `stream`, made on first use. At `MAX_STREAMS`, the slots of streams with
+    /// no request under way are dropped first; if every one is busy the request is refused.
+    fn stream_slot(&self, stream: &str) -> Result<Arc<StreamSlot>, Refusal> {
         // A poisoned map only means another request panicked while inserting: the map is
         // still whole, so keep using it.
         let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
-        streams
+        if !streams.contains_key(stream) && streams.len() >= MAX_STREAMS {
+            streams.retain(|_, slot| Arc::strong_count(slot) > 1);
+            if streams.len() >= MAX_STREAMS {
+                return Err(Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "streams",
+                    format!("{MAX_STREAMS} streams are being applied at once"),
+                ));
+            }
+        }
+        Ok(streams
             .entry(stream.to_string())
             .or_insert_with(|| {
                 Arc::new(StreamSlot {
@@ -406,14 +582,15 @@ impl Receiver {
                     progress: tokio::sync::watch::Sender::new(0),
                 })
             })
-            .clone()
+            .clone())
     }
 
     fn redis_failed(&self, e: redis::RedisError) -> Refusal {
+        self.recheck.store(true, Ordering::Release);
         Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "redis",
-            format!("redis {}: {e}", self.cache.home_name()),
+            format!("redis {}: {e}", self.state_name),
         )
     }
 }
@@ -484,10 +661,21 @@ pub async fn serve(
         .local_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
     tracing::info!(%addr, "receiving");
+    let stop = receiver.stop.clone();
+    let fatal = Arc::clone(&receiver);
     axum::serve(listener, receiver.router())
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = stop.cancelled() => {}
+            }
+        })
         .await
-        .map_err(|source| Error::Listen { addr, source })
+        .map_err(|source| Error::Listen { addr, source })?;
+    match fatal.fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,15 @@
 //! leaves its unacknowledged batches in flight; its successor sends them again first, with
 //! the same stamps, and the receiver applies each stamp once and in order.
 //!
+//! The local Redis may drop the connection at any moment (a failover, a proxy restart,
+//! `CLIENT KILL`). A take whose answer was lost may still have moved a batch in flight, so
+//! after any failed take the shipper rebuilds what it sends from the in-flight state in
+//! Redis ([`SyncQueue::in_flight`]) before taking anything new, and checks again that the
+//! state node does not evict. A receiver that answers 409 (a stamp skips ahead) lacks a batch
+//! before it: every batch in flight is sent again, in stamp order. Only a refusal that
+//! cannot heal by trying again — 401 (shared secret), 400 (malformed), 413 (too large),
+//! 403 (a stale stamp) — stops the shipper.
+//!
 //! While the receiver is down every try backs off exponentially with jitter, up to
 //! `sync.retry_max`, and the queue just grows. Queue elements are checked only when the
 //! receiver refuses a batch as malformed: the bad ones go to the dead-letter list and the
@@ -90,8 +99,22 @@ struct InFlight {
     task: DeliveryTask,
 }
 
-/// The batches under way, oldest stamp first.
-type Pending = VecDeque<InFlight>;
+/// The batches under way, oldest stamp first, and what the shipper knows of its stream.
+struct Pending {
+    batches: VecDeque<InFlight>,
+    stream: Arc<str>,
+    /// The newest stamp under way or delivered; a take hands out the one after it.
+    last: u64,
+}
+
+impl Pending {
+    /// Stops every delivery under way; their batches stay in flight in Redis.
+    fn abort(&mut self) {
+        for in_flight in self.batches.drain(..) {
+            in_flight.task.abort();
+        }
+    }
+}
 
 enum Attempt {
     Delivered(BatchReply),
@@ -143,13 +166,13 @@ impl Shipper {
         until_empty: bool,
     ) -> Result<ShipSummary, Error> {
         let mut summary = ShipSummary::default();
-        let mut pending = VecDeque::new();
+        let mut pending = None;
         let result = self
             .pump(&mut pending, &shutdown, until_empty, &mut summary)
             .await;
         // Batches still under way stay in flight for the next shipper.
-        for in_flight in &pending {
-            in_flight.task.abort();
+        if let Some(pending) = &mut pending {
+            pending.abort();
         }
         result?;
         tracing::info!(
@@ -165,55 +188,27 @@ impl Shipper {
 
     async fn pump(
         &self,
-        pending: &mut Pending,
+        slot: &mut Option<Pending>,
         shutdown: &CancellationToken,
         until_empty: bool,
         summary: &mut ShipSummary,
     ) -> Result<(), Error> {
-        let Some(stream) = self
-            .retrying(shutdown, summary, || self.queue.stream_id())
-            .await?
-        else {
+        // The stream is learnt from Redis by the first resync, after the eviction check.
+        let pending = slot.insert(Pending {
+            batches: VecDeque::new(),
+            stream: "".into(),
+            last: 0,
+        });
+        if !self.resync(pending, shutdown, summary).await? {
             return Ok(());
-        };
-        let stream: Arc<str> = stream.into();
-        tracing::info!(queue = self.queue.name(), %stream, remote = %self.sender.remote, "shipping");
-        let Some(left) = self
-            .retrying(shutdown, summary, || self.queue.in_flight())
-            .await?
-        else {
-            return Ok(());
-        };
-        if !left.is_empty() {
-            tracing::info!(
-                batches = left.len(),
-                first = left[0].stamp,
-                "re-sending the batches in flight first"
-            );
-            metrics::counter!("hotkeys_sync_batches_resent_total").increment(left.len() as u64);
         }
-        for batch in left {
-            pending.push_back(self.launch(&stream, batch, shutdown));
-        }
-
+        tracing::info!(queue = self.queue.name(), stream = %pending.stream, remote = %self.sender.remote, "shipping");
         loop {
-            while !shutdown.is_cancelled() && pending.len() < self.window {
-                let Some(taken) = self
-                    .retrying(shutdown, summary, || {
-                        self.queue.take(self.batch, self.window)
-                    })
-                    .await?
-                else {
-                    break;
-                };
-                let Some(batch) = taken else {
-                    break;
-                };
-                metrics::gauge!("hotkeys_sync_queue_length").set(batch.queued as f64);
-                pending.push_back(self.launch(&stream, batch, shutdown));
+            if !self.fill(pending, shutdown, summary).await? {
+                return Ok(());
             }
-            report_lag(pending);
-            let Some(InFlight { stamp, task, .. }) = pending.pop_front() else {
+            report_lag(&pending.batches);
+            let Some(InFlight { stamp, task, .. }) = pending.batches.pop_front() else {
                 metrics::gauge!("hotkeys_sync_queue_length").set(0.0);
                 metrics::gauge!("hotkeys_sync_lag_seconds").set(0.0);
                 if until_empty || shutdown.is_cancelled() {
@@ -226,16 +221,37 @@ impl Shipper {
             };
             let delivered = task
                 .await
-                .map_err(|e| Error::Internal(format!("delivery of batch {stamp}: {e}")))??;
-            // Shut down while the receiver was unreachable: the batch stays in flight.
-            let Some(delivery) = delivered else {
-                return Ok(());
+                .map_err(|e| Error::Internal(format!("delivery of batch {stamp}: {e}")))?;
+            let delivery = match delivered {
+                Ok(Some(delivery)) => delivery,
+                // Shut down while the receiver was unreachable: the batch stays in flight.
+                Ok(None) => return Ok(()),
+                Err(Error::Refused {
+                    status: 409,
+                    message,
+                    ..
+                }) => {
+                    // The receiver lacks a batch before this one: send them all again.
+                    tracing::warn!(stamp, %message, "receiver reports a gap; re-sending the batches in flight in order");
+                    metrics::counter!("hotkeys_sync_gaps_total").increment(1);
+                    summary.retries += 1;
+                    pending.abort();
+                    pending.last = 0;
+                    if !self.sender.pause(1, &message, stamp, shutdown).await?
+                        || !self.resync(pending, shutdown, summary).await?
+                    {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             summary.batches += 1;
             summary.ops += delivery.ops;
             summary.invalid += delivery.invalid;
             summary.retries += delivery.retries;
             summary.duplicates += u64::from(delivery.duplicate);
+            let tries = summary.retries;
             if self
                 .retrying(shutdown, summary, || self.queue.ack(stamp))
                 .await?
@@ -243,26 +259,125 @@ impl Shipper {
             {
                 return Ok(());
             }
+            // Reconnected on the way: check the state node again.
+            if summary.retries > tries && !self.resync(pending, shutdown, summary).await? {
+                return Ok(());
+            }
         }
     }
 
-    /// Starts the delivery of `batch` in a task of its own.
-    fn launch(&self, stream: &Arc<str>, batch: Batch, shutdown: &CancellationToken) -> InFlight {
+    /// Takes new batches until `sync.in_flight` are under way or the queue is empty. After a
+    /// failed take, what is in flight is read back from Redis first. `false`: shut down.
+    async fn fill(
+        &self,
+        pending: &mut Pending,
+        shutdown: &CancellationToken,
+        summary: &mut ShipSummary,
+    ) -> Result<bool, Error> {
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() && pending.batches.len() < self.window {
+            match self.queue.take(self.batch, self.window).await {
+                Ok(Some(batch)) => {
+                    failures = 0;
+                    metrics::gauge!("hotkeys_sync_queue_length").set(batch.queued as f64);
+                    self.launch(pending, batch, shutdown);
+                }
+                Ok(None) => break,
+                Err(e) if e.is_unreachable() => {
+                    failures += 1;
+                    summary.retries += 1;
+                    if !self
+                        .sender
+                        .pause(failures, &e.to_string(), 0, shutdown)
+                        .await?
+                        || !self.resync(pending, shutdown, summary).await?
+                    {
+                        return Ok(false);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Brings `pending` in line with the state in Redis, after a start or a lost connection:
+    /// checks that the state node does not evict, follows a stream that was started anew
+    /// (the node lost its data), and launches every batch in flight that is not under way
+    /// yet, in stamp order. `false`: shut down first.
+    async fn resync(
+        &self,
+        pending: &mut Pending,
+        shutdown: &CancellationToken,
+        summary: &mut ShipSummary,
+    ) -> Result<bool, Error> {
+        if self
+            .retrying(shutdown, summary, || self.queue.check_no_eviction())
+            .await?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        let Some(stream) = self
+            .retrying(shutdown, summary, || self.queue.stream_id())
+            .await?
+        else {
+            return Ok(false);
+        };
+        if *pending.stream != stream {
+            if !pending.stream.is_empty() {
+                tracing::error!(
+                    old = %pending.stream,
+                    new = %stream,
+                    "the state node lost the replication state (restarted empty?); the batches in flight are gone, shipping a new stream"
+                );
+            }
+            pending.abort();
+            pending.stream = stream.into();
+            pending.last = 0;
+        }
+        let Some(left) = self
+            .retrying(shutdown, summary, || self.queue.in_flight())
+            .await?
+        else {
+            return Ok(false);
+        };
+        let missing: Vec<Batch> = left
+            .into_iter()
+            .filter(|b| b.stamp > pending.last)
+            .collect();
+        if let Some(first) = missing.first() {
+            tracing::info!(
+                batches = missing.len(),
+                first = first.stamp,
+                "sending the batches in flight first"
+            );
+            metrics::counter!("hotkeys_sync_batches_resent_total").increment(missing.len() as u64);
+        }
+        for batch in missing {
+            self.launch(pending, batch, shutdown);
+        }
+        Ok(true)
+    }
+
+    /// Starts the delivery of `batch` in a task of its own, behind the ones under way.
+    fn launch(&self, pending: &mut Pending, batch: Batch, shutdown: &CancellationToken) {
         let oldest_ms = batch
             .items
             .first()
             .and_then(|i| QueuedOp::from_json(i).ok())
             .map(|op| op.at_ms);
         let sender = self.sender.clone();
-        let stream = Arc::clone(stream);
+        let stream = Arc::clone(&pending.stream);
         let shutdown = shutdown.clone();
         let stamp = batch.stamp;
         let task = tokio::spawn(async move { sender.deliver(&stream, &batch, &shutdown).await });
-        InFlight {
+        pending.last = stamp;
+        pending.batches.push_back(InFlight {
             stamp,
             oldest_ms,
             task,
-        }
+        });
     }
 
     /// Runs a queue operation, trying again while the local Redis fails; `None` if shut
@@ -417,7 +532,8 @@ impl Sender {
         } else if status == StatusCode::BAD_REQUEST {
             Attempt::Malformed(self.refused(stamp, status, message))
         } else {
-            // 401, 409, 413, 415: the same request would be refused again.
+            // 401, 403, 413, 415: the same request would be refused again; 409 goes back to
+            // the pump, which sends the batches in flight again.
             Attempt::Fatal(self.refused(stamp, status, message))
         }
     }
@@ -462,7 +578,7 @@ impl Sender {
 
 /// Lag: the age of the oldest operation not yet acknowledged, which heads the oldest batch
 /// under way.
-fn report_lag(pending: &Pending) {
+fn report_lag(pending: &VecDeque<InFlight>) {
     if let Some(oldest_ms) = pending.front().and_then(|p| p.oldest_ms) {
         let lag = now_ms().saturating_sub(oldest_ms) as f64 / 1000.0;
         metrics::gauge!("hotkeys_sync_lag_seconds").set(lag);

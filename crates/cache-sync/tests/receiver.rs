@@ -414,3 +414,74 @@ async fn a_receiving_ring_gets_each_key_on_its_node_and_deletes_on_every_node() 
     );
     h.finish().await;
 }
+
+#[tokio::test]
+async fn with_its_stream_record_gone_an_old_stamp_is_refused_with_403_and_a_recent_one_is_a_duplicate()
+ {
+    let Some(mut h) = Harness::start("stale", 1 << 20).await else {
+        return;
+    };
+    let key = h.key("k");
+    let last = 1100;
+    for stamp in 1..=last {
+        let (status, text) = h
+            .send(stamp, &[Op::set(&key, stamp.to_string(), None)])
+            .await;
+        assert_eq!(status, StatusCode::OK, "stamp {stamp}: {text}");
+    }
+    // The record is lost (as an evicting Redis would lose it).
+    redis::cmd("DEL")
+        .arg(receive::stream_key(&h.stream))
+        .query_async::<()>(&mut h.stack.remote)
+        .await
+        .unwrap();
+
+    let (status, text) = h.send(1, &[Op::set(&key, "replayed", None)]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    assert!(error(&text).contains("behind"), "{text}");
+    let (status, text) = h.send(last - 1, &[Op::set(&key, "resent", None)]).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(applied(&text).status, Outcome::Duplicate);
+    assert_eq!(h.remote_get(&key).await, Some(last.to_string()));
+    let (status, text) = h.send(last + 1, &[Op::set(&key, "next", None)]).await;
+    assert_eq!(
+        (status, applied(&text).status),
+        (StatusCode::OK, Outcome::Applied)
+    );
+    assert_eq!(h.state().await.processed, last + 1);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_request_whose_body_never_arrives_is_answered_408_after_sync_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(h) = Harness::start_with("slow_body", |t| {
+        t.sync.timeout = std::time::Duration::from_secs(1);
+    })
+    .await
+    else {
+        return;
+    };
+    let mut conn = tokio::net::TcpStream::connect(h.receiver.addr)
+        .await
+        .unwrap();
+    conn.write_all(
+        b"POST /sync HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        let mut buf = [0u8; 1024];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed without an answer");
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("an answer within 30 s");
+    let head = String::from_utf8_lossy(&answer);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    h.finish().await;
+}

@@ -3,11 +3,11 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{RunningReceiver, SECRET, Stack, assert_same_state, ship_until_empty};
-use hotkeys::Topology;
+use common::{
+    RunningReceiver, Stack, assert_same_state, cache_sync, ship_until_empty, topology_file,
+};
 use hotkeys::sync_queue::{Op, SyncQueue};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -94,26 +94,6 @@ async fn hundred_thousand_interleaved_ops_arrive_with_the_same_final_state() {
     stack.cleanup().await;
 }
 
-/// Writes `t` to a file the `cache-sync` binary can load.
-fn topology_file(t: &Topology) -> tempfile::NamedTempFile {
-    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-    std::fs::write(file.path(), toml::to_string(t).unwrap()).unwrap();
-    file
-}
-
-/// The real binary, with an environment that cannot override the test's topology.
-fn cache_sync(topology: &std::path::Path) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cache-sync"));
-    cmd.env_clear()
-        .env("HOTKEYS_SYNC_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
-        .arg("--topology")
-        .arg(topology)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    cmd
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipper_killed_with_sigkill_again_and_again_loses_nothing_and_applies_no_batch_twice() {
     let Some(mut stack) = common::stack("sigkill").await else {
@@ -138,7 +118,12 @@ async fn shipper_killed_with_sigkill_again_and_again_loses_nothing_and_applies_n
         }
         let mut child = cache_sync(file.path()).arg("ship").spawn().unwrap();
         // Kill only once the shipper is moving, then at a random point of its cycle.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the shipper took no batch within 60 s (kill {kills})"
+            );
             let now = stack.status(&t).await;
             let drained = now.length == 0 && now.in_flight.is_none();
             if now.last_stamp > before.last_stamp || drained {
@@ -204,13 +189,11 @@ async fn while_the_receiver_is_down_the_queue_grows_and_it_drains_after_restart(
         async move { ship_until_empty(&t).await }
     });
     // The shipper has taken as many batches as it may and cannot deliver them...
-    let stuck = loop {
+    let stuck = hotkeys::testing::eventually(60, "the shipper to fill its window", || async {
         let s = stack.status(&t).await;
-        if s.in_flight_batches == t.sync.in_flight as u64 {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+        (s.in_flight_batches == t.sync.in_flight as u64).then_some(s)
+    })
+    .await;
     // ...and the queue grows behind it.
     keys.extend(write_and_enqueue(&mut stack, &queue, 3_000, 500, 6).await);
     let grown = stack.status(&t).await;

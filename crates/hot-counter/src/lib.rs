@@ -2,16 +2,22 @@
 //! bounded count of hot keys per partition (task) and publishes each task's top-N list to
 //! ZooKeeper.
 //!
-//! - [`consumer`]: the Kafka consumer loop and the rebalance hand-over of tasks;
+//! - [`consumer`]: the Kafka consumer loop: poll, hand-off, publish ticks, shutdown;
 //! - [`handoff`]: the batches the loop hands to the counting thread;
-//! - [`task`]: one task's counter, offsets, publish and restore.
+//! - [`worker`]: the tasks a worker owns and how one event is counted into them;
+//! - [`publish`]: publish rounds, checkpoints, commits, fencing;
+//! - [`rebalance`]: librdkafka's rebalance callbacks as task hand-overs;
+//! - [`task`]: one task's counters, offsets, publish and restore.
 //!
 //! Counting itself (`hotkeys::count`), the hot-list format (`hotkeys::hotlist`) and the
 //! ZooKeeper layout (`hotkeys::zk`) live in the shared library.
 
 pub mod consumer;
 pub mod handoff;
+pub mod publish;
+pub mod rebalance;
 pub mod task;
+pub mod worker;
 
 pub use consumer::{Summary, Until};
 

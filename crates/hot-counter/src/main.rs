@@ -14,6 +14,12 @@ use hotkeys::{exit, telemetry};
 struct Args {
     #[command(flatten)]
     topology: TopologyArg,
+    /// Kafka bootstrap servers; overrides kafka.brokers.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Consumer group of the workers; overrides kafka.group.
+    #[arg(long)]
+    group: Option<String>,
     /// Serve Prometheus metrics on this address.
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -27,10 +33,16 @@ struct Args {
 async fn main() -> ExitCode {
     telemetry::init_logs();
     let args = Args::parse();
-    let topology = match args.topology.load() {
+    let mut topology = match args.topology.load() {
         Ok(t) => t,
         Err(code) => return code,
     };
+    if let Some(brokers) = args.brokers {
+        topology.kafka.brokers = brokers;
+    }
+    if let Some(group) = args.group {
+        topology.kafka.group = group;
+    }
     if let Some(addr) = args.metrics
         && let Err(e) = telemetry::serve_metrics(addr)
     {

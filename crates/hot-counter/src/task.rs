@@ -1,26 +1,47 @@
-//! One task = one partition of the access topic: a window of counts per counter, the offset
-//! each counter's counts reach, and their publish/restore cycle against ZooKeeper.
+//! One task = one partition of the access topic: a window of counts per counter, the offsets
+//! each counter's counts reach, and their publish/checkpoint/restore cycle against ZooKeeper.
 //!
 //! Every counter of the topology (`Topology::counters`) has its own hot list and checkpoint
 //! per task, published and fenced independently, so a task's counters may stand at
-//! different offsets after a crash between two publishes: the partition is then read from
-//! the lowest of them and each counter skips what it already holds.
+//! different offsets after a crash: the partition is then read from the lowest checkpoint
+//! and each counter skips what it already holds.
+//!
+//! A publish is split in three so that no lock is held across a ZooKeeper call:
+//! [`Task::prepare`] renders what to write (under the worker's lock, CPU only),
+//! [`Write::send`] writes it (no lock), [`Task::apply`] records the outcome (under the lock
+//! again, only if the task is still the one the write was prepared from).
+//!
+//! The hot list is published whenever it changed; the checkpoint, which can be up to a
+//! megabyte, only when asked (every `count.checkpoint_every`, at revoke and shutdown). A
+//! new owner resumes from the checkpoint's offset and re-counts what came after it, so
+//! nothing is lost or counted twice; it publishes nothing until it has re-counted up to the
+//! hot list it found, so readers never see a list go back in time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use hotkeys::Topology;
 use hotkeys::config::Counter;
 use hotkeys::count::WindowCounter;
 use hotkeys::hotlist::{HotList, now_ms};
-use hotkeys::zk::{Zk, ZkError};
+use hotkeys::zk::{REQUEST_MAX_BYTES, Zk, ZkError};
 
-/// Checkpoints stay well under ZooKeeper's 1 MB node limit together with the hot list.
-const CHECKPOINT_MAX_BYTES: usize = 900 * 1024;
+/// Tells apart successive tasks of one partition (after a hand-over or a fenced reload).
+static EPOCHS: AtomicU64 = AtomicU64::new(0);
 
 /// The live state of a task this worker owns.
 pub struct Task {
     pub id: u32,
+    /// Which incarnation of the task this is; writes prepared from another are discarded.
+    pub epoch: u64,
     /// In the order of `Topology::counters`.
     pub counters: Vec<TaskCounter>,
+    /// Events skipped as malformed since this worker took the task.
     pub malformed: u64,
+    /// Of `malformed`, those whose key was over `source.max_key_bytes`.
+    pub key_too_long: u64,
+    /// Events stamped too far ahead of the clock, counted as happening when read.
+    pub future: u64,
 }
 
 /// One counter's state within a task.
@@ -28,11 +49,15 @@ pub struct TaskCounter {
     pub window: WindowCounter,
     /// The next offset not yet counted; -1 before the first event.
     pub next_offset: i64,
-    /// Version of the `hot` znode last read or written; conditions the next publish.
+    /// Version of the `hot` znode last read or written; `None` when there is none (never
+    /// published, or deleted under us), so the next publish creates it with a checkpoint.
     pub zk_version: Option<i32>,
-    /// Offset of the last successful publish; nothing to publish while it equals
-    /// `next_offset`.
+    /// Offset of the last published hot list.
     pub published_offset: Option<i64>,
+    /// Offset of the last checkpoint written: where a new owner would resume.
+    pub checkpointed_offset: Option<i64>,
+    /// No publish before the counts reach this offset (the hot list found at restore).
+    pub resume_at: i64,
 }
 
 impl TaskCounter {
@@ -42,11 +67,20 @@ impl TaskCounter {
             next_offset: -1,
             zk_version,
             published_offset: None,
+            checkpointed_offset: None,
+            resume_at: -1,
         }
     }
 
-    fn is_dirty(&self) -> bool {
-        self.next_offset >= 0 && self.published_offset != Some(self.next_offset)
+    fn has_news(&self) -> bool {
+        self.next_offset >= 0
+            && self.next_offset >= self.resume_at
+            && self.published_offset != Some(self.next_offset)
+    }
+
+    fn needs_checkpoint(&self) -> bool {
+        self.next_offset >= 0
+            && (self.zk_version.is_none() || self.checkpointed_offset != Some(self.next_offset))
     }
 }
 
@@ -58,19 +92,81 @@ pub enum Start {
     Committed,
 }
 
-/// A successful publish of all of a task's dirty counters.
-pub struct Published {
-    /// Offset every counter of the task has published up to: the group may commit it.
+/// One counter's hot list (and maybe checkpoint) of one task, ready to be written.
+pub struct Write {
+    pub task: u32,
+    pub epoch: u64,
+    /// Index into `Topology::counters`.
+    pub counter: usize,
+    counter_name: String,
+    seen: Option<i32>,
+    hot: Vec<u8>,
+    checkpoint: Option<Vec<u8>>,
+    /// The next offset the written counts do not include.
     pub offset: i64,
     pub items: usize,
-    pub bytes: usize,
+}
+
+/// How a write went.
+pub struct Written {
+    pub write: Write,
+    pub result: Result<i32, ZkError>,
+}
+
+impl Write {
+    /// Bytes this write sends to ZooKeeper.
+    pub fn bytes(&self) -> usize {
+        self.hot.len() + self.checkpoint.as_ref().map_or(0, Vec::len)
+    }
+
+    pub fn has_checkpoint(&self) -> bool {
+        self.checkpoint.is_some()
+    }
+
+    /// Writes the hot list (and checkpoint) fenced on the version the task last saw, within
+    /// `deadline`.
+    pub async fn send(self, zk: &Zk, deadline: Duration) -> Written {
+        let zk = zk.for_counter(&self.counter_name);
+        let write = async {
+            if self.seen.is_none() {
+                // Creating: the task's node may be gone too (hotctl reset).
+                zk.ensure_task(self.task).await?;
+            }
+            zk.publish(self.task, self.seen, &self.hot, self.checkpoint.as_deref())
+                .await
+        };
+        let result = tokio::time::timeout(deadline, write)
+            .await
+            .unwrap_or(Err(ZkError::Timeout));
+        Written {
+            write: self,
+            result,
+        }
+    }
 }
 
 impl Task {
+    fn new(id: u32, counters: Vec<TaskCounter>) -> Task {
+        Task {
+            id,
+            epoch: EPOCHS.fetch_add(1, Ordering::Relaxed),
+            counters,
+            malformed: 0,
+            key_too_long: 0,
+            future: 0,
+        }
+    }
+
     /// Restores a task's counters from their last checkpoints, or starts them empty. Never
     /// fails for a bad checkpoint: it is logged and that counter restarts, which loses
-    /// history but not events.
-    pub async fn restore(zk: &Zk, counters: &[Counter], id: u32) -> Result<(Task, Start), ZkError> {
+    /// history but not events. A checkpoint holding buckets beyond `max_future_ms` from now
+    /// (written before the clamp existed, or by a worker with a skewed clock) is repaired.
+    pub async fn restore(
+        zk: &Zk,
+        counters: &[Counter],
+        id: u32,
+        max_future_ms: i64,
+    ) -> Result<(Task, Start), ZkError> {
         let mut restored = Vec::with_capacity(counters.len());
         for counter in counters {
             let zk = zk.for_counter(&counter.name);
@@ -78,20 +174,22 @@ impl Task {
             let state = match zk.read_checkpoint(id).await? {
                 None => TaskCounter::empty(counter, None),
                 Some(saved) => match WindowCounter::restore(&counter.count, &saved.checkpoint) {
-                    Ok(window) => {
-                        let offset = saved.hot.offset;
-                        tracing::info!(
-                            task = id,
-                            counter = %counter.name,
-                            offset,
-                            version = saved.version,
-                            "restored from checkpoint"
-                        );
+                    Ok((mut window, offset)) => {
+                        let offset = offset.unwrap_or(saved.hot.offset);
+                        let repaired = window.repair_future(now_ms(), max_future_ms);
+                        if repaired > 0 {
+                            tracing::warn!(task = id, counter = %counter.name, events = repaired,
+                                "checkpoint held events stamped in the future; counted as now");
+                        }
+                        tracing::info!(task = id, counter = %counter.name, offset,
+                            version = saved.version, "restored from checkpoint");
                         TaskCounter {
                             window,
                             next_offset: offset,
                             zk_version: Some(saved.version),
                             published_offset: Some(offset),
+                            checkpointed_offset: Some(offset),
+                            resume_at: saved.hot.offset,
                         }
                     }
                     Err(e) => {
@@ -105,30 +203,22 @@ impl Task {
         }
         let start = restored
             .iter()
-            .filter(|c| c.published_offset.is_some())
+            .filter(|c| c.checkpointed_offset.is_some())
             .map(|c| c.next_offset)
             .min()
             .map_or(Start::Committed, Start::Checkpoint);
-        Ok((
-            Task {
-                id,
-                counters: restored,
-                malformed: 0,
-            },
-            start,
-        ))
+        Ok((Task::new(id, restored), start))
     }
 
     /// A task with no history, counting from the group's committed offset.
     pub fn empty(counters: &[Counter], id: u32) -> Task {
-        Task {
+        Task::new(
             id,
-            counters: counters
+            counters
                 .iter()
                 .map(|c| TaskCounter::empty(c, None))
                 .collect(),
-            malformed: 0,
-        }
+        )
     }
 
     /// The lowest offset the task's counters have not counted yet; -1 before any event.
@@ -140,9 +230,20 @@ impl Task {
             .unwrap_or(-1)
     }
 
-    /// Whether events were counted since the last publish.
-    pub fn is_dirty(&self) -> bool {
-        self.counters.iter().any(TaskCounter::is_dirty)
+    /// The offset every counter's checkpoint has reached: the group may commit it.
+    pub fn checkpointed_offset(&self) -> Option<i64> {
+        self.counters
+            .iter()
+            .map(|c| c.checkpointed_offset)
+            .min()
+            .flatten()
+    }
+
+    /// Whether a publish would write anything (with checkpoints when `checkpoint`).
+    pub fn has_news(&self, checkpoint: bool) -> bool {
+        self.counters
+            .iter()
+            .any(|c| c.has_news() || checkpoint && c.needs_checkpoint())
     }
 
     /// The hot list counter `index` would publish now, as `version`.
@@ -168,49 +269,78 @@ impl Task {
             owner: Some(owner.to_string()),
             events: top.events,
             malformed: self.malformed,
+            key_too_long: self.key_too_long,
+            future: self.future,
+            late: state.window.late(),
+            truncated: false,
             items: top.items,
         }
     }
 
-    /// Writes the hot list and checkpoint of every dirty counter, each fenced on the version
-    /// it last saw. Stops at the first failure; counters published before it stay published.
-    pub async fn publish(
-        &mut self,
-        zk: &Zk,
+    /// What to write for every counter with news: its hot list, and its checkpoint when
+    /// `checkpoint` is asked or the hot node must be created. The hot list is bounded by
+    /// `hotlist::MAX_BYTES`; the checkpoint gets what is left of one ZooKeeper request.
+    pub fn prepare(
+        &self,
         topology: &Topology,
         counters: &[Counter],
         owner: &str,
-    ) -> Result<Published, ZkError> {
-        let (mut items, mut bytes) = (0, 0);
+        checkpoint: bool,
+    ) -> Vec<Write> {
+        let mut writes = Vec::new();
         for (index, counter) in counters.iter().enumerate() {
-            if !self.counters[index].is_dirty() {
+            let state = &self.counters[index];
+            let with_checkpoint =
+                state.needs_checkpoint() && (checkpoint || state.zk_version.is_none());
+            if !state.has_news() && !with_checkpoint {
                 continue;
             }
-            let seen = self.counters[index].zk_version;
+            let seen = state.zk_version;
             let version = seen.map_or(0, |v| i64::from(v) + 1);
-            let list = self.hot_list(topology, counter, index, version, owner);
-            let hot = serde_json::to_vec(&list).expect("hot list serializes");
-            let state = &mut self.counters[index];
-            let checkpoint = state.window.checkpoint(CHECKPOINT_MAX_BYTES);
-            let version = zk
-                .for_counter(&counter.name)
-                .publish(self.id, seen, &hot, &checkpoint)
-                .await?;
-            state.zk_version = Some(version);
-            state.published_offset = Some(state.next_offset);
-            items += list.items.len();
-            bytes += hot.len() + checkpoint.len();
+            let mut list = self.hot_list(topology, counter, index, version, owner);
+            let hot = list.to_bounded_json();
+            if list.truncated {
+                tracing::warn!(task = self.id, counter = %counter.name, items = list.items.len(),
+                    "hot list truncated to fit one ZooKeeper request");
+            }
+            let checkpoint = with_checkpoint.then(|| {
+                state
+                    .window
+                    .checkpoint(state.next_offset, REQUEST_MAX_BYTES - hot.len())
+            });
+            writes.push(Write {
+                task: self.id,
+                epoch: self.epoch,
+                counter: index,
+                counter_name: counter.name.clone(),
+                seen,
+                hot,
+                checkpoint,
+                offset: state.next_offset,
+                items: list.items.len(),
+            });
         }
-        let offset = self
-            .counters
-            .iter()
-            .filter_map(|c| c.published_offset)
-            .min()
-            .unwrap_or(-1);
-        Ok(Published {
-            offset,
-            items,
-            bytes,
-        })
+        writes
+    }
+
+    /// Records a successful write, or forgets a node deleted under us so the next publish
+    /// creates it again. Fencing is the caller's to handle (it replaces the task).
+    pub fn apply(&mut self, write: &Write, result: &Result<i32, ZkError>) {
+        let state = &mut self.counters[write.counter];
+        match result {
+            Ok(version) => {
+                state.zk_version = Some(*version);
+                state.published_offset = Some(write.offset);
+                if write.has_checkpoint() {
+                    state.checkpointed_offset = Some(write.offset);
+                }
+            }
+            Err(ZkError::Gone { .. }) => {
+                state.zk_version = None;
+                state.published_offset = None;
+                state.checkpointed_offset = None;
+            }
+            Err(_) => {}
+        }
     }
 }

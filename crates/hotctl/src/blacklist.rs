@@ -8,7 +8,7 @@ use hotkeys::blacklist;
 use hotkeys::cache::RedisConn;
 use hotkeys::hotlist::now_ms;
 use hotkeys::zk::Zk;
-use serde_json::json;
+use serde::Serialize;
 
 #[derive(Args)]
 pub struct BlacklistArgs {
@@ -28,41 +28,63 @@ pub struct UnbanArgs {
     keys: Vec<String>,
 }
 
-pub async fn show(topology: &Topology, args: BlacklistArgs) -> anyhow::Result<()> {
-    let counters = ruled_counters(topology, args.counter.as_deref())?;
-    let mut redis = RedisConn::connect_home(&topology.redis).await?;
+/// One ban in force, as `hotctl blacklist` and the dashboard show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ban {
+    pub counter: String,
+    pub key: String,
+    pub remaining_ms: i64,
+}
+
+/// The bans in force of every ruled counter, or only of `only`.
+pub async fn bans(
+    topology: &Topology,
+    redis: &mut RedisConn,
+    only: Option<&str>,
+) -> anyhow::Result<Vec<Ban>> {
     let now = now_ms();
-    let mut rows = Vec::new();
-    for counter in &counters {
-        for entry in blacklist::entries(&mut redis, &topology.name, counter).await? {
+    let mut bans = Vec::new();
+    for counter in ruled_counters(topology, only)? {
+        for entry in blacklist::entries(redis, &topology.name, &counter).await? {
             // A ban that ran out is released by the next evaluation; it no longer counts.
             if entry.until_ms > now {
-                rows.push((counter.clone(), entry.key, entry.until_ms - now));
+                bans.push(Ban {
+                    counter: counter.clone(),
+                    key: entry.key,
+                    remaining_ms: entry.until_ms - now,
+                });
             }
         }
     }
+    Ok(bans)
+}
+
+pub async fn show(topology: &Topology, args: BlacklistArgs) -> anyhow::Result<()> {
+    let mut redis = RedisConn::connect_home(&topology.redis).await?;
+    let bans = bans(topology, &mut redis, args.counter.as_deref()).await?;
     if args.json {
-        let doc: Vec<_> = rows
-            .iter()
-            .map(|(counter, key, left)| json!({"counter": counter, "key": key, "remaining_ms": left}))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        println!("{}", serde_json::to_string_pretty(&bans)?);
     } else {
         let mut table = Table::new();
         table.set_header(["counter", "key", "remaining"]);
-        for (counter, key, left) in &rows {
+        for ban in &bans {
             table.add_row([
-                counter.clone(),
-                key.clone(),
-                humantime::format_duration(std::time::Duration::from_secs(
-                    (*left as u64).div_ceil(1000),
-                ))
-                .to_string(),
+                ban.counter.clone(),
+                crate::render::printable(&ban.key),
+                remaining_text(ban.remaining_ms),
             ]);
         }
         println!("{table}");
     }
     Ok(())
+}
+
+/// A ban's time left in whole seconds, rounded up (`4m 10s`).
+pub fn remaining_text(ms: i64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(
+        (ms.max(0) as u64).div_ceil(1000),
+    ))
+    .to_string()
 }
 
 pub async fn unban(topology: &Topology, args: UnbanArgs) -> anyhow::Result<()> {
@@ -87,7 +109,7 @@ pub async fn unban(topology: &Topology, args: UnbanArgs) -> anyhow::Result<()> {
 }
 
 /// Names of the counters with a threshold rule, or the one asked for if it has one.
-fn ruled_counters(topology: &Topology, only: Option<&str>) -> anyhow::Result<Vec<String>> {
+pub fn ruled_counters(topology: &Topology, only: Option<&str>) -> anyhow::Result<Vec<String>> {
     let ruled: Vec<String> = topology
         .counters()
         .into_iter()

@@ -6,6 +6,12 @@
 //! asks each key's `PTTL` (pipelined) and keeps only keys that still exist, with the time
 //! they have left. `diff` starts from the hot lists instead and says, per hot key, whether
 //! Redis holds it.
+//!
+//! Both go on when a node is down, which is when an operator needs them most: a ring
+//! primary that does not answer is skipped and its keys are read on its backup (which
+//! `keys` walks anyway, and `diff` asks in its place); a node without a backup is skipped.
+//! Every such node is named in the output (`down` in JSON), and the command then exits 1:
+//! the result is partial. Exit 0 means every node was read.
 
 use std::time::Duration;
 
@@ -13,10 +19,12 @@ use anyhow::Context;
 use clap::Args;
 use comfy_table::Table;
 use hotkeys::Topology;
-use hotkeys::cache::{CacheNodes, Remaining, cache_key, pttls};
+use hotkeys::cache::{CacheError, CacheNodes, NodeConn, Remaining, cache_key, pttls};
 use hotkeys::hotlist::now_ms;
 use hotkeys::zk::Zk;
 use serde_json::json;
+
+use crate::render::printable;
 
 #[derive(Args)]
 pub struct KeysArgs {
@@ -26,6 +34,9 @@ pub struct KeysArgs {
     /// SCAN's COUNT hint: keys a node examines per call.
     #[arg(long, default_value_t = 1000)]
     count: usize,
+    /// Stop after this many keys (over all nodes).
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
     /// One JSON document instead of a table.
     #[arg(long)]
     json: bool,
@@ -47,55 +58,63 @@ struct Found {
     ttl: Option<Remaining>,
 }
 
-pub async fn keys(topology: &Topology, args: KeysArgs) -> anyhow::Result<()> {
-    let cache = CacheNodes::connect(&topology.redis).await?;
-    let pattern = scan_pattern(&topology.redis.key);
-    let mut found = Vec::new();
-    for (node, mut conn) in cache.every_node().await? {
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor = 0u64;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(args.count)
-                .query_async(&mut conn)
-                .await
-                .with_context(|| format!("SCAN on {node}"))?;
-            keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        // SCAN may return a key twice (when the node rehashes meanwhile).
-        keys.sort();
-        keys.dedup();
-        if args.verify {
-            let asked: Vec<&str> = keys.iter().map(String::as_str).collect();
-            let ttls = pttls(&mut conn, &asked, topology.redis.pipeline)
-                .await
-                .with_context(|| format!("PTTL on {node}"))?;
-            found.extend(
-                keys.into_iter()
-                    .zip(ttls)
-                    .filter(|(_, ttl)| *ttl != Remaining::Absent)
-                    .map(|(key, ttl)| Found {
-                        node: node.clone(),
-                        key,
-                        ttl: Some(ttl),
-                    }),
-            );
-        } else {
-            found.extend(keys.into_iter().map(|key| Found {
-                node: node.clone(),
-                key,
-                ttl: None,
-            }));
+/// A node that did not answer, and where its keys were read instead.
+struct Down {
+    node: String,
+    backup: Option<String>,
+    error: String,
+}
+
+impl Down {
+    fn note(&self) -> String {
+        match &self.backup {
+            Some(b) => format!(
+                "{} is down ({}); its keys were read on its backup {b}",
+                self.node, self.error
+            ),
+            None => format!(
+                "{} is down ({}); skipped, its keys are not included",
+                self.node, self.error
+            ),
         }
     }
+
+    fn json(&self) -> serde_json::Value {
+        json!({"node": self.node, "read_on": self.backup, "error": self.error})
+    }
+}
+
+/// An error (exit 1: the result is partial) when some node was down, after everything was
+/// printed.
+fn complete(down: &[Down]) -> anyhow::Result<()> {
+    match down.len() {
+        0 => Ok(()),
+        n => anyhow::bail!("partial result: {n} node(s) did not answer (named above)"),
+    }
+}
+
+pub async fn keys(topology: &Topology, args: KeysArgs) -> anyhow::Result<()> {
+    let cache = CacheNodes::connect_lazily(&topology.redis).await?;
+    let pattern = scan_pattern(&topology.redis.key);
+    let limit = args.limit.unwrap_or(usize::MAX);
+    let mut found = Vec::new();
+    let mut down = Vec::new();
+    for mut node in cache.every_node().await? {
+        if found.len() >= limit {
+            break;
+        }
+        let wanted = limit - found.len();
+        match node_keys(&mut node, &pattern, &args, topology.redis.pipeline, wanted).await {
+            Ok(keys) => found.extend(keys),
+            Err(e) if e.is_unreachable() => down.push(Down {
+                node: node.name,
+                backup: node.backup,
+                error: e.to_string(),
+            }),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let limited = found.len() >= limit;
     if args.json {
         let keys: Vec<_> = found
             .iter()
@@ -104,7 +123,15 @@ pub async fn keys(topology: &Topology, args: KeysArgs) -> anyhow::Result<()> {
                 None => json!({"node": f.node, "key": f.key}),
             })
             .collect();
-        let doc = json!({"pattern": pattern, "verified": args.verify, "count": found.len(), "keys": keys});
+        let doc = json!({
+            "pattern": pattern,
+            "verified": args.verify,
+            "count": found.len(),
+            "limited": limited,
+            "complete": down.is_empty(),
+            "down": down.iter().map(Down::json).collect::<Vec<_>>(),
+            "keys": keys,
+        });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         let mut table = Table::new();
@@ -112,15 +139,73 @@ pub async fn keys(topology: &Topology, args: KeysArgs) -> anyhow::Result<()> {
         for f in &found {
             table.add_row([
                 f.node.clone(),
-                f.key.clone(),
+                printable(&f.key),
                 f.ttl.map_or_else(|| "-".into(), ttl_text),
             ]);
         }
         println!("{table}");
         let how = if args.verify { "existing" } else { "listed" };
-        println!("{} keys {how} matching {pattern}", found.len());
+        let stop = if limited { " (stopped at --limit)" } else { "" };
+        println!("{} keys {how} matching {pattern}{stop}", found.len());
+        for d in &down {
+            println!("{}", d.note());
+        }
     }
-    Ok(())
+    complete(&down)
+}
+
+/// Up to `limit` keys of one node matching `pattern`, with their TTL under `--verify`.
+async fn node_keys(
+    node: &mut NodeConn,
+    pattern: &str,
+    args: &KeysArgs,
+    pipeline: usize,
+    limit: usize,
+) -> Result<Vec<Found>, CacheError> {
+    let failed = |source| CacheError::Command {
+        node: node.name.clone(),
+        source,
+    };
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(args.count)
+            .query_async(&mut node.conn)
+            .await
+            .map_err(failed)?;
+        keys.extend(batch);
+        if next == 0 || keys.len() >= limit {
+            break;
+        }
+        cursor = next;
+    }
+    // SCAN may return a key twice (when the node rehashes meanwhile).
+    keys.sort();
+    keys.dedup();
+    keys.truncate(limit);
+    let found = |key, ttl| Found {
+        node: node.name.clone(),
+        key,
+        ttl,
+    };
+    if !args.verify {
+        return Ok(keys.into_iter().map(|k| found(k, None)).collect());
+    }
+    let asked: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let ttls = pttls(&mut node.conn, &asked, pipeline)
+        .await
+        .map_err(failed)?;
+    Ok(keys
+        .into_iter()
+        .zip(ttls)
+        .filter(|(_, ttl)| *ttl != Remaining::Absent)
+        .map(|(key, ttl)| found(key, Some(ttl)))
+        .collect())
 }
 
 /// What Redis holds of a hot key.
@@ -134,6 +219,8 @@ enum Status {
     /// Not in Redis although no TTL explains it: never warmed, no row in MySQL, deleted or
     /// evicted.
     Missing,
+    /// No node that may hold it answered.
+    Unknown,
 }
 
 impl Status {
@@ -142,31 +229,129 @@ impl Status {
             Status::Warm(_) => "warm",
             Status::Expired => "expired",
             Status::Missing => "missing",
+            Status::Unknown => "unknown",
         }
     }
 }
 
-fn status(ttl: Remaining, warmed_at_ms: Option<i64>, cfg_ttl: Duration, now_ms: i64) -> Status {
+fn status(
+    ttl: Option<Remaining>,
+    warmed_at_ms: Option<i64>,
+    cfg_ttl: Duration,
+    now_ms: i64,
+) -> Status {
     match (ttl, warmed_at_ms) {
-        (Remaining::Absent, Some(at)) if now_ms - at >= cfg_ttl.as_millis() as i64 => {
+        (None, _) => Status::Unknown,
+        (Some(Remaining::Absent), Some(at)) if now_ms - at >= cfg_ttl.as_millis() as i64 => {
             Status::Expired
         }
-        (Remaining::Absent, _) => Status::Missing,
-        (present, _) => Status::Warm(present),
+        (Some(Remaining::Absent), _) => Status::Missing,
+        (Some(present), _) => Status::Warm(present),
     }
 }
 
-pub async fn diff(topology: &Topology, args: DiffArgs) -> anyhow::Result<()> {
+/// One hot key of a task and what Redis holds of it.
+pub struct DiffRow {
+    pub task: u32,
+    pub hot_key: String,
+    pub cache_key: String,
+    status: Status,
+}
+
+impl DiffRow {
+    /// `warm`, `expired`, `missing` or `unknown`.
+    pub fn status(&self) -> &'static str {
+        self.status.name()
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let mut row = json!({"task": self.task, "hot_key": self.hot_key, "key": self.cache_key, "status": self.status()});
+        if let Status::Warm(ttl) = self.status {
+            row["ttl_ms"] = json!(ttl_ms(ttl));
+        }
+        row
+    }
+}
+
+/// How many hot keys have each status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub warm: usize,
+    pub expired: usize,
+    pub missing: usize,
+    pub unknown: usize,
+}
+
+impl Counts {
+    pub fn of<'a>(rows: impl IntoIterator<Item = &'a DiffRow>) -> Counts {
+        let mut counts = Counts::default();
+        for row in rows {
+            match row.status {
+                Status::Warm(_) => counts.warm += 1,
+                Status::Expired => counts.expired += 1,
+                Status::Missing => counts.missing += 1,
+                Status::Unknown => counts.unknown += 1,
+            }
+        }
+        counts
+    }
+}
+
+/// Every hot key of the tasks asked for, against Redis, and the nodes that did not answer.
+pub struct Diff {
+    pub rows: Vec<DiffRow>,
+    down: Vec<Down>,
+}
+
+impl Diff {
+    /// The document `hotctl diff --json` prints.
+    pub fn to_json(&self) -> serde_json::Value {
+        let counts = Counts::of(&self.rows);
+        json!({
+            "warm": counts.warm,
+            "expired": counts.expired,
+            "missing": counts.missing,
+            "unknown": counts.unknown,
+            "complete": self.down.is_empty(),
+            "down": self.down.iter().map(Down::json).collect::<Vec<_>>(),
+            "keys": self.rows.iter().map(DiffRow::to_json).collect::<Vec<_>>(),
+        })
+    }
+
+    /// [`Counts`] of each task, in task order.
+    pub fn counts_by_task(&self) -> Vec<(u32, Counts)> {
+        let mut tasks: Vec<u32> = self.rows.iter().map(|r| r.task).collect();
+        tasks.dedup();
+        tasks
+            .into_iter()
+            .map(|task| {
+                (
+                    task,
+                    Counts::of(self.rows.iter().filter(|r| r.task == task)),
+                )
+            })
+            .collect()
+    }
+
+    /// One sentence per node that was down.
+    pub fn notes(&self) -> Vec<String> {
+        self.down.iter().map(Down::note).collect()
+    }
+}
+
+/// Every hot key of `task` (every task when `None`) with what Redis holds of it.
+pub async fn diff_report(topology: &Topology, task: Option<u32>) -> anyhow::Result<Diff> {
     let zk = Zk::connect(topology)
         .await
         .context("connecting to ZooKeeper")?;
-    let tasks = match args.task {
+    let tasks = match task {
         Some(t) => vec![t],
         None => zk.list_tasks().await?,
     };
-    let cache = CacheNodes::connect(&topology.redis).await?;
+    let cache = CacheNodes::connect_lazily(&topology.redis).await?;
     let now = now_ms();
     let mut rows = Vec::new();
+    let mut unreadable: Vec<CacheError> = Vec::new();
     for task in tasks {
         let Some(hot) = zk.read_hot(task).await? else {
             continue;
@@ -178,47 +363,79 @@ pub async fn diff(topology: &Topology, args: DiffArgs) -> anyhow::Result<()> {
             .iter()
             .map(|i| cache_key(&topology.redis, &i.key))
             .collect();
-        let ttls = cache.remaining(&keys).await?;
-        for ((item, key), ttl) in hot.value.items.iter().zip(keys).zip(ttls) {
-            let s = status(ttl, warmed_at, topology.redis.ttl, now);
-            rows.push((task, item.key.clone(), key, s));
+        let readable = cache.remaining_readable(&keys).await?;
+        unreadable.extend(readable.unreadable);
+        for ((item, key), ttl) in hot.value.items.iter().zip(keys).zip(readable.ttls) {
+            rows.push(DiffRow {
+                task,
+                hot_key: item.key.clone(),
+                cache_key: key,
+                status: status(ttl, warmed_at, topology.redis.ttl, now),
+            });
         }
     }
-    let count = |name: &str| rows.iter().filter(|r| r.3.name() == name).count();
-    let (warm, expired, missing) = (count("warm"), count("expired"), count("missing"));
+    let down = diff_outage(&cache, unreadable);
+    Ok(Diff { rows, down })
+}
+
+pub async fn diff(topology: &Topology, args: DiffArgs) -> anyhow::Result<()> {
+    let diff = diff_report(topology, args.task).await?;
     if args.json {
-        let keys: Vec<_> = rows
-            .iter()
-            .map(|(task, hot, key, s)| {
-                let mut row = json!({"task": task, "hot_key": hot, "key": key, "status": s.name()});
-                if let Status::Warm(ttl) = s {
-                    row["ttl_ms"] = json!(ttl_ms(*ttl));
-                }
-                row
-            })
-            .collect();
-        let doc = json!({"warm": warm, "expired": expired, "missing": missing, "keys": keys});
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        println!("{}", serde_json::to_string_pretty(&diff.to_json())?);
     } else {
         let mut table = Table::new();
         table.set_header(["task", "hot key", "cache key", "status", "ttl"]);
-        for (task, hot, key, s) in &rows {
-            let ttl = match s {
-                Status::Warm(ttl) => ttl_text(*ttl),
+        for row in &diff.rows {
+            let ttl = match row.status {
+                Status::Warm(ttl) => ttl_text(ttl),
                 _ => "-".into(),
             };
             table.add_row([
-                task.to_string(),
-                hot.clone(),
-                key.clone(),
-                s.name().into(),
+                row.task.to_string(),
+                printable(&row.hot_key),
+                printable(&row.cache_key),
+                row.status().into(),
                 ttl,
             ]);
         }
         println!("{table}");
-        println!("{warm} warm, {expired} expired, {missing} missing");
+        let c = Counts::of(&diff.rows);
+        println!(
+            "{} warm, {} expired, {} missing, {} unknown",
+            c.warm, c.expired, c.missing, c.unknown
+        );
+        for note in diff.notes() {
+            println!("{note}");
+        }
     }
-    Ok(())
+    complete(&diff.down)
+}
+
+/// The nodes `diff` could not read: primaries served by their backup (the failover knew
+/// before asking), then nodes that failed when asked, each once.
+fn diff_outage(cache: &CacheNodes, unreadable: Vec<CacheError>) -> Vec<Down> {
+    let mut down: Vec<Down> = cache
+        .failed_over()
+        .into_iter()
+        .map(|(node, backup)| Down {
+            node,
+            backup: Some(backup),
+            error: "not answering its health checks".into(),
+        })
+        .collect();
+    for e in unreadable {
+        let CacheError::Command { node, .. } = &e else {
+            continue;
+        };
+        if down.iter().all(|d| &d.node != node) {
+            down.push(Down {
+                node: node.clone(),
+                backup: None,
+                error: e.to_string(),
+            });
+        }
+    }
+    down
 }
 
 /// The SCAN MATCH glob of a key template: `{key}` becomes `*`, glob characters of the
@@ -269,21 +486,26 @@ mod tests {
     }
 
     #[test]
-    fn an_absent_key_is_expired_only_when_its_warming_is_older_than_the_ttl() {
+    fn an_absent_key_is_expired_only_when_its_warming_is_older_than_the_ttl_and_unread_is_unknown()
+    {
         let ttl = Duration::from_secs(60);
         assert_eq!(
-            status(Remaining::Absent, Some(0), ttl, 60_000),
+            status(Some(Remaining::Absent), Some(0), ttl, 60_000),
             Status::Expired
         );
         assert_eq!(
-            status(Remaining::Absent, Some(1), ttl, 60_000),
+            status(Some(Remaining::Absent), Some(1), ttl, 60_000),
             Status::Missing
         );
         assert_eq!(
-            status(Remaining::Absent, None, ttl, 60_000),
+            status(Some(Remaining::Absent), None, ttl, 60_000),
             Status::Missing
         );
         let left = Remaining::Left(Duration::from_secs(5));
-        assert_eq!(status(left, Some(0), ttl, 600_000), Status::Warm(left));
+        assert_eq!(
+            status(Some(left), Some(0), ttl, 600_000),
+            Status::Warm(left)
+        );
+        assert_eq!(status(None, Some(0), ttl, 60_000), Status::Unknown);
     }
 }

@@ -1,8 +1,8 @@
 //! `hotctl`: the operator's command line. Each subcommand group lives in its own module
 //! (`db` for the catalogue database, `tasks` for what ZooKeeper holds per task, `blacklist`
-//! for the threshold rules' bans, `keys` for what Redis holds); this file only parses
-//! arguments, loads the topology,
-//! dispatches, and turns errors into the exit codes of `hotkeys::exit`.
+//! for the threshold rules' bans, `keys` for what Redis holds, `dashboard` for the web UI and
+//! API); this file only parses arguments, loads the topology, dispatches, and turns errors
+//! into the exit codes of `hotkeys::exit`.
 
 use std::process::ExitCode;
 
@@ -17,8 +17,10 @@ use hotkeys::subscribe::SubscribeError;
 use hotkeys::zk::ZkError;
 
 mod blacklist;
+mod dashboard;
 mod db;
 mod keys;
+mod render;
 mod tasks;
 
 #[derive(Parser)]
@@ -56,6 +58,8 @@ enum Command {
     Keys(keys::KeysArgs),
     /// A hot list against Redis: which hot keys are warm, missing or expired.
     Diff(keys::DiffArgs),
+    /// The web dashboard, JSON API and SSE stream; records hot-key history into MySQL.
+    Dashboard(dashboard::DashboardArgs),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
             Command::Unban(args) => blacklist::unban(&topology, args).await,
             Command::Keys(args) => keys::keys(&topology, args).await,
             Command::Diff(args) => keys::diff(&topology, args).await,
+            Command::Dashboard(args) => dashboard::run(&topology, args).await,
         }
     });
     match result {

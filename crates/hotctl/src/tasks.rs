@@ -11,9 +11,11 @@ use clap::Args;
 use comfy_table::Table;
 use hotkeys::Topology;
 use hotkeys::config::PRIMARY_COUNTER;
-use hotkeys::hotlist::{HotItem, merge, now_ms};
+use hotkeys::hotlist::{HotItem, HotList, merge, now_ms};
 use hotkeys::subscribe::{HotSet, subscribe};
 use hotkeys::zk::{TaskView, Zk};
+
+use crate::render::printable;
 use serde_json::json;
 
 /// Which counter a command reads.
@@ -60,12 +62,18 @@ pub struct WatchArgs {
 
 #[derive(Args)]
 pub struct ResetArgs {
-    /// Delete only the `warmed` marks, so the next prewarm loads every task again.
+    /// Delete the `warmed` marks, so the next prewarm loads every task again. With `--yes`,
+    /// the whole subtree goes, marks included.
     #[arg(long)]
     warmed: bool,
     /// Required to delete the whole topology subtree (hot lists and checkpoints included).
     #[arg(long)]
     yes: bool,
+    /// Reset even while hot-counter workers are in the consumer group. They keep their
+    /// counts and publish them again (nothing counted is lost); only the history in
+    /// ZooKeeper and the warmed marks go.
+    #[arg(long)]
+    force: bool,
 }
 
 pub async fn tasks(topology: &Topology, args: TasksArgs) -> anyhow::Result<()> {
@@ -122,7 +130,7 @@ pub async fn watch(topology: &Topology, args: WatchArgs) -> anyhow::Result<()> {
 pub async fn reset(topology: &Topology, args: ResetArgs) -> anyhow::Result<()> {
     // Warmed marks and the subtree belong to the topology, not to one counter.
     let zk = Zk::connect(topology).await?;
-    if args.warmed {
+    if args.warmed && !args.yes {
         let tasks = zk.list_tasks().await?;
         for &task in &tasks {
             zk.clear_warmed(task).await?;
@@ -132,12 +140,41 @@ pub async fn reset(topology: &Topology, args: ResetArgs) -> anyhow::Result<()> {
     }
     if !args.yes {
         bail!(
-            "this deletes every hot list and checkpoint of `{}`; add --yes, or use --warmed",
+            "this deletes every hot list, checkpoint and warmed mark of `{}`; add --yes, or use --warmed alone",
             topology.name
         );
     }
+    let members = hotkeys::kafka::group_members(&topology.kafka, &topology.kafka.group)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot ask Kafka who is in group `{}`",
+                topology.kafka.group
+            )
+        })?;
+    if !members.is_empty() && !args.force {
+        let list: Vec<String> = members
+            .iter()
+            .map(|m| format!("{} on {}", m.client_id, m.host))
+            .collect();
+        bail!(
+            "{} hot-counter worker(s) of group `{}` own tasks: {}. They publish their counts again \
+             right after the reset (nothing is lost); add --force to reset under them",
+            members.len(),
+            topology.kafka.group,
+            list.join(", ")
+        );
+    }
     zk.delete_all().await?;
-    println!("deleted {}", zk.layout().base());
+    println!(
+        "deleted {} (hot lists, checkpoints, warmed marks){}",
+        zk.layout().base(),
+        if members.is_empty() {
+            String::new()
+        } else {
+            format!("; {} running worker(s) will publish again", members.len())
+        }
+    );
     Ok(())
 }
 
@@ -153,7 +190,7 @@ async fn connect(topology: &Topology, counter: &CounterArg) -> anyhow::Result<Zk
     Ok(Zk::connect(topology).await?.for_counter(&counter.counter))
 }
 
-fn merged(views: &[TaskView], n: usize) -> Vec<HotItem> {
+pub fn merged(views: &[TaskView], n: usize) -> Vec<HotItem> {
     merge(
         views
             .iter()
@@ -162,7 +199,7 @@ fn merged(views: &[TaskView], n: usize) -> Vec<HotItem> {
     )
 }
 
-fn task_json(v: &TaskView) -> serde_json::Value {
+pub fn task_json(v: &TaskView) -> serde_json::Value {
     json!({
         "task": v.task,
         "owner": v.hot.as_ref().and_then(|h| h.value.owner.clone()),
@@ -172,6 +209,10 @@ fn task_json(v: &TaskView) -> serde_json::Value {
         "items": v.hot.as_ref().map(|h| h.value.items.len()),
         "events": v.hot.as_ref().map(|h| h.value.events),
         "malformed": v.hot.as_ref().map(|h| h.value.malformed),
+        "key_too_long": v.hot.as_ref().map(|h| h.value.key_too_long),
+        "future": v.hot.as_ref().map(|h| h.value.future),
+        "late": v.hot.as_ref().map(|h| h.value.late),
+        "truncated": v.hot.as_ref().map(|h| h.value.truncated),
         "exact": v.hot.as_ref().and_then(|h| h.value.exact),
         "warmed": v.warmed.as_ref().map(|w| &w.value),
         "warm": v.is_warm(),
@@ -182,7 +223,7 @@ fn task_json(v: &TaskView) -> serde_json::Value {
 fn tasks_table(views: &[TaskView]) -> Table {
     let mut table = Table::new();
     table.set_header([
-        "task", "owner", "version", "age", "items", "events", "warmed", "lock",
+        "task", "owner", "version", "age", "items", "events", "skipped", "warmed", "lock",
     ]);
     for v in views {
         let hot = v.hot.as_ref();
@@ -199,11 +240,43 @@ fn tasks_table(views: &[TaskView]) -> Table {
             hot.map_or("-".into(), |h| age(now_ms() - h.value.generated_at_ms)),
             hot.map_or("-".into(), |h| h.value.items.len().to_string()),
             hot.map_or("-".into(), |h| h.value.events.to_string()),
+            hot.map_or("-".into(), |h| skipped(&h.value)),
             warmed,
             v.lock.as_ref().map_or("-".into(), |l| l.value.holder()),
         ]);
     }
     table
+}
+
+/// What a task did not count as it came, in one cell: malformed events (of them, keys over
+/// the length limit), events stamped in the future (counted as now), late events (not
+/// counted); `-` when nothing.
+fn skipped(list: &HotList) -> String {
+    let mut parts = Vec::new();
+    if list.malformed > 0 {
+        parts.push(if list.key_too_long > 0 {
+            format!(
+                "{} malformed ({} long keys)",
+                list.malformed, list.key_too_long
+            )
+        } else {
+            format!("{} malformed", list.malformed)
+        });
+    }
+    if list.future > 0 {
+        parts.push(format!("{} future", list.future));
+    }
+    if list.late > 0 {
+        parts.push(format!("{} late", list.late));
+    }
+    if list.truncated {
+        parts.push("list truncated".into());
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 fn versions_table(set: &HotSet) -> Table {
@@ -226,7 +299,7 @@ fn items_table(items: &[HotItem]) -> Table {
     for (i, item) in items.iter().enumerate() {
         table.add_row([
             (i + 1).to_string(),
-            item.key.clone(),
+            printable(&item.key),
             item.count.to_string(),
             item.error.map_or("-".into(), |e| e.to_string()),
         ]);

@@ -2,10 +2,13 @@
 //! real ZooKeeper and Redis. Hot lists are published the way hot-counter does, and the
 //! threshold rule is evaluated by the library's own `Blacklist::enforce`.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use common::hotctl;
 use hotkeys::Topology;
 use hotkeys::blacklist::Blacklist;
 use hotkeys::cache::RedisConn;
@@ -14,17 +17,6 @@ use hotkeys::hotlist::now_ms;
 use hotkeys::testing::{self, publish_hot_list};
 use hotkeys::zk::Zk;
 use serde_json::Value;
-
-fn hotctl(topology: &Topology, args: &[&str]) -> Output {
-    let file = testing::write_topology(topology);
-    Command::new(env!("CARGO_BIN_EXE_hotctl"))
-        .arg("--topology")
-        .arg(file)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run hotctl")
-}
 
 fn json(out: &Output) -> Value {
     assert!(

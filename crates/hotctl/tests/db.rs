@@ -67,10 +67,8 @@ fn hotctl(url: &str, args: &[&str]) -> Output {
     let topology =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../topology/default.toml");
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hotctl"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("HOTKEYS_") {
-            cmd.env_remove(k);
-        }
+    for k in hotkeys::testing::topology_overrides() {
+        cmd.env_remove(k);
     }
     cmd.env("HOTKEYS_MYSQL_URL", url)
         .env("RUST_LOG", "warn")

@@ -14,10 +14,8 @@ use serde_json::Value;
 fn hotctl_json(t: &Topology, args: &[&str]) -> Value {
     let path = testing::write_topology(t);
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hotctl"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("HOTKEYS_") {
-            cmd.env_remove(k);
-        }
+    for k in hotkeys::testing::topology_overrides() {
+        cmd.env_remove(k);
     }
     let out = cmd
         .env("RUST_LOG", "warn")
@@ -44,6 +42,18 @@ fn listed(doc: &Value) -> Vec<String> {
         .collect();
     keys.sort();
     keys
+}
+
+/// The stack's ZooKeeper; `None` (skip) when it is unreachable, a failure under `CI`.
+async fn zookeeper(t: &Topology) -> Option<Zk> {
+    match Zk::connect(t).await {
+        Ok(zk) => Some(zk),
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipping: ZooKeeper: {e}; start it with scripts/stack.sh up");
+            None
+        }
+        Err(e) => panic!("ZooKeeper: {e}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -108,13 +118,8 @@ async fn diff_tells_warm_missing_and_expired_hot_keys_apart() {
     let mut t = testing::topology("hotctl-diff");
     t.redis.nodes = vec![server.url()];
     t.redis.ttl = Duration::from_secs(60);
-    let zk = match Zk::connect(&t).await {
-        Ok(zk) => zk,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("skipping: ZooKeeper: {e}; start it with scripts/stack.sh up");
-            return;
-        }
-        Err(e) => panic!("ZooKeeper: {e}"),
+    let Some(zk) = zookeeper(&t).await else {
+        return;
     };
     let hot = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<Vec<_>>();
     testing::publish_hot_list(&zk, &t.name, 0, &hot(&["1", "2", "3"]), "test")
@@ -164,5 +169,138 @@ async fn diff_tells_warm_missing_and_expired_hot_keys_apart() {
     assert_eq!(status_of("5"), "expired");
     let one_task = hotctl_json(&t, &["diff", "0", "--json"]);
     assert_eq!(one_task["keys"].as_array().unwrap().len(), 3);
+    let _ = zk.delete_all().await;
+}
+
+/// A password no output may contain.
+const PLANTED: &str = "planted-Pw-5b1e";
+
+/// Runs `hotctl --topology <t> ARGS` with every log level on; exit code, stdout, stderr.
+/// Fails the test if the planted password appears in either stream.
+fn hotctl_traced(t: &Topology, args: &[&str]) -> (i32, String, String) {
+    let path = testing::write_topology(t);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hotctl"));
+    for k in hotkeys::testing::topology_overrides() {
+        cmd.env_remove(k);
+    }
+    let out = cmd
+        .env("RUST_LOG", "trace")
+        .arg("--topology")
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("run hotctl");
+    let _ = std::fs::remove_file(&path);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    for (name, text) in [("stdout", &stdout), ("stderr", &stderr)] {
+        assert!(
+            !text.contains(PLANTED),
+            "hotctl {args:?} shows the password on {name}:\n{text}"
+        );
+    }
+    (out.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+fn json_of(stdout: &str) -> Value {
+    serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"))
+}
+
+/// A password-protected ring of two primaries, the first with a backup, the first killed;
+/// 40 keys written while it is down (its share lands on the backup). Returns the servers
+/// (kept alive), the topology and the keys' hot-key names.
+async fn ring_with_a_primary_down(name: &str) -> (Vec<RedisServer>, Topology, Vec<String>) {
+    let start = || RedisServer::start_with(&["--requirepass", PLANTED]);
+    let (mut a, b, c) = (start(), start(), start());
+    let url = |s: &RedisServer| format!("redis://:{PLANTED}@127.0.0.1:{}", s.port);
+    let mut t = testing::topology(name);
+    t.redis.mode = hotkeys::config::RedisMode::Ring;
+    t.redis.nodes = vec![url(&a), url(&b)];
+    t.redis.backups = [(url(&a), url(&c))].into();
+    t.redis.health_every = Duration::from_millis(100);
+    t.redis.health_failures = 1;
+    a.kill();
+    let cache = CacheNodes::connect(&t.redis).await.unwrap();
+    let hot: Vec<String> = (0..40).map(|i| i.to_string()).collect();
+    let entries: Vec<(String, &str, Duration)> = hot
+        .iter()
+        .map(|k| {
+            (
+                hotkeys::cache::cache_key(&t.redis, k),
+                "{}",
+                Duration::from_secs(3600),
+            )
+        })
+        .collect();
+    cache.set_many(&entries).await.unwrap();
+    let on_primary_a = hot
+        .iter()
+        .filter(|k| cache.node_for(&hotkeys::cache::cache_key(&t.redis, k)) == 0)
+        .count();
+    assert!(on_primary_a > 0, "some keys belong to the killed primary");
+    (vec![a, b, c], t, hot)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_with_a_ring_primary_down_counts_its_keys_on_the_backup_says_so_and_exits_1() {
+    let (servers, t, hot) = ring_with_a_primary_down("hotctl-keys-outage").await;
+    let down_node = format!("redis://127.0.0.1:{}", servers[0].port);
+    let backup_node = format!("redis://127.0.0.1:{}", servers[2].port);
+
+    let (code, stdout, _) = hotctl_traced(&t, &["keys", "--verify", "--json"]);
+    assert_eq!(code, 1, "a partial result exits 1:\n{stdout}");
+    let doc = json_of(&stdout);
+    assert_eq!(doc["count"].as_u64(), Some(hot.len() as u64), "{doc:#}");
+    assert_eq!(doc["complete"], false);
+    assert_eq!(doc["down"][0]["node"], down_node.as_str(), "{doc:#}");
+    assert_eq!(doc["down"][0]["read_on"], backup_node.as_str(), "{doc:#}");
+
+    let (code, stdout, stderr) = hotctl_traced(&t, &["keys"]);
+    assert_eq!(code, 1);
+    assert!(
+        stdout.contains(&format!("{down_node} is down"))
+            && stdout.contains(&format!("read on its backup {backup_node}")),
+        "{stdout}"
+    );
+    assert!(stderr.contains("partial result"), "{stderr}");
+
+    let (code, stdout, _) = hotctl_traced(&t, &["keys", "--limit", "5", "--json"]);
+    assert_eq!(code, 1);
+    let doc = json_of(&stdout);
+    assert_eq!(
+        (doc["count"].as_u64(), doc["limited"].as_bool()),
+        (Some(5), Some(true)),
+        "{doc:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diff_with_a_ring_primary_down_reads_its_keys_on_the_backup_says_so_and_exits_1() {
+    let (servers, t, hot) = ring_with_a_primary_down("hotctl-diff-outage").await;
+    let Some(zk) = zookeeper(&t).await else {
+        return;
+    };
+    testing::publish_hot_list(&zk, &t.name, 0, &hot, "test")
+        .await
+        .unwrap();
+
+    let (code, stdout, _) = hotctl_traced(&t, &["diff", "--json"]);
+    assert_eq!(code, 1, "a partial result exits 1:\n{stdout}");
+    let doc = json_of(&stdout);
+    assert_eq!(doc["warm"].as_u64(), Some(hot.len() as u64), "{doc:#}");
+    assert_eq!(doc["unknown"].as_u64(), Some(0), "{doc:#}");
+    assert_eq!(
+        doc["down"][0]["node"],
+        format!("redis://127.0.0.1:{}", servers[0].port).as_str(),
+        "{doc:#}"
+    );
+    let (code, stdout, _) = hotctl_traced(&t, &["diff"]);
+    assert_eq!(code, 1);
+    assert!(
+        stdout.contains("its keys were read on its backup"),
+        "{stdout}"
+    );
     let _ = zk.delete_all().await;
 }

@@ -52,7 +52,7 @@ fn main() {
                 window: Duration::from_secs(3600),
                 buckets: 1,
                 top_n: top,
-                publish_every: Duration::from_secs(1),
+                ..CountConfig::default()
             };
             let mut counter = WindowCounter::new(&config);
             for k in &keys {

@@ -37,6 +37,7 @@ use crate::codec::{self, Codec, CodecError};
 use crate::config::{RedisConfig, RedisMode};
 use crate::failover::{Failover, State};
 use crate::ring::{Ring, RingError};
+use crate::secret::NodeUrl;
 
 /// What went wrong talking to the cache.
 #[derive(Debug, thiserror::Error)]
@@ -160,11 +161,28 @@ impl RedisConn {
     }
 }
 
+impl RedisConn {
+    /// Connects to the one node at `url` (e.g. `sync.state`).
+    pub async fn connect(url: &str, timeout: Duration) -> Result<RedisConn, CacheError> {
+        Ok(RedisConn::Node(connect_node(url, timeout).await?))
+    }
+}
+
+/// A connection to one node of a set, for operator tools that walk every node.
+pub struct NodeConn {
+    /// The node's URL without credentials.
+    pub name: String,
+    pub conn: RedisConn,
+    /// The node that serves this primary's keys while it is down, if it has one.
+    pub backup: Option<String>,
+}
+
 /// The nodes of one data centre's cache and the rule that places keys on them.
 #[derive(Clone)]
 pub struct CacheNodes {
-    /// Node URLs as configured, primaries first, then backups; they name nodes in errors.
-    names: Vec<String>,
+    /// Node URLs as configured, primaries first, then backups; they name nodes in errors
+    /// (without credentials).
+    names: Vec<NodeUrl>,
     nodes: Nodes,
     /// Commands per pipeline sent to one node.
     pipeline: usize,
@@ -250,7 +268,7 @@ async fn resolve_master(
         node: format!(
             "master `{}` of sentinels {}",
             cfg.master,
-            cfg.nodes.join(",")
+            NodeUrl::join(&cfg.nodes)
         ),
         source,
     };
@@ -268,6 +286,17 @@ async fn resolve_master(
 impl CacheNodes {
     /// Connects to every node of `cfg`; fails if any node cannot be reached now.
     pub async fn connect(cfg: &RedisConfig) -> Result<CacheNodes, CacheError> {
+        Self::connect_with(cfg, false).await
+    }
+
+    /// Like [`CacheNodes::connect`], but the nodes of `single` and `ring` mode connect at
+    /// their first command: for operator tools that report a node that is down and go on
+    /// with the others.
+    pub async fn connect_lazily(cfg: &RedisConfig) -> Result<CacheNodes, CacheError> {
+        Self::connect_with(cfg, true).await
+    }
+
+    async fn connect_with(cfg: &RedisConfig, all_lazy: bool) -> Result<CacheNodes, CacheError> {
         if cfg.nodes.is_empty() {
             return Err(CacheError::Config("redis.nodes lists no node".into()));
         }
@@ -285,13 +314,13 @@ impl CacheNodes {
                         )));
                     }
                 };
-                Self::independent(cfg, ring, &mut names).await?
+                Self::independent(cfg, ring, &mut names, all_lazy).await?
             }
             RedisMode::Cluster => Nodes::Cluster(connect_cluster(&cfg.nodes, cfg.timeout).await?),
             RedisMode::Sentinel => Nodes::Sentinel(Arc::new(SentinelMaster::connect(cfg).await?)),
         };
         Ok(CacheNodes {
-            names,
+            names: names.iter().map(NodeUrl::from).collect(),
             nodes,
             pipeline,
             codec: Codec::new(cfg.compress_over, cfg.compress_level),
@@ -300,11 +329,12 @@ impl CacheNodes {
 
     /// The connections of `single` / `ring` mode. Primaries with a backup, and the backups,
     /// connect lazily: a primary that is down at start begins on its backup. Every other
-    /// node must answer now. Backups are appended to `names`.
+    /// node must answer now, unless `all_lazy`. Backups are appended to `names`.
     async fn independent(
         cfg: &RedisConfig,
         ring: Option<Ring>,
         names: &mut Vec<String>,
+        all_lazy: bool,
     ) -> Result<Nodes, CacheError> {
         let mut backup_of = Vec::with_capacity(cfg.nodes.len());
         for primary in &cfg.nodes {
@@ -315,7 +345,7 @@ impl CacheNodes {
                 })
             }));
         }
-        let lazy = |n: usize| n >= cfg.nodes.len() || backup_of[n].is_some();
+        let lazy = |n: usize| all_lazy || n >= cfg.nodes.len() || backup_of[n].is_some();
         let conns = try_join_all(names.iter().enumerate().map(|(n, url)| async move {
             if lazy(n) {
                 lazy_node(url, cfg.timeout)
@@ -325,7 +355,10 @@ impl CacheNodes {
         }))
         .await?;
         let failover = match backup_of.iter().any(Option::is_some) {
-            true => Some(Failover::start(conns.clone(), names.clone(), backup_of, cfg).await),
+            true => {
+                let shown = names.iter().map(NodeUrl::from).collect();
+                Some(Failover::start(conns.clone(), shown, backup_of, cfg).await)
+            }
             false => None,
         };
         Ok(Nodes::Independent {
@@ -337,34 +370,56 @@ impl CacheNodes {
 
     /// The node URLs: the configured nodes in order (which [`CacheNodes::node_for`] indexes
     /// into), then the backups.
-    pub fn nodes(&self) -> &[String] {
+    pub fn nodes(&self) -> &[NodeUrl] {
         &self.names
     }
 
-    /// A connection to every node that can hold keys, named: each node and backup of a
-    /// ring, the master of a sentinel set. A cluster is asked through each configured
-    /// node, which therefore must list every primary.
-    pub async fn every_node(&self) -> Result<Vec<(String, RedisConn)>, CacheError> {
+    /// A connection to every node that can hold keys: each node and backup of a ring, the
+    /// master of a sentinel set. A cluster is asked through each configured node, which
+    /// therefore must list every primary.
+    pub async fn every_node(&self) -> Result<Vec<NodeConn>, CacheError> {
         match &self.nodes {
-            Nodes::Independent { conns, .. } => Ok(self
-                .names
+            Nodes::Independent {
+                conns, failover, ..
+            } => Ok(conns
                 .iter()
-                .cloned()
-                .zip(conns.iter().map(|c| RedisConn::Node(c.clone())))
+                .enumerate()
+                .map(|(n, c)| NodeConn {
+                    name: self.names[n].to_string(),
+                    conn: RedisConn::Node(c.clone()),
+                    backup: failover
+                        .as_ref()
+                        .and_then(|f| f.backup_index(n))
+                        .map(|b| self.names[b].to_string()),
+                })
                 .collect()),
-            Nodes::Sentinel(master) => Ok(vec![(
-                format!("sentinel master {}", self.names.join(",")),
-                RedisConn::Node(master.current()),
-            )]),
+            Nodes::Sentinel(master) => Ok(vec![NodeConn {
+                name: format!("sentinel master {}", self.shown_names()),
+                conn: RedisConn::Node(master.current()),
+                backup: None,
+            }]),
             Nodes::Cluster(_) => {
                 let mut all = Vec::new();
                 for url in &self.names {
-                    let conn = connect_node(url, Duration::from_secs(10)).await?;
-                    all.push((url.clone(), RedisConn::Node(conn)));
+                    let conn = connect_node(url.expose(), Duration::from_secs(10)).await?;
+                    all.push(NodeConn {
+                        name: url.to_string(),
+                        conn: RedisConn::Node(conn),
+                        backup: None,
+                    });
                 }
                 Ok(all)
             }
         }
+    }
+
+    /// Every node, comma-separated, without credentials.
+    fn shown_names(&self) -> String {
+        self.names
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Index of the node a `set` of `key` goes to. Redis Cluster places keys itself, so a
@@ -399,7 +454,7 @@ impl CacheNodes {
     }
 
     /// Name of the node behind [`CacheNodes::home`], for errors.
-    pub fn home_name(&self) -> &str {
+    pub fn home_name(&self) -> &NodeUrl {
         &self.names[0]
     }
 
@@ -481,9 +536,23 @@ impl CacheNodes {
     }
 
     /// The remaining TTL of each of `keys` where a read of it would look (see
-    /// [`CacheNodes::get`]), in the order given.
+    /// [`CacheNodes::get`]), in the order given. Fails if a node it asks does not answer.
     pub async fn remaining(&self, keys: &[String]) -> Result<Vec<Remaining>, CacheError> {
-        let mut found = vec![Remaining::Absent; keys.len()];
+        let mut readable = self.remaining_readable(keys).await?;
+        if let Some(e) = readable.unreadable.pop() {
+            return Err(e);
+        }
+        Ok(readable
+            .ttls
+            .into_iter()
+            .map(|t| t.unwrap_or(Remaining::Absent))
+            .collect())
+    }
+
+    /// Like [`CacheNodes::remaining`], but goes on past nodes that do not answer: the keys
+    /// of a primary that fails are asked on its backup, if it has one. A key that no node
+    /// could be asked about is `None`; `unreadable` holds each node's failure.
+    pub async fn remaining_readable(&self, keys: &[String]) -> Result<Readable, CacheError> {
         if let Nodes::Cluster(conn) = &self.nodes {
             // A cluster routes each key to its slot's owner; no cross-slot pipelines.
             let ttls = try_join_all(keys.iter().map(|k| {
@@ -497,22 +566,34 @@ impl CacheNodes {
             }))
             .await
             .map_err(|source| self.command_error(0, source))?;
-            return Ok(ttls.into_iter().map(Remaining::from_pttl).collect());
+            return Ok(Readable {
+                ttls: ttls
+                    .into_iter()
+                    .map(|t| Some(Remaining::from_pttl(t)))
+                    .collect(),
+                unreadable: Vec::new(),
+            });
         }
-        let targets: Vec<Vec<usize>> = keys
+        let failover = match &self.nodes {
+            Nodes::Independent { failover, .. } => failover.as_ref(),
+            _ => None,
+        };
+        let mut targets: Vec<Vec<usize>> = keys
             .iter()
-            .map(|k| match &self.nodes {
-                Nodes::Independent {
-                    failover: Some(f), ..
-                } => f.read_targets(self.node_for(k)),
-                _ => vec![self.node_for(k)],
+            .map(|k| {
+                let p = self.node_for(k);
+                failover.map_or_else(|| vec![p], |f| f.read_targets(p))
             })
             .collect();
-        // Round `r` asks each key still absent on its `r`-th node, one pipeline per node.
-        for round in 0..2 {
+        let mut found: Vec<Option<Remaining>> = vec![None; keys.len()];
+        let mut unreadable = Vec::new();
+        let mut failed = HashSet::new();
+        // Round `r` asks each key not found yet on its `r`-th node, one pipeline per node.
+        // A node that fails hands its keys on to its backup in the next round.
+        for round in 0..3 {
             let mut per_node: HashMap<usize, Vec<usize>> = HashMap::new();
             for (i, t) in targets.iter().enumerate() {
-                if found[i] == Remaining::Absent
+                if matches!(found[i], None | Some(Remaining::Absent))
                     && let Some(&node) = t.get(round)
                 {
                     per_node.entry(node).or_default().push(i);
@@ -520,15 +601,56 @@ impl CacheNodes {
             }
             for (node, idx) in per_node {
                 let asked: Vec<&str> = idx.iter().map(|&i| keys[i].as_str()).collect();
-                let ttls = pttls(&mut self.conn(node), &asked, self.pipeline)
-                    .await
-                    .map_err(|source| self.command_error(node, source))?;
-                for (i, ttl) in idx.into_iter().zip(ttls) {
-                    found[i] = ttl;
+                let result = match failed.contains(&node) {
+                    true => None,
+                    false => Some(pttls(&mut self.conn(node), &asked, self.pipeline).await),
+                };
+                match result {
+                    Some(Ok(ttls)) => {
+                        for (i, ttl) in idx.into_iter().zip(ttls) {
+                            found[i] = Some(ttl);
+                        }
+                        continue;
+                    }
+                    Some(Err(source)) => {
+                        let e = self.failed(node, source).await;
+                        if !e.is_unreachable() {
+                            return Err(e);
+                        }
+                        failed.insert(node);
+                        unreadable.push(e);
+                    }
+                    None => {}
+                }
+                let backup = failover.and_then(|f| f.backup_index(node));
+                for i in idx {
+                    if let Some(b) = backup.filter(|b| !targets[i].contains(b)) {
+                        targets[i].push(b);
+                    }
                 }
             }
         }
-        Ok(found)
+        Ok(Readable {
+            ttls: found,
+            unreadable,
+        })
+    }
+
+    /// The primaries whose keys their backup serves now, by name, with the backup's name.
+    pub fn failed_over(&self) -> Vec<(String, String)> {
+        let Nodes::Independent {
+            failover: Some(f), ..
+        } = &self.nodes
+        else {
+            return Vec::new();
+        };
+        (0..self.names.len())
+            .filter_map(|p| {
+                let backup = f.backup_index(p)?;
+                (f.state(p) != State::Up)
+                    .then(|| (self.names[p].to_string(), self.names[backup].to_string()))
+            })
+            .collect()
     }
 
     /// Applies `writes`: each set on its node, each delete on every node of a ring. One
@@ -673,9 +795,9 @@ impl CacheNodes {
 
     fn command_error(&self, node: usize, source: RedisError) -> CacheError {
         let node = match &self.nodes {
-            Nodes::Independent { .. } => self.names[node].clone(),
-            Nodes::Cluster(_) => format!("cluster {}", self.names.join(",")),
-            Nodes::Sentinel(_) => format!("sentinel master {}", self.names.join(",")),
+            Nodes::Independent { .. } => self.names[node].to_string(),
+            Nodes::Cluster(_) => format!("cluster {}", self.shown_names()),
+            Nodes::Sentinel(_) => format!("sentinel master {}", self.shown_names()),
         };
         CacheError::Command { node, source }
     }
@@ -696,6 +818,14 @@ impl Write<'_> {
             Write::Set { key, .. } | Write::Delete { key } => key,
         }
     }
+}
+
+/// What [`CacheNodes::remaining_readable`] could read.
+pub struct Readable {
+    /// Per key, in the order asked; `None` when no node holding it answered.
+    pub ttls: Vec<Option<Remaining>>,
+    /// The failure of each node that did not answer.
+    pub unreadable: Vec<CacheError>,
 }
 
 /// How long a key has left.
@@ -762,8 +892,12 @@ fn merge(results: Vec<Result<Tally, CacheError>>) -> Result<WriteOutcome, CacheE
 }
 
 fn client(url: &str) -> Result<redis::Client, CacheError> {
-    redis::Client::open(url)
-        .map_err(|e| CacheError::Config(format!("redis node `{url}`: not a valid Redis URL: {e}")))
+    redis::Client::open(url).map_err(|e| {
+        CacheError::Config(format!(
+            "redis node `{}`: not a valid Redis URL: {e}",
+            NodeUrl::new(url)
+        ))
+    })
 }
 
 /// Few, quick reconnection attempts: a node that stays down should fail the command soon,
@@ -780,7 +914,7 @@ async fn connect_node(url: &str, timeout: Duration) -> Result<ConnectionManager,
     ConnectionManager::new_with_config(client(url)?, manager_config(timeout))
         .await
         .map_err(|source| CacheError::Connect {
-            node: url.to_string(),
+            node: NodeUrl::new(url).to_string(),
             source,
         })
 }
@@ -789,7 +923,7 @@ async fn connect_node(url: &str, timeout: Duration) -> Result<ConnectionManager,
 fn lazy_node(url: &str, timeout: Duration) -> Result<ConnectionManager, CacheError> {
     ConnectionManager::new_lazy_with_config(client(url)?, manager_config(timeout)).map_err(
         |source| CacheError::Connect {
-            node: url.to_string(),
+            node: NodeUrl::new(url).to_string(),
             source,
         },
     )
@@ -808,7 +942,7 @@ async fn connect_cluster(
         .get_async_connection()
         .await
         .map_err(|source| CacheError::Connect {
-            node: format!("cluster {}", seeds.join(",")),
+            node: format!("cluster {}", NodeUrl::join(seeds)),
             source,
         })
 }

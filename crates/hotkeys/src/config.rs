@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::secret::NodeUrl;
+
 /// What went wrong loading a topology; every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -61,6 +63,8 @@ pub struct Topology {
     pub prewarm: PrewarmConfig,
     #[serde(default)]
     pub sync: SyncConfig,
+    #[serde(default)]
+    pub dashboard: DashboardConfig,
 }
 
 fn default_name() -> String {
@@ -80,6 +84,7 @@ impl Default for Topology {
             redis: RedisConfig::default(),
             prewarm: PrewarmConfig::default(),
             sync: SyncConfig::default(),
+            dashboard: DashboardConfig::default(),
         }
     }
 }
@@ -129,6 +134,9 @@ pub struct SourceConfig {
     pub key: String,
     /// Query parameter holding the key in nginx access-log lines.
     pub query_param: String,
+    /// Longer keys are malformed events: counted, sampled in the log, sent to the
+    /// dead-letter topic. Bounds what one key costs in memory, hot lists and checkpoints.
+    pub max_key_bytes: usize,
 }
 
 impl Default for SourceConfig {
@@ -136,6 +144,7 @@ impl Default for SourceConfig {
         SourceConfig {
             key: "/uri_args/productId".into(),
             query_param: "productId".into(),
+            max_key_bytes: 256,
         }
     }
 }
@@ -164,9 +173,33 @@ pub struct CountConfig {
     pub buckets: u32,
     /// Items in a published hot list.
     pub top_n: usize,
-    /// How often each task publishes its hot list.
+    /// How often each task publishes its hot list, when it changed.
     #[serde(with = "humantime_serde")]
     pub publish_every: Duration,
+    /// How often each task writes its counter checkpoint (also at revoke and shutdown). A
+    /// new owner resumes from the checkpoint and re-counts what came after it.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_every: Duration,
+    /// Events stamped further ahead of the worker's clock are counted as happening now
+    /// (and as `future`); default: one bucket (`window / buckets`).
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_future: Option<Duration>,
+}
+
+impl CountConfig {
+    /// The length of one window bucket.
+    pub fn bucket(&self) -> Duration {
+        self.window / self.buckets.max(1)
+    }
+
+    /// How far ahead of the clock an event's timestamp is taken as it is.
+    pub fn max_future(&self) -> Duration {
+        self.max_future.unwrap_or_else(|| self.bucket())
+    }
 }
 
 impl Default for CountConfig {
@@ -177,7 +210,9 @@ impl Default for CountConfig {
             window: Duration::from_secs(300),
             buckets: 10,
             top_n: 100,
-            publish_every: Duration::from_secs(5),
+            publish_every: Duration::from_millis(500),
+            checkpoint_every: Duration::from_secs(30),
+            max_future: None,
         }
     }
 }
@@ -281,7 +316,12 @@ impl Default for ZookeeperConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MysqlConfig {
+    /// `mysql://user@host:port/database`; a password here is used only when `password_env`
+    /// names no variable that is set.
     pub url: String,
+    /// Name of the environment variable holding the password (never the password itself);
+    /// empty: the URL's own.
+    pub password_env: String,
     /// Row query; `{ids}` is replaced by the bound key list, and one column must be `id`.
     pub query: String,
     /// Keys per `IN (…)` query.
@@ -293,11 +333,24 @@ pub struct MysqlConfig {
 impl Default for MysqlConfig {
     fn default() -> Self {
         MysqlConfig {
-            url: "mysql://hotkeys:hotkeys@127.0.0.1:3306/hotkeys".into(),
+            url: "mysql://hotkeys@127.0.0.1:3306/hotkeys".into(),
+            password_env: "HOTKEYS_MYSQL_PASSWORD".into(),
             query: "SELECT id, shop_id, name, price, stock, attributes, updated_at FROM products WHERE id IN ({ids})".into(),
             batch: 500,
             pool: 8,
         }
+    }
+}
+
+impl MysqlConfig {
+    /// The password from the variable `password_env` names, when it is set.
+    pub fn password_from_env(&self) -> Option<String> {
+        if self.password_env.is_empty() {
+            return None;
+        }
+        std::env::var(&self.password_env)
+            .ok()
+            .filter(|s| !s.is_empty())
     }
 }
 
@@ -416,7 +469,8 @@ impl RedisConfig {
             );
         }
         for (primary, backup) in &self.backups {
-            if !self.nodes.contains(primary) {
+            let (primary, backup) = (NodeUrl::from(primary), NodeUrl::from(backup));
+            if !self.nodes.iter().any(|n| n == primary.expose()) {
                 return Err((
                     "redis.backups",
                     format!(
@@ -424,13 +478,13 @@ impl RedisConfig {
                     ),
                 ));
             }
-            if redis::parse_redis_url(backup).is_none() {
+            if redis::parse_redis_url(backup.expose()).is_none() {
                 return Err((
                     "redis.backups",
                     format!("backup `{backup}` of `{primary}`: expected a redis:// URL"),
                 ));
             }
-            if self.nodes.contains(backup) {
+            if self.nodes.iter().any(|n| n == backup.expose()) {
                 return Err((
                     "redis.backups",
                     format!(
@@ -550,6 +604,11 @@ pub struct SyncConfig {
     pub max_body: usize,
     /// Redis nodes of the receiving data centre.
     pub apply_nodes: Vec<String>,
+    /// The Redis node holding the replication state: the shipper's queue and in-flight
+    /// batches, the receiver's per-stream records. Empty: the home of the cache (the first
+    /// node of `redis.nodes` for the shipper, of `apply_nodes` for the receiver). It must not
+    /// evict: ship and receive refuse to run on an `allkeys-*` maxmemory-policy.
+    pub state: String,
     /// Compression of the request bodies the shipper sends.
     pub compression: SyncCompression,
     /// Time one HTTP batch may take, request and answer, before it is retried.
@@ -574,10 +633,40 @@ impl Default for SyncConfig {
             replicate: vec!["product:".into()],
             max_body: 16 * 1024 * 1024,
             apply_nodes: vec!["redis://127.0.0.1:6380".into()],
+            state: String::new(),
             compression: SyncCompression::Zstd,
             timeout: Duration::from_secs(30),
             retry_max: Duration::from_secs(10),
             retries: 0,
+        }
+    }
+}
+
+/// `hotctl dashboard`: the web UI, JSON API and hot-key history of a topology.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DashboardConfig {
+    /// Address the dashboard listens on (`--listen` wins).
+    pub listen: String,
+    /// How often the merged hot lists are recorded into MySQL; 0 turns recording off
+    /// (`--record` wins).
+    #[serde(with = "humantime_serde")]
+    pub record: Duration,
+    /// How long recorded hot lists are kept (`--retain` wins).
+    #[serde(with = "humantime_serde")]
+    pub retain: Duration,
+    /// Name of the environment variable holding the token that write requests (unban)
+    /// must carry; without it the dashboard is read-only.
+    pub token_env: String,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig {
+            listen: "127.0.0.1:8490".into(),
+            record: Duration::from_secs(60),
+            retain: Duration::from_secs(7 * 24 * 3600),
+            token_env: "HOTKEYS_DASHBOARD_TOKEN".into(),
         }
     }
 }
@@ -635,6 +724,15 @@ impl Topology {
         if self.count.publish_every.is_zero() {
             return bad("count.publish_every", "expected a positive duration");
         }
+        if self.count.checkpoint_every < self.count.publish_every {
+            return bad(
+                "count.checkpoint_every",
+                "expected at least count.publish_every (a checkpoint is written with a publish)",
+            );
+        }
+        if self.source.max_key_bytes == 0 {
+            return bad("source.max_key_bytes", "expected at least 1");
+        }
         let mut names = std::collections::HashSet::new();
         for (i, c) in self.counters.iter().enumerate() {
             let at = |key: &str| format!("counter[{i}].{key}");
@@ -674,11 +772,13 @@ impl Topology {
                 let i = self.counters.iter().position(|c| c.name == counter.name);
                 format!("counter[{}]", i.unwrap_or_default())
             };
-            validate_count(&counter.count).map_err(|(key, message)| ConfigError::Key {
-                file: file.to_path_buf(),
-                key: format!("{section}.{key}"),
-                message: message.into(),
-            })?;
+            validate_count(&counter.count, self.source.max_key_bytes).map_err(
+                |(key, message)| ConfigError::Key {
+                    file: file.to_path_buf(),
+                    key: format!("{section}.{key}"),
+                    message,
+                },
+            )?;
         }
         if !self.zookeeper.root.starts_with('/') || self.zookeeper.root.ends_with('/') {
             return bad(
@@ -710,6 +810,26 @@ impl Topology {
         if self.sync.in_flight == 0 || self.sync.in_flight > 64 {
             return bad("sync.in_flight", "expected between 1 and 64");
         }
+        if self
+            .dashboard
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
+            return bad(
+                "dashboard.listen",
+                "expected an address such as 127.0.0.1:8490",
+            );
+        }
+        if !self.sync.state.is_empty() && redis::parse_redis_url(&self.sync.state).is_none() {
+            return bad(
+                "sync.state",
+                &format!(
+                    "`{}`: expected a redis:// URL",
+                    NodeUrl::new(self.sync.state.as_str())
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -732,7 +852,7 @@ impl Topology {
                 window: c.window.unwrap_or(self.count.window),
                 buckets: c.buckets.unwrap_or(self.count.buckets),
                 top_n: c.top_n.unwrap_or(self.count.top_n),
-                publish_every: self.count.publish_every,
+                ..self.count.clone()
             },
             rule: c.threshold.zip(c.action).map(|(threshold, action)| Rule {
                 threshold,
@@ -747,6 +867,13 @@ impl Topology {
     /// The counter called `name`, if the topology has one.
     pub fn counter(&self, name: &str) -> Option<Counter> {
         self.counters().into_iter().find(|c| c.name == name)
+    }
+
+    /// The dashboard's write token, read from `dashboard.token_env`.
+    pub fn dashboard_token(&self) -> Option<String> {
+        std::env::var(&self.dashboard.token_env)
+            .ok()
+            .filter(|s| !s.is_empty())
     }
 
     /// How long before its expiry a cached value is loaded again by prewarm
@@ -764,25 +891,31 @@ impl Topology {
 }
 
 /// The limits every counter's settings obey; `Err` names the key (within its table).
-fn validate_count(count: &CountConfig) -> Result<(), (&'static str, &'static str)> {
+fn validate_count(count: &CountConfig, max_key_bytes: usize) -> Result<(), (&'static str, String)> {
+    let err = |key, message: &str| Err((key, message.to_string()));
     if count.capacity == 0 {
-        return Err(("capacity", "expected at least 1"));
+        return err("capacity", "expected at least 1");
     }
     if count.buckets == 0 {
-        return Err(("buckets", "expected at least 1"));
+        return err("buckets", "expected at least 1");
     }
     if count.window.as_millis() < u128::from(count.buckets) {
-        return Err(("window", "expected at least one millisecond per bucket"));
+        return err("window", "expected at least one millisecond per bucket");
     }
     if count.top_n == 0 || count.top_n > count.capacity {
-        return Err(("top_n", "expected between 1 and the capacity"));
+        return err("top_n", "expected between 1 and the capacity");
     }
-    // A hot list must fit a znode (1 MB) with its checkpoint; ~100 bytes per item.
-    if count.top_n > 5_000 {
-        return Err((
+    let fit = crate::hotlist::max_items(max_key_bytes);
+    if count.top_n > fit {
+        return err(
             "top_n",
-            "expected at most 5000 (a hot list must fit a znode)",
-        ));
+            &format!(
+                "expected at most {fit}: {} items of up to source.max_key_bytes = {max_key_bytes} \
+                 must fit a hot list of {} bytes (one ZooKeeper request)",
+                count.top_n,
+                crate::hotlist::MAX_BYTES
+            ),
+        );
     }
     Ok(())
 }
@@ -1158,6 +1291,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("space-saving") && err.contains("lru"), "{err}");
+    }
+
+    #[test]
+    fn dashboard_keys_take_env_overrides_and_a_bad_address_is_named() {
+        let t = parse_env(
+            "",
+            &[
+                ("HOTKEYS_DASHBOARD_RECORD", "0s"),
+                ("HOTKEYS_DASHBOARD_LISTEN", "0.0.0.0:9000"),
+            ],
+        )
+        .unwrap();
+        assert!(t.dashboard.record.is_zero());
+        assert_eq!(t.dashboard.listen, "0.0.0.0:9000");
+        assert_eq!(t.dashboard.token_env, "HOTKEYS_DASHBOARD_TOKEN");
+        let err = parse("[dashboard]\nlisten = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dashboard.listen"), "{err}");
     }
 
     #[test]

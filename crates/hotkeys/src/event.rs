@@ -4,6 +4,23 @@
 //! existing nginx+Lua reporters, and a bare message key with an empty or ignored value. The
 //! key is found with a JSON pointer from the topology, falling back to the message key.
 //!
+//! # The key rule
+//!
+//! One rule, used by hot-counter for every counter and by `access-producer replay` for both
+//! input formats, so a request is keyed the same way whichever path it took
+//! ([`key_of_json`]):
+//!
+//! - a string is its text: `"productId":"55"` → `55` (escapes undone);
+//! - a number is its JSON text: `"productId":55` → `55`;
+//! - an array is its first element, as nginx's `$arg_productId` takes the first of a
+//!   repeated argument: `"productId":["55","56"]` (what the OpenResty reporter's
+//!   `cjson.encode(ngx.req.get_uri_args())` writes for `?productId=55&productId=56`) → `55`;
+//! - anything else (`null`, an object, a boolean, an empty string or array) is no key.
+//!
+//! A key longer than `source.max_key_bytes` is malformed ([`KeyError::TooLong`]): keys
+//! come from the public internet, and every byte of a key is held in counters, hot lists
+//! and checkpoints.
+//!
 //! Counting runs at millions of events per second per worker, so [`KeyPointer::extract`]
 //! never builds a JSON tree: sonic-rs walks to the pointer with SIMD, skipping the values
 //! around it, and the key is borrowed from the message when it has no escapes. What lies
@@ -12,8 +29,6 @@
 
 use std::borrow::Cow;
 
-use sonic_rs::JsonValueTrait;
-
 /// Why an event yielded no key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
@@ -21,6 +36,8 @@ pub enum KeyError {
     NotJson(String),
     #[error("no key at the pointer and no message key")]
     Missing,
+    #[error("key of {bytes} bytes is over the limit of {limit} (source.max_key_bytes)")]
+    TooLong { bytes: usize, limit: usize },
 }
 
 impl KeyError {
@@ -29,6 +46,7 @@ impl KeyError {
         match self {
             KeyError::NotJson(_) => "not_json",
             KeyError::Missing => "no_key",
+            KeyError::TooLong { .. } => "key_too_long",
         }
     }
 }
@@ -37,10 +55,13 @@ impl KeyError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyPointer {
     segments: Vec<String>,
+    /// Longer keys are [`KeyError::TooLong`].
+    max_bytes: usize,
 }
 
 impl KeyPointer {
-    /// Parses `/a/b`; the empty string means "always use the message key".
+    /// Parses `/a/b`; the empty string means "always use the message key". Keys of any
+    /// length are accepted until [`max_bytes`](Self::max_bytes) sets a limit.
     pub fn parse(pointer: &str) -> KeyPointer {
         let segments = if pointer.is_empty() {
             Vec::new()
@@ -51,7 +72,18 @@ impl KeyPointer {
                 .map(|s| s.replace("~1", "/").replace("~0", "~"))
                 .collect()
         };
-        KeyPointer { segments }
+        KeyPointer {
+            segments,
+            max_bytes: usize::MAX,
+        }
+    }
+
+    /// The same pointer, refusing keys longer than `limit` bytes.
+    pub fn max_bytes(self, limit: usize) -> KeyPointer {
+        KeyPointer {
+            max_bytes: limit,
+            ..self
+        }
     }
 
     /// The pointer's segments, unescaped; none for the empty pointer.
@@ -59,9 +91,25 @@ impl KeyPointer {
         &self.segments
     }
 
-    /// The hot key of one Kafka message: the string or number at the pointer, else the
-    /// message key. An empty payload is the plain-key format; any other payload must be JSON.
+    /// The hot key of one Kafka message: the value at the pointer under the key rule (module
+    /// docs), else the message key. An empty payload is the plain-key format; any other
+    /// payload must be JSON.
     pub fn extract<'a>(
+        &self,
+        payload: Option<&'a [u8]>,
+        message_key: Option<&'a [u8]>,
+    ) -> Result<Cow<'a, str>, KeyError> {
+        let key = self.find(payload, message_key)?;
+        if key.len() > self.max_bytes {
+            return Err(KeyError::TooLong {
+                bytes: key.len(),
+                limit: self.max_bytes,
+            });
+        }
+        Ok(key)
+    }
+
+    fn find<'a>(
         &self,
         payload: Option<&'a [u8]>,
         message_key: Option<&'a [u8]>,
@@ -89,24 +137,46 @@ impl KeyPointer {
                 Err(e) if e.is_not_found() || e.is_unmatched_type() => return from_key(),
                 Err(e) => return Err(KeyError::NotJson(e.to_string())),
             };
-        let key = if value.is_str() {
-            match value.as_str() {
-                // No escapes: the text inside the quotes is the key, borrowed from the message.
-                Some(text) if value.as_raw_str().len() == text.len() + 2 => {
-                    reborrow(payload, &value.as_raw_str()[1..text.len() + 1])
-                        .map_or_else(|| Cow::Owned(text.to_owned()), Cow::Borrowed)
-                }
-                Some(text) => Cow::Owned(text.to_owned()),
-                None => return Err(KeyError::NotJson("invalid string at the pointer".into())),
-            }
-        } else if value.is_number() {
-            let raw = value.as_raw_str();
-            reborrow(payload, raw).map_or_else(|| Cow::Owned(raw.to_owned()), Cow::Borrowed)
-        } else {
-            return from_key();
+        let raw = value.as_raw_str();
+        // The value's text is the message's own bytes: borrow the key from the message.
+        let key = match reborrow(payload, raw) {
+            Some(raw) => key_of_json(raw)?,
+            None => key_of_json(raw)?.map(|k| Cow::Owned(k.into_owned())),
         };
-        if key.is_empty() { from_key() } else { Ok(key) }
+        match key {
+            Some(key) => Ok(key),
+            None => from_key(),
+        }
     }
+}
+
+/// The key a JSON value stands for under the key rule (module docs), from the value's raw
+/// text; `None` when it stands for no key.
+pub fn key_of_json(raw: &str) -> Result<Option<Cow<'_, str>>, KeyError> {
+    let key = match raw.as_bytes().first() {
+        Some(b'"') => {
+            let text = &raw[1..raw.len() - 1];
+            if !text.contains('\\') {
+                Cow::Borrowed(text)
+            } else {
+                serde_json::from_str::<String>(raw)
+                    .map(Cow::Owned)
+                    .map_err(|e| KeyError::NotJson(e.to_string()))?
+            }
+        }
+        Some(b'-' | b'0'..=b'9') => Cow::Borrowed(raw),
+        Some(b'[') => {
+            let items: Vec<&serde_json::value::RawValue> =
+                serde_json::from_str(raw).map_err(|e| KeyError::NotJson(e.to_string()))?;
+            // Only a scalar first element: nested arrays are no key, as in nginx.
+            return match items.first().map(|v| v.get()) {
+                Some(first) if !first.starts_with('[') => key_of_json(first),
+                _ => Ok(None),
+            };
+        }
+        _ => return Ok(None),
+    };
+    Ok((!key.is_empty()).then_some(key))
 }
 
 /// `part` as a borrow of `payload` when it points into it (sonic-rs hands out views of the
@@ -221,6 +291,33 @@ mod tests {
             key("/a~1b/c~0d", r#"{"a/b":{"c~d":"z"}}"#, None).unwrap(),
             "z"
         );
+    }
+
+    #[test]
+    fn a_repeated_argument_is_keyed_by_its_first_value() {
+        // What the OpenResty reporter writes for ?productId=55&productId=56.
+        let event = r#"{"uri_args":{"productId":["55","56"],"shopId":"1"}}"#;
+        assert_eq!(key("/uri_args/productId", event, Some("m")).unwrap(), "55");
+        assert_eq!(key("/k", r#"{"k":[7,8]}"#, None).unwrap(), "7");
+        assert_eq!(key("/k", r#"{"k":["a\"b"]}"#, None).unwrap(), "a\"b");
+    }
+
+    #[test]
+    fn an_empty_or_nested_array_is_no_key() {
+        assert_eq!(key("/k", r#"{"k":[]}"#, Some("m")).unwrap(), "m");
+        assert_eq!(key("/k", r#"{"k":[["1"]]}"#, Some("m")).unwrap(), "m");
+        assert_eq!(key("/k", r#"{"k":[null]}"#, None), Err(KeyError::Missing));
+    }
+
+    #[test]
+    fn keys_over_the_limit_are_too_long_from_the_event_or_the_message_key() {
+        let p = KeyPointer::parse("/k").max_bytes(4);
+        assert_eq!(p.extract(Some(br#"{"k":"1234"}"#), None).unwrap(), "1234");
+        let e = p.extract(Some(br#"{"k":"12345"}"#), None).unwrap_err();
+        assert_eq!(e, KeyError::TooLong { bytes: 5, limit: 4 });
+        assert_eq!(e.kind(), "key_too_long");
+        let e = p.extract(None, Some(b"123456")).unwrap_err();
+        assert_eq!(e.kind(), "key_too_long");
     }
 
     #[test]

@@ -35,6 +35,7 @@ use tokio::sync::{RwLock, RwLockReadGuard};
 
 use crate::config::RedisConfig;
 use crate::ring::NodeAddr;
+use crate::secret::NodeUrl;
 
 /// The Redis set, on the backup, of the keys written there while `primary` was down.
 pub fn track_key(primary: &str) -> String {
@@ -89,8 +90,9 @@ pub struct Failover {
 struct Shared {
     /// Connections of the node set: primaries first, then backups.
     conns: Vec<ConnectionManager>,
-    /// Node URLs in the order of `conns`, for logs and metric labels.
-    names: Vec<String>,
+    /// Node URLs in the order of `conns`, for logs and metric labels (shown without
+    /// credentials).
+    names: Vec<NodeUrl>,
     /// Per primary: index of its backup in `conns`, and its [`track_key`].
     backup_of: Vec<Option<(usize, String)>>,
     /// Per primary: a [`State`].
@@ -121,14 +123,14 @@ impl Failover {
     /// it answers).
     pub async fn start(
         conns: Vec<ConnectionManager>,
-        names: Vec<String>,
+        names: Vec<NodeUrl>,
         backup_of: Vec<Option<usize>>,
         cfg: &RedisConfig,
     ) -> Failover {
         let backup_of: Vec<Option<(usize, String)>> = backup_of
             .into_iter()
             .enumerate()
-            .map(|(p, b)| b.map(|b| (b, track_key(&names[p]))))
+            .map(|(p, b)| b.map(|b| (b, track_key(&names[p].to_string()))))
             .collect();
         let shared = Arc::new(Shared {
             states: backup_of.iter().map(|_| AtomicU8::new(0)).collect(),
@@ -175,7 +177,12 @@ impl Failover {
 
     /// Whether primary `p` has a backup.
     pub fn has_backup(&self, p: usize) -> bool {
-        self.shared.backup_of[p].is_some()
+        self.backup_index(p).is_some()
+    }
+
+    /// The index of node `n`'s backup, when `n` is a primary that has one.
+    pub fn backup_index(&self, n: usize) -> Option<usize> {
+        self.shared.backup_of.get(n)?.as_ref().map(|(b, _)| *b)
     }
 
     /// Where a write of a key owned by primary `p` goes now.
@@ -217,7 +224,7 @@ impl Shared {
             let (answers, backup_answers) = tokio::join!(self.ping(p), self.ping(backup));
             if backup_answers != backup_up {
                 backup_up = backup_answers;
-                let node = &self.names[backup];
+                let node = self.names[backup].to_string();
                 metrics::gauge!("hotkeys_cache_node_up", "node" => node.clone())
                     .set(f64::from(u8::from(backup_up)));
                 if backup_up {
@@ -230,7 +237,7 @@ impl Shared {
                 (State::Up, true) => failed = 0,
                 (State::Up, false) => {
                     failed += 1;
-                    metrics::counter!("hotkeys_cache_health_failures_total", "node" => self.names[p].clone())
+                    metrics::counter!("hotkeys_cache_health_failures_total", "node" => self.names[p].to_string())
                         .increment(1);
                     if failed >= self.failures {
                         self.set_state(p, State::Down, 0);
@@ -261,7 +268,7 @@ impl Shared {
     /// the change, or keys copied back when it goes up).
     fn set_state(&self, p: usize, to: State, keys: usize) {
         let from = State::from_u8(self.states[p].swap(to as u8, Ordering::AcqRel));
-        let node = self.names[p].clone();
+        let node = self.names[p].to_string();
         metrics::gauge!("hotkeys_cache_primary_state", "node" => node.clone())
             .set(f64::from(to as u8));
         metrics::gauge!("hotkeys_cache_node_up", "node" => node.clone())
@@ -271,7 +278,7 @@ impl Shared {
         }
         let backup = self.backup_of[p]
             .as_ref()
-            .map_or("", |(b, _)| self.names[*b].as_str());
+            .map_or(String::new(), |(b, _)| self.names[*b].to_string());
         metrics::counter!(
             "hotkeys_cache_state_changes_total",
             "node" => node.clone(),
@@ -354,7 +361,7 @@ impl Shared {
                 }
             }
         }
-        metrics::counter!("hotkeys_cache_failback_keys_total", "node" => self.names[p].clone())
+        metrics::counter!("hotkeys_cache_failback_keys_total", "node" => self.names[p].to_string())
             .increment(copied as u64);
         self.set_state(p, State::Up, copied);
         Ok(copied)

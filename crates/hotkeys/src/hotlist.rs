@@ -8,6 +8,19 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The most a serialized hot list may take: half of what one ZooKeeper request carries
+/// (`jute.maxbuffer`, 1 MB by default), so the checkpoint written with it keeps the rest.
+pub const MAX_BYTES: usize = 512 * 1024;
+
+/// JSON around one item's key: `{"key":"","count":…,"error":…},`, numbers at their widest.
+const ITEM_OVERHEAD: usize = 80;
+
+/// Items of keys up to `max_key_bytes` that always fit [`MAX_BYTES`] (with room for the
+/// list's own fields), for validating `top_n` against `source.max_key_bytes`.
+pub fn max_items(max_key_bytes: usize) -> usize {
+    (MAX_BYTES - 4096) / (max_key_bytes + ITEM_OVERHEAD)
+}
+
 /// The top-N list one task publishes to `/hotkeys/<topology>/tasks/<task>/hot`. The default
 /// is an empty list of version 0.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -35,7 +48,38 @@ pub struct HotList {
     /// Malformed events the current owner skipped since it took the task.
     #[serde(default)]
     pub malformed: u64,
+    /// Of `malformed`, events whose key was longer than `source.max_key_bytes`.
+    #[serde(default)]
+    pub key_too_long: u64,
+    /// Events stamped more than `count.max_future` ahead of the worker's clock, counted as
+    /// happening when they were read (since the current owner took the task).
+    #[serde(default)]
+    pub future: u64,
+    /// Events older than the window when they arrived, not counted.
+    #[serde(default)]
+    pub late: u64,
+    /// True when the list was cut short to fit [`MAX_BYTES`] (keys escaped to more bytes
+    /// than `source.max_key_bytes` allows for).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
     pub items: Vec<HotItem>,
+}
+
+impl HotList {
+    /// The JSON of this list, dropping its coldest items (and setting `truncated`) until it
+    /// fits [`MAX_BYTES`].
+    pub fn to_bounded_json(&mut self) -> Vec<u8> {
+        loop {
+            let json = serde_json::to_vec(self).expect("a hot list serializes");
+            if json.len() <= MAX_BYTES || self.items.is_empty() {
+                return json;
+            }
+            // Items are about equally long: cut in proportion, at least one.
+            let keep = self.items.len() * MAX_BYTES / json.len();
+            self.items.truncate(keep.min(self.items.len() - 1));
+            self.truncated = true;
+        }
+    }
 }
 
 /// One hot key with its (estimated) count in the window.
@@ -167,6 +211,10 @@ mod tests {
             owner: Some("h:1".into()),
             events: 9,
             malformed: 1,
+            key_too_long: 1,
+            future: 2,
+            late: 3,
+            truncated: false,
             items: vec![HotItem {
                 key: "k".into(),
                 count: 5,
@@ -175,6 +223,48 @@ mod tests {
         };
         let back: HotList = serde_json::from_slice(&serde_json::to_vec(&list).unwrap()).unwrap();
         assert_eq!(back, list);
+    }
+
+    #[test]
+    fn a_list_over_the_size_limit_keeps_its_hottest_items_and_says_so() {
+        let mut list = HotList {
+            items: (0..300)
+                .map(|i| HotItem {
+                    key: format!("{i:0>4}{}", "\u{1}".repeat(1000)),
+                    count: 1000 - i,
+                    error: None,
+                })
+                .collect(),
+            ..HotList::default()
+        };
+        let json = list.to_bounded_json();
+        assert!(json.len() <= MAX_BYTES, "{}", json.len());
+        assert!(list.truncated);
+        assert!(list.items.len() > 50 && list.items.len() < 300);
+        assert_eq!(list.items[0].count, 1000);
+        let back: HotList = serde_json::from_slice(&json).unwrap();
+        assert!(back.truncated);
+
+        let mut small = HotList::default();
+        small.to_bounded_json();
+        assert!(!small.truncated);
+    }
+
+    #[test]
+    fn max_items_fit_the_limit_at_the_key_limit() {
+        let n = max_items(256);
+        let mut list = HotList {
+            items: (0..n)
+                .map(|i| HotItem {
+                    key: format!("{i:x<256}"),
+                    count: u64::MAX,
+                    error: Some(u64::MAX),
+                })
+                .collect(),
+            ..HotList::default()
+        };
+        list.to_bounded_json();
+        assert!(!list.truncated);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! librdkafka client settings built from the topology, and creation of the access topic.
+//! librdkafka client settings built from the topology, creation of the access topic, and
+//! librdkafka's own log lines routed to `tracing`.
 //!
 //! Our tuning is applied first and the topology's `[kafka.producer]` / `[kafka.consumer]`
 //! tables last, so an operator can override anything (SASL, TLS, batching) without code.
@@ -8,11 +9,47 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
+
+/// What librdkafka says while a broker is still starting (loading its coordinators, electing
+/// leaders of a new topic). It retries on its own, so these are not warnings: a client
+/// started together with its broker would otherwise greet a new user with a screenful.
+const STARTUP_RETRIES: [&str; 4] = [
+    "Coordinator load in progress",
+    "Coordinator not available",
+    "Leader not available",
+    "Unknown topic or partition",
+];
+
+/// Whether a librdkafka message is an expected retry while a broker starts.
+pub fn is_startup_retry(message: &str) -> bool {
+    STARTUP_RETRIES.iter().any(|m| message.contains(m))
+}
+
+/// Routes one librdkafka log line to `tracing` (target `librdkafka`), at debug level when
+/// it is an expected start-up retry; for `ClientContext::log` implementations.
+pub fn log(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    if is_startup_retry(message) {
+        tracing::debug!(target: "librdkafka", fac, "{message}");
+        return;
+    }
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{message}"),
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", fac, "{message}")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
+    }
+}
 
 /// Settings for a throughput-tuned idempotent producer.
 pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
@@ -92,7 +129,7 @@ pub async fn ensure_topic_named(
     name: &str,
     partitions: u32,
 ) -> Result<TopicState, KafkaError> {
-    if let Some(partitions) = partition_count(kafka, name)? {
+    if let Some(partitions) = partition_count_off_runtime(kafka, name).await? {
         return Ok(TopicState::Exists { partitions });
     }
     let admin: AdminClient<DefaultClientContext> = admin_config(kafka).create()?;
@@ -114,7 +151,7 @@ pub async fn ensure_topic_named(
     }
     // Metadata propagates asynchronously; wait until the broker serves every partition.
     for _ in 0..100 {
-        if partition_count(kafka, name)? == Some(partitions as usize) {
+        if partition_count_off_runtime(kafka, name).await? == Some(partitions as usize) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -122,7 +159,51 @@ pub async fn ensure_topic_named(
     Ok(TopicState::Created)
 }
 
-/// Partitions of `topic`, or `None` when it does not exist.
+/// [`partition_count`] on a blocking thread: librdkafka's metadata call blocks for up to
+/// its timeout, which must never stall a tokio worker.
+async fn partition_count_off_runtime(
+    kafka: &KafkaConfig,
+    topic: &str,
+) -> Result<Option<usize>, KafkaError> {
+    let (kafka, topic) = (kafka.clone(), topic.to_string());
+    tokio::task::spawn_blocking(move || partition_count(&kafka, &topic))
+        .await
+        .expect("the metadata call does not panic")
+}
+
+/// One member of a consumer group, as the group coordinator describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    pub client_id: String,
+    pub host: String,
+}
+
+/// The members of `group` right now; empty when nobody consumes in it. Runs librdkafka's
+/// blocking group call on a blocking thread.
+pub async fn group_members(
+    kafka: &KafkaConfig,
+    group: &str,
+) -> Result<Vec<GroupMember>, KafkaError> {
+    let (kafka, group) = (kafka.clone(), group.to_string());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = admin_config(&kafka).create()?;
+        let groups = consumer.fetch_group_list(Some(&group), Duration::from_secs(10))?;
+        Ok(groups
+            .groups()
+            .iter()
+            .filter(|g| g.name() == group)
+            .flat_map(|g| g.members())
+            .map(|m| GroupMember {
+                client_id: m.client_id().to_string(),
+                host: m.client_host().trim_start_matches('/').to_string(),
+            })
+            .collect())
+    })
+    .await
+    .expect("the group call does not panic")
+}
+
+/// Partitions of `topic`, or `None` when it does not exist. Blocks for up to 10 s.
 pub fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<Option<usize>, KafkaError> {
     let consumer: BaseConsumer = admin_config(kafka).create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
@@ -134,6 +215,22 @@ pub fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<Option<usize>
             None if !t.partitions().is_empty() => Some(t.partitions().len()),
             _ => None,
         }))
+}
+
+/// The end offset (high watermark) of every partition of the topology's topic, in partition
+/// order; empty when the topic does not exist. Blocking: async callers use `spawn_blocking`.
+pub fn end_offsets(kafka: &KafkaConfig) -> Result<Vec<i64>, KafkaError> {
+    let Some(partitions) = partition_count(kafka, &kafka.topic)? else {
+        return Ok(Vec::new());
+    };
+    let consumer: BaseConsumer = admin_config(kafka).create()?;
+    (0..partitions as i32)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(&kafka.topic, p, Duration::from_secs(10))
+                .map(|(_, high)| high)
+        })
+        .collect()
 }
 
 /// Settings for admin and metadata clients: the brokers plus the consumer passthrough, which
@@ -154,4 +251,20 @@ fn admin_config(kafka: &KafkaConfig) -> ClientConfig {
 
 fn is_connection_setting(key: &str) -> bool {
     key.starts_with("security.") || key.starts_with("sasl.") || key.starts_with("ssl.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broker_loading_its_coordinator_is_a_start_up_retry() {
+        assert!(is_startup_retry(
+            "Failed to acquire idempotence PID from broker TxnCoordinator/1: \
+             Broker: Coordinator load in progress: retrying"
+        ));
+        assert!(!is_startup_retry(
+            "127.0.0.1:9092/1: Connect to ipv4#127.0.0.1:9092 failed: Connection refused"
+        ));
+    }
 }

@@ -20,7 +20,8 @@
 //! | [`cache`] | the Redis node set a cache write goes to (single, ring, cluster, sentinel) |
 //! | [`failover`] | backups of ring nodes: health checks, failover, fail-back |
 //! | [`codec`] | the byte format of cached values: plain, or zstd behind a one-byte tag |
-//! | [`sync_queue`] | replication operations and the durable Redis-list queue |
+//! | [`secret`] | node URLs shown without their credentials |
+//! | [`sync_queue`] | replication operations, the durable Redis-list queue, its state node |
 //! | [`telemetry`] | tracing and Prometheus metrics set-up |
 //! | [`shutdown`] | SIGINT/SIGTERM turned into a cancellation token |
 //! | [`exit`] | the process exit codes every binary shares |
@@ -39,6 +40,7 @@ pub mod hotlist;
 pub mod kafka;
 pub mod mysql;
 pub mod ring;
+pub mod secret;
 pub mod shutdown;
 pub mod subscribe;
 pub mod sync_queue;

@@ -134,11 +134,15 @@ pub fn options(url: &str) -> Result<MySqlConnectOptions, MysqlError> {
         .map_err(|e| MysqlError::BadUrl(format!("cannot parse the URL: {e}")))
 }
 
-/// Opens a pool of `mysql.pool` connections. One connection is made first, within
+/// Opens a pool of `mysql.pool` connections, with the password of `mysql.password_env` when
+/// that variable is set. One connection is made first, within
 /// `connect_timeout`, so that an unreachable server or a refused login is reported now, with
 /// its real cause, rather than as a pool timeout at the first query.
 pub async fn connect(cfg: &MysqlConfig, connect_timeout: Duration) -> Result<Pool, MysqlError> {
-    let opts = options(&cfg.url)?;
+    let mut opts = options(&cfg.url)?;
+    if let Some(password) = cfg.password_from_env() {
+        opts = opts.password(&password);
+    }
     let target = target(&opts);
     match tokio::time::timeout(connect_timeout, MySqlConnection::connect_with(&opts)).await {
         Err(_) => {

@@ -22,6 +22,13 @@
 //! and the receiver recognises them by their stamps. Up to `sync.in_flight` batches may be
 //! on their way at once; they are acknowledged strictly in stamp order.
 //!
+//! The queue lives on the node that holds the replication state: `sync.state`, or the home
+//! of the cache (its first node, or the cluster) when that is empty. The state must never
+//! be evicted — an evicted queue loses operations without a trace, an evicted in-flight list
+//! or stream record repeats or skips them — so the shipper and the receiver check the node's
+//! `maxmemory-policy` ([`check_no_eviction`]) when they start and after every reconnect,
+//! and refuse an `allkeys-*` policy.
+//!
 //! Keys, all in one Redis Cluster slot (the queue name is their hash tag unless it has one;
 //! in Redis Cluster a queue name with braces must hold a valid hash tag):
 //!
@@ -36,11 +43,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use redis::RedisError;
+use redis::{RedisError, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{CacheError, RedisConn};
-use crate::config::{RedisConfig, SyncConfig};
+use crate::cache::{CacheError, CacheNodes, RedisConn};
+use crate::config::{RedisConfig, RedisMode, SyncConfig};
+use crate::secret::NodeUrl;
 
 /// A change to one cache key, to be made in the other data centre.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,6 +248,14 @@ pub enum SyncError {
     Redis { queue: String, source: RedisError },
     #[error("sync queue `{queue}`: unexpected reply: {message}")]
     Reply { queue: String, message: String },
+    /// The node holding the replication state may evict it.
+    #[error(
+        "replication state on {node}: maxmemory-policy is `{policy}`, which may evict the queue, \
+         the batches in flight and the stream records, losing or repeating operations; set \
+         `maxmemory-policy noeviction` (or a volatile-* policy) on that Redis, or point \
+         sync.state at a Redis that does not evict"
+    )]
+    Evicting { node: String, policy: String },
 }
 
 impl SyncError {
@@ -253,8 +269,87 @@ impl SyncError {
                     || source.is_connection_refusal()
                     || source.is_connection_dropped()
             }
-            SyncError::Reply { .. } => false,
+            SyncError::Reply { .. } | SyncError::Evicting { .. } => false,
         }
+    }
+}
+
+/// The connection to the node that holds the replication state, and its name for messages:
+/// `sync.state` when set, else the home of `cache` (see [`crate::cache::CacheNodes::home`]).
+pub async fn connect_state(
+    cache: &RedisConfig,
+    sync: &SyncConfig,
+) -> Result<(RedisConn, String), SyncError> {
+    if !sync.state.is_empty() {
+        let conn = RedisConn::connect(&sync.state, cache.timeout).await?;
+        return Ok((conn, NodeUrl::new(sync.state.as_str()).to_string()));
+    }
+    let name = match cache.mode {
+        RedisMode::Cluster => format!("cluster {}", NodeUrl::join(&cache.nodes)),
+        RedisMode::Sentinel => format!("sentinel master {}", cache.master),
+        RedisMode::Single | RedisMode::Ring => cache
+            .nodes
+            .first()
+            .map(|n| NodeUrl::from(n).to_string())
+            .unwrap_or_default(),
+    };
+    Ok((RedisConn::connect_home(cache).await?, name))
+}
+
+/// Like [`connect_state`], for a process that has `cache` open already: its home connection
+/// is reused unless `sync.state` names a node of its own.
+pub async fn state_beside(
+    cache: &CacheNodes,
+    redis: &RedisConfig,
+    sync: &SyncConfig,
+) -> Result<(RedisConn, String), SyncError> {
+    if sync.state.is_empty() {
+        return Ok((cache.home(), cache.home_name().to_string()));
+    }
+    connect_state(redis, sync).await
+}
+
+/// Refuses a state node whose `maxmemory-policy` may evict any key (`allkeys-*`). Read from
+/// `INFO memory`, which needs no CONFIG permission; every node of a cluster is asked.
+pub async fn check_no_eviction(conn: &mut RedisConn, node: &str) -> Result<(), SyncError> {
+    let info: Value = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(conn)
+        .await
+        .map_err(|source| CacheError::Command {
+            node: node.to_string(),
+            source,
+        })?;
+    let mut policies = Vec::new();
+    eviction_policies(&info, &mut policies);
+    match policies.into_iter().find(|p| p.starts_with("allkeys-")) {
+        Some(policy) => Err(SyncError::Evicting {
+            node: node.to_string(),
+            policy,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The `maxmemory_policy:` values in an INFO reply (one text, or one per cluster node).
+fn eviction_policies(reply: &Value, out: &mut Vec<String>) {
+    match reply {
+        Value::BulkString(bytes) => {
+            let text = String::from_utf8_lossy(bytes);
+            out.extend(
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("maxmemory_policy:"))
+                    .map(|p| p.trim().to_string()),
+            );
+        }
+        Value::SimpleString(text) | Value::VerbatimString { text, .. } => {
+            eviction_policies(&Value::BulkString(text.clone().into_bytes()), out);
+        }
+        Value::Array(items) | Value::Set(items) => {
+            items.iter().for_each(|v| eviction_policies(v, out));
+        }
+        Value::Map(pairs) => pairs.iter().for_each(|(_, v)| eviction_policies(v, out)),
+        _ => {}
     }
 }
 
@@ -418,16 +513,19 @@ struct Scripts {
 #[derive(Clone)]
 pub struct SyncQueue {
     conn: RedisConn,
+    /// The state node, for messages (no credentials).
+    node: String,
     keys: QueueKeys,
     replicate: Vec<String>,
     scripts: std::sync::Arc<Scripts>,
 }
 
 impl SyncQueue {
-    /// The queue `sync.queue` on the given connection (the home of the local cache).
-    pub fn new(conn: RedisConn, sync: &SyncConfig) -> SyncQueue {
+    /// The queue `sync.queue` on the given connection to the state node named `node`.
+    pub fn new(conn: RedisConn, node: String, sync: &SyncConfig) -> SyncQueue {
         SyncQueue {
             conn,
+            node,
             keys: QueueKeys::new(&sync.queue),
             replicate: sync.replicate.clone(),
             scripts: std::sync::Arc::new(Scripts {
@@ -439,9 +537,26 @@ impl SyncQueue {
         }
     }
 
-    /// Connects to the home of the local cache (its first node, or the cluster).
+    /// Connects to the state node (see [`connect_state`]).
     pub async fn connect(redis: &RedisConfig, sync: &SyncConfig) -> Result<SyncQueue, SyncError> {
-        Ok(SyncQueue::new(RedisConn::connect_home(redis).await?, sync))
+        let (conn, node) = connect_state(redis, sync).await?;
+        Ok(SyncQueue::new(conn, node, sync))
+    }
+
+    /// The queue of a writer that has `cache` open already: on its home connection, unless
+    /// `sync.state` names a node of its own.
+    pub async fn beside(
+        cache: &CacheNodes,
+        redis: &RedisConfig,
+        sync: &SyncConfig,
+    ) -> Result<SyncQueue, SyncError> {
+        let (conn, node) = state_beside(cache, redis, sync).await?;
+        Ok(SyncQueue::new(conn, node, sync))
+    }
+
+    /// Fails when the state node may evict the queue (see [`check_no_eviction`]).
+    pub async fn check_no_eviction(&self) -> Result<(), SyncError> {
+        check_no_eviction(&mut self.conn.clone(), &self.node).await
     }
 
     /// The name of the Redis list.
@@ -759,6 +874,25 @@ mod tests {
         let line = br#"{"op":"set","key":"k\"1","value":"line\nbreak","at_ms":1}"#;
         let op = QueuedOp::from_json(line).unwrap();
         assert_eq!(op.op, Op::set("k\"1", "line\nbreak", None));
+    }
+
+    #[test]
+    fn eviction_policies_are_read_from_one_or_many_info_replies() {
+        let info = |p: &str| {
+            Value::BulkString(
+                format!("# Memory\r\nused_memory:1\r\nmaxmemory_policy:{p}\r\n").into_bytes(),
+            )
+        };
+        let mut found = Vec::new();
+        eviction_policies(&info("noeviction"), &mut found);
+        eviction_policies(
+            &Value::Map(vec![
+                (Value::SimpleString("a".into()), info("volatile-lru")),
+                (Value::SimpleString("b".into()), info("allkeys-lru")),
+            ]),
+            &mut found,
+        );
+        assert_eq!(found, ["noeviction", "volatile-lru", "allkeys-lru"]);
     }
 
     #[test]

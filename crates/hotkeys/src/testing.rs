@@ -173,6 +173,19 @@ impl TcpProxy {
     }
 }
 
+/// The `HOTKEYS_*` variables of this process that override topology keys: a test removes
+/// them from a child's environment so that they cannot point it elsewhere than the topology
+/// it is given. The variables holding secrets (`mysql.password_env`, `sync.secret_env`) are
+/// not overrides and stay.
+pub fn topology_overrides() -> Vec<String> {
+    let t = Topology::default();
+    std::env::vars()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("HOTKEYS_"))
+        .filter(|k| *k != t.mysql.password_env && *k != t.sync.secret_env)
+        .collect()
+}
+
 /// Writes `topology` to a fresh file for a child process's `--topology`.
 pub fn write_topology(topology: &Topology) -> PathBuf {
     let path = std::env::temp_dir().join(format!("{}.toml", unique("topology")));
@@ -183,22 +196,9 @@ pub fn write_topology(topology: &Topology) -> PathBuf {
 
 /// The end offset (high watermark) of every partition of the topology's topic.
 pub fn end_offsets(topology: &Topology) -> Vec<i64> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &topology.kafka.brokers)
-        .create()
-        .expect("consumer");
-    let partitions = crate::kafka::partition_count(&topology.kafka, &topology.kafka.topic)
-        .expect("metadata")
-        .expect("topic exists");
-    (0..partitions as i32)
-        .map(|p| {
-            consumer
-                .fetch_watermarks(&topology.kafka.topic, p, std::time::Duration::from_secs(10))
-                .expect("watermarks")
-                .1
-        })
-        .collect()
+    let ends = crate::kafka::end_offsets(&topology.kafka).expect("watermarks");
+    assert!(!ends.is_empty(), "topic {} exists", topology.kafka.topic);
+    ends
 }
 
 /// Publishes `keys`, hottest first, as the next version of `task`'s hot list the way a
@@ -235,7 +235,7 @@ pub async fn publish_hot_list(
         ..HotList::default()
     };
     let bytes = serde_json::to_vec(&hot).expect("hot list serializes");
-    zk.publish(task, seen, &bytes, b"{}").await
+    zk.publish(task, seen, &bytes, Some(b"{}")).await
 }
 
 /// A redis-server (or sentinel) of the test's own on a free loopback port, without
@@ -355,7 +355,8 @@ impl RedisServer {
             let pong = client
                 .get_connection_with_timeout(std::time::Duration::from_secs(1))
                 .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-            if pong.is_ok() {
+            // A server started with `--requirepass` answers NOAUTH: it is up as well.
+            if pong.as_ref().is_ok() || pong.is_err_and(|e| e.code() == Some("NOAUTH")) {
                 return;
             }
             assert!(

@@ -10,14 +10,18 @@
 //!                                             the same, for each `[[counter]]` table
 //! <root>/<topology>/counters/<counter>/blacklist
 //!                                             persistent; hotlist::BlacklistRecord
+//! <root>/<topology>/dashboard/recorder        ephemeral; the dashboard recording history
 //! ```
 //!
 //! The primary counter (`config::PRIMARY_COUNTER`) owns `<root>/<topology>/tasks`, the path
 //! prewarm has always read; [`Layout::for_counter`] gives any counter's view of the tree.
 //!
-//! `hot` and `checkpoint` are always written together in one multi-op, conditioned on the
-//! version of `hot` the writer last saw: a worker that lost its partition can never
-//! overwrite what the new owner published (fencing by znode version).
+//! Every write of `hot` is conditioned on the version of `hot` the writer last saw, and a
+//! `checkpoint` is only written together with `hot` in one multi-op: a worker that lost its
+//! partition can never overwrite what the new owner published (fencing by znode version).
+//! One request carries at most [`REQUEST_MAX_BYTES`] of data (ZooKeeper drops the
+//! connection on a request over `jute.maxbuffer`, 1 MB by default, and a retry fails the
+//! same way forever).
 //!
 //! A [`Zk`] is one session. After `SessionExpired` the client does not recover; callers call
 //! [`Zk::reconnect`] and recreate their ephemerals.
@@ -28,6 +32,10 @@ use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, Error as ZkClien
 
 use crate::config::{PRIMARY_COUNTER, Topology, ZookeeperConfig};
 use crate::hotlist::{BlacklistRecord, HotList, LockInfo, Warmed};
+
+/// The most data one write request carries: `jute.maxbuffer` (1 MiB by default) less room
+/// for paths and the request's framing.
+pub const REQUEST_MAX_BYTES: usize = 1024 * 1024 - 16 * 1024;
 
 /// A ZooKeeper failure, told apart where callers act differently.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +51,8 @@ pub enum ZkError {
     Timeout,
     #[error("{path}: lost a race (another writer changed the node)")]
     Fenced { path: String },
+    #[error("{path}: deleted under the writer (hotctl reset?)")]
+    Gone { path: String },
     #[error("{path}: {source}")]
     Op { path: String, source: ZkClientError },
     #[error("{path}: malformed record: {source}")]
@@ -136,6 +146,11 @@ impl Layout {
 
     pub fn blacklist(&self) -> String {
         format!("{}/blacklist", self.counter_base)
+    }
+
+    /// The lock of the one `hotctl dashboard` that records hot-key history.
+    pub fn recorder(&self) -> String {
+        format!("{}/dashboard/recorder", self.base)
     }
 }
 
@@ -333,15 +348,17 @@ impl Zk {
         }
     }
 
-    /// Writes `hot` and `checkpoint` atomically. `seen` is the `hot` version this writer
-    /// last read or wrote (`None`: it believes the task was never published). Returns the
-    /// new version, or [`ZkError::Fenced`] when another writer got there first.
+    /// Writes `hot`, and `checkpoint` with it when given, atomically. `seen` is the `hot`
+    /// version this writer last read or wrote (`None`: it believes the task was never
+    /// published, and must then give a checkpoint). Returns the new version;
+    /// [`ZkError::Fenced`] when another writer got there first; [`ZkError::Gone`] when the
+    /// nodes were deleted since `seen` (the writer may then create them anew).
     pub async fn publish(
         &self,
         task: u32,
         seen: Option<i32>,
         hot: &[u8],
-        checkpoint: &[u8],
+        checkpoint: Option<&[u8]>,
     ) -> Result<i32, ZkError> {
         let hot_path = self.layout.hot(task);
         let checkpoint_path = self.layout.checkpoint(task);
@@ -349,10 +366,21 @@ impl Zk {
         let staged = match seen {
             None => writer
                 .add_create(&hot_path, hot, &PERSISTENT)
-                .and_then(|()| writer.add_create(&checkpoint_path, checkpoint, &PERSISTENT)),
-            Some(v) => writer
-                .add_set_data(&hot_path, hot, Some(v))
-                .and_then(|()| writer.add_set_data(&checkpoint_path, checkpoint, None)),
+                .and_then(|()| {
+                    writer.add_create(
+                        &checkpoint_path,
+                        checkpoint.unwrap_or_default(),
+                        &PERSISTENT,
+                    )
+                }),
+            Some(v) => {
+                writer
+                    .add_set_data(&hot_path, hot, Some(v))
+                    .and_then(|()| match checkpoint {
+                        Some(c) => writer.add_set_data(&checkpoint_path, c, None),
+                        None => Ok(()),
+                    })
+            }
         };
         staged.map_err(|e| ZkError::op(&hot_path, e))?;
         match writer.commit().await {
@@ -364,6 +392,10 @@ impl Zk {
                 source: ZkClientError::NodeExists | ZkClientError::BadVersion,
                 ..
             }) => Err(ZkError::Fenced { path: hot_path }),
+            Err(zookeeper_client::MultiWriteError::OperationFailed {
+                source: ZkClientError::NoNode,
+                ..
+            }) => Err(ZkError::Gone { path: hot_path }),
             Err(e) => Err(ZkError::op(&hot_path, e.into())),
         }
     }
@@ -371,12 +403,55 @@ impl Zk {
     /// Takes the task's ephemeral lock if nobody holds it; never waits.
     /// `Ok(false)` means somebody else holds it.
     pub async fn try_lock(&self, task: u32, holder: &LockInfo) -> Result<bool, ZkError> {
-        let path = self.layout.lock(task);
+        self.try_ephemeral(&self.layout.lock(task), holder).await
+    }
+
+    /// Takes the dashboard recorder lock if nobody holds it; never waits.
+    pub async fn try_lock_recorder(&self, holder: &LockInfo) -> Result<bool, ZkError> {
+        let path = self.layout.recorder();
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.client
+                .mkdir(parent, &PERSISTENT)
+                .await
+                .map_err(|e| ZkError::op(parent, e))?;
+        }
+        self.try_ephemeral(&path, holder).await
+    }
+
+    /// Who holds the recorder lock, and whether it is this session.
+    pub async fn read_recorder(&self) -> Result<Option<(LockInfo, bool)>, ZkError> {
+        let path = self.layout.recorder();
+        let Some((data, stat)) = self.get(&path).await? else {
+            return Ok(None);
+        };
+        let holder = serde_json::from_slice(&data).map_err(|source| ZkError::Malformed {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Some((
+            holder,
+            stat.ephemeral_owner == self.client.session_id().0,
+        )))
+    }
+
+    /// Releases the recorder lock if this session holds it.
+    pub async fn unlock_recorder(&self) -> Result<(), ZkError> {
+        if let Some((_, true)) = self.read_recorder().await? {
+            let path = self.layout.recorder();
+            match self.client.delete(&path, None).await {
+                Ok(()) | Err(ZkClientError::NoNode) => {}
+                Err(e) => return Err(ZkError::op(&path, e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn try_ephemeral(&self, path: &str, holder: &LockInfo) -> Result<bool, ZkError> {
         let data = serde_json::to_vec(holder).expect("lock info serializes");
-        match self.client.create(&path, &data, &EPHEMERAL).await {
+        match self.client.create(path, &data, &EPHEMERAL).await {
             Ok(_) => Ok(true),
             Err(ZkClientError::NodeExists) => Ok(false),
-            Err(e) => Err(ZkError::op(&path, e)),
+            Err(e) => Err(ZkError::op(path, e)),
         }
     }
 
@@ -515,6 +590,10 @@ mod tests {
         assert_eq!(
             l.checkpoint(3),
             "/hotkeys/product-detail/tasks/3/checkpoint"
+        );
+        assert_eq!(
+            l.for_counter("caller-ip").recorder(),
+            "/hotkeys/product-detail/dashboard/recorder"
         );
     }
 

@@ -32,7 +32,11 @@ async fn kafka_round_trip_through_a_consumer_group() {
         }
     }
     keys.sort();
-    assert_eq!(keys, ["a", "b", "c"]);
+    assert_eq!(
+        keys,
+        ["a", "b", "c"],
+        "keys consumed within the 60 s deadline"
+    );
 }
 
 #[tokio::test]
@@ -106,5 +110,118 @@ fn docker_compose_describes_the_same_servers_and_ports() {
     };
     for port in [":9092", ":2181", ":3306", ":6379", ":6380"] {
         assert!(find(port), "no service publishes {port}");
+    }
+}
+
+/// A compose service with `<<: *anchor` merged in (YAML merge keys are not resolved by the
+/// parser): the service's own keys win.
+fn merged(service: &yaml_rust2::Yaml) -> yaml_rust2::yaml::Hash {
+    let own = service.as_hash().expect("a service is a mapping");
+    let mut all = own
+        .get(&yaml_rust2::Yaml::from_str("<<"))
+        .and_then(|base| base.as_hash())
+        .cloned()
+        .unwrap_or_default();
+    for (k, v) in own {
+        all.insert(k.clone(), v.clone());
+    }
+    all
+}
+
+fn strings(value: Option<&yaml_rust2::Yaml>) -> Vec<String> {
+    value
+        .and_then(|v| v.as_vec())
+        .map(|v| {
+            v.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn docker_compose_images_are_upstream_or_built_here_and_our_commands_exist() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let text = std::fs::read_to_string(root.join("docker-compose.yml")).expect("compose file");
+    let docs = yaml_rust2::YamlLoader::load_from_str(&text).expect("valid YAML");
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).expect("Dockerfile");
+    // The binaries the image installs: the sources of the runtime stage's COPY.
+    let installed: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("/src/target/release/"))
+        .map(|l| l.trim_end_matches(" \\"))
+        .collect();
+    assert_eq!(installed.len(), 5, "the five binaries: {installed:?}");
+    let installed_topology = hotkeys::cli::SEARCH_PATH[1];
+    assert!(
+        dockerfile.contains(&format!("COPY topology/default.toml {installed_topology}")),
+        "the image's topology is where the binaries look for one"
+    );
+    // Binaries `cargo test --workspace` built next to this test, to ask each subcommand's
+    // --help (absent when only this package was built).
+    let bin_dir = std::env::current_exe()
+        .expect("test path")
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir")
+        .to_path_buf();
+    let key = |k: &str| yaml_rust2::Yaml::from_str(k);
+    for (name, service) in docs[0]["services"].as_hash().expect("services") {
+        let name = name.as_str().expect("service name");
+        let service = merged(service);
+        let image = service
+            .get(&key("image"))
+            .and_then(|i| i.as_str())
+            .unwrap_or_default();
+        let Some(build) = service.get(&key("build")) else {
+            let (repo, tag) = image.rsplit_once(':').unwrap_or((image, ""));
+            assert!(
+                !repo.is_empty() && !tag.is_empty() && !repo.contains("hotkeys"),
+                "{name}: `{image}` is neither a tagged upstream image nor built here"
+            );
+            continue;
+        };
+        assert_eq!(
+            build["context"].as_str(),
+            Some("."),
+            "{name}: built from this repository"
+        );
+        let file = build["dockerfile"].as_str().unwrap_or("Dockerfile");
+        assert!(root.join(file).is_file(), "{name}: {file} exists");
+        let mut argv = strings(service.get(&key("entrypoint")));
+        argv.extend(strings(service.get(&key("command"))));
+        let program = argv
+            .first()
+            .unwrap_or_else(|| panic!("{name} runs no command"));
+        assert!(
+            installed.contains(&program.as_str()),
+            "{name}: the image has no `{program}`"
+        );
+        // The topology the command names is the mounted ./topology.
+        for path in argv.iter().filter(|a| a.starts_with("/etc/hotkeys/")) {
+            let local = root.join("topology").join(&path["/etc/hotkeys/".len()..]);
+            assert!(local.is_file(), "{name}: {path} is not in ./topology");
+        }
+        let binary = bin_dir.join(program);
+        if !binary.is_file() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{name}: {} not built; run cargo test --workspace",
+                binary.display()
+            );
+            eprintln!("{name}: skipping --help of {program} (not built)");
+            continue;
+        }
+        let out = std::process::Command::new(&binary)
+            .args(&argv[1..])
+            .arg("--help")
+            .output()
+            .expect("run the binary");
+        assert!(
+            out.status.success(),
+            "{name}: `{} --help` fails: {}",
+            argv.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

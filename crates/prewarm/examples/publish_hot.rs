@@ -33,7 +33,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let topology = Topology::load(&cli.topology.path)?;
+    let topology = Topology::load(&cli.topology.resolve().map_err(anyhow::Error::msg)?)?;
     anyhow::ensure!(cli.tasks > 0, "--tasks must be at least 1");
     let mut per_task: Vec<Vec<String>> = vec![Vec::new(); cli.tasks as usize];
     for (i, line) in std::io::stdin().lock().lines().enumerate() {

@@ -180,7 +180,15 @@ async fn setup(
         let sync = if topology.sync.replicate.is_empty() {
             None
         } else {
-            Some(SyncQueue::new(cache.home(), &topology.sync))
+            let queue = retry(
+                &policy,
+                Dependency::Redis,
+                "connecting to sync.state",
+                || SyncQueue::beside(&cache, &topology.redis, &topology.sync),
+            )
+            .await?
+            .map_err(|e| Halt::Fatal(PrewarmError::Config(e.to_string())))?;
+            Some(queue)
         };
         (Some(cache), sync)
     };

@@ -336,6 +336,38 @@ async fn mysql_down_at_start_exits_3_before_taking_any_lock() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_redis_password_in_a_node_url_shows_in_no_log_line_or_error() {
+    const PLANTED: &str = "planted-Pw-3e7a";
+    let closed = hotkeys::testing::free_port();
+    let Some(f) = Fixture::new("prewarm-planted", |t| {
+        t.redis.nodes = vec![format!("redis://:{PLANTED}@127.0.0.1:{closed}")];
+    })
+    .await
+    else {
+        return;
+    };
+    f.publish(0, &hot_keys_of(0)).await;
+    let out = f
+        .prewarm(&["--once", "--retry-for", "1s"])
+        .env("RUST_LOG", "trace")
+        .output()
+        .await
+        .expect("run prewarm");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains(&format!("127.0.0.1:{closed}")),
+        "the node is named: {text}"
+    );
+    assert!(!text.contains(PLANTED), "the password shows:\n{text}");
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn malformed_hot_list_is_reported_and_the_other_tasks_proceed() {
     let Some(f) = Fixture::new("prewarm-malformed", |_| {}).await else {
         return;

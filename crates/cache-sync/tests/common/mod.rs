@@ -212,6 +212,26 @@ impl RunningReceiver {
     }
 }
 
+/// Writes `t` to a file the `cache-sync` binary can load.
+pub fn topology_file(t: &Topology) -> tempfile::NamedTempFile {
+    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(file.path(), toml::to_string(t).unwrap()).unwrap();
+    file
+}
+
+/// The real binary, with an environment that cannot override the test's topology.
+pub fn cache_sync(topology: &Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cache-sync"));
+    cmd.env_clear()
+        .env("HOTKEYS_SYNC_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .arg("--topology")
+        .arg(topology)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
 /// Ships the queue of `t` in this process until it is empty.
 pub async fn ship_until_empty(t: &Topology) -> ShipSummary {
     let queue = SyncQueue::connect(&t.redis, &t.sync).await.unwrap();

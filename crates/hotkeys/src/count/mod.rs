@@ -10,7 +10,13 @@
 //! The window advances when an event opens a newer bucket; the oldest falls out. At publish
 //! time the buckets are merged into the top-N with, for Space-Saving, each item's error
 //! bound and whether the list is provably exact. A window serializes to a compact
-//! [`Checkpoint`] so a new owner of the partition resumes where the last publish left off.
+//! [`Checkpoint`], with the offset it reflects, so a new owner of the partition resumes
+//! where the last checkpoint left off.
+//!
+//! Event time is the producer's clock, which may be wrong. Callers clamp timestamps too far
+//! ahead of their own clock before [`WindowCounter::offer`] (hot-counter counts them as
+//! `future`), and [`WindowCounter::repair_future`] fixes a window restored from a time when
+//! they did not.
 
 mod lru_counter;
 mod space_saving;
@@ -65,6 +71,35 @@ impl Summary {
         }
     }
 
+    /// One summary of several buckets' counts: each key's counts and errors summed, the
+    /// largest counts kept when they are more than the capacity.
+    fn merge(algorithm: Algorithm, capacity: usize, parts: Vec<(i64, Summary)>) -> Summary {
+        let total = parts.iter().map(|(_, s)| s.total()).sum();
+        let mut sums: std::collections::HashMap<String, (u64, u64)> =
+            std::collections::HashMap::new();
+        for (_, part) in &parts {
+            for (key, count, error) in part.entries() {
+                let e = sums.entry(key).or_default();
+                e.0 += count;
+                e.1 += error;
+            }
+        }
+        let mut entries: Vec<(String, u64, u64)> =
+            sums.into_iter().map(|(k, (c, e))| (k, c, e)).collect();
+        entries.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        entries.truncate(capacity);
+        match algorithm {
+            Algorithm::SpaceSaving => {
+                Summary::SpaceSaving(SpaceSaving::restore(capacity, entries, total))
+            }
+            Algorithm::Lru => Summary::Lru(LruCounter::restore(
+                capacity,
+                entries.into_iter().map(|(k, c, _)| (k, c)).collect(),
+                total,
+            )),
+        }
+    }
+
     fn entries(&self) -> Vec<(String, u64, u64)> {
         match self {
             Summary::SpaceSaving(s) => s.entries().map(|(k, c, e)| (k.to_owned(), c, e)).collect(),
@@ -109,18 +144,22 @@ impl WindowCounter {
         }
     }
 
-    /// Counts one event of `key` that happened at `timestamp_ms`.
+    /// Counts one event of `key` that happened at `timestamp_ms`; false when it is older
+    /// than the window (counted as late instead).
     #[inline]
-    pub fn offer(&mut self, key: &str, timestamp_ms: i64) {
+    pub fn offer(&mut self, key: &str, timestamp_ms: i64) -> bool {
         let bucket = timestamp_ms.div_euclid(self.bucket_ms);
         match self.ring.back_mut() {
-            Some((newest, summary)) if *newest == bucket => summary.offer(key),
+            Some((newest, summary)) if *newest == bucket => {
+                summary.offer(key);
+                true
+            }
             _ => self.offer_slow(key, bucket),
         }
     }
 
     #[cold]
-    fn offer_slow(&mut self, key: &str, bucket: i64) {
+    fn offer_slow(&mut self, key: &str, bucket: i64) -> bool {
         let newest = self.ring.back().map(|(b, _)| *b);
         if newest.is_none_or(|n| bucket > n) {
             let mut summary = Summary::new(self.algorithm, self.capacity);
@@ -130,12 +169,12 @@ impl WindowCounter {
             while self.ring.front().is_some_and(|(b, _)| *b < oldest_allowed) {
                 self.ring.pop_front();
             }
-            return;
+            return true;
         }
         let newest = newest.unwrap_or(bucket);
         if bucket <= newest - self.buckets as i64 {
             self.late += 1;
-            return;
+            return false;
         }
         // An out-of-order event inside the window: find or open its bucket in place.
         let at = self.ring.partition_point(|(b, _)| *b < bucket);
@@ -144,11 +183,40 @@ impl WindowCounter {
                 .insert(at, (bucket, Summary::new(self.algorithm, self.capacity)));
         }
         self.ring[at].1.offer(key);
+        true
     }
 
     /// Events that arrived after their bucket had left the window.
     pub fn late(&self) -> u64 {
         self.late
+    }
+
+    /// Folds every bucket after the one holding `now_ms + max_future_ms` into the bucket of
+    /// `now_ms`, as if their events had been clamped when counted; returns how many events
+    /// moved. A single event stamped far ahead would otherwise keep every real event late
+    /// until wall time caught up with it.
+    pub fn repair_future(&mut self, now_ms: i64, max_future_ms: i64) -> u64 {
+        let limit = (now_ms + max_future_ms).div_euclid(self.bucket_ms);
+        if self.ring.back().is_none_or(|(b, _)| *b <= limit) {
+            return 0;
+        }
+        let now_bucket = now_ms.div_euclid(self.bucket_ms);
+        let mut moved = 0;
+        let mut merged: Vec<(i64, Summary)> = Vec::new();
+        self.ring.retain(|(b, s)| {
+            let future = *b > limit;
+            if future {
+                moved += s.total();
+            }
+            if future || *b == now_bucket {
+                merged.push((*b, s.clone()));
+            }
+            !(future || *b == now_bucket)
+        });
+        let summary = Summary::merge(self.algorithm, self.capacity, merged);
+        let at = self.ring.partition_point(|(b, _)| *b < now_bucket);
+        self.ring.insert(at, (now_bucket, summary));
+        moved
     }
 
     /// Events inside the window.
@@ -214,12 +282,14 @@ impl WindowCounter {
         }
     }
 
-    /// The state to store beside a hot list. Buckets are trimmed to their largest counts
-    /// when the compressed form would exceed `max_bytes` (a znode holds at most 1 MB).
-    pub fn checkpoint(&self, max_bytes: usize) -> Vec<u8> {
+    /// The state to store beside a hot list, with `offset`, the next offset it does not
+    /// include. Buckets are trimmed to their largest counts when the compressed form would
+    /// exceed `max_bytes` (a znode holds at most 1 MB).
+    pub fn checkpoint(&self, offset: i64, max_bytes: usize) -> Vec<u8> {
         let mut keep = self.capacity;
         loop {
             let cp = Checkpoint {
+                offset: Some(offset),
                 algorithm: self.algorithm,
                 capacity: self.capacity,
                 bucket_ms: self.bucket_ms,
@@ -250,10 +320,15 @@ impl WindowCounter {
         }
     }
 
-    /// Rebuilds a window from [`checkpoint`](Self::checkpoint) bytes. A checkpoint made
-    /// with another algorithm, capacity or bucket size is refused: its counts would not
-    /// mean the same thing.
-    pub fn restore(config: &CountConfig, bytes: &[u8]) -> Result<WindowCounter, CheckpointError> {
+    /// Rebuilds a window from [`checkpoint`](Self::checkpoint) bytes, with the offset it
+    /// was taken at (`None` from a checkpoint written before checkpoints carried one: it
+    /// was then the offset of the hot list beside it). A checkpoint made with another
+    /// algorithm, capacity or bucket size is refused: its counts would not mean the same
+    /// thing.
+    pub fn restore(
+        config: &CountConfig,
+        bytes: &[u8],
+    ) -> Result<(WindowCounter, Option<i64>), CheckpointError> {
         let mut json = Vec::new();
         zstd::stream::read::Decoder::new(bytes)
             .and_then(|mut d| d.read_to_end(&mut json))
@@ -289,7 +364,7 @@ impl WindowCounter {
             };
             window.ring.push_back((b.bucket, summary));
         }
-        Ok(window)
+        Ok((window, cp.offset))
     }
 }
 
@@ -300,6 +375,8 @@ pub struct CheckpointError(String);
 
 #[derive(Serialize, Deserialize)]
 struct Checkpoint {
+    #[serde(default)]
+    offset: Option<i64>,
     algorithm: Algorithm,
     capacity: usize,
     bucket_ms: i64,
@@ -327,7 +404,7 @@ mod tests {
             window: Duration::from_secs(10),
             buckets: 10,
             top_n: 3,
-            publish_every: Duration::from_secs(1),
+            ..CountConfig::default()
         }
     }
 
@@ -357,7 +434,7 @@ mod tests {
         w.offer("old", 500);
         w.offer("new", 10_000);
         assert_eq!(keys(&w.top(3)), vec![("new", 1)]);
-        w.offer("late", 0);
+        assert!(!w.offer("late", 0));
         assert_eq!(w.late(), 1);
     }
 
@@ -400,8 +477,9 @@ mod tests {
         for i in 0..1000i64 {
             w.offer(&(i % 37).to_string(), i * 10);
         }
-        let bytes = w.checkpoint(1 << 20);
-        let mut r = WindowCounter::restore(&cfg, &bytes).unwrap();
+        let bytes = w.checkpoint(77, 1 << 20);
+        let (mut r, offset) = WindowCounter::restore(&cfg, &bytes).unwrap();
+        assert_eq!(offset, Some(77));
         assert_eq!(r.top(10), w.top(10));
         w.offer("5", 9_999);
         r.offer("5", 9_999);
@@ -417,9 +495,9 @@ mod tests {
         }
         w.offer("hot", 0);
         w.offer("hot", 0);
-        let bytes = w.checkpoint(2_000);
+        let bytes = w.checkpoint(0, 2_000);
         assert!(bytes.len() <= 2_000, "{}", bytes.len());
-        let r = WindowCounter::restore(&cfg, &bytes).unwrap();
+        let (r, _) = WindowCounter::restore(&cfg, &bytes).unwrap();
         assert_eq!(r.top(1).items[0].key, "hot");
     }
 
@@ -427,9 +505,39 @@ mod tests {
     fn checkpoint_of_another_configuration_is_refused() {
         let mut w = WindowCounter::new(&config(Algorithm::SpaceSaving, 10));
         w.offer("a", 0);
-        let bytes = w.checkpoint(1 << 20);
+        let bytes = w.checkpoint(0, 1 << 20);
         let err = WindowCounter::restore(&config(Algorithm::Lru, 10), &bytes).unwrap_err();
         assert!(err.to_string().contains("configured"), "{err}");
         assert!(WindowCounter::restore(&config(Algorithm::Lru, 10), b"junk").is_err());
+    }
+
+    #[test]
+    fn a_restored_bucket_from_the_future_is_folded_into_now_and_counting_goes_on() {
+        let cfg = config(Algorithm::SpaceSaving, 10);
+        let mut w = WindowCounter::new(&cfg);
+        w.offer("real", 100_000);
+        w.offer("real", 100_500);
+        // 50 minutes ahead: every older bucket falls out, later real events would be late.
+        w.offer("skewed", 100_000 + 3_000_000);
+        let (mut r, _) = WindowCounter::restore(&cfg, &w.checkpoint(0, 1 << 20)).unwrap();
+        assert_eq!(r.repair_future(101_000, 1_000), 1);
+        for _ in 0..3 {
+            r.offer("real", 101_200);
+        }
+        assert_eq!(r.late(), 0);
+        assert_eq!(keys(&r.top(3)), vec![("real", 3), ("skewed", 1)]);
+        assert_eq!(r.repair_future(101_000, 1_000), 0);
+    }
+
+    #[test]
+    fn repair_merges_future_buckets_with_the_current_one() {
+        let cfg = config(Algorithm::Lru, 10);
+        let mut w = WindowCounter::new(&cfg);
+        w.offer("a", 5_000);
+        w.offer("a", 7_000);
+        w.offer("b", 8_000);
+        assert_eq!(w.repair_future(5_200, 0), 2);
+        assert_eq!(w.events(), 3);
+        assert_eq!(keys(&w.top(3)), vec![("a", 2), ("b", 1)]);
     }
 }

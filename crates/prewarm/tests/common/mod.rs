@@ -173,7 +173,7 @@ impl Fixture {
     pub async fn publish_raw(&self, task: u32, bytes: &[u8]) {
         self.zk.ensure_task(task).await.expect("ensure task");
         self.zk
-            .publish(task, None, bytes, b"{}")
+            .publish(task, None, bytes, Some(b"{}"))
             .await
             .expect("publish");
     }
@@ -182,10 +182,8 @@ impl Fixture {
     /// environment (they would point the child elsewhere than this topology).
     pub fn prewarm(&self, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_prewarm"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("HOTKEYS_") {
-                cmd.env_remove(k);
-            }
+        for k in hotkeys::testing::topology_overrides() {
+            cmd.env_remove(k);
         }
         cmd.arg("--topology")
             .arg(&self.path)

@@ -1,0 +1,416 @@
+//! Publishing: when each task's hot list and checkpoint go to ZooKeeper, and what the
+//! worker does with the outcome.
+//!
+//! A round renders every task's writes under the worker's lock, then writes them all
+//! concurrently on the tokio runtime while the poll loop goes on polling and counting. The
+//! loop looks in at every tick ([`Publisher::tick`]): it takes in a finished round and
+//! starts the next when one is due. Hand-overs and shutdown instead publish and wait
+//! ([`Publisher::publish_now`]), under one deadline for all tasks.
+//!
+//! After a round:
+//! - a written checkpoint lets the group commit its offset (`store_offsets`, the next offset
+//!   to read: exactly what the checkpoint does not include);
+//! - a fenced write (another worker published the task) replaces the task with that
+//!   writer's checkpoint and seeks there;
+//! - a node deleted under us (`hotctl reset`) is created again by the next round;
+//! - an expired session is replaced by a new one;
+//! - any other failure is retried next round, and never holds up the other tasks.
+//!
+//! The threshold rules are evaluated after every round, on what all workers published.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use hotkeys::Topology;
+use hotkeys::blacklist::Blacklist;
+use hotkeys::config::Counter;
+use hotkeys::hotlist::{LockInfo, now_ms};
+use hotkeys::zk::{Zk, ZkError};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+use crate::handoff::Handoff;
+use crate::task::{Start, Task, Write, Written};
+use crate::worker::{Worker, lock};
+
+/// Deadline of one ZooKeeper call.
+pub const ZK_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What a round in flight hands back.
+struct Round {
+    written: Vec<Written>,
+    blacklists: Vec<Blacklist>,
+}
+
+/// See the module docs. Lives on the poll loop's thread (and its rebalance callbacks).
+pub struct Publisher {
+    topology: Arc<Topology>,
+    zk: Zk,
+    runtime: Handle,
+    /// `host:pid`, written into every hot list.
+    owner: String,
+    /// Counters with a threshold rule; lent to the round in flight.
+    blacklists: Vec<Blacklist>,
+    next_publish: Instant,
+    next_checkpoint: Instant,
+    in_flight: Option<JoinHandle<Round>>,
+}
+
+impl Publisher {
+    pub fn new(
+        topology: Arc<Topology>,
+        zk: Zk,
+        blacklists: Vec<Blacklist>,
+        runtime: Handle,
+    ) -> Publisher {
+        let now = Instant::now();
+        Publisher {
+            next_publish: now + topology.count.publish_every,
+            next_checkpoint: now + topology.count.checkpoint_every,
+            topology,
+            zk,
+            runtime,
+            owner: LockInfo::this_process().holder(),
+            blacklists,
+            in_flight: None,
+        }
+    }
+
+    /// Takes in a finished round and starts the next one when due; never waits.
+    pub fn tick<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        worker: &Mutex<Worker>,
+        handoff: &Handoff,
+    ) {
+        if self.in_flight.as_ref().is_some_and(JoinHandle::is_finished) {
+            self.settle(consumer, worker, handoff);
+        }
+        let now = Instant::now();
+        if self.in_flight.is_some() || now < self.next_publish {
+            return;
+        }
+        let checkpoint = now >= self.next_checkpoint;
+        self.next_publish = now + self.topology.count.publish_every;
+        if checkpoint {
+            self.next_checkpoint = now + self.topology.count.checkpoint_every;
+        }
+        let writes = {
+            let mut w = lock(worker);
+            w.flush_metrics();
+            self.prepare(&w, None, checkpoint)
+        };
+        let zk = self.zk.clone();
+        let mut blacklists = std::mem::take(&mut self.blacklists);
+        self.in_flight = Some(self.runtime.spawn(async move {
+            let written = send_all(&zk, writes).await;
+            enforce_rules(&zk, &mut blacklists).await;
+            Round {
+                written,
+                blacklists,
+            }
+        }));
+    }
+
+    /// Waits for the round in flight, if any, and takes in its outcome.
+    pub fn settle<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        worker: &Mutex<Worker>,
+        handoff: &Handoff,
+    ) {
+        let Some(handle) = self.in_flight.take() else {
+            return;
+        };
+        match self.runtime.block_on(handle) {
+            Ok(round) => {
+                self.blacklists = round.blacklists;
+                self.take_in(consumer, worker, handoff, round.written);
+            }
+            // The round panicked: its writes are retried by the next one.
+            Err(e) => tracing::error!(error = %e, "publish round failed"),
+        }
+    }
+
+    /// Publishes `partitions` (every task when `None`) with checkpoints and waits, within
+    /// `deadline` for all of them together: hand-overs and shutdown.
+    pub fn publish_now<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        worker: &Mutex<Worker>,
+        handoff: &Handoff,
+        partitions: Option<&[i32]>,
+        deadline: Duration,
+    ) {
+        self.settle(consumer, worker, handoff);
+        let writes = {
+            let mut w = lock(worker);
+            w.flush_metrics();
+            self.prepare(&w, partitions, true)
+        };
+        let written = self.runtime.block_on(async {
+            match tokio::time::timeout(deadline, send_all(&self.zk, writes)).await {
+                Ok(written) => written,
+                Err(_) => {
+                    tracing::warn!(?deadline, "final publish ran out of time; the next owner re-counts from the last checkpoint");
+                    Vec::new()
+                }
+            }
+        });
+        self.take_in(consumer, worker, handoff, written);
+    }
+
+    /// Restores tasks concurrently, within `deadline` for all of them together; a task
+    /// that cannot be restored starts empty from the group's committed offset.
+    pub fn restore(
+        &mut self,
+        counters: &[Counter],
+        max_future_ms: i64,
+        ids: &[u32],
+        deadline: Duration,
+    ) -> Vec<(Task, Start)> {
+        let zk = &self.zk;
+        let restores = ids.iter().map(|&id| async move {
+            let restored =
+                tokio::time::timeout(deadline, Task::restore(zk, counters, id, max_future_ms))
+                    .await
+                    .unwrap_or(Err(ZkError::Timeout));
+            (id, restored)
+        });
+        let results = self.runtime.block_on(join_all(restores));
+        let mut session_lost = false;
+        let tasks = results
+            .into_iter()
+            .map(|(id, restored)| match restored {
+                Ok(r) => r,
+                Err(e) => {
+                    // Counting starts fresh from the committed offset; the first publish is
+                    // fenced against the existing list and adopts its checkpoint then.
+                    tracing::warn!(task = id, error = %e, "cannot restore from ZooKeeper; starting empty");
+                    session_lost |= e.is_session_lost();
+                    (Task::empty(counters, id), Start::Committed)
+                }
+            })
+            .collect();
+        if session_lost {
+            self.reconnect();
+        }
+        tasks
+    }
+
+    fn prepare(&self, worker: &Worker, partitions: Option<&[i32]>, checkpoint: bool) -> Vec<Write> {
+        let mut ids: Vec<&i32> = match partitions {
+            Some(p) => p.iter().filter(|p| worker.tasks.contains_key(p)).collect(),
+            None => worker.tasks.keys().collect(),
+        };
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter_map(|p| worker.tasks.get(p))
+            .filter(|t| t.has_news(checkpoint))
+            .flat_map(|t| t.prepare(&self.topology, &worker.counters, &self.owner, checkpoint))
+            .collect()
+    }
+
+    /// Records the outcome of writes in the tasks, commits what was checkpointed, and
+    /// handles fencing and a lost session.
+    fn take_in<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        worker: &Mutex<Worker>,
+        handoff: &Handoff,
+        written: Vec<Written>,
+    ) {
+        let mut fenced = Vec::new();
+        let mut session_lost = false;
+        let mut checkpointed = Vec::new();
+        {
+            let mut w = lock(worker);
+            for Written { write, result } in &written {
+                let partition = write.task as i32;
+                report(write, result);
+                match result {
+                    Err(ZkError::Fenced { .. }) => fenced.push(partition),
+                    Err(e) if e.is_session_lost() => session_lost = true,
+                    _ => {}
+                }
+                if let Some(task) = w.tasks.get_mut(&partition)
+                    && task.epoch == write.epoch
+                {
+                    task.apply(write, result);
+                    if write.has_checkpoint() && result.is_ok() {
+                        checkpointed.push(partition);
+                    }
+                }
+            }
+            checkpointed.dedup();
+            self.commit(consumer, &w, &checkpointed);
+        }
+        if session_lost {
+            self.reconnect();
+        }
+        fenced.dedup();
+        for partition in fenced {
+            self.reload(consumer, worker, handoff, partition);
+        }
+    }
+
+    /// Stores the checkpointed offsets for the group's next commit. The stored offset is
+    /// the next one to read (librdkafka's partition-list call stores it as given).
+    fn commit<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        worker: &Worker,
+        partitions: &[i32],
+    ) {
+        let mut offsets = TopicPartitionList::new();
+        for partition in partitions {
+            if let Some(offset) = worker
+                .tasks
+                .get(partition)
+                .and_then(Task::checkpointed_offset)
+                && let Err(e) = offsets.add_partition_offset(
+                    &self.topology.kafka.topic,
+                    *partition,
+                    Offset::Offset(offset),
+                )
+            {
+                tracing::warn!(task = partition, error = %e, "cannot record the offset to commit");
+            }
+        }
+        if offsets.count() > 0
+            && let Err(e) = consumer.store_offsets(&offsets)
+        {
+            tracing::debug!(error = %e, "offsets not stored (partition revoked?)");
+        }
+    }
+
+    /// Replaces an expired session; counting goes on meanwhile and publishing resumes with
+    /// the next round. Hot-counter holds no ephemerals, so nothing else is recreated.
+    fn reconnect(&mut self) {
+        let reconnected = self
+            .runtime
+            .block_on(async { tokio::time::timeout(ZK_DEADLINE, self.zk.reconnect()).await });
+        match reconnected {
+            Ok(Ok(zk)) => {
+                tracing::info!("new ZooKeeper session established");
+                self.zk = zk;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "ZooKeeper reconnect failed; retrying next round")
+            }
+            Err(_) => tracing::warn!("ZooKeeper reconnect timed out; retrying next round"),
+        }
+    }
+
+    /// Adopts the newest checkpoint of a task after losing a publish race, and seeks there.
+    fn reload<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        worker: &Mutex<Worker>,
+        handoff: &Handoff,
+        partition: i32,
+    ) {
+        metrics::counter!("hotkeys_counter_fenced_total", "task" => partition.to_string())
+            .increment(1);
+        tracing::warn!(
+            task = partition,
+            "another writer published this task; resuming from its checkpoint"
+        );
+        let Ok(id) = u32::try_from(partition) else {
+            return;
+        };
+        // Batches polled for the old incarnation are counted into it, not the new one.
+        handoff.drain();
+        let restored = {
+            let w = lock(worker);
+            let zk = self.zk.clone();
+            let max_future_ms = w.max_future_ms();
+            let counters = w.counters.clone();
+            drop(w);
+            self.runtime.block_on(async {
+                tokio::time::timeout(
+                    ZK_DEADLINE,
+                    Task::restore(&zk, &counters, id, max_future_ms),
+                )
+                .await
+                .unwrap_or(Err(ZkError::Timeout))
+            })
+        };
+        match restored {
+            Ok((task, start)) => {
+                if let Start::Checkpoint(offset) = start
+                    && let Err(e) = consumer.seek(
+                        &self.topology.kafka.topic,
+                        partition,
+                        Offset::Offset(offset),
+                        Duration::from_secs(10),
+                    )
+                {
+                    tracing::warn!(task = partition, error = %e, "seek to the adopted checkpoint failed");
+                }
+                lock(worker).tasks.insert(partition, task);
+            }
+            Err(e) => {
+                tracing::warn!(task = partition, error = %e, "cannot read the newer checkpoint")
+            }
+        }
+    }
+}
+
+/// Sends every write concurrently, each under [`ZK_DEADLINE`]: one slow or failing task
+/// never holds up the others.
+async fn send_all(zk: &Zk, writes: Vec<Write>) -> Vec<Written> {
+    join_all(writes.into_iter().map(|w| w.send(zk, ZK_DEADLINE))).await
+}
+
+/// One evaluation of every threshold rule. Runs even when nothing was published, so bans
+/// run out on time while traffic is quiet.
+async fn enforce_rules(zk: &Zk, blacklists: &mut [Blacklist]) {
+    let now = now_ms();
+    for blacklist in blacklists {
+        let failure = match tokio::time::timeout(ZK_DEADLINE, blacklist.enforce(zk, now)).await {
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".to_string(),
+        };
+        metrics::counter!("hotkeys_blacklist_failures_total", "counter" => blacklist.counter().to_string())
+            .increment(1);
+        tracing::warn!(counter = blacklist.counter(), error = %failure,
+            "threshold rule not evaluated; retrying next round");
+    }
+}
+
+/// Metrics and logs of one write.
+fn report(write: &Write, result: &Result<i32, ZkError>) {
+    let label = write.task.to_string();
+    match result {
+        Ok(_) => {
+            metrics::counter!("hotkeys_counter_published_bytes_total", "task" => label.clone())
+                .increment(write.bytes() as u64);
+            metrics::gauge!("hotkeys_counter_hot_items", "task" => label).set(write.items as f64);
+            tracing::debug!(
+                task = write.task,
+                counter = write.counter,
+                offset = write.offset,
+                items = write.items,
+                checkpoint = write.has_checkpoint(),
+                "published"
+            );
+        }
+        Err(ZkError::Fenced { .. }) => {}
+        Err(ZkError::Gone { .. }) => {
+            tracing::warn!(
+                task = write.task,
+                "hot list deleted under this worker (hotctl reset?); creating it again"
+            );
+        }
+        Err(e) => {
+            metrics::counter!("hotkeys_counter_publish_failures_total", "task" => label)
+                .increment(1);
+            tracing::warn!(task = write.task, error = %e, "publish failed; retrying next round");
+        }
+    }
+}

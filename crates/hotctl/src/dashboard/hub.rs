@@ -1,0 +1,101 @@
+//! Live hot sets: one `hotkeys::subscribe` subscription (one ZooKeeper session and watch)
+//! per counter, whatever the number of browsers and SSE clients. Each subscription's
+//! latest set sits in a `watch` channel that every client waits on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use hotkeys::Topology;
+use hotkeys::hotlist::{HotItem, HotList, merge, now_ms};
+use hotkeys::shutdown::CancellationToken;
+use hotkeys::subscribe::{HotSet, SubscribeError, subscribe};
+use hotkeys::zk::Versioned;
+use serde::Serialize;
+use tokio::sync::watch;
+
+/// A counter's merged hot set: the JSON of `/api/hot` and of every SSE event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HotView {
+    pub counter: String,
+    /// The sum of the tasks' hot-list versions. Versions only grow, so the id grows with
+    /// every publish and two views with the same id hold the same lists: it is the SSE
+    /// event id a reconnecting client resumes from.
+    pub id: i64,
+    pub at_ms: i64,
+    /// Hot-list version of every task that has published, by task.
+    pub versions: BTreeMap<u32, i64>,
+    /// The hottest keys over all tasks, hottest first.
+    pub items: Vec<HotItem>,
+}
+
+impl HotView {
+    /// The view of published lists, with the `top` hottest keys.
+    pub fn from_lists(counter: &str, lists: &[Versioned<HotList>], top: usize) -> HotView {
+        let versions: BTreeMap<u32, i64> = lists
+            .iter()
+            .map(|l| (l.value.task, i64::from(l.version)))
+            .collect();
+        HotView {
+            counter: counter.to_string(),
+            id: versions.values().sum(),
+            at_ms: now_ms(),
+            versions,
+            items: merge(lists.iter().map(|l| &l.value), top),
+        }
+    }
+
+    fn from_set(set: HotSet) -> HotView {
+        HotView {
+            id: set.versions.values().sum(),
+            counter: set.counter,
+            at_ms: set.at_ms,
+            versions: set.versions,
+            items: set.items,
+        }
+    }
+
+    /// The same view with at most `top` items.
+    pub fn truncated(&self, top: usize) -> HotView {
+        HotView {
+            items: self.items.iter().take(top).cloned().collect(),
+            ..self.clone()
+        }
+    }
+}
+
+/// The latest hot set of a counter; `None` until its subscription first answered.
+pub type Latest = watch::Receiver<Option<Arc<HotView>>>;
+
+pub struct Hub {
+    counters: HashMap<String, Latest>,
+}
+
+impl Hub {
+    /// Subscribes to every counter of the topology; the subscriptions end with `shutdown`.
+    pub async fn start(
+        topology: &Topology,
+        shutdown: CancellationToken,
+    ) -> Result<Hub, SubscribeError> {
+        let mut counters = HashMap::new();
+        for counter in topology.counters() {
+            let mut subscription = subscribe(topology, &counter.name).await?;
+            let (tx, rx) = watch::channel(None);
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        set = subscription.next() => tx.send_replace(Some(Arc::new(HotView::from_set(set)))),
+                        () = shutdown.cancelled() => return,
+                    };
+                }
+            });
+            counters.insert(counter.name, rx);
+        }
+        Ok(Hub { counters })
+    }
+
+    /// The live set of `counter`, if the topology has it.
+    pub fn latest(&self, counter: &str) -> Option<Latest> {
+        self.counters.get(counter).cloned()
+    }
+}

@@ -1,0 +1,204 @@
+//! The dashboard in a real browser: Debian's headless `chromium`, driven over WebDriver by
+//! fantoccini through `chromedriver` (both installed by scripts/test.sh). The hot-keys page
+//! shows a planted key, its count changes without a reload when the key is counted again,
+//! a hostile key is text, and unban with the token lifts a ban in Redis.
+//!
+//! Skipped when `chromedriver` is not installed, except with `CI` set (then a failure).
+
+mod dashboard_support;
+
+use std::process::{Child, Command, Stdio};
+
+use dashboard_support::Dashboard;
+use fantoccini::{Client, ClientBuilder, Locator};
+use hotkeys::blacklist::redis_key;
+use hotkeys::cache::RedisConn;
+use hotkeys::hotlist::now_ms;
+use hotkeys::testing::{self, publish_hot_list};
+use hotkeys::zk::Zk;
+use serde_json::json;
+
+const HOSTILE: &str = "<img src=x onerror=alert(1)>";
+
+/// The flags headless Chromium needs on these machines (root, no GPU, no network).
+const CHROMIUM_ARGS: [&str; 7] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--no-first-run",
+    "--window-size=1200,900",
+];
+
+/// A chromedriver of the test's own; killed when dropped.
+struct Driver {
+    url: String,
+    child: Child,
+}
+
+impl Driver {
+    fn start() -> Option<Driver> {
+        let port = testing::free_port();
+        match Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(child) => Some(Driver {
+                url: format!("http://127.0.0.1:{port}"),
+                child,
+            }),
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!("skipping: chromedriver: {e}; scripts/test.sh installs chromium-driver");
+                None
+            }
+            Err(e) => panic!("chromedriver: {e}"),
+        }
+    }
+
+    async fn browser(&self) -> Client {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({"args": CHROMIUM_ARGS, "binary": "/usr/bin/chromium"}),
+        );
+        testing::eventually(30, "chromedriver to start a browser", || {
+            let caps = caps.clone();
+            async move {
+                ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                    .capabilities(caps)
+                    .connect(&self.url)
+                    .await
+                    .ok()
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The text of the first element matching `css`, if there is one.
+async fn text(browser: &Client, css: &str) -> Option<String> {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_hot_keys_page_updates_live_and_unban_with_the_token_lifts_a_ban() {
+    let Some(driver) = Driver::start() else {
+        return;
+    };
+    let t = dashboard_support::topology("dash-browser");
+    let zk = Zk::connect(&t).await.expect("ZooKeeper");
+    let planted = format!("planted-{}", std::process::id());
+    let listed = |extra: usize| {
+        let mut keys = vec![planted.clone(), HOSTILE.to_string()];
+        keys.extend((0..extra).map(|i| format!("k{i}")));
+        keys
+    };
+    publish_hot_list(&zk, &t.name, 0, &listed(1), "test")
+        .await
+        .expect("publish");
+    let mut redis = RedisConn::connect_home(&t.redis).await.expect("Redis");
+    let bans = redis_key(&t.name, "caller");
+    let _: () = redis::cmd("ZADD")
+        .arg(&bans)
+        .arg(now_ms() + 600_000)
+        .arg("6.6.6.6")
+        .query_async(&mut redis)
+        .await
+        .expect("ZADD");
+    let d = Dashboard::start(&t, &["--record", "0"], Some("s3cret")).await;
+    let browser = driver.browser().await;
+
+    browser.goto(&d.url("/hot")).await.expect("open /hot");
+    let row = format!("#hot tr[data-key='{planted}'] td.count");
+    let count = text(&browser, &row).await;
+    assert_eq!(
+        count.as_deref(),
+        Some("3"),
+        "the planted key with its count"
+    );
+    let hostile = browser
+        .find(Locator::Css("#hot tbody tr:nth-child(2) td:nth-child(2)"))
+        .await
+        .expect("the hostile key's row")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(hostile, HOSTILE, "shown as text, not markup");
+    // A marker that a reload would wipe out.
+    browser
+        .execute("window.notReloaded = true; return true;", vec![])
+        .await
+        .expect("set a marker");
+
+    // The key is counted again: the next version lists it at 5.
+    publish_hot_list(&zk, &t.name, 0, &listed(3), "test")
+        .await
+        .expect("publish");
+    testing::eventually(30, "the count to change on the open page", || async {
+        (text(&browser, &row).await.as_deref() == Some("5")).then_some(())
+    })
+    .await;
+    let same_page = browser
+        .execute("return window.notReloaded === true;", vec![])
+        .await
+        .expect("read the marker");
+    assert_eq!(same_page, json!(true), "updated without a reload");
+    std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-hot.png"),
+        browser.screenshot().await.expect("screenshot"),
+    )
+    .expect("save the screenshot");
+
+    browser
+        .goto(&d.url("/blacklist"))
+        .await
+        .expect("open /blacklist");
+    browser
+        .find(Locator::Css("form.unban input[name=token]"))
+        .await
+        .expect("the token field")
+        .send_keys("s3cret")
+        .await
+        .expect("type the token");
+    browser
+        .find(Locator::Css("tr[data-key='6.6.6.6'] button"))
+        .await
+        .expect("the unban button")
+        .click()
+        .await
+        .expect("click unban");
+    testing::eventually(30, "the ban lifted in Redis", || async {
+        let mut redis = redis.clone();
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg(&bans)
+            .arg("6.6.6.6")
+            .query_async(&mut redis)
+            .await
+            .ok()?;
+        score.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(
+        text(&browser, "tr[data-key='6.6.6.6']").await,
+        None,
+        "the page no longer lists it"
+    );
+    browser.close().await.expect("close the browser");
+    zk.delete_all().await.expect("clean up");
+}
