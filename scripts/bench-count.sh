@@ -11,6 +11,7 @@
 # summary lines follow the table:
 #   ratio_vs_kcat median=… min=… max=… runs=…   (worker / plain kcat, every row)
 #   peak_rss_mb max=… at_largest_key_space=…
+# The topics and the workers' ZooKeeper subtrees are deleted as the script goes.
 #
 # kcat runs twice: as normally run (librdkafka's defaults), and tuned with the fetch-queue
 # settings hot-counter uses (hotkeys::kafka::consumer_config), so the second ratio compares
@@ -26,7 +27,7 @@ scripts/stack.sh up >/dev/null
 # shellcheck source=/dev/null
 . .stack/env
 command -v kcat >/dev/null || { apt-get update -qq && apt-get install -y -qq kcat >/dev/null; }
-cargo build --release -q -p access-producer -p hot-counter
+cargo build --release -q -p access-producer -p hot-counter -p hotctl
 
 run=bench-count-$$-$(date +%s)
 # Debian's kcat links a librdkafka older than fetch.queue.backoff.ms (2.4), which idles a
@@ -62,6 +63,7 @@ for ((r = 1; r <= RUNS; r++)); do
     out=$(HOTKEYS_KAFKA_TOPIC="$topic" HOTKEYS_NAME="$group" HOTKEYS_KAFKA_GROUP="$group" \
       RUST_LOG=warn /usr/bin/time -f 'rss_kb=%M' target/release/hot-counter --until-caught-up 2>&1)
     end=$(date +%s.%N)
+    HOTKEYS_NAME="$group" target/release/hotctl reset --yes >/dev/null
     counter_rate=$(sed -n 's/.*: \([0-9]*\) events\/s.*/\1/p' <<<"$out")
     rss_kb=$(sed -n 's/^rss_kb=//p' <<<"$out")
     ratio=$(echo "$counter_rate / $kcat_plain" | bc -l)
