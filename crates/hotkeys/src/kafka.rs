@@ -92,12 +92,17 @@ pub fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
         .set("fetch.min.bytes", "1")
         .set("fetch.wait.max.ms", "100")
         // librdkafka 2.x backs a partition's fetcher off for a whole second (the default)
-        // once its queue is full; a fast consumer then sits idle most of the time.
+        // once its queue is full; a consumer that drains it faster than that then sits idle
+        // (librdkafka's defaults read at a third of the rate here).
         .set("fetch.queue.backoff.ms", "10")
-        // Both limits are per partition: they bound the worker's memory, not the counter.
-        .set("queued.min.messages", "100000")
-        .set("queued.max.messages.kbytes", "32768")
-        .set("fetch.message.max.bytes", "4194304");
+        // Per partition, so they bound the worker's memory, not the counter. Chosen from a
+        // grid measured with scripts/bench-count.sh (see the README, Benchmarks): 100,000
+        // messages and 32 MB made the peak RSS 350–500 MB for no faster reads; 20,000 and
+        // 8 MB keep it about 120–145 MB at six partitions; 5,000 and below begin to slow the
+        // reads down.
+        .set("queued.min.messages", "20000")
+        .set("queued.max.messages.kbytes", "8192")
+        .set("fetch.message.max.bytes", "1048576");
     for (k, v) in &kafka.consumer {
         c.set(k, v);
     }
