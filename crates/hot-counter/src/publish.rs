@@ -99,6 +99,9 @@ impl Publisher {
         if checkpoint {
             self.next_checkpoint = now + self.topology.count.checkpoint_every;
         }
+        // What was polled is counted before the round renders it: a batch still filling
+        // would otherwise wait for 1024 more messages, a third of a second at 3,000/s.
+        handoff.drain();
         let writes = {
             let mut w = lock(worker);
             w.flush_metrics();
