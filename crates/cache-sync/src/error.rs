@@ -59,6 +59,10 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) => exit::USAGE,
+            // A refused login is the configuration's to fix, like a bad URL.
+            Error::Cache(e) | Error::Queue(SyncError::Cache(e)) if e.is_refused_login() => {
+                exit::USAGE
+            }
             Error::Queue(e) if e.is_unreachable() => exit::UNREACHABLE,
             // The state node may evict: the configuration's to fix.
             Error::Queue(SyncError::Evicting { .. }) => exit::USAGE,

@@ -140,7 +140,7 @@ async fn a_planted_redis_password_is_in_no_log_error_or_metric_label() {
             "status, wrong password",
             &wrong_password,
             &["status"][..],
-            3,
+            2,
         ),
         ("status, bad URL", &bad_url, &["status"][..], 2),
     ] {

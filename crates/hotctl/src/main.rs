@@ -126,6 +126,7 @@ fn exit_code(e: &anyhow::Error) -> i32 {
         if let Some(c) = cause.downcast_ref::<CacheError>() {
             return match c {
                 _ if c.is_unreachable() => exit::UNREACHABLE,
+                _ if c.is_refused_login() => exit::USAGE,
                 CacheError::Config(_) | CacheError::Ring(_) => exit::USAGE,
                 _ => exit::FAILED,
             };

@@ -62,12 +62,24 @@ impl CacheError {
     /// Whether the error means a node is down or unreachable rather than a refused command.
     pub fn is_unreachable(&self) -> bool {
         match self {
-            CacheError::Connect { .. } => true,
+            CacheError::Connect { .. } => !self.is_refused_login(),
             CacheError::Command { source, .. } => {
                 source.is_io_error()
                     || source.is_timeout()
                     || source.is_connection_refusal()
                     || source.is_connection_dropped()
+            }
+            CacheError::Config(_) | CacheError::Ring(_) | CacheError::Codec(_) => false,
+        }
+    }
+
+    /// A node refused our credentials (a wrong or missing password): the configuration's
+    /// to fix, not worth retrying.
+    pub fn is_refused_login(&self) -> bool {
+        match self {
+            CacheError::Connect { source, .. } | CacheError::Command { source, .. } => {
+                source.kind() == redis::ErrorKind::AuthenticationFailed
+                    || matches!(source.code(), Some("NOAUTH" | "WRONGPASS"))
             }
             CacheError::Config(_) | CacheError::Ring(_) | CacheError::Codec(_) => false,
         }
