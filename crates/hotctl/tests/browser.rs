@@ -126,20 +126,17 @@ async fn the_hot_keys_page_updates_live_and_unban_with_the_token_lifts_a_ban() {
 
     browser.goto(&d.url("/hot")).await.expect("open /hot");
     let row = format!("#hot tr[data-key='{planted}'] td.count");
-    let count = text(&browser, &row).await;
-    assert_eq!(
-        count.as_deref(),
-        Some("3"),
-        "the planted key with its count"
-    );
-    let hostile = browser
-        .find(Locator::Css("#hot tbody tr:nth-child(2) td:nth-child(2)"))
-        .await
-        .expect("the hostile key's row")
-        .text()
-        .await
-        .expect("text");
-    assert_eq!(hostile, HOSTILE, "shown as text, not markup");
+    // live.js re-renders the rows when the stream's first event arrives, which can detach
+    // an element between finding it and reading it: read again until the row holds.
+    testing::eventually(30, "the planted key with its count", || async {
+        (text(&browser, &row).await.as_deref() == Some("3")).then_some(())
+    })
+    .await;
+    let hostile_cell = "#hot tbody tr:nth-child(2) td:nth-child(2)";
+    testing::eventually(30, "the hostile key shown as text, not markup", || async {
+        (text(&browser, hostile_cell).await.as_deref() == Some(HOSTILE)).then_some(())
+    })
+    .await;
     // A marker that a reload would wipe out.
     browser
         .execute("window.notReloaded = true; return true;", vec![])
