@@ -20,6 +20,10 @@
   }
 
   function render(table, view) {
+    // The stream opens with the current set, most often the one the page was rendered
+    // from: leave the rows alone then.
+    if (String(view.id) === table.dataset.version) return;
+    table.dataset.version = String(view.id);
     const body = table.tBodies[0];
     // Trend lines come from the server's history; keep each key's while it stays listed.
     const trends = new Map();

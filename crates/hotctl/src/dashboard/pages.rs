@@ -305,22 +305,24 @@ async fn hot(State(d): State<Arc<Dashboard>>, Query(q): Query<HotPageQuery>) -> 
                 }
             }
             p.meta #updated { "version " (view.id) " · " (charts::utc(view.at_ms)) }
-            (hot_table(&counter.name, &shown, &trends, &stream, now))
+            (hot_table(&counter.name, view.id, &shown, &trends, &stream, now))
             noscript { p.meta { "Reload the page for newer counts (live updates need JavaScript)." } }
         },
     ))
 }
 
-/// The live table of the hot-keys page; `live.js` rebuilds its rows from `stream`.
+/// The live table of the hot-keys page; `live.js` rebuilds its rows from `stream` when an
+/// event's id differs from `version`, the id of the view rendered here.
 fn hot_table(
     counter: &str,
+    version: i64,
     shown: &[&HotItem],
     trends: &HashMap<String, Vec<(i64, u64)>>,
     stream: &str,
     now: i64,
 ) -> Markup {
     html! {
-        table #hot data-stream=(stream) data-counter=(counter) {
+        table #hot data-stream=(stream) data-counter=(counter) data-version=(version) {
             thead { tr { th.num { "#" } th { "key" } th.num { "count" } th.num { "± error" } th { "trend" } } }
             tbody {
                 @for (i, item) in shown.iter().enumerate() {
