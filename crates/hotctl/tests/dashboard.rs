@@ -241,7 +241,11 @@ impl SseReader {
 
     /// The next block, waiting at most `seconds` (a guard against hanging, not a measure).
     async fn next(&mut self, seconds: u64) -> Sse {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+        self.next_before(tokio::time::Instant::now() + Duration::from_secs(seconds))
+            .await
+    }
+
+    async fn next_before(&mut self, deadline: tokio::time::Instant) -> Sse {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
@@ -272,9 +276,11 @@ impl SseReader {
         }
     }
 
+    /// The next event, heartbeats skipped, within `seconds` in all.
     async fn next_event(&mut self, seconds: u64) -> (i64, Value) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
         loop {
-            if let Sse::Event { id, data } = self.next(seconds).await {
+            if let Sse::Event { id, data } = self.next_before(deadline).await {
                 return (id, data);
             }
         }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use hotkeys::config::{KafkaConfig, RedisConfig, RedisMode};
 use hotkeys::failover::track_key;
+use hotkeys::secret::NodeUrl;
 use serde::Serialize;
 
 /// How long one node may take to answer before it counts as down.
@@ -23,7 +24,7 @@ pub async fn end_offsets(kafka: &KafkaConfig) -> Result<Vec<i64>, String> {
 /// One configured Redis node.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeState {
-    /// The URL without its password.
+    /// The URL as [`NodeUrl`] shows it: without credentials.
     pub node: String,
     /// The backup of this primary, if it has one (`redis.backups`).
     pub backup: Option<String>,
@@ -48,8 +49,8 @@ pub async fn nodes(cfg: &RedisConfig) -> Vec<NodeState> {
             },
         };
         states.push(NodeState {
-            node: redact(node),
-            backup: backup.map(|b| redact(b)),
+            node: NodeUrl::new(node.as_str()).to_string(),
+            backup: backup.map(|b| NodeUrl::new(b.as_str()).to_string()),
             state,
         });
     }
@@ -84,25 +85,9 @@ async fn tracked(backup: &str, primary: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// A node URL without its userinfo (a password may be in it).
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn node_urls_lose_their_password() {
-        assert_eq!(redact("redis://:pw@h:6379"), "redis://…@h:6379");
-        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
-    }
 
     #[tokio::test]
     async fn a_node_nobody_listens_on_is_down() {
