@@ -102,11 +102,7 @@ impl Publisher {
         // What was polled is counted before the round renders it: a batch still filling
         // would otherwise wait for 1024 more messages, a third of a second at 3,000/s.
         handoff.drain();
-        let writes = {
-            let mut w = lock(worker);
-            w.flush_metrics();
-            self.prepare(&w, None, checkpoint)
-        };
+        let writes = self.render(worker, None, checkpoint);
         let zk = self.zk.clone();
         let mut blacklists = std::mem::take(&mut self.blacklists);
         self.in_flight = Some(self.runtime.spawn(async move {
@@ -150,11 +146,7 @@ impl Publisher {
         deadline: Duration,
     ) {
         self.settle(consumer, worker, handoff);
-        let writes = {
-            let mut w = lock(worker);
-            w.flush_metrics();
-            self.prepare(&w, partitions, true)
-        };
+        let writes = self.render(worker, partitions, true);
         let written = self.runtime.block_on(async {
             match tokio::time::timeout(deadline, send_all(&self.zk, writes)).await {
                 Ok(written) => written,
@@ -205,16 +197,25 @@ impl Publisher {
         tasks
     }
 
-    fn prepare(&self, worker: &Worker, partitions: Option<&[i32]>, checkpoint: bool) -> Vec<Write> {
+    /// What a round writes for `partitions` (every task when `None`), rendered under the
+    /// worker's lock, which is let go before anything is written.
+    fn render(
+        &self,
+        worker: &Mutex<Worker>,
+        partitions: Option<&[i32]>,
+        checkpoint: bool,
+    ) -> Vec<Write> {
+        let mut w = lock(worker);
+        w.flush_metrics();
         let mut ids: Vec<&i32> = match partitions {
-            Some(p) => p.iter().filter(|p| worker.tasks.contains_key(p)).collect(),
-            None => worker.tasks.keys().collect(),
+            Some(p) => p.iter().filter(|p| w.tasks.contains_key(p)).collect(),
+            None => w.tasks.keys().collect(),
         };
         ids.sort_unstable();
         ids.into_iter()
-            .filter_map(|p| worker.tasks.get(p))
+            .filter_map(|p| w.tasks.get(p))
             .filter(|t| t.has_news(checkpoint))
-            .flat_map(|t| t.prepare(&self.topology, &worker.counters, &self.owner, checkpoint))
+            .flat_map(|t| t.prepare(&self.topology, &w.counters, &self.owner, checkpoint))
             .collect()
     }
 
