@@ -132,7 +132,7 @@ fn exit_code(e: &anyhow::Error) -> i32 {
             };
         }
         if let Some(BlacklistError::Redis(r)) = cause.downcast_ref::<BlacklistError>()
-            && (r.is_io_error() || r.is_connection_refusal() || r.is_timeout())
+            && hotkeys::cache::connection_failed(r)
         {
             return exit::UNREACHABLE;
         }

@@ -63,12 +63,7 @@ impl CacheError {
     pub fn is_unreachable(&self) -> bool {
         match self {
             CacheError::Connect { .. } => !self.is_refused_login(),
-            CacheError::Command { source, .. } => {
-                source.is_io_error()
-                    || source.is_timeout()
-                    || source.is_connection_refusal()
-                    || source.is_connection_dropped()
-            }
+            CacheError::Command { source, .. } => connection_failed(source),
             CacheError::Config(_) | CacheError::Ring(_) | CacheError::Codec(_) => false,
         }
     }
@@ -84,6 +79,23 @@ impl CacheError {
             CacheError::Config(_) | CacheError::Ring(_) | CacheError::Codec(_) => false,
         }
     }
+}
+
+/// Whether a command failed because the connection did (refused, dropped, timed out), not
+/// because the server refused the command: such a failure heals with a new connection.
+///
+/// A connection dropped in the middle of a reply counts too. redis' multiplexed
+/// connection reports that as a parse error, "Unexpected end of input" (its codec does not
+/// turn the decoder's end of input into an I/O error, as its other readers do).
+pub fn connection_failed(error: &RedisError) -> bool {
+    error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_refusal()
+        || error.is_connection_dropped()
+        || error.kind() == ErrorKind::Parse
+            && error
+                .detail()
+                .is_some_and(|d| d.contains("Unexpected end of input"))
 }
 
 /// One cache write. Writes to the same key are applied in the order they are given.
@@ -252,10 +264,7 @@ impl SentinelMaster {
     /// master may have moved. A failure here leaves the old connection; the caller's retry
     /// tries again.
     async fn follow(&self, error: &RedisError) {
-        let moved = error.is_io_error()
-            || error.is_timeout()
-            || error.is_connection_refusal()
-            || error.is_connection_dropped()
+        let moved = connection_failed(error)
             || error.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly);
         if !moved {
             return;
@@ -974,6 +983,22 @@ pub fn jittered_ttl(cfg: &RedisConfig) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reply_cut_short_by_a_dropped_connection_is_a_connection_failure() {
+        let cut = RedisError::from((
+            ErrorKind::Parse,
+            "parse",
+            "Parse error at 0\nUnexpected end of input".to_string(),
+        ));
+        assert!(connection_failed(&cut));
+        let wrong_type = RedisError::from((
+            ErrorKind::Parse,
+            "parse",
+            "\"Response was of incompatible type\" (value was int(1))".to_string(),
+        ));
+        assert!(!connection_failed(&wrong_type));
+    }
 
     #[test]
     fn cache_key_fills_the_template() {

@@ -263,12 +263,7 @@ impl SyncError {
     pub fn is_unreachable(&self) -> bool {
         match self {
             SyncError::Cache(e) => e.is_unreachable(),
-            SyncError::Redis { source, .. } => {
-                source.is_io_error()
-                    || source.is_timeout()
-                    || source.is_connection_refusal()
-                    || source.is_connection_dropped()
-            }
+            SyncError::Redis { source, .. } => crate::cache::connection_failed(source),
             SyncError::Reply { .. } | SyncError::Evicting { .. } => false,
         }
     }
