@@ -5,7 +5,9 @@
 //! concurrently on the tokio runtime while the poll loop goes on polling and counting. The
 //! loop looks in at every tick ([`Publisher::tick`]): it takes in a finished round and
 //! starts the next when one is due. Hand-overs and shutdown instead publish and wait
-//! ([`Publisher::publish_now`]), under one deadline for all tasks.
+//! ([`Publisher::publish_now`]), under one deadline for all tasks. Every path renders its
+//! writes through [`Task::prepare`], which writes nothing for a counter still re-counting
+//! towards the hot list it found, so none of them can take a list back.
 //!
 //! After a round:
 //! - a written checkpoint lets the group commit its offset (`store_offsets`, the next offset
@@ -348,13 +350,10 @@ impl Publisher {
         };
         match restored {
             Ok((task, start)) => {
-                if let Start::Checkpoint(offset) = start
-                    && let Err(e) = consumer.seek(
-                        &self.topology.kafka.topic,
-                        partition,
-                        Offset::Offset(offset),
-                        Duration::from_secs(10),
-                    )
+                let topic = &self.topology.kafka.topic;
+                let offset = start_offset(consumer, topic, partition, start);
+                if offset != Offset::Stored
+                    && let Err(e) = consumer.seek(topic, partition, offset, Duration::from_secs(10))
                 {
                     tracing::warn!(task = partition, error = %e, "seek to the adopted checkpoint failed");
                 }
@@ -363,6 +362,55 @@ impl Publisher {
             Err(e) => {
                 tracing::warn!(task = partition, error = %e, "cannot read the newer checkpoint")
             }
+        }
+    }
+}
+
+/// Where a restored task's partition is read from. A re-count of the window asks Kafka
+/// for the first offset at its start (the end when nothing came since); when Kafka cannot
+/// say, the other counters' checkpoint or else the beginning is a safe start, since the
+/// counters skip what they hold and the window drops what is too old.
+pub fn start_offset<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+    start: Start,
+) -> Offset {
+    match start {
+        Start::Checkpoint(offset) => Offset::Offset(offset),
+        Start::Committed => Offset::Stored,
+        Start::Window {
+            since_ms,
+            checkpoint,
+        } => match (offset_at(consumer, topic, partition, since_ms), checkpoint) {
+            (Some(Offset::Offset(at)), Some(c)) => Offset::Offset(at.min(c)),
+            (_, Some(c)) => Offset::Offset(c),
+            (Some(at), None) => at,
+            (None, None) => Offset::Beginning,
+        },
+    }
+}
+
+/// The first offset of `partition` stamped at or after `ms` (`Offset::End` when none is),
+/// or `None` when Kafka does not answer.
+fn offset_at<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+    ms: i64,
+) -> Option<Offset> {
+    let mut asked = TopicPartitionList::new();
+    asked
+        .add_partition_offset(topic, partition, Offset::Offset(ms))
+        .ok()?;
+    match consumer.offsets_for_times(asked, ZK_DEADLINE) {
+        Ok(found) => found
+            .find_partition(topic, partition)
+            .map(|e| e.offset())
+            .filter(|o| matches!(o, Offset::Offset(_) | Offset::End)),
+        Err(e) => {
+            tracing::warn!(task = partition, error = %e, "cannot find the window's first offset");
+            None
         }
     }
 }

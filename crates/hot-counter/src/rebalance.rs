@@ -15,11 +15,10 @@ use std::time::Duration;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::statistics::Statistics;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, TopicPartitionList};
 
 use crate::handoff::Handoff;
-use crate::publish::Publisher;
-use crate::task::Start;
+use crate::publish::{Publisher, start_offset};
 use crate::worker::{Worker, lock};
 
 /// The longest a hand-over may take, whatever `max.poll.interval.ms` allows.
@@ -103,21 +102,18 @@ impl Context {
         let restored = self
             .publisher()
             .restore(&counters, max_future_ms, &ids, self.handover);
+        let topic = lock(&self.worker).topology.kafka.topic.clone();
         let mut positioned = TopicPartitionList::new();
-        let mut w = lock(&self.worker);
+        let mut tasks = Vec::with_capacity(restored.len());
         for (task, start) in restored {
             let partition = task.id as i32;
-            let offset = match start {
-                Start::Checkpoint(o) => Offset::Offset(o),
-                Start::Committed => Offset::Stored,
-            };
-            let topic = &w.topology.kafka.topic;
-            if let Err(e) = positioned.add_partition_offset(topic, partition, offset) {
+            let offset = start_offset(consumer, &topic, partition, start);
+            if let Err(e) = positioned.add_partition_offset(&topic, partition, offset) {
                 tracing::warn!(task = partition, error = %e, "cannot position partition");
             }
-            w.tasks.insert(partition, task);
+            tasks.push((partition, task));
         }
-        drop(w);
+        lock(&self.worker).tasks.extend(tasks);
         if let Err(e) = consumer.assign(&positioned) {
             tracing::error!(error = %e, "cannot re-assign partitions at their checkpoints");
         }

@@ -14,8 +14,16 @@
 //! The hot list is published whenever it changed; the checkpoint, which can be up to a
 //! megabyte, only when asked (every `count.checkpoint_every`, at revoke and shutdown). A
 //! new owner resumes from the checkpoint's offset and re-counts what came after it, so
-//! nothing is lost or counted twice; it publishes nothing until it has re-counted up to the
-//! hot list it found, so readers never see a list go back in time.
+//! nothing is lost or counted twice.
+//!
+//! The rule that keeps the published state moving forward: a counter writes nothing to its
+//! hot node (no list, no checkpoint, whatever asked for the write: a tick, a checkpoint
+//! round, a revoke or shutdown) until it has re-counted up to the offset of the hot list it
+//! found ([`TaskCounter::held_back`]). Readers therefore never see a task's offset go back.
+//!
+//! A hot list found without a usable checkpoint beside it (the checkpoint deleted, or
+//! unreadable) is taken over: the counter re-counts its window from Kafka, keeps the
+//! hot node's version for fencing, and creates the checkpoint with its first write.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -24,7 +32,7 @@ use hotkeys::Topology;
 use hotkeys::config::Counter;
 use hotkeys::count::WindowCounter;
 use hotkeys::hotlist::{HotList, now_ms};
-use hotkeys::zk::{REQUEST_MAX_BYTES, Zk, ZkError};
+use hotkeys::zk::{REQUEST_MAX_BYTES, Restorable, Zk, ZkError};
 
 /// Tells apart successive tasks of one partition (after a hand-over or a fenced reload).
 static EPOCHS: AtomicU64 = AtomicU64::new(0);
@@ -58,6 +66,12 @@ pub struct TaskCounter {
     pub checkpointed_offset: Option<i64>,
     /// No publish before the counts reach this offset (the hot list found at restore).
     pub resume_at: i64,
+    /// The hot node exists without its checkpoint: the next write takes over the node's
+    /// version and creates the checkpoint beside it.
+    pub checkpoint_missing: bool,
+    /// Re-count from the first event at or after this time (Unix ms), the start of the
+    /// window: the counts behind the hot list found had no usable checkpoint.
+    pub recount_since_ms: Option<i64>,
 }
 
 impl TaskCounter {
@@ -69,26 +83,108 @@ impl TaskCounter {
             published_offset: None,
             checkpointed_offset: None,
             resume_at: -1,
+            checkpoint_missing: false,
+            recount_since_ms: None,
         }
+    }
+
+    /// The counter's state from what ZooKeeper holds for it (`saved`, read at `now_ms`): its
+    /// checkpoint, or a take-over of a hot list whose checkpoint is missing or unreadable.
+    /// Either way nothing is published before the counts are back at the list found.
+    fn restored(
+        counter: &Counter,
+        task: u32,
+        saved: Option<Restorable>,
+        now_ms: i64,
+        max_future_ms: i64,
+    ) -> TaskCounter {
+        let Some(saved) = saved else {
+            return TaskCounter::empty(counter, None);
+        };
+        let name = &counter.name;
+        let found = saved.hot.offset;
+        let restored = match &saved.checkpoint {
+            Some(bytes) => WindowCounter::restore(&counter.count, bytes),
+            None => {
+                tracing::warn!(task, counter = %name, offset = found, version = saved.version,
+                    "no checkpoint beside the hot list; re-counting the window and taking over the list's version");
+                return TaskCounter::taking_over(counter, &saved, now_ms);
+            }
+        };
+        match restored {
+            Ok((mut window, offset)) => {
+                let offset = offset.unwrap_or(found);
+                let repaired = window.repair_future(now_ms, max_future_ms);
+                if repaired > 0 {
+                    tracing::warn!(task, counter = %name, events = repaired,
+                        "checkpoint held events stamped in the future; counted as now");
+                }
+                tracing::info!(task, counter = %name, offset, version = saved.version,
+                    "restored from checkpoint");
+                TaskCounter {
+                    window,
+                    next_offset: offset,
+                    zk_version: Some(saved.version),
+                    published_offset: Some(offset),
+                    checkpointed_offset: Some(offset),
+                    resume_at: found,
+                    checkpoint_missing: false,
+                    recount_since_ms: None,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(task, counter = %name, error = %e, offset = found,
+                    "ignoring an unreadable checkpoint; re-counting the window");
+                TaskCounter::taking_over(counter, &saved, now_ms)
+            }
+        }
+    }
+
+    /// Takes over the hot list in `saved` without its counts: re-count the window, publish
+    /// from the list's offset on, under its version.
+    fn taking_over(counter: &Counter, saved: &Restorable, now_ms: i64) -> TaskCounter {
+        TaskCounter {
+            resume_at: saved.hot.offset,
+            checkpoint_missing: saved.checkpoint.is_none(),
+            recount_since_ms: Some(now_ms - counter.count.window.as_millis() as i64),
+            ..TaskCounter::empty(counter, Some(saved.version))
+        }
+    }
+
+    /// Re-counting towards the hot list found at restore: any write now, of the list or of
+    /// the checkpoint, would take the task's published offset back.
+    pub fn held_back(&self) -> bool {
+        self.next_offset < self.resume_at
     }
 
     fn has_news(&self) -> bool {
         self.next_offset >= 0
-            && self.next_offset >= self.resume_at
+            && !self.held_back()
             && self.published_offset != Some(self.next_offset)
     }
 
     fn needs_checkpoint(&self) -> bool {
         self.next_offset >= 0
-            && (self.zk_version.is_none() || self.checkpointed_offset != Some(self.next_offset))
+            && !self.held_back()
+            && (self.zk_version.is_none()
+                || self.checkpoint_missing
+                || self.checkpointed_offset != Some(self.next_offset))
     }
 }
 
 /// Where a task starts counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
     /// Resume from the checkpoints, at the lowest offset among them.
     Checkpoint(i64),
-    /// No usable checkpoint: start from the group's committed offset (or the beginning).
+    /// A counter took over a hot list without its checkpoint: from the first event at
+    /// `since_ms` (the start of its window), or from `checkpoint` (the other counters'
+    /// lowest) when that is earlier.
+    Window {
+        since_ms: i64,
+        checkpoint: Option<i64>,
+    },
+    /// Nothing published yet: start from the group's committed offset (or the beginning).
     Committed,
 }
 
@@ -100,6 +196,8 @@ pub struct Write {
     pub counter: usize,
     counter_name: String,
     seen: Option<i32>,
+    /// Create the checkpoint beside the existing hot node (see [`Zk::adopt`]).
+    adopt: bool,
     hot: Vec<u8>,
     checkpoint: Option<Vec<u8>>,
     /// The next offset the written counts do not include.
@@ -132,8 +230,15 @@ impl Write {
                 // Creating: the task's node may be gone too (hotctl reset).
                 zk.ensure_task(self.task).await?;
             }
-            zk.publish(self.task, self.seen, &self.hot, self.checkpoint.as_deref())
-                .await
+            match (self.seen, &self.checkpoint) {
+                (Some(seen), Some(checkpoint)) if self.adopt => {
+                    zk.adopt(self.task, seen, &self.hot, checkpoint).await
+                }
+                (seen, checkpoint) => {
+                    zk.publish(self.task, seen, &self.hot, checkpoint.as_deref())
+                        .await
+                }
+            }
         };
         let result = tokio::time::timeout(deadline, write)
             .await
@@ -158,9 +263,10 @@ impl Task {
     }
 
     /// Restores a task's counters from their last checkpoints, or starts them empty. Never
-    /// fails for a bad checkpoint: it is logged and that counter restarts, which loses
-    /// history but not events. A checkpoint holding buckets beyond `max_future_ms` from now
-    /// (written before the clamp existed, or by a worker with a skewed clock) is repaired.
+    /// fails for a bad or missing checkpoint: that counter re-counts its window (see
+    /// [`TaskCounter::restored`]). A checkpoint holding buckets beyond `max_future_ms` from
+    /// now (written before the clamp existed, or by a worker with a skewed clock) is
+    /// repaired.
     pub async fn restore(
         zk: &Zk,
         counters: &[Counter],
@@ -171,43 +277,41 @@ impl Task {
         for counter in counters {
             let zk = zk.for_counter(&counter.name);
             zk.ensure_task(id).await?;
-            let state = match zk.read_checkpoint(id).await? {
-                None => TaskCounter::empty(counter, None),
-                Some(saved) => match WindowCounter::restore(&counter.count, &saved.checkpoint) {
-                    Ok((mut window, offset)) => {
-                        let offset = offset.unwrap_or(saved.hot.offset);
-                        let repaired = window.repair_future(now_ms(), max_future_ms);
-                        if repaired > 0 {
-                            tracing::warn!(task = id, counter = %counter.name, events = repaired,
-                                "checkpoint held events stamped in the future; counted as now");
-                        }
-                        tracing::info!(task = id, counter = %counter.name, offset,
-                            version = saved.version, "restored from checkpoint");
-                        TaskCounter {
-                            window,
-                            next_offset: offset,
-                            zk_version: Some(saved.version),
-                            published_offset: Some(offset),
-                            checkpointed_offset: Some(offset),
-                            resume_at: saved.hot.offset,
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(task = id, counter = %counter.name, error = %e,
-                            "ignoring checkpoint; counting restarts");
-                        TaskCounter::empty(counter, Some(saved.version))
-                    }
-                },
-            };
-            restored.push(state);
+            let saved = zk.read_checkpoint(id).await?;
+            restored.push(TaskCounter::restored(
+                counter,
+                id,
+                saved,
+                now_ms(),
+                max_future_ms,
+            ));
         }
-        let start = restored
+        let task = Task::new(id, restored);
+        let start = task.start();
+        Ok((task, start))
+    }
+
+    /// Where the restored counters need the partition read from.
+    pub fn start(&self) -> Start {
+        let checkpoint = self
+            .counters
             .iter()
             .filter(|c| c.checkpointed_offset.is_some())
             .map(|c| c.next_offset)
-            .min()
-            .map_or(Start::Committed, Start::Checkpoint);
-        Ok((Task::new(id, restored), start))
+            .min();
+        let since = self
+            .counters
+            .iter()
+            .filter_map(|c| c.recount_since_ms)
+            .min();
+        match (since, checkpoint) {
+            (Some(since_ms), checkpoint) => Start::Window {
+                since_ms,
+                checkpoint,
+            },
+            (None, Some(offset)) => Start::Checkpoint(offset),
+            (None, None) => Start::Committed,
+        }
     }
 
     /// A task with no history, counting from the group's committed offset.
@@ -290,8 +394,8 @@ impl Task {
         let mut writes = Vec::new();
         for (index, counter) in counters.iter().enumerate() {
             let state = &self.counters[index];
-            let with_checkpoint =
-                state.needs_checkpoint() && (checkpoint || state.zk_version.is_none());
+            let with_checkpoint = state.needs_checkpoint()
+                && (checkpoint || state.zk_version.is_none() || state.checkpoint_missing);
             if !state.has_news() && !with_checkpoint {
                 continue;
             }
@@ -314,6 +418,7 @@ impl Task {
                 counter: index,
                 counter_name: counter.name.clone(),
                 seen,
+                adopt: state.checkpoint_missing && seen.is_some(),
                 hot,
                 checkpoint,
                 offset: state.next_offset,
@@ -333,14 +438,214 @@ impl Task {
                 state.published_offset = Some(write.offset);
                 if write.has_checkpoint() {
                     state.checkpointed_offset = Some(write.offset);
+                    state.checkpoint_missing = false;
                 }
             }
             Err(ZkError::Gone { .. }) => {
                 state.zk_version = None;
                 state.published_offset = None;
                 state.checkpointed_offset = None;
+                state.checkpoint_missing = false;
             }
             Err(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The restore / re-count / publish rules as a state machine, driven without servers:
+    //! what ZooKeeper held goes in as a [`Restorable`], counting moves `next_offset`, and
+    //! [`Task::prepare`] says what any publish path (tick, checkpoint round, revoke,
+    //! shutdown) would write.
+
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000_000;
+    const OWNER: &str = "test:1";
+
+    fn topology() -> Topology {
+        Topology::default()
+    }
+
+    fn counter() -> Counter {
+        topology().counters().remove(0)
+    }
+
+    /// What a worker would have found: a hot list at `hot_offset`, version `version`, and
+    /// a checkpoint taken at `checkpoint_offset` (none when `None`).
+    fn saved(hot_offset: i64, version: i32, checkpoint_offset: Option<i64>) -> Restorable {
+        let c = counter();
+        let checkpoint = checkpoint_offset.map(|offset| {
+            let mut window = WindowCounter::new(&c.count);
+            window.offer("k", NOW);
+            window.checkpoint(offset, REQUEST_MAX_BYTES)
+        });
+        Restorable {
+            hot: HotList {
+                offset: hot_offset,
+                ..HotList::default()
+            },
+            checkpoint,
+            version,
+        }
+    }
+
+    fn restored(saved: Option<Restorable>) -> Task {
+        let state = TaskCounter::restored(&counter(), 0, saved, NOW, 30_000);
+        Task::new(0, vec![state])
+    }
+
+    /// Counts events up to (not including) `next`.
+    fn count_to(task: &mut Task, next: i64) {
+        let state = &mut task.counters[0];
+        state.window.offer("k", NOW);
+        state.next_offset = next;
+    }
+
+    /// What every publish path would write, as (offset, checkpoint?, adopt?, seen).
+    fn writes(task: &Task, checkpoint: bool) -> Vec<(i64, bool, bool, Option<i32>)> {
+        task.prepare(&topology(), &topology().counters(), OWNER, checkpoint)
+            .iter()
+            .map(|w| (w.offset, w.has_checkpoint(), w.adopt, w.seen))
+            .collect()
+    }
+
+    fn succeed(task: &mut Task, checkpoint: bool) {
+        for w in task.prepare(&topology(), &topology().counters(), OWNER, checkpoint) {
+            let version = w.seen.map_or(0, |v| v + 1);
+            task.apply(&w, &Ok(version));
+        }
+    }
+
+    #[test]
+    fn nothing_published_starts_from_the_committed_offset_and_creates_the_node() {
+        let mut task = restored(None);
+        assert_eq!(task.start(), Start::Committed);
+        assert!(writes(&task, true).is_empty(), "nothing counted yet");
+        count_to(&mut task, 10);
+        assert_eq!(writes(&task, false), [(10, true, false, None)]);
+        succeed(&mut task, false);
+        assert_eq!(task.checkpointed_offset(), Some(10));
+    }
+
+    #[test]
+    fn a_re_count_behind_the_list_found_writes_nothing_on_any_path() {
+        let mut task = restored(Some(saved(5_000, 7, Some(1_000))));
+        assert_eq!(task.start(), Start::Checkpoint(1_000));
+        count_to(&mut task, 3_000);
+        assert!(task.counters[0].held_back());
+        assert!(!task.has_news(false) && !task.has_news(true));
+        assert!(writes(&task, false).is_empty(), "tick");
+        assert!(
+            writes(&task, true).is_empty(),
+            "checkpoint round, revoke, shutdown"
+        );
+    }
+
+    #[test]
+    fn back_at_the_list_found_the_task_publishes_forward_under_the_next_version() {
+        let mut task = restored(Some(saved(5_000, 7, Some(1_000))));
+        count_to(&mut task, 5_000);
+        assert!(!task.counters[0].held_back());
+        assert_eq!(writes(&task, false), [(5_000, false, false, Some(7))]);
+        assert_eq!(writes(&task, true), [(5_000, true, false, Some(7))]);
+        succeed(&mut task, true);
+        assert_eq!(task.counters[0].zk_version, Some(8));
+        assert_eq!(task.checkpointed_offset(), Some(5_000));
+        assert!(writes(&task, true).is_empty(), "nothing new");
+    }
+
+    #[test]
+    fn a_missing_checkpoint_re_counts_the_window_and_takes_over_the_version() {
+        let mut task = restored(Some(saved(5_000, 7, None)));
+        let window_ms = counter().count.window.as_millis() as i64;
+        assert_eq!(
+            task.start(),
+            Start::Window {
+                since_ms: NOW - window_ms,
+                checkpoint: None
+            }
+        );
+        count_to(&mut task, 4_999);
+        assert!(
+            writes(&task, true).is_empty(),
+            "still behind the list found"
+        );
+        count_to(&mut task, 5_000);
+        assert_eq!(
+            writes(&task, false),
+            [(5_000, true, true, Some(7))],
+            "the first write creates the checkpoint beside the list it takes over"
+        );
+        succeed(&mut task, false);
+        let state = &task.counters[0];
+        assert!(!state.checkpoint_missing);
+        assert_eq!(state.zk_version, Some(8));
+        count_to(&mut task, 5_100);
+        assert_eq!(writes(&task, true), [(5_100, true, false, Some(8))]);
+    }
+
+    #[test]
+    fn an_unreadable_checkpoint_is_rewritten_in_place_after_the_re_count() {
+        let mut broken = saved(5_000, 7, Some(1_000));
+        broken.checkpoint = Some(b"not zstd".to_vec());
+        let mut task = restored(Some(broken));
+        assert!(matches!(
+            task.start(),
+            Start::Window {
+                checkpoint: None,
+                ..
+            }
+        ));
+        count_to(&mut task, 2_000);
+        assert!(writes(&task, true).is_empty());
+        count_to(&mut task, 5_001);
+        assert_eq!(writes(&task, false), [(5_001, false, false, Some(7))]);
+        assert_eq!(writes(&task, true), [(5_001, true, false, Some(7))]);
+    }
+
+    #[test]
+    fn a_node_deleted_under_the_task_is_created_again_with_a_checkpoint() {
+        let mut task = restored(Some(saved(100, 3, Some(100))));
+        count_to(&mut task, 150);
+        let write = task
+            .prepare(&topology(), &topology().counters(), OWNER, false)
+            .remove(0);
+        task.apply(
+            &write,
+            &Err(ZkError::Gone {
+                path: "/x/hot".into(),
+            }),
+        );
+        assert_eq!(writes(&task, false), [(150, true, false, None)]);
+    }
+
+    #[test]
+    fn a_failed_write_changes_nothing_and_is_written_again() {
+        let mut task = restored(Some(saved(100, 3, Some(100))));
+        count_to(&mut task, 150);
+        let before = writes(&task, true);
+        let write = task
+            .prepare(&topology(), &topology().counters(), OWNER, true)
+            .remove(0);
+        task.apply(&write, &Err(ZkError::Timeout));
+        assert_eq!(writes(&task, true), before);
+        assert_eq!(task.checkpointed_offset(), Some(100));
+    }
+
+    #[test]
+    fn the_lowest_counter_decides_where_a_task_with_a_lost_checkpoint_starts() {
+        let c = counter();
+        let with_checkpoint = TaskCounter::restored(&c, 0, Some(saved(900, 2, Some(800))), NOW, 0);
+        let without = TaskCounter::restored(&c, 0, Some(saved(900, 2, None)), NOW, 0);
+        let task = Task::new(0, vec![with_checkpoint, without]);
+        assert!(matches!(
+            task.start(),
+            Start::Window {
+                checkpoint: Some(800),
+                ..
+            }
+        ));
     }
 }

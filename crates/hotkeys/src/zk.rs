@@ -188,8 +188,10 @@ impl TaskView {
 #[derive(Debug, Clone)]
 pub struct Restorable {
     pub hot: HotList,
-    /// Counter state, as [`crate::count::WindowCounter::checkpoint`] wrote it.
-    pub checkpoint: Vec<u8>,
+    /// Counter state, as [`crate::count::WindowCounter::checkpoint`] wrote it; `None` when
+    /// the checkpoint node is missing beside the hot list (deleted by hand, or a store
+    /// restored in part), which the next writer must create with [`Zk::adopt`].
+    pub checkpoint: Option<Vec<u8>>,
     /// Version of `hot`, to condition the next publish on.
     pub version: i32,
 }
@@ -310,7 +312,8 @@ impl Zk {
     }
 
     /// The hot list, the checkpoint published with it and the `hot` version, read in one
-    /// multi-op so the pair is consistent with a concurrent publish.
+    /// multi-op so the pair is consistent with a concurrent publish. `None` when there is
+    /// no hot list; a hot list without its checkpoint is returned with `checkpoint: None`.
     pub async fn read_checkpoint(&self, task: u32) -> Result<Option<Restorable>, ZkError> {
         use zookeeper_client::MultiReadResult::{Data, Error};
         let hot = self.layout.hot(task);
@@ -321,31 +324,29 @@ impl Zk {
             .and_then(|()| reader.add_get_data(&checkpoint))
             .map_err(|e| ZkError::op(&hot, e))?;
         let results = reader.commit().await.map_err(|e| ZkError::op(&hot, e))?;
-        match (results.first(), results.get(1)) {
-            (
-                Some(Data {
-                    data: hot_data,
-                    stat,
-                }),
-                Some(Data { data, .. }),
-            ) => {
-                let list =
-                    serde_json::from_slice(hot_data).map_err(|source| ZkError::Malformed {
-                        path: hot.clone(),
-                        source,
-                    })?;
-                Ok(Some(Restorable {
-                    hot: list,
-                    checkpoint: data.clone(),
-                    version: stat.version,
-                }))
+        let (hot_data, stat) = match results.first() {
+            Some(Data { data, stat }) => (data, stat),
+            Some(Error { err }) if *err != ZkClientError::NoNode => {
+                return Err(ZkError::op(&hot, err.clone()));
             }
-            (Some(Error { err }), _) | (_, Some(Error { err })) => match err {
-                ZkClientError::NoNode => Ok(None),
-                err => Err(ZkError::op(&hot, err.clone())),
-            },
-            _ => Ok(None),
-        }
+            _ => return Ok(None),
+        };
+        let saved = match results.get(1) {
+            Some(Data { data, .. }) => Some(data.clone()),
+            Some(Error { err }) if *err != ZkClientError::NoNode => {
+                return Err(ZkError::op(&checkpoint, err.clone()));
+            }
+            _ => None,
+        };
+        let list = serde_json::from_slice(hot_data).map_err(|source| ZkError::Malformed {
+            path: hot.clone(),
+            source,
+        })?;
+        Ok(Some(Restorable {
+            hot: list,
+            checkpoint: saved,
+            version: stat.version,
+        }))
     }
 
     /// Writes `hot`, and `checkpoint` with it when given, atomically. `seen` is the `hot`
@@ -383,21 +384,27 @@ impl Zk {
             }
         };
         staged.map_err(|e| ZkError::op(&hot_path, e))?;
-        match writer.commit().await {
-            Ok(results) => Ok(match results.first() {
-                Some(zookeeper_client::MultiWriteResult::SetData { stat }) => stat.version,
-                _ => 0,
-            }),
-            Err(zookeeper_client::MultiWriteError::OperationFailed {
-                source: ZkClientError::NodeExists | ZkClientError::BadVersion,
-                ..
-            }) => Err(ZkError::Fenced { path: hot_path }),
-            Err(zookeeper_client::MultiWriteError::OperationFailed {
-                source: ZkClientError::NoNode,
-                ..
-            }) => Err(ZkError::Gone { path: hot_path }),
-            Err(e) => Err(ZkError::op(&hot_path, e.into())),
-        }
+        commit_publish(writer, hot_path).await
+    }
+
+    /// Writes `hot` fenced on `seen` and creates the missing `checkpoint` beside it, in one
+    /// multi-op: how a new owner takes over a hot list whose checkpoint went missing
+    /// (a plain [`Zk::publish`] would fail on the absent checkpoint forever).
+    pub async fn adopt(
+        &self,
+        task: u32,
+        seen: i32,
+        hot: &[u8],
+        checkpoint: &[u8],
+    ) -> Result<i32, ZkError> {
+        let hot_path = self.layout.hot(task);
+        let checkpoint_path = self.layout.checkpoint(task);
+        let mut writer = self.client.new_multi_writer();
+        writer
+            .add_set_data(&hot_path, hot, Some(seen))
+            .and_then(|()| writer.add_create(&checkpoint_path, checkpoint, &PERSISTENT))
+            .map_err(|e| ZkError::op(&hot_path, e))?;
+        commit_publish(writer, hot_path).await
     }
 
     /// Takes the task's ephemeral lock if nobody holds it; never waits.
@@ -572,6 +579,28 @@ impl Zk {
             Ok(()) | Err(ZkClientError::NoNode) => Ok(()),
             Err(e) => Err(ZkError::op(path, e)),
         }
+    }
+}
+
+/// Commits a staged publish; the new version of `hot`, or why it was refused.
+async fn commit_publish(
+    mut writer: zookeeper_client::MultiWriter<'_>,
+    hot_path: String,
+) -> Result<i32, ZkError> {
+    match writer.commit().await {
+        Ok(results) => Ok(match results.first() {
+            Some(zookeeper_client::MultiWriteResult::SetData { stat }) => stat.version,
+            _ => 0,
+        }),
+        Err(zookeeper_client::MultiWriteError::OperationFailed {
+            source: ZkClientError::NodeExists | ZkClientError::BadVersion,
+            ..
+        }) => Err(ZkError::Fenced { path: hot_path }),
+        Err(zookeeper_client::MultiWriteError::OperationFailed {
+            source: ZkClientError::NoNode,
+            ..
+        }) => Err(ZkError::Gone { path: hot_path }),
+        Err(e) => Err(ZkError::op(&hot_path, e.into())),
     }
 }
 
