@@ -19,6 +19,10 @@
 //! OK wins" would hide a failure on the node that actually holds the key. Writes to the same
 //! key keep their order, so a batch of mixed sets and deletes lands as it was issued.
 //!
+//! A refresh (`Write::Refresh`) is a compare-and-set in one Lua script: it overwrites only
+//! the value whose digest was read before the row was loaded ([`CacheNodes::digest`]), so a
+//! value the application wrote meanwhile is never replaced by an older row.
+//!
 //! The connections raise the redis crate's 500 ms default response timeout to
 //! `redis.timeout`: a pipeline of a thousand values easily takes longer under load.
 
@@ -110,16 +114,36 @@ pub enum Write<'a> {
         /// fresher value the application wrote meanwhile).
         only_if_absent: bool,
     },
+    /// Overwrites the value whose [`CacheNodes::digest`] was `seen`, or a key that has gone
+    /// since (expired or evicted); leaves any other value alone, as written by someone
+    /// after the digest was read. One Lua script, so nothing can come in between.
+    Refresh {
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+        seen: &'a str,
+    },
     /// Removed from every node that could hold it.
     Delete { key: &'a str },
 }
 
+/// The SHA-1 of a key's stored bytes, or nil when it has none: what a refresh compares.
+const DIGEST_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
+    if v then return redis.sha1hex(v) end return false";
+
+/// `Write::Refresh`: ARGV = value, TTL in ms, the digest seen. Returns 1 when it wrote,
+/// nil when the value changed since the digest was read.
+const REFRESH_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
+    if v and redis.sha1hex(v) ~= ARGV[3] then return false end \
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1";
+
 /// What a batch of writes did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteOutcome {
-    /// Sets that stored their value.
+    /// Sets and refreshes that stored their value.
     pub written: usize,
-    /// `NX` sets that found a value already there and left it.
+    /// `NX` sets that found a value already there, and refreshes that found a newer one,
+    /// and left it.
     pub already_present: usize,
     /// Deletes that removed the key from at least one node.
     pub deleted: usize,
@@ -533,6 +557,25 @@ impl CacheNodes {
 
     /// The value of `key` on the node that holds it (its backup while it is down), decoded.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+        match self.read_first(key, redis::cmd("GET").arg(key)).await? {
+            Some(stored) => Ok(Some(codec::decode(&stored)?.into_owned())),
+            None => Ok(None),
+        }
+    }
+
+    /// The digest of the bytes `key` holds where [`CacheNodes::get`] would read it, for a
+    /// later `Write::Refresh`; `None` when the key is absent.
+    pub async fn digest(&self, key: &str) -> Result<Option<String>, CacheError> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(DIGEST_SCRIPT).arg(1).arg(key);
+        match self.read_first(key, &cmd).await? {
+            Some(digest) => Ok(Some(String::from_utf8_lossy(&digest).into_owned())),
+            None => Ok(None),
+        }
+    }
+
+    /// The first non-nil answer to `cmd` about `key`: on its node, then on its backup.
+    async fn read_first(&self, key: &str, cmd: &Cmd) -> Result<Option<Vec<u8>>, CacheError> {
         let primary = self.node_for(key);
         let nodes = match &self.nodes {
             Nodes::Independent {
@@ -541,16 +584,13 @@ impl CacheNodes {
             _ => vec![primary],
         };
         for node in nodes {
-            let stored: Option<Vec<u8>> = match redis::cmd("GET")
-                .arg(key)
-                .query_async(&mut self.conn(node))
+            match cmd
+                .query_async::<Option<Vec<u8>>>(&mut self.conn(node))
                 .await
             {
-                Ok(v) => v,
+                Ok(Some(found)) => return Ok(Some(found)),
+                Ok(None) => {}
                 Err(source) => return Err(self.failed(node, source).await),
-            };
-            if let Some(stored) = stored {
-                return Ok(Some(codec::decode(&stored)?.into_owned()));
             }
         }
         Ok(None)
@@ -679,6 +719,17 @@ impl CacheNodes {
     /// fails if any node fails, after the others finished. A primary that is down is
     /// replaced by its backup, which remembers the keys written for the fail-back.
     pub async fn apply(&self, writes: &[Write<'_>]) -> Result<WriteOutcome, CacheError> {
+        Ok(self.apply_tracked(writes).await?.outcome)
+    }
+
+    /// [`CacheNodes::apply`], also telling which sets and refreshes stored their value (for
+    /// replicating exactly what was written).
+    pub async fn apply_tracked(&self, writes: &[Write<'_>]) -> Result<Applied, CacheError> {
+        let tallies = self.run_all(writes).await;
+        merge(tallies, writes.len())
+    }
+
+    async fn run_all(&self, writes: &[Write<'_>]) -> Vec<Result<Tally, CacheError>> {
         match &self.nodes {
             Nodes::Independent {
                 conns,
@@ -700,7 +751,7 @@ impl CacheNodes {
                 let mut per_node: Vec<Vec<(usize, Option<&str>)>> = vec![Vec::new(); conns.len()];
                 for (i, write) in writes.iter().enumerate() {
                     match write {
-                        Write::Set { key, .. } => {
+                        Write::Set { key, .. } | Write::Refresh { key, .. } => {
                             let p = ring.as_ref().map_or(0, |r| r.node_for(key.as_bytes()));
                             let (node, track) = target(p);
                             per_node[node].push((i, track));
@@ -720,7 +771,7 @@ impl CacheNodes {
                     .map(|(node, batch)| {
                         self.run_on(node, RedisConn::Node(conns[node].clone()), writes, batch)
                     });
-                merge(join_all(runs).await)
+                join_all(runs).await
             }
             Nodes::Sentinel(master) => {
                 let batch = (0..writes.len()).map(|i| (i, None)).collect();
@@ -730,7 +781,7 @@ impl CacheNodes {
                 if let Err(CacheError::Command { source, .. }) = &result {
                     master.follow(source).await;
                 }
-                merge(vec![result])
+                vec![result]
             }
             Nodes::Cluster(conn) => {
                 // A cluster pipeline must stay within one slot; order per key is kept since
@@ -746,7 +797,7 @@ impl CacheNodes {
                     let batch = batch.into_iter().map(|i| (i, None)).collect();
                     self.run_on(0, RedisConn::Cluster(conn.clone()), writes, batch)
                 });
-                merge(join_all(runs).await)
+                join_all(runs).await
             }
         }
     }
@@ -782,6 +833,21 @@ impl CacheNodes {
                             cmd.arg("NX");
                         }
                     }
+                    Write::Refresh {
+                        key,
+                        value,
+                        ttl,
+                        seen,
+                    } => {
+                        let stored = self.codec.encode(value);
+                        pipe.cmd("EVAL")
+                            .arg(REFRESH_SCRIPT)
+                            .arg(1)
+                            .arg(key)
+                            .arg(&*stored)
+                            .arg(ttl.as_millis().max(1) as u64)
+                            .arg(seen);
+                    }
                     Write::Delete { key } => {
                         pipe.cmd("DEL").arg(key);
                     }
@@ -796,8 +862,10 @@ impl CacheNodes {
                 .map_err(|source| self.command_error(node, source))?;
             for (&(i, _), reply) in chunk.iter().zip(replies) {
                 match (&writes[i], reply) {
-                    (Write::Set { .. }, Value::Nil) => tally.already_present += 1,
-                    (Write::Set { .. }, _) => tally.written += 1,
+                    (Write::Set { .. } | Write::Refresh { .. }, Value::Nil) => {
+                        tally.already_present += 1
+                    }
+                    (Write::Set { .. } | Write::Refresh { .. }, _) => tally.stored.push(i),
                     (Write::Delete { .. }, Value::Int(n)) if n > 0 => tally.deleted.push(i),
                     (Write::Delete { .. }, _) => {}
                 }
@@ -836,7 +904,7 @@ impl Write<'_> {
     /// The key the write is about.
     pub fn key(&self) -> &str {
         match self {
-            Write::Set { key, .. } | Write::Delete { key } => key,
+            Write::Set { key, .. } | Write::Refresh { key, .. } | Write::Delete { key } => key,
         }
     }
 }
@@ -889,27 +957,43 @@ pub async fn pttls(
     Ok(out)
 }
 
-/// Counts from one node. Deletes are kept by their index in the batch because a delete
-/// reaches every node of a ring and counts once however many nodes had the key.
+/// Counts from one node, with the index in the batch of each set that stored its value and
+/// of each delete that removed one (a delete reaches every node of a ring and counts once
+/// however many nodes had the key).
 #[derive(Default)]
 struct Tally {
-    written: usize,
+    stored: Vec<usize>,
     already_present: usize,
     deleted: Vec<usize>,
 }
 
-/// Adds up the nodes' counts, or returns the first failure once every node has finished.
-fn merge(results: Vec<Result<Tally, CacheError>>) -> Result<WriteOutcome, CacheError> {
-    let mut outcome = WriteOutcome::default();
+/// What [`CacheNodes::apply_tracked`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub outcome: WriteOutcome,
+    /// By index of the write: whether it stored its value.
+    pub stored: Vec<bool>,
+}
+
+/// Adds up the nodes' counts of a batch of `writes` writes, or returns the first failure
+/// once every node has finished.
+fn merge(results: Vec<Result<Tally, CacheError>>, writes: usize) -> Result<Applied, CacheError> {
+    let mut applied = Applied {
+        outcome: WriteOutcome::default(),
+        stored: vec![false; writes],
+    };
     let mut deleted = HashSet::new();
     for result in results {
         let tally = result?;
-        outcome.written += tally.written;
-        outcome.already_present += tally.already_present;
+        applied.outcome.written += tally.stored.len();
+        applied.outcome.already_present += tally.already_present;
+        for i in tally.stored {
+            applied.stored[i] = true;
+        }
         deleted.extend(tally.deleted);
     }
-    outcome.deleted = deleted.len();
-    Ok(outcome)
+    applied.outcome.deleted = deleted.len();
+    Ok(applied)
 }
 
 fn client(url: &str) -> Result<redis::Client, CacheError> {

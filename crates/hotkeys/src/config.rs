@@ -536,12 +536,17 @@ pub struct PrewarmConfig {
     /// A cached value with less than this left to live is loaded again; one with more is
     /// skipped without asking MySQL. See [`Topology::refresh_before`].
     pub refresh_before: RefreshBefore,
+    /// A key MySQL has no row for is not asked again for this long (per process); zero
+    /// asks every time.
+    #[serde(with = "humantime_serde")]
+    pub missing_ttl: Duration,
 }
 
 impl Default for PrewarmConfig {
     fn default() -> Self {
         PrewarmConfig {
             refresh_before: RefreshBefore::Share(10.0),
+            missing_ttl: Duration::from_secs(60),
         }
     }
 }

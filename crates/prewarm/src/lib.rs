@@ -5,7 +5,8 @@
 //! |---|---|
 //! | [`runner`] | passes over the tasks: shuffle, `C` at a time, the end-of-pass re-check, `--watch` |
 //! | `pass` | the procedure for one task: pre-check, try-lock, double check, load, write, mark, unlock |
-//! | `load` | one batch of keys: rows from MySQL, pipelined `SET NX` into Redis, replication ops |
+//! | `load` | one batch of keys: rows from MySQL, pipelined `SET NX` or compare-and-set refreshes into Redis, replication ops |
+//! | `misses` | keys without a row, not asked again for `prewarm.missing_ttl` |
 //! | `session` | the ZooKeeper session, renewed after expiry |
 //! | `retry` | retries with backoff while a dependency is unreachable, up to a deadline |
 //! | [`report`] | per-task records, the summary (table or JSON) and the progress line |
@@ -17,6 +18,7 @@
 
 pub mod error;
 mod load;
+mod misses;
 mod pass;
 pub mod report;
 mod retry;

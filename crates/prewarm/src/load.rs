@@ -8,9 +8,11 @@
 //! Prewarm reads only what Redis lacks. A key that is there with more than
 //! `prewarm.refresh_before` to live is skipped (`skipped_warm`). A missing key is written with
 //! `SET NX` (a value that appeared meanwhile is newer than our copy, as with mcrouter's
-//! WarmUpRoute `add`); a key about to expire is overwritten with the row just read, since a
-//! value the application had written since would have a full TTL. `--force` loads and
-//! overwrites every key.
+//! WarmUpRoute `add`). A key about to expire is refreshed with a compare-and-set: the digest
+//! of its value is read with its TTL, and the row read afterwards replaces only that value,
+//! never one the application wrote during the MySQL read. Only values actually stored are
+//! replicated. A key MySQL has no row for is not asked again for `prewarm.missing_ttl`
+//! ([`crate::misses`]). `--force` loads and overwrites every key.
 //!
 //! Several batches of a task are in flight at once, so one batch's Redis write overlaps the
 //! next batch's SELECT. Failures of MySQL or Redis are retried up to the run's budget.
@@ -18,9 +20,9 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use std::collections::HashSet;
+use std::collections::HashMap;
 
-use hotkeys::cache::{CacheNodes, Remaining, Write, WriteOutcome, cache_key, jittered_ttl};
+use hotkeys::cache::{Applied, Remaining, Write, cache_key, jittered_ttl};
 use hotkeys::sync_queue::{Op, SyncQueue};
 use hotkeys::zk::Zk;
 use zookeeper_client::SessionState;
@@ -59,11 +61,14 @@ async fn warm_batch(ctx: &Ctx, keys: &[String], held: Option<&Zk>) -> Result<Cou
     if expired(held) {
         return Err(Halt::SessionLost);
     }
-    let due = lacking(ctx, keys).await?;
+    let mut due = lacking(ctx, keys).await?;
     let mut counts = Counts {
         skipped_warm: (keys.len() - due.keys.len()) as u64,
         ..Counts::default()
     };
+    if !ctx.opts.force {
+        counts.missing_cached = ctx.misses.forget_known(&mut due.keys);
+    }
     if due.keys.is_empty() {
         return Ok(counts);
     }
@@ -72,6 +77,7 @@ async fn warm_batch(ctx: &Ctx, keys: &[String], held: Option<&Zk>) -> Result<Cou
     })
     .await?
     .map_err(|e| failed(Dependency::MySql, e))?;
+    ctx.misses.remember(&loaded.missing);
     if let Some(sample) = loaded.unencodable.first() {
         tracing::warn!(
             count = loaded.unencodable.len(),
@@ -95,7 +101,11 @@ async fn warm_batch(ctx: &Ctx, keys: &[String], held: Option<&Zk>) -> Result<Cou
         .rows
         .into_iter()
         .map(|(key, row)| Entry {
-            overwrite: ctx.opts.force || due.expiring.contains(&key),
+            mode: match due.expiring.get(&key) {
+                _ if ctx.opts.force => Mode::Overwrite,
+                Some(seen) => Mode::Refresh(seen.clone()),
+                None => Mode::Fill,
+            },
             key: cache_key(redis, &key),
             value: row.into_string(),
             ttl: jittered_ttl(redis),
@@ -108,35 +118,55 @@ async fn warm_batch(ctx: &Ctx, keys: &[String], held: Option<&Zk>) -> Result<Cou
         return Err(Halt::SessionLost);
     }
     let writes: Vec<Write<'_>> = entries.iter().map(Entry::write).collect();
-    let outcome = retry(&ctx.policy, Dependency::Redis, "writing values", || {
-        cache.apply(&writes)
+    let applied = retry(&ctx.policy, Dependency::Redis, "writing values", || {
+        cache.apply_tracked(&writes)
     })
     .await?
     .map_err(|e| failed(Dependency::Redis, e))?;
-    counts.written = outcome.written as u64;
-    counts.already_present = outcome.already_present as u64;
+    counts.written = applied.outcome.written as u64;
+    counts.already_present = applied.outcome.already_present as u64;
     if let Some(sync) = &ctx.sync {
-        counts.replicated = replicate(ctx, sync, cache, &entries, outcome).await?;
+        counts.replicated = replicate(ctx, sync, &entries, &applied).await?;
     }
     Ok(counts)
 }
 
-/// One value to write: the cache key, the encoded row, its TTL, and whether it replaces a
-/// value that is there (a key about to expire, or `--force`) or only fills a gap (`SET NX`).
+/// One value to write: the cache key, the encoded row, its TTL, and how it may replace what
+/// the cache holds.
 struct Entry {
     key: String,
     value: String,
     ttl: Duration,
-    overwrite: bool,
+    mode: Mode,
+}
+
+/// How an [`Entry`] is written.
+enum Mode {
+    /// Only fills a gap (`SET NX`): a value there is newer than the row.
+    Fill,
+    /// Replaces the value about to expire whose digest was read before the row, and
+    /// nothing else (`Write::Refresh`).
+    Refresh(String),
+    /// Replaces whatever is there (`--force`).
+    Overwrite,
 }
 
 impl Entry {
     fn write(&self) -> Write<'_> {
-        Write::Set {
-            key: &self.key,
-            value: self.value.as_bytes(),
-            ttl: Some(self.ttl),
-            only_if_absent: !self.overwrite,
+        let (key, value) = (self.key.as_str(), self.value.as_bytes());
+        match &self.mode {
+            Mode::Refresh(seen) => Write::Refresh {
+                key,
+                value,
+                ttl: self.ttl,
+                seen,
+            },
+            mode => Write::Set {
+                key,
+                value,
+                ttl: Some(self.ttl),
+                only_if_absent: matches!(mode, Mode::Fill),
+            },
         }
     }
 }
@@ -145,8 +175,9 @@ impl Entry {
 struct Due {
     /// Missing from the cache or about to expire there, in the order given.
     keys: Vec<String>,
-    /// Those of `keys` the cache still holds (they are overwritten, not `SET NX`).
-    expiring: HashSet<String>,
+    /// Those of `keys` the cache still holds, with the digest of their value: they are
+    /// refreshed only if it has not changed by the time the row is written.
+    expiring: HashMap<String, String>,
 }
 
 /// Asks the cache which of `keys` it lacks. `--force` and a dry run (which has no cache
@@ -154,7 +185,7 @@ struct Due {
 async fn lacking(ctx: &Ctx, keys: &[String]) -> Result<Due, Halt> {
     let every = || Due {
         keys: keys.to_vec(),
-        expiring: HashSet::new(),
+        expiring: HashMap::new(),
     };
     let Some(cache) = ctx.cache.as_ref().filter(|_| !ctx.opts.force) else {
         return Ok(every());
@@ -169,16 +200,30 @@ async fn lacking(ctx: &Ctx, keys: &[String]) -> Result<Due, Halt> {
     let refresh_before = ctx.topology.refresh_before();
     let mut due = Due {
         keys: Vec::new(),
-        expiring: HashSet::new(),
+        expiring: HashMap::new(),
     };
+    let mut refresh = Vec::new();
     for (key, left) in keys.iter().zip(remaining) {
         match need(left, refresh_before) {
             Need::Nothing => {}
             Need::Fill => due.keys.push(key.clone()),
             Need::Refresh => {
                 due.keys.push(key.clone());
-                due.expiring.insert(key.clone());
+                refresh.push(key);
             }
+        }
+    }
+    // Few keys are about to expire at once: one digest read each.
+    let refresh_keys: Vec<String> = refresh.iter().map(|k| cache_key(redis, k)).collect();
+    let digests = retry(&ctx.policy, Dependency::Redis, "reading digests", || {
+        futures::future::try_join_all(refresh_keys.iter().map(|k| cache.digest(k)))
+    })
+    .await?
+    .map_err(|e| failed(Dependency::Redis, e))?;
+    for (key, digest) in refresh.into_iter().zip(digests) {
+        // A key gone since its PTTL is filled like any missing key.
+        if let Some(digest) = digest {
+            due.expiring.insert(key.clone(), digest);
         }
     }
     Ok(due)
@@ -204,37 +249,25 @@ fn need(left: Remaining, refresh_before: Duration) -> Need {
     }
 }
 
-/// Queues the values this batch stored for the other data centre. Values `SET NX` left
-/// alone were written by the application, whose own writes replicate; sending our older
-/// copy would overwrite them there.
+/// Queues the values this batch stored for the other data centre. Values left alone (a
+/// `SET NX` that met a value, a refresh that met a newer one) were written by the
+/// application, whose own writes replicate; sending our older copy would overwrite them
+/// there.
 async fn replicate(
     ctx: &Ctx,
     sync: &SyncQueue,
-    cache: &CacheNodes,
     entries: &[Entry],
-    outcome: WriteOutcome,
+    applied: &Applied,
 ) -> Result<u64, Halt> {
-    let candidates: Vec<&Entry> = entries.iter().filter(|e| sync.replicates(&e.key)).collect();
-    if candidates.is_empty() {
+    let ops: Vec<Op> = entries
+        .iter()
+        .zip(&applied.stored)
+        .filter(|(e, stored)| **stored && sync.replicates(&e.key))
+        .map(|(e, _)| Op::set(e.key.clone(), e.value.as_bytes().to_vec(), Some(e.ttl)))
+        .collect();
+    if ops.is_empty() {
         return Ok(0);
     }
-    let stored: Vec<&Entry> = if outcome.already_present == 0 {
-        candidates
-    } else {
-        // `SET NX` counts but does not say which keys it stored: a stored value reads back as
-        // ours. Only batches that met existing values pay for these reads.
-        let reads = futures::future::join_all(candidates.iter().map(|e| cache.get(&e.key))).await;
-        candidates
-            .into_iter()
-            .zip(reads)
-            .filter(|(e, read)| matches!(read, Ok(Some(got)) if got == e.value.as_bytes()))
-            .map(|(e, _)| e)
-            .collect()
-    };
-    let ops: Vec<Op> = stored
-        .iter()
-        .map(|e| Op::set(e.key.clone(), e.value.as_bytes().to_vec(), Some(e.ttl)))
-        .collect();
     let queued = retry(
         &ctx.policy,
         Dependency::Redis,

@@ -94,6 +94,10 @@ pub struct Counts {
     pub skipped_warm: u64,
     /// Keys without a row in MySQL.
     pub missing: u64,
+    /// Keys not asked of MySQL because it had no row for them less than
+    /// `prewarm.missing_ttl` ago.
+    #[serde(default)]
+    pub missing_cached: u64,
     /// Rows that could not be encoded as JSON.
     pub unencodable: u64,
     /// Writes queued for the other data centre.
@@ -107,6 +111,7 @@ impl Counts {
         self.already_present += o.already_present;
         self.skipped_warm += o.skipped_warm;
         self.missing += o.missing;
+        self.missing_cached += o.missing_cached;
         self.unencodable += o.unencodable;
         self.replicated += o.replicated;
     }
@@ -294,13 +299,14 @@ impl Summary {
             .collect();
         let _ = writeln!(
             out,
-            "{} tasks ({}); {} rows: {} written, {} already present, {} missing, {} unencodable; {} skipped warm; {} replicated; {:.1}s, {:.0} rows/s{}",
+            "{} tasks ({}); {} rows: {} written, {} already present, {} missing ({} more known missing), {} unencodable; {} skipped warm; {} replicated; {:.1}s, {:.0} rows/s{}",
             self.totals.tasks,
             outcomes.join(", "),
             self.totals.counts.rows,
             self.totals.counts.written,
             self.totals.counts.already_present,
             self.totals.counts.missing,
+            self.totals.counts.missing_cached,
             self.totals.counts.unencodable,
             self.totals.counts.skipped_warm,
             self.totals.counts.replicated,
@@ -355,6 +361,7 @@ impl Progress {
             ("already_present", r.counts.already_present),
             ("skipped_warm", r.counts.skipped_warm),
             ("missing", r.counts.missing),
+            ("missing_cached", r.counts.missing_cached),
             ("unencodable", r.counts.unencodable),
         ] {
             metrics::counter!("hotkeys_prewarm_keys_total", "result" => result).increment(n);

@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Dependency, Halt, PrewarmError};
+use crate::misses::Misses;
 use crate::report::{Progress, Summary, TaskOutcome, TaskRecord, show_progress};
 use crate::retry::{Policy, retry};
 use crate::session::Session;
@@ -54,6 +55,8 @@ pub(crate) struct Ctx {
     pub progress: Arc<Progress>,
     /// Batches of one task in flight at once.
     pub batch_parallelism: usize,
+    /// Keys without a row, not asked again for `prewarm.missing_ttl`.
+    pub misses: Misses,
 }
 
 impl Ctx {
@@ -194,6 +197,7 @@ async fn setup(
     };
     Ok(Ctx {
         batch_parallelism: (topology.mysql.pool as usize).max(1),
+        misses: Misses::new(topology.prewarm.missing_ttl),
         progress: Arc::new(Progress::default()),
         topology,
         opts,

@@ -752,3 +752,166 @@ async fn a_primary_killed_mid_prewarm_hands_its_keys_to_its_backup_and_gets_them
     assert_eq!(left, 0, "the backup is clean");
     f.cleanup().await;
 }
+
+/// A connection of the test's own to the test catalogue.
+async fn catalogue_pool(f: &Fixture) -> hotkeys::mysql::Pool {
+    hotkeys::mysql::connect(&f.t.mysql, Duration::from_secs(10))
+        .await
+        .expect("MySQL")
+}
+
+/// One of MariaDB's global status counters.
+async fn mysql_status(pool: &hotkeys::mysql::Pool, name: &str) -> u64 {
+    // SHOW cannot be prepared with a placeholder; `name` is one of the test's constants.
+    let (_, value): (String, String) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SHOW GLOBAL STATUS LIKE '{name}'"
+    )))
+    .fetch_one(pool)
+    .await
+    .expect("SHOW GLOBAL STATUS");
+    value.parse().expect("a counter")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_never_overwrites_a_value_the_application_wrote_during_its_mysql_read() {
+    let Some(mut f) = Fixture::new("prewarm-cas", |t| {
+        t.sync.replicate = vec![t.redis.key.replace("{key}", "")];
+    })
+    .await
+    else {
+        return;
+    };
+    f.publish(0, &keys(1..=3)).await;
+    // Key 2 is about to expire (30 s left, refresh_before is 10% of an hour): due a refresh.
+    let app_key = f.cache_key("2");
+    let _: () = f
+        .redis
+        .set_ex(&app_key, "application v1", 30)
+        .await
+        .expect("SET");
+
+    // The database is held still, so prewarm's SELECT waits after its PTTL check.
+    let pool = catalogue_pool(&f).await;
+    let mut locker = pool.acquire().await.expect("a connection");
+    sqlx::query("LOCK TABLES products WRITE")
+        .execute(&mut *locker)
+        .await
+        .expect("LOCK TABLES");
+    let child = f.prewarm(&["--once", "--json"]).spawn().expect("spawn");
+    eventually("prewarm's SELECT to wait for the table lock", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+             WHERE STATE LIKE '%table metadata lock%' AND INFO LIKE '%products%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("PROCESSLIST");
+        (waiting > 0).then_some(())
+    })
+    .await;
+    // The application writes a newer value while prewarm reads the older row.
+    let _: () = f
+        .redis
+        .set_ex(&app_key, "application v2", 3600)
+        .await
+        .expect("SET");
+    sqlx::query("UNLOCK TABLES")
+        .execute(&mut *locker)
+        .await
+        .expect("UNLOCK TABLES");
+    let (code, summary, stderr) = finished(child.wait_with_output().await.expect("wait"));
+    assert_eq!(code, 0, "{stderr}");
+
+    assert_eq!(
+        f.get("2").await.as_deref(),
+        Some("application v2"),
+        "the refresh overwrote the application's newer value"
+    );
+    let r = record(&summary, 0);
+    assert_eq!(
+        (r.counts.rows, r.counts.written, r.counts.already_present),
+        (3, 2, 1)
+    );
+    let queued: Vec<String> = f
+        .redis
+        .lrange(&f.t.sync.queue, 0, -1)
+        .await
+        .expect("LRANGE");
+    let replicated: BTreeSet<String> = queued
+        .iter()
+        .map(|line| {
+            let op: serde_json::Value = serde_json::from_str(line).expect("queued op");
+            op["key"].as_str().expect("key").to_string()
+        })
+        .collect();
+    let expected: BTreeSet<String> = [f.cache_key("1"), f.cache_key("3")].into();
+    assert_eq!(replicated, expected, "only what was written is replicated");
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_looks_up_a_key_without_a_row_once_per_missing_ttl() {
+    // MariaDB's counters are global: no other test of this binary may query meanwhile.
+    let Some(f) = Fixture::alone("prewarm-misses", |_| {}).await else {
+        return;
+    };
+    let mut hot = keys(1..=5);
+    hot.extend(keys((1..=3).map(|j| ABSENT + j)));
+    f.publish(0, &hot).await;
+    let port = testing::free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let watcher = f
+        .prewarm(&[
+            "--watch",
+            "--json",
+            "--interval",
+            "200ms",
+            "--metrics",
+            &metrics,
+        ])
+        .spawn()
+        .expect("spawn prewarm");
+    let warms = |n: u64| async move {
+        eventually(&format!("warm number {n} to be counted"), || async {
+            metric(port, r#"hotkeys_prewarm_tasks_total{outcome="warmed"}"#)
+                .await
+                .filter(|&warmed| warmed >= n)
+        })
+        .await
+    };
+    assert_eq!(warms(1).await, 1);
+    let pool = catalogue_pool(&f).await;
+    let (reads, selects) = (
+        mysql_status(&pool, "Handler_read_key").await,
+        mysql_status(&pool, "Com_select").await,
+    );
+
+    // The hot set stays the same while its version moves: its rows are warm, and the
+    // three keys without a row were looked up by the first pass.
+    for version in 1..=3 {
+        f.publish(0, &hot).await;
+        assert_eq!(warms(version + 1).await, version + 1);
+    }
+    assert_eq!(
+        (
+            mysql_status(&pool, "Handler_read_key").await - reads,
+            mysql_status(&pool, "Com_select").await - selects
+        ),
+        (0, 0),
+        "keys without a row are not looked up again within prewarm.missing_ttl"
+    );
+    assert_eq!(
+        metric(
+            port,
+            r#"hotkeys_prewarm_keys_total{result="missing_cached"}"#
+        )
+        .await,
+        Some(9)
+    );
+    signal(watcher.id().expect("pid"), "TERM");
+    let (code, summary, stderr) = finished(watcher.wait_with_output().await.expect("wait"));
+    assert_eq!(code, 0, "{stderr}");
+    let last = record(&summary, 0);
+    assert_eq!((last.counts.missing, last.counts.missing_cached), (0, 3));
+    f.cleanup().await;
+}

@@ -120,17 +120,44 @@ pub fn keys(ids: impl IntoIterator<Item = u64>) -> Vec<String> {
     ids.into_iter().map(|i| i.to_string()).collect()
 }
 
+/// Tests of this binary share MySQL, except one that reads MariaDB's global counters: it
+/// waits for the others and runs alone ([`Fixture::alone`]).
+static MYSQL_TURN: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// A test's turn at MySQL, held as long as its fixture.
+enum Turn {
+    Shared(tokio::sync::RwLockReadGuard<'static, ()>),
+    Alone(tokio::sync::RwLockWriteGuard<'static, ()>),
+}
+
 /// One test's world: a topology file for the child processes, and clients to inspect it.
 pub struct Fixture {
     pub t: Topology,
     pub path: PathBuf,
     pub zk: Zk,
     pub redis: redis::aio::MultiplexedConnection,
+    _turn: Turn,
 }
 
 impl Fixture {
     /// A fresh topology for `test`, with `adjust` applied; `None` when the stack is down.
     pub async fn new(test: &str, adjust: impl FnOnce(&mut Topology)) -> Option<Fixture> {
+        let turn = Turn::Shared(MYSQL_TURN.read().await);
+        Fixture::with_turn(test, adjust, turn).await
+    }
+
+    /// Like [`Fixture::new`], with no other test of this binary using MySQL meanwhile, so
+    /// that the server's global counters count this test's queries alone.
+    pub async fn alone(test: &str, adjust: impl FnOnce(&mut Topology)) -> Option<Fixture> {
+        let turn = Turn::Alone(MYSQL_TURN.write().await);
+        Fixture::with_turn(test, adjust, turn).await
+    }
+
+    async fn with_turn(
+        test: &str,
+        adjust: impl FnOnce(&mut Topology),
+        turn: Turn,
+    ) -> Option<Fixture> {
         let mut t = testing::topology(test);
         let admin = t.mysql.clone();
         t.mysql.url = test_db_url(&t.mysql.url);
@@ -159,7 +186,13 @@ impl Fixture {
             .get_multiplexed_async_connection()
             .await
             .expect("Redis");
-        Some(Fixture { t, path, zk, redis })
+        Some(Fixture {
+            t,
+            path,
+            zk,
+            redis,
+            _turn: turn,
+        })
     }
 
     /// Publishes `keys` as the next version of `task`'s hot list; returns the version.
