@@ -465,11 +465,12 @@ impl Default for RedisConfig {
 
 impl RedisConfig {
     /// Checks the keys of `[redis]`; on error, the key and what was expected.
-    fn validate(&self) -> Result<(), (&'static str, String)> {
-        let bad = |key, message: &str| Err((key, message.to_string()));
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, message: &str| Err((key.to_string(), message.to_string()));
         if self.nodes.is_empty() {
             return bad("redis.nodes", "expected at least one node URL");
         }
+        node_urls("redis.nodes", &self.nodes)?;
         if self.mode == RedisMode::Single && self.nodes.len() != 1 {
             return bad("redis.nodes", "expected exactly one node in `single` mode");
         }
@@ -490,9 +491,15 @@ impl RedisConfig {
         }
         for (primary, backup) in &self.backups {
             let (primary, backup) = (NodeUrl::from(primary), NodeUrl::from(backup));
+            if let Err(e) = NodeUrl::parse(backup.expose()) {
+                return Err((
+                    "redis.backups".into(),
+                    format!("backup of `{primary}`: {e}"),
+                ));
+            }
             if !self.nodes.iter().any(|n| n == primary.expose()) {
                 return Err((
-                    "redis.backups",
+                    "redis.backups".into(),
                     format!(
                         "`{primary}` is not one of redis.nodes (expected a primary's URL as written there)"
                     ),
@@ -500,13 +507,13 @@ impl RedisConfig {
             }
             if redis::parse_redis_url(backup.expose()).is_none() {
                 return Err((
-                    "redis.backups",
+                    "redis.backups".into(),
                     format!("backup `{backup}` of `{primary}`: expected a redis:// URL"),
                 ));
             }
             if self.nodes.iter().any(|n| n == backup.expose()) {
                 return Err((
-                    "redis.backups",
+                    "redis.backups".into(),
                     format!(
                         "backup `{backup}` of `{primary}` is itself a primary (its keys would move to the neighbour)"
                     ),
@@ -720,10 +727,17 @@ impl Topology {
                 })?;
         apply_env(file, &mut table, env)?;
         let topology: Topology = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| ConfigError::Key {
-                file: file.to_path_buf(),
-                key: e.path().to_string(),
-                message: e.inner().to_string(),
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let mut message = e.inner().to_string();
+                if may_hold_secret(&key) {
+                    message = crate::secret::hide_quoted(&message);
+                }
+                ConfigError::Key {
+                    file: file.to_path_buf(),
+                    key,
+                    message,
+                }
             })?;
         topology.validate(file)?;
         Ok(topology)
@@ -821,7 +835,7 @@ impl Topology {
             );
         }
         if let Err((key, message)) = self.redis.validate() {
-            return bad(key, &message);
+            return bad(&key, &message);
         }
         if self.refresh_before() >= self.redis.ttl {
             return bad(
@@ -845,6 +859,16 @@ impl Topology {
                 "dashboard.listen",
                 "expected an address such as 127.0.0.1:8490",
             );
+        }
+        if let Err((key, message)) =
+            node_urls("sync.apply_nodes", &self.sync.apply_nodes).and_then(|()| {
+                match self.sync.state.as_str() {
+                    "" => Ok(()),
+                    state => node_urls("sync.state", &[state.to_string()]),
+                }
+            })
+        {
+            return bad(&key, &message);
         }
         if !self.sync.state.is_empty() && redis::parse_redis_url(&self.sync.state).is_none() {
             return bad(
@@ -913,6 +937,35 @@ impl Topology {
             .ok()
             .filter(|s| !s.is_empty())
     }
+}
+
+/// Keys whose values may carry a credential: an error about one never quotes its value.
+fn may_hold_secret(key: &str) -> bool {
+    [
+        "redis.nodes",
+        "redis.backups",
+        "sync.apply_nodes",
+        "sync.state",
+        "sync.remote",
+        "mysql.url",
+    ]
+    .iter()
+    .any(|k| key.starts_with(k))
+}
+
+/// Checks every node URL of the list at `key` (`sync.state` alone is a list of one); an
+/// error names the node by its place (`redis.nodes[1]`), never by its text.
+fn node_urls(key: &str, urls: &[String]) -> Result<(), (String, String)> {
+    for (i, url) in urls.iter().enumerate() {
+        if let Err(e) = NodeUrl::parse(url) {
+            let place = match key {
+                "sync.state" => key.to_string(),
+                _ => format!("{key}[{i}]"),
+            };
+            return Err((key.to_string(), format!("{place}: {e}")));
+        }
+    }
+    Ok(())
 }
 
 /// The limits every counter's settings obey; `Err` names the key (within its table).

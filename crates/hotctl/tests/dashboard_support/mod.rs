@@ -73,6 +73,7 @@ pub fn topology(test: &str) -> Topology {
 pub struct Dashboard {
     pub base: String,
     child: Child,
+    log: std::path::PathBuf,
 }
 
 impl Dashboard {
@@ -105,6 +106,7 @@ impl Dashboard {
         let mut dashboard = Dashboard {
             base: format!("http://{addr}"),
             child,
+            log: log.clone(),
         };
         let client = reqwest::Client::new();
         let probe = format!("{}/api/recorder", dashboard.base);
@@ -119,6 +121,11 @@ impl Dashboard {
         })
         .await;
         dashboard
+    }
+
+    /// What the dashboard logged so far (at `warn`).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {
