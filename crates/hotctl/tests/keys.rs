@@ -120,8 +120,10 @@ async fn diff_tells_warm_missing_and_expired_hot_keys_apart() {
         .await
         .unwrap();
     // Task 1 was warmed longer ago than redis.ttl: its absent keys have expired.
+    let epoch = zk.read_hot(1).await.unwrap().expect("task 1's list").epoch;
     let long_ago = Warmed {
         hot_version: 0,
+        hot_epoch: epoch,
         at_ms: now_ms() - 120_000,
         by: "test".into(),
         rows: 2,

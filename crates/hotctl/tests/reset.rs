@@ -20,8 +20,10 @@ async fn published(test: &str) -> (Topology, Zk) {
     let v = publish_hot_list(&zk, &t.name, 0, &["1".into(), "2".into()], "test:1")
         .await
         .expect("publish");
+    let epoch = zk.read_hot(0).await.expect("read").expect("the list").epoch;
     let warmed = Warmed {
         hot_version: i64::from(v),
+        hot_epoch: epoch,
         at_ms: now_ms(),
         by: "test:1".into(),
         rows: 2,

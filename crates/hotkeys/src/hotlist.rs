@@ -135,6 +135,10 @@ pub struct Banned {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Warmed {
     pub hot_version: i64,
+    /// The epoch of the hot list warmed (`zk::Versioned::epoch`); 0 in marks written before
+    /// epochs, which then cover no list.
+    #[serde(default)]
+    pub hot_epoch: i64,
     pub at_ms: i64,
     /// The prewarm process, `host:pid`.
     pub by: String,

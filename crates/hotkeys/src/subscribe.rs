@@ -3,7 +3,8 @@
 //!
 //! A [`Subscription`] holds one ZooKeeper session and a persistent recursive watch on the
 //! counter's `tasks` subtree. Every event makes it re-read the tasks' hot lists; it yields a
-//! [`HotSet`] whenever a task's hot-list version moved. Watches fire once per publish, so
+//! [`HotSet`] whenever a task's hot list was written (its znode's zxid moved, which also
+//! tells a list recreated after a reset from the one before at the same version). Watches fire once per publish, so
 //! every publish the subscriber is connected for is seen, in order. ZooKeeper may drop
 //! events across a reconnect (ZOOKEEPER-4698) and a session can expire; the subscription
 //! then opens a new session, watches again and re-reads everything, and it re-reads every
@@ -17,8 +18,8 @@ use futures::Stream;
 use zookeeper_client::PersistentWatcher;
 
 use crate::Topology;
-use crate::hotlist::{HotItem, merge, now_ms};
-use crate::zk::{Zk, ZkError};
+use crate::hotlist::{HotItem, HotList, merge, now_ms};
+use crate::zk::{Versioned, Zk, ZkError};
 
 /// How often a subscription re-reads the hot lists even without a watch event.
 pub const RESYNC_EVERY: Duration = Duration::from_secs(5);
@@ -43,6 +44,10 @@ pub enum SubscribeError {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct HotSet {
     pub counter: String,
+    /// The zxid of the newest publish the set reflects. ZooKeeper's zxids only grow, so
+    /// the id grows with every publish, across a `hotctl reset` too, and two sets with the
+    /// same id hold the same lists.
+    pub id: i64,
     pub at_ms: i64,
     /// Hot-list version of every task that has published, by task.
     pub versions: BTreeMap<u32, i64>,
@@ -58,7 +63,8 @@ pub struct Subscription {
     watcher: Option<PersistentWatcher>,
     counter: String,
     top_n: usize,
-    versions: BTreeMap<u32, i64>,
+    /// The zxid of each task's list in the last update.
+    written: BTreeMap<u32, i64>,
 }
 
 /// Subscribes to counter `counter` of `topology` (`config::PRIMARY_COUNTER` for the product
@@ -83,7 +89,7 @@ pub async fn subscribe(topology: &Topology, counter: &str) -> Result<Subscriptio
         watcher: None,
         counter: counter.to_string(),
         top_n: spec.count.top_n,
-        versions: BTreeMap::new(),
+        written: BTreeMap::new(),
     })
 }
 
@@ -131,26 +137,27 @@ impl Subscription {
         })
     }
 
-    /// The hot set when some task's version differs from the last update.
+    /// The hot set when some task's list was written since the last update.
     async fn read(&mut self) -> Result<Option<HotSet>, ZkError> {
         let lists = self.zk.hot_lists().await?;
-        let versions: BTreeMap<u32, i64> = lists
-            .iter()
-            .map(|l| (l.value.task, i64::from(l.version)))
-            .collect();
-        if versions == self.versions {
+        let written: BTreeMap<u32, i64> = lists.iter().map(|l| (l.value.task, l.zxid)).collect();
+        if written == self.written {
             return Ok(None);
         }
-        let changed = versions
+        let changed = written
             .iter()
-            .filter(|(task, v)| self.versions.get(task) != Some(v))
+            .filter(|(task, zxid)| self.written.get(task) != Some(zxid))
             .map(|(task, _)| *task)
             .collect();
-        self.versions = versions.clone();
+        self.written = written;
         Ok(Some(HotSet {
             counter: self.counter.clone(),
+            id: newest_write(&lists),
             at_ms: now_ms(),
-            versions,
+            versions: lists
+                .iter()
+                .map(|l| (l.value.task, i64::from(l.version)))
+                .collect(),
             changed,
             items: merge(lists.iter().map(|l| &l.value), self.top_n),
         }))
@@ -178,4 +185,9 @@ impl Subscription {
             }
         }
     }
+}
+
+/// The zxid of the newest write among `lists` (0 for none): a hot set's id.
+pub fn newest_write(lists: &[Versioned<HotList>]) -> i64 {
+    lists.iter().map(|l| l.zxid).max().unwrap_or(0)
 }

@@ -16,6 +16,12 @@
 //! The primary counter (`config::PRIMARY_COUNTER`) owns `<root>/<topology>/tasks`, the path
 //! prewarm has always read; [`Layout::for_counter`] gives any counter's view of the tree.
 //!
+//! A hot list's place in time is its epoch and version ([`Versioned::covered_by`]): the
+//! version counts the writes of the `hot` znode, the epoch is the zxid that created it. A
+//! reset deletes the node and the next publish creates it anew, under a higher zxid, so a
+//! list from after a reset is newer than any from before it even when its version is
+//! lower; ZooKeeper's zxids only grow.
+//!
 //! Every write of `hot` is conditioned on the version of `hot` the writer last saw, and a
 //! `checkpoint` is only written together with `hot` in one multi-op: a worker that lost its
 //! partition can never overwrite what the new owner published (fencing by znode version).
@@ -157,12 +163,27 @@ impl Layout {
 const PERSISTENT: CreateOptions<'static> = CreateMode::Persistent.with_acls(Acls::anyone_all());
 const EPHEMERAL: CreateOptions<'static> = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
 
-/// A published hot list with the znode version it was read at.
+/// A record with the stat of the znode it was read from.
 #[derive(Debug, Clone)]
 pub struct Versioned<T> {
     pub value: T,
+    /// Writes of the znode since it was created.
     pub version: i32,
     pub modified_ms: i64,
+    /// The zxid that created the znode: a node created again after a reset has a higher
+    /// one than any before.
+    pub epoch: i64,
+    /// The zxid of the znode's last write: it grows with every write anywhere in the
+    /// ensemble, across resets too.
+    pub zxid: i64,
+}
+
+impl Versioned<HotList> {
+    /// Whether `mark` records this very list or a later write of it: same epoch, and a
+    /// version at least this one. A mark of a list from before a reset covers nothing.
+    pub fn covered_by(&self, mark: &Warmed) -> bool {
+        mark.hot_epoch == self.epoch && mark.hot_version >= i64::from(self.version)
+    }
 }
 
 /// What ZooKeeper holds for one task.
@@ -178,7 +199,7 @@ impl TaskView {
     /// Whether the warmed mark covers the current hot-list version.
     pub fn is_warm(&self) -> bool {
         match (&self.hot, &self.warmed) {
-            (Some(hot), Some(w)) => w.value.hot_version >= i64::from(hot.version),
+            (Some(hot), Some(w)) => hot.covered_by(&w.value),
             _ => false,
         }
     }
@@ -296,6 +317,8 @@ impl Zk {
             value,
             version: stat.version,
             modified_ms: stat.mtime,
+            epoch: stat.czxid,
+            zxid: stat.mzxid,
         }))
     }
 

@@ -8,8 +8,11 @@
 //! 5. mark `warmed`, then delete the lock. If the session expired on the way, the lock is
 //!    already gone and someone else may be warming: do not mark, report `session_lost`.
 //!
-//! Hot-list versions are the `hot` znode's data version, which hot-counter bumps with every
-//! publish and which `hotkeys::zk::TaskView::is_warm` compares too.
+//! A mark covers a hot list when it records the list's epoch and at least its version
+//! (`hotkeys::zk::Versioned::covered_by`, which `TaskView::is_warm` uses too): the version
+//! is the `hot` znode's data version, which hot-counter bumps with every publish; the epoch
+//! tells a list recreated after `hotctl reset` from one of before, so a mark written late
+//! for a pre-reset list never counts the new one as warmed.
 
 use std::time::{Duration, Instant};
 
@@ -172,6 +175,7 @@ async fn locked(
     }
     let mark = Warmed {
         hot_version: i64::from(hot.version),
+        hot_epoch: hot.epoch,
         at_ms: now_ms(),
         by: ctx.by.clone(),
         rows: counts.rows,
@@ -203,7 +207,7 @@ fn covering(
     task: u32,
 ) -> Option<String> {
     match warmed {
-        Ok(Some(w)) if w.value.hot_version >= i64::from(hot.version) => Some(w.value.by),
+        Ok(Some(w)) if hot.covered_by(&w.value) => Some(w.value.by),
         Ok(_) => None,
         Err(e) => {
             tracing::warn!(task, error = ?e, "warmed mark unreadable; treating the task as not warmed");
@@ -284,12 +288,15 @@ mod tests {
             value,
             version,
             modified_ms: 0,
+            epoch: 7,
+            zxid: 0,
         }
     }
 
     fn mark(hot_version: i64) -> Warmed {
         Warmed {
             hot_version,
+            hot_epoch: 7,
             at_ms: 0,
             by: "h:1".into(),
             rows: 0,
@@ -310,6 +317,15 @@ mod tests {
             Some("h:1")
         );
         assert_eq!(covering(Ok(Some(versioned(mark(3), 0))), &h, 0), None);
+        let before_a_reset = Warmed {
+            hot_epoch: 3,
+            ..mark(9)
+        };
+        assert_eq!(
+            covering(Ok(Some(versioned(before_a_reset, 0))), &h, 0),
+            None,
+            "a mark of another epoch covers nothing, whatever its version"
+        );
         assert_eq!(covering(Ok(None), &h, 0), None);
         assert_eq!(covering(Err(Halt::Malformed("x".into())), &h, 0), None);
     }

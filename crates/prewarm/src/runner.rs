@@ -385,16 +385,17 @@ async fn recheck(
             let Some(record) = records.get_mut(&task) else {
                 continue;
             };
-            let hot_version = match hot {
-                Ok(Some(h)) => i64::from(h.version),
+            let hot = match hot {
+                Ok(Some(h)) => h,
                 // Gone or unreadable now: the next attempt reports it properly.
                 _ => {
                     free.push(task);
                     continue;
                 }
             };
+            let hot_version = i64::from(hot.version);
             match (warmed, lock) {
-                (Ok(Some(w)), _) if w.value.hot_version >= hot_version => {
+                (Ok(Some(w)), _) if hot.covered_by(&w.value) => {
                     record.outcome = TaskOutcome::WarmedByOther;
                     record.hot_version = Some(hot_version);
                     record.holder = Some(w.value.by);

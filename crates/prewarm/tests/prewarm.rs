@@ -915,3 +915,46 @@ async fn watch_looks_up_a_key_without_a_row_once_per_missing_ttl() {
     assert_eq!((last.counts.missing, last.counts.missing_cached), (0, 3));
     f.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mark_written_after_a_reset_for_a_list_from_before_it_never_counts_as_warmed() {
+    let Some(f) = Fixture::new("prewarm-reset", |_| {}).await else {
+        return;
+    };
+    for _ in 0..6 {
+        f.publish(0, &keys(1..=5)).await;
+    }
+    // A prewarm reads version 5, then holds the lock while the topology is reset under it.
+    let late = f
+        .prewarm(&["--once", "--json", "--debug-hold-lock", "3s"])
+        .spawn()
+        .expect("spawn prewarm");
+    eventually("the late prewarm to hold the lock", || async {
+        f.lock(0).await.map(|_| ())
+    })
+    .await;
+    // What `hotctl reset --yes --force` does; the workers publish again at once.
+    f.zk.delete_all().await.expect("reset");
+    let mut versions = Vec::new();
+    for _ in 0..3 {
+        versions.push(f.publish(0, &keys(11..=15)).await);
+    }
+    let (code, _, stderr) = finished(late.wait_with_output().await.expect("wait"));
+    assert_eq!(code, 0, "{stderr}");
+    let stale = f.warmed(0).await.expect("the late prewarm's mark");
+    assert_eq!(
+        stale.hot_version, 5,
+        "the mark is of the list from before the reset"
+    );
+
+    let (code, summary, stderr) = f.run(&["--once"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let r = record(&summary, 0);
+    assert_eq!(
+        r.outcome,
+        TaskOutcome::Warmed,
+        "a mark from before the reset covered the new list (versions {versions:?}): {r:#?}"
+    );
+    assert_eq!(r.counts.written, 5);
+    f.cleanup().await;
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use hotkeys::Topology;
 use hotkeys::hotlist::{HotItem, HotList, merge, now_ms};
 use hotkeys::shutdown::CancellationToken;
-use hotkeys::subscribe::{HotSet, SubscribeError, subscribe};
+use hotkeys::subscribe::{HotSet, SubscribeError, newest_write, subscribe};
 use hotkeys::zk::Versioned;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -17,9 +17,9 @@ use tokio::sync::watch;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HotView {
     pub counter: String,
-    /// The sum of the tasks' hot-list versions. Versions only grow, so the id grows with
-    /// every publish and two views with the same id hold the same lists: it is the SSE
-    /// event id a reconnecting client resumes from.
+    /// The zxid of the newest publish the view reflects (`HotSet::id`). It grows with every
+    /// publish, across a `hotctl reset` too, and two views with the same id hold the same
+    /// lists: it is the SSE event id a reconnecting client resumes from.
     pub id: i64,
     pub at_ms: i64,
     /// Hot-list version of every task that has published, by task.
@@ -37,7 +37,7 @@ impl HotView {
             .collect();
         HotView {
             counter: counter.to_string(),
-            id: versions.values().sum(),
+            id: newest_write(lists),
             at_ms: now_ms(),
             versions,
             items: merge(lists.iter().map(|l| &l.value), top),
@@ -46,7 +46,7 @@ impl HotView {
 
     fn from_set(set: HotSet) -> HotView {
         HotView {
-            id: set.versions.values().sum(),
+            id: set.id,
             counter: set.counter,
             at_ms: set.at_ms,
             versions: set.versions,
@@ -61,6 +61,24 @@ impl HotView {
             ..self.clone()
         }
     }
+}
+
+/// Makes `view` the latest when it is newer than the one there. A reset deletes lists
+/// before the workers publish them again, so a set read in between has a lower id than the
+/// one before; showing it would hand a client an id it already had. The next publish has a
+/// higher id than any before, and is shown.
+fn offer(latest: &watch::Sender<Option<Arc<HotView>>>, view: HotView) {
+    let mut view = Some(Arc::new(view));
+    latest.send_if_modified(|current| {
+        let newer = match (current.as_ref(), view.as_ref()) {
+            (Some(current), Some(view)) => view.id > current.id,
+            _ => true,
+        };
+        if newer {
+            *current = view.take();
+        }
+        newer
+    });
 }
 
 /// The latest hot set of a counter; `None` until its subscription first answered.
@@ -84,7 +102,7 @@ impl Hub {
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
-                        set = subscription.next() => tx.send_replace(Some(Arc::new(HotView::from_set(set)))),
+                        set = subscription.next() => offer(&tx, HotView::from_set(set)),
                         () = shutdown.cancelled() => return,
                     };
                 }

@@ -1,7 +1,7 @@
 //! `GET /api/stream?counter=C&top=N`: Server-Sent Events for any language.
 //!
-//! Each event carries the JSON of `/api/hot` and `id:` = the view's id (the sum of the
-//! tasks' hot-list versions). The first event is the current set; after that, one event per
+//! Each event carries the JSON of `/api/hot` and `id:` = the view's id (the zxid of the
+//! newest publish it reflects, which only grows, across a reset too). The first event is the current set; after that, one event per
 //! change. A client that reconnects with `Last-Event-ID` (browsers' `EventSource` does so
 //! on its own) gets the current set at once if anything was published since that id, and
 //! otherwise waits for the next change: no repeat, no gap. Comment lines every
