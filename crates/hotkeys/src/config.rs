@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::secret::NodeUrl;
+use crate::secret::{NodeUrl, NodeUrlError};
 
 /// What went wrong loading a topology; every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -954,15 +954,23 @@ fn may_hold_secret(key: &str) -> bool {
 }
 
 /// Checks every node URL of the list at `key` (`sync.state` alone is a list of one); an
-/// error names the node by its place (`redis.nodes[1]`), never by its text.
+/// error names the node by its place (`redis.nodes[1]`). A password pasted raw is never
+/// quoted; another malformed URL is shown as `NodeUrl` shows it, without credentials.
 fn node_urls(key: &str, urls: &[String]) -> Result<(), (String, String)> {
     for (i, url) in urls.iter().enumerate() {
-        if let Err(e) = NodeUrl::parse(url) {
-            let place = match key {
-                "sync.state" => key.to_string(),
-                _ => format!("{key}[{i}]"),
-            };
-            return Err((key.to_string(), format!("{place}: {e}")));
+        let place = match key {
+            "sync.state" => key.to_string(),
+            _ => format!("{key}[{i}]"),
+        };
+        match NodeUrl::parse(url) {
+            Ok(_) => {}
+            Err(e @ NodeUrlError::RawInPassword(_)) => {
+                return Err((key.to_string(), format!("{place}: {e}")));
+            }
+            Err(e) => {
+                let shown = NodeUrl::new(url.as_str());
+                return Err((key.to_string(), format!("{place} (`{shown}`): {e}")));
+            }
         }
     }
     Ok(())
