@@ -26,6 +26,8 @@ use hotkeys::count::WindowCounter;
 use hotkeys::hotlist::{HotList, now_ms};
 use hotkeys::zk::{REQUEST_MAX_BYTES, Zk, ZkError};
 
+use crate::entry::EntryBar;
+
 /// Tells apart successive tasks of one partition (after a hand-over or a fenced reload).
 static EPOCHS: AtomicU64 = AtomicU64::new(0);
 
@@ -42,6 +44,9 @@ pub struct Task {
     pub key_too_long: u64,
     /// Events stamped too far ahead of the clock, counted as happening when read.
     pub future: u64,
+    /// A key entered a counter's top N (or crossed its rule) since the last publish: the
+    /// task publishes without waiting for the periodic round (see `entry`).
+    pub entered: bool,
 }
 
 /// One counter's state within a task.
@@ -58,6 +63,8 @@ pub struct TaskCounter {
     pub checkpointed_offset: Option<i64>,
     /// No publish before the counts reach this offset (the hot list found at restore).
     pub resume_at: i64,
+    /// When a counted key makes the task publish at once; from the last published list.
+    pub entry: EntryBar,
 }
 
 impl TaskCounter {
@@ -69,6 +76,7 @@ impl TaskCounter {
             published_offset: None,
             checkpointed_offset: None,
             resume_at: -1,
+            entry: EntryBar::empty(counter),
         }
     }
 
@@ -105,6 +113,8 @@ pub struct Write {
     /// The next offset the written counts do not include.
     pub offset: i64,
     pub items: usize,
+    /// The counter's entry bar once this list is published.
+    entry: EntryBar,
 }
 
 /// How a write went.
@@ -154,6 +164,7 @@ impl Task {
             malformed: 0,
             key_too_long: 0,
             future: 0,
+            entered: false,
         }
     }
 
@@ -190,6 +201,7 @@ impl Task {
                             published_offset: Some(offset),
                             checkpointed_offset: Some(offset),
                             resume_at: saved.hot.offset,
+                            entry: EntryBar::after(counter, &saved.hot.items),
                         }
                     }
                     Err(e) => {
@@ -318,6 +330,7 @@ impl Task {
                 checkpoint,
                 offset: state.next_offset,
                 items: list.items.len(),
+                entry: EntryBar::after(counter, &list.items),
             });
         }
         writes
@@ -331,6 +344,7 @@ impl Task {
             Ok(version) => {
                 state.zk_version = Some(*version);
                 state.published_offset = Some(write.offset);
+                state.entry = write.entry.clone();
                 if write.has_checkpoint() {
                     state.checkpointed_offset = Some(write.offset);
                 }
