@@ -132,6 +132,16 @@ impl Layout {
         format!("{}/tasks/{task}/hot", self.counter_base)
     }
 
+    /// The task whose hot list `path` is (`…/tasks/<task>/hot` of this counter), if it is
+    /// one: what a watch on [`Zk::watch_tasks`] reports a publish as.
+    pub fn task_of_hot(&self, path: &str) -> Option<u32> {
+        let rest = path.strip_prefix(&self.counter_base)?;
+        rest.strip_prefix("/tasks/")?
+            .strip_suffix("/hot")?
+            .parse()
+            .ok()
+    }
+
     pub fn checkpoint(&self, task: u32) -> String {
         format!("{}/tasks/{task}/checkpoint", self.counter_base)
     }
@@ -595,6 +605,18 @@ mod tests {
             l.for_counter("caller-ip").recorder(),
             "/hotkeys/product-detail/dashboard/recorder"
         );
+    }
+
+    #[test]
+    fn a_watched_path_names_its_task_only_when_it_is_this_counters_hot_list() {
+        let l = Layout::new("/hotkeys", "product-detail");
+        assert_eq!(l.task_of_hot(&l.hot(7)), Some(7));
+        for other in [l.lock(7), l.warmed(7), l.checkpoint(7), l.task(7), l.tasks()] {
+            assert_eq!(l.task_of_hot(&other), None, "{other}");
+        }
+        let caller = l.for_counter("caller-ip");
+        assert_eq!(l.task_of_hot(&caller.hot(7)), None);
+        assert_eq!(caller.task_of_hot(&caller.hot(7)), Some(7));
     }
 
     #[test]
