@@ -254,7 +254,11 @@ impl Publisher {
         w.flush_metrics();
         let mut ids: Vec<i32> = match scope {
             Scope::All => w.tasks.keys().copied().collect(),
-            Scope::Only(p) => p.iter().copied().filter(|p| w.tasks.contains_key(p)).collect(),
+            Scope::Only(p) => p
+                .iter()
+                .copied()
+                .filter(|p| w.tasks.contains_key(p))
+                .collect(),
             Scope::Entered => w
                 .tasks
                 .iter()
