@@ -1,51 +1,68 @@
 #!/usr/bin/env bash
-# Detection latency of one hot-counter worker at the topology defaults.
+# Flash-crowd latency of one hot-counter worker and one `prewarm --watch`, both at the
+# topology defaults.
 #
 # The worker runs on its own topic and topology name; the latency probe
 # (crates/hotkeys/examples/latency_probe.rs) sends a steady background stream (RATE events/s
-# over 100,000 products) and CROWDS flash crowds of CROWD_SIZE events, each on a new product,
-# one every SPACING (at a random point of its slot). For each crowd it prints the time from
-# its first event sent to
-#   (a) the whole crowd counted in a hot list in ZooKeeper (the znode's modification time),
-#   (b) a subscriber (hotkeys::subscribe) seeing the whole crowd in the hot set,
+# over products 1..100,000) and CROWDS flash crowds of CROWD_SIZE events, each on a new
+# product (100,001, 100,002, …), one every SPACING (at a random point of its slot). The
+# catalogue in MySQL is seeded with every one of those products, and the crowds' cache keys
+# are deleted first. For each crowd it prints the time from its first event sent to
+#   (a) its key first in a hot list in ZooKeeper (the znode's modification time),
+#   (b) the whole crowd counted in a hot list in ZooKeeper,
+#   (c) a subscriber (hotkeys::subscribe) seeing the whole crowd in the hot set,
+#   (d) its row in Redis, written by prewarm --watch,
 # then one summary line per figure:
 #   latency_zk_ms p50=… p99=… max=…
 #   latency_subscriber_ms p50=… p99=… max=…
-#   zk_write_bytes_per_s total=… per_task=…   (every write under the counter's tasks)
+#   zk_write_bytes_per_s total=… per_task=…   (hot-counter's writes: hot lists, checkpoints)
+#   latency_zk_enter_ms p50=… p99=… max=…
+#   latency_redis_ms p50=… p99=… max=…
+#   zk_writes_per_s total=… per_task=… min_gap_ms=…   (min_gap_ms: one task's hot list)
 #
 #   scripts/bench-latency.sh
 #   CROWDS=10 RATE=5000 scripts/bench-latency.sh
+#   BIN=/path/to/other/release scripts/bench-latency.sh   (another build's hot-counter and
+#                                                          prewarm, e.g. a baseline)
 #
 # The topic and the ZooKeeper subtree are deleted at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CROWDS=${CROWDS:-5}
+CROWDS=${CROWDS:-20}
 CROWD_SIZE=${CROWD_SIZE:-3000}
 RATE=${RATE:-3000}
 SPACING=${SPACING:-3s}
+BACKGROUND_KEYS=100000
 
 scripts/stack.sh up >/dev/null
 # shellcheck source=/dev/null
 . .stack/env
-cargo build --release -q -p hot-counter
-cargo build --release -q -p hotkeys --example latency_probe
+cargo build --release -q -p hotkeys --example latency_probe -p hotctl
+if [[ -z ${BIN:-} ]]; then
+  cargo build --release -q -p hot-counter -p prewarm
+  BIN=target/release
+fi
 
 run=bench-latency-$$-$(date +%s)
 export HOTKEYS_NAME=$run HOTKEYS_KAFKA_TOPIC=$run HOTKEYS_KAFKA_GROUP=$run RUST_LOG=warn
 PROBE=target/release/examples/latency_probe
-worker=
+topology=topology/default.toml
+pids=()
 cleanup() {
-  if [[ -n $worker ]]; then
-    kill -TERM "$worker" 2>/dev/null || true
-    wait "$worker" 2>/dev/null || true
-  fi
-  $PROBE --topology topology/default.toml --cleanup || true
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  $PROBE --topology $topology --cleanup || true
   scripts/stack.sh kafka-class org.apache.kafka.tools.TopicCommand \
     --bootstrap-server "$HOTKEYS_KAFKA_BROKERS" --delete --topic "$run" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
-target/release/hot-counter --topology topology/default.toml &
-worker=$!
-$PROBE --topology topology/default.toml --crowds "$CROWDS" --crowd-size "$CROWD_SIZE" \
-  --rate "$RATE" --spacing "$SPACING"
+target/release/hotctl --topology $topology db migrate >/dev/null
+target/release/hotctl --topology $topology db seed --products $((BACKGROUND_KEYS + CROWDS)) >/dev/null
+
+$BIN/hot-counter --topology $topology &
+pids+=($!)
+$BIN/prewarm --topology $topology --watch >/dev/null &
+pids+=($!)
+$PROBE --topology $topology --crowds "$CROWDS" --crowd-size "$CROWD_SIZE" \
+  --rate "$RATE" --spacing "$SPACING" --background-keys "$BACKGROUND_KEYS" --redis

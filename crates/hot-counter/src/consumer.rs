@@ -38,8 +38,8 @@ use crate::publish::Publisher;
 use crate::rebalance::Context;
 use crate::worker::{Worker, lock};
 
-/// Messages between two looks at the clock, the shutdown token and the publisher: reading
-/// the clock costs more than counting an event.
+/// Messages between two looks at the clock, the shutdown token and the publisher while
+/// librdkafka's queue never runs dry: reading the clock costs more than counting an event.
 const CHECK_EVERY: u32 = 1024;
 
 /// How long a poll waits when librdkafka's queue is empty.
@@ -79,11 +79,13 @@ pub fn run(
     shutdown: CancellationToken,
     until: Until,
 ) -> Result<Summary, LoopError> {
-    let worker = Arc::new(Mutex::new(Worker::new(topology.clone())?));
+    let worker = Worker::new(topology.clone())?;
+    let entered = worker.entered();
+    let worker = Arc::new(Mutex::new(worker));
     let (handoff, counting) = Handoff::new();
     let handoff = Arc::new(handoff);
     let counter_thread = spawn_counting(worker.clone(), handoff.clone(), counting);
-    let publisher = Publisher::new(topology.clone(), zk, blacklists, runtime);
+    let publisher = Publisher::new(topology.clone(), zk, blacklists, runtime, entered);
     let consumer = subscribe(&topology, until, Context::new(worker, handoff, publisher))?;
 
     let mut poller = Poller::default();
@@ -166,24 +168,28 @@ struct Poller {
     at_end: HashSet<i32>,
     first: Option<Instant>,
     last: Option<Instant>,
+    /// Messages and errors polled since the last check.
     since_check: u32,
-    idle: bool,
+    /// librdkafka's queue ran dry since the last check: the loop is caught up.
+    dry: bool,
 }
 
 impl Poller {
     fn poll(&mut self, consumer: &BaseConsumer<Context>) -> Polled {
         let handoff = &consumer.context().handoff;
         // A zero timeout spares librdkafka a clock read per message; block only when its
-        // queue is empty.
-        let polled = consumer
-            .poll(Duration::ZERO)
-            .or_else(|| consumer.poll(IDLE_WAIT));
-        self.since_check += 1;
-        self.idle = polled.is_none();
-        let Some(result) = polled else {
+        // queue is empty. Caught up, the loop hands over what it has polled at once rather
+        // than when the batch is full: the newest events (a flash crowd's first) are counted
+        // now, and the next check can publish them.
+        let polled = consumer.poll(Duration::ZERO).or_else(|| {
+            self.dry = true;
             handoff.flush();
+            consumer.poll(IDLE_WAIT)
+        });
+        let Some(result) = polled else {
             return Polled::Idle;
         };
+        self.since_check += 1;
         match result {
             Ok(message) => {
                 if self.first.is_none() {
@@ -214,15 +220,16 @@ impl Poller {
     }
 
     /// Whether it is time to look at the clock: after [`CHECK_EVERY`] messages, or
-    /// whenever librdkafka had nothing to give.
+    /// whenever librdkafka's queue ran dry.
     fn check_due(&mut self) -> bool {
-        if !self.idle && self.since_check < CHECK_EVERY {
+        if !self.dry && self.since_check < CHECK_EVERY {
             return false;
         }
-        if !self.idle {
+        if self.since_check > 0 {
             self.last = Some(Instant::now());
         }
         self.since_check = 0;
+        self.dry = false;
         true
     }
 

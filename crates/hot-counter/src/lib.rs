@@ -3,6 +3,7 @@
 //! ZooKeeper.
 //!
 //! - [`consumer`]: the Kafka consumer loop: poll, hand-off, publish ticks, shutdown;
+//! - [`entry`]: when a task publishes out of turn (a key entering its top N);
 //! - [`handoff`]: the batches the loop hands to the counting thread;
 //! - [`worker`]: the tasks a worker owns and how one event is counted into them;
 //! - [`publish`]: publish rounds, checkpoints, commits, fencing;
@@ -13,6 +14,7 @@
 //! ZooKeeper layout (`hotkeys::zk`) live in the shared library.
 
 pub mod consumer;
+pub mod entry;
 pub mod handoff;
 pub mod publish;
 pub mod rebalance;

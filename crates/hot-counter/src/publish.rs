@@ -9,6 +9,10 @@
 //! writes through [`Task::prepare`], which writes nothing for a counter still re-counting
 //! towards the hot list it found, so none of them can take a list back.
 //!
+//! A round is due every `count.publish_every` (every task whose counts changed), or at
+//! once for the tasks where a key entered the top N or crossed a threshold rule (`entry`).
+//! No round starts within [`MIN_GAP`] of the previous one.
+//!
 //! After a round:
 //! - a written checkpoint lets the group commit its offset (`store_offsets`, the next offset
 //!   to read: exactly what the checkpoint does not include);
@@ -21,6 +25,7 @@
 //!
 //! The threshold rules are evaluated after every round, on what all workers published.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +40,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
+use crate::entry::MIN_GAP;
 use crate::handoff::Handoff;
 use crate::task::{Start, Task, Write, Written};
 use crate::worker::{Worker, lock};
@@ -59,7 +65,22 @@ pub struct Publisher {
     blacklists: Vec<Blacklist>,
     next_publish: Instant,
     next_checkpoint: Instant,
+    /// When the last round started.
+    last_round: Instant,
+    /// Raised by the counting thread when a key entered some task's top N.
+    entered: Arc<AtomicBool>,
     in_flight: Option<JoinHandle<Round>>,
+}
+
+/// The tasks a round publishes.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// Every task whose counts changed: the periodic round, and shutdown.
+    All,
+    /// These partitions: a hand-over.
+    Only(&'a [i32]),
+    /// The tasks where a key entered the top N since their last publish.
+    Entered,
 }
 
 impl Publisher {
@@ -68,11 +89,14 @@ impl Publisher {
         zk: Zk,
         blacklists: Vec<Blacklist>,
         runtime: Handle,
+        entered: Arc<AtomicBool>,
     ) -> Publisher {
         let now = Instant::now();
         Publisher {
             next_publish: now + topology.count.publish_every,
             next_checkpoint: now + topology.count.checkpoint_every,
+            last_round: now,
+            entered,
             topology,
             zk,
             runtime,
@@ -93,18 +117,42 @@ impl Publisher {
             self.settle(consumer, worker, handoff);
         }
         let now = Instant::now();
-        if self.in_flight.is_some() || now < self.next_publish {
+        if self.in_flight.is_some() || now < self.last_round + MIN_GAP {
             return;
         }
-        let checkpoint = now >= self.next_checkpoint;
-        self.next_publish = now + self.topology.count.publish_every;
-        if checkpoint {
-            self.next_checkpoint = now + self.topology.count.checkpoint_every;
+        if now >= self.next_publish {
+            let checkpoint = now >= self.next_checkpoint;
+            self.next_publish = now + self.topology.count.publish_every;
+            if checkpoint {
+                self.next_checkpoint = now + self.topology.count.checkpoint_every;
+            }
+            self.start(worker, handoff, Scope::All, checkpoint, "periodic");
+        } else if self.entered.swap(false, Ordering::AcqRel) {
+            self.start(worker, handoff, Scope::Entered, false, "entry");
         }
+    }
+
+    /// Renders a round of `scope` and sets it writing.
+    fn start(
+        &mut self,
+        worker: &Mutex<Worker>,
+        handoff: &Handoff,
+        scope: Scope<'_>,
+        checkpoint: bool,
+        reason: &'static str,
+    ) {
+        self.last_round = Instant::now();
         // What was polled is counted before the round renders it: a batch still filling
-        // would otherwise wait for 1024 more messages, a third of a second at 3,000/s.
+        // would otherwise hold the newest events back.
         handoff.drain();
-        let writes = self.render(worker, None, checkpoint);
+        let writes = self.render(worker, scope, checkpoint);
+        // A periodic round evaluates the rules even when nothing changed, so bans run out
+        // on time while traffic is quiet.
+        let rules_due = matches!(scope, Scope::All) && !self.blacklists.is_empty();
+        if writes.is_empty() && !rules_due {
+            return;
+        }
+        metrics::counter!("hotkeys_counter_rounds_total", "reason" => reason).increment(1);
         let zk = self.zk.clone();
         let mut blacklists = std::mem::take(&mut self.blacklists);
         self.in_flight = Some(self.runtime.spawn(async move {
@@ -148,7 +196,8 @@ impl Publisher {
         deadline: Duration,
     ) {
         self.settle(consumer, worker, handoff);
-        let writes = self.render(worker, partitions, true);
+        let scope = partitions.map_or(Scope::All, Scope::Only);
+        let writes = self.render(worker, scope, true);
         let written = self.runtime.block_on(async {
             match tokio::time::timeout(deadline, send_all(&self.zk, writes)).await {
                 Ok(written) => written,
@@ -199,26 +248,39 @@ impl Publisher {
         tasks
     }
 
-    /// What a round writes for `partitions` (every task when `None`), rendered under the
-    /// worker's lock, which is let go before anything is written.
-    fn render(
-        &self,
-        worker: &Mutex<Worker>,
-        partitions: Option<&[i32]>,
-        checkpoint: bool,
-    ) -> Vec<Write> {
+    /// What a round writes for the tasks of `scope`, rendered under the worker's lock,
+    /// which is let go before anything is written. Each task rendered has its entries
+    /// taken into account.
+    fn render(&self, worker: &Mutex<Worker>, scope: Scope<'_>, checkpoint: bool) -> Vec<Write> {
         let mut w = lock(worker);
         w.flush_metrics();
-        let mut ids: Vec<&i32> = match partitions {
-            Some(p) => p.iter().filter(|p| w.tasks.contains_key(p)).collect(),
-            None => w.tasks.keys().collect(),
+        let mut ids: Vec<i32> = match scope {
+            Scope::All => w.tasks.keys().copied().collect(),
+            Scope::Only(p) => p
+                .iter()
+                .copied()
+                .filter(|p| w.tasks.contains_key(p))
+                .collect(),
+            Scope::Entered => w
+                .tasks
+                .iter()
+                .filter(|(_, t)| t.entered)
+                .map(|(p, _)| *p)
+                .collect(),
         };
         ids.sort_unstable();
-        ids.into_iter()
-            .filter_map(|p| w.tasks.get(p))
-            .filter(|t| t.has_news(checkpoint))
-            .flat_map(|t| t.prepare(&self.topology, &w.counters, &self.owner, checkpoint))
-            .collect()
+        let w = &mut *w;
+        let mut writes = Vec::new();
+        for id in ids {
+            let Some(task) = w.tasks.get_mut(&id) else {
+                continue;
+            };
+            task.entered = false;
+            if task.has_news(checkpoint) {
+                writes.extend(task.prepare(&self.topology, &w.counters, &self.owner, checkpoint));
+            }
+        }
+        writes
     }
 
     /// Records the outcome of writes in the tasks, commits what was checkpointed, and

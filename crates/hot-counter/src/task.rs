@@ -34,6 +34,8 @@ use hotkeys::count::WindowCounter;
 use hotkeys::hotlist::{HotList, now_ms};
 use hotkeys::zk::{REQUEST_MAX_BYTES, Restorable, Zk, ZkError};
 
+use crate::entry::EntryBar;
+
 /// Tells apart successive tasks of one partition (after a hand-over or a fenced reload).
 static EPOCHS: AtomicU64 = AtomicU64::new(0);
 
@@ -50,6 +52,9 @@ pub struct Task {
     pub key_too_long: u64,
     /// Events stamped too far ahead of the clock, counted as happening when read.
     pub future: u64,
+    /// A key entered a counter's top N (or crossed its rule) since the last publish: the
+    /// task publishes without waiting for the periodic round (see `entry`).
+    pub entered: bool,
 }
 
 /// One counter's state within a task.
@@ -72,6 +77,8 @@ pub struct TaskCounter {
     /// Re-count from the first event at or after this time (Unix ms), the start of the
     /// window: the counts behind the hot list found had no usable checkpoint.
     pub recount_since_ms: Option<i64>,
+    /// When a counted key makes the task publish at once; from the last published list.
+    pub entry: EntryBar,
 }
 
 impl TaskCounter {
@@ -85,6 +92,7 @@ impl TaskCounter {
             resume_at: -1,
             checkpoint_missing: false,
             recount_since_ms: None,
+            entry: EntryBar::empty(counter),
         }
     }
 
@@ -130,6 +138,7 @@ impl TaskCounter {
                     resume_at: found,
                     checkpoint_missing: false,
                     recount_since_ms: None,
+                    entry: EntryBar::after(counter, &saved.hot.items),
                 }
             }
             Err(e) => {
@@ -147,6 +156,7 @@ impl TaskCounter {
             resume_at: saved.hot.offset,
             checkpoint_missing: saved.checkpoint.is_none(),
             recount_since_ms: Some(now_ms - counter.count.window.as_millis() as i64),
+            entry: EntryBar::after(counter, &saved.hot.items),
             ..TaskCounter::empty(counter, Some(saved.version))
         }
     }
@@ -203,6 +213,8 @@ pub struct Write {
     /// The next offset the written counts do not include.
     pub offset: i64,
     pub items: usize,
+    /// The counter's entry bar once this list is published.
+    entry: EntryBar,
 }
 
 /// How a write went.
@@ -259,6 +271,7 @@ impl Task {
             malformed: 0,
             key_too_long: 0,
             future: 0,
+            entered: false,
         }
     }
 
@@ -423,6 +436,7 @@ impl Task {
                 checkpoint,
                 offset: state.next_offset,
                 items: list.items.len(),
+                entry: EntryBar::after(counter, &list.items),
             });
         }
         writes
@@ -436,6 +450,7 @@ impl Task {
             Ok(version) => {
                 state.zk_version = Some(*version);
                 state.published_offset = Some(write.offset);
+                state.entry = write.entry.clone();
                 if write.has_checkpoint() {
                     state.checkpointed_offset = Some(write.offset);
                     state.checkpoint_missing = false;

@@ -12,7 +12,8 @@
 //! `future`, so one broken clock cannot push the window ahead of every real event.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hotkeys::Topology;
@@ -42,6 +43,8 @@ pub struct Worker {
     dead_letter: Option<BaseProducer>,
     /// Counted since the metrics were last flushed.
     unflushed_events: u64,
+    /// Set with a task's `entered`, so the poll loop learns of it without this lock.
+    entered: Arc<AtomicBool>,
 }
 
 /// A poisoned lock only means a panic elsewhere already took the process down.
@@ -70,7 +73,14 @@ impl Worker {
             logged_kinds: HashSet::new(),
             dead_letter,
             unflushed_events: 0,
+            entered: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Raised when some task has a key that entered its top N (see `entry`); the publisher
+    /// lowers it when it starts a round for those tasks.
+    pub fn entered(&self) -> Arc<AtomicBool> {
+        self.entered.clone()
     }
 
     /// How far ahead of now an event may be stamped, in milliseconds.
@@ -105,6 +115,7 @@ impl Worker {
                 .increment(1);
         }
         let mut error = None;
+        let mut entered = false;
         for ((counter, pointer), state) in self
             .counters
             .iter()
@@ -121,16 +132,21 @@ impl Worker {
             // Only the product counter may stand in the message key for a missing value.
             let message_key = if counter.primary { message.key } else { None };
             match pointer.extract(message.payload, message_key) {
-                Ok(key) => {
-                    if !state.window.offer(&key, ts) {
+                Ok(key) => match state.window.offer(&key, ts) {
+                    Some(count) => entered |= state.entry.passed(&key, count),
+                    None => {
                         metrics::counter!("hotkeys_counter_late_total",
                             "task" => message.partition.to_string(), "counter" => counter.name.clone())
                         .increment(1);
                     }
-                }
+                },
                 Err(KeyError::Missing) if !counter.primary => {}
                 Err(e) => error = Some(e),
             }
+        }
+        if entered {
+            task.entered = true;
+            self.entered.store(true, Ordering::Release);
         }
         match error {
             None => {

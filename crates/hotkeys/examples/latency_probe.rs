@@ -4,17 +4,21 @@
 //! cargo run --release -p hotkeys --example latency_probe -- --topology topology/default.toml
 //! ```
 //!
-//! Sends a steady background stream of plain-key events over many products, then flash
-//! crowds of new products (every event of a crowd at once), and reports for each crowd the
-//! time from its first event sent to
+//! Sends a steady background stream of plain-key events over products `1..=background_keys`,
+//! then flash crowds of new products (`background_keys + 1`, `+ 2`, …; every event of a crowd
+//! at once), and reports for each crowd the time from its first event sent to
 //!
-//! - the whole crowd counted in a hot list in ZooKeeper (the znode's modification time of
-//!   the first version whose guaranteed count, `count - error`, covers the crowd), and
-//! - a subscriber (`hotkeys::subscribe`) seeing the whole crowd in the hot set,
+//! - its key first in a hot list in ZooKeeper (the znode's modification time),
+//! - the whole crowd counted in a hot list in ZooKeeper (the modification time of the first
+//!   version whose guaranteed count, `count - error`, covers the crowd),
+//! - a subscriber (`hotkeys::subscribe`) seeing the whole crowd in the hot set, and
+//! - with `--redis`, its row in Redis (polled every 5 ms; a `prewarm --watch` must be running
+//!   and the crowds' rows must exist in MySQL; the probe deletes their cache keys first),
 //!
-//! then p50, p99 and max of both, and the bytes written under the counter's tasks in
-//! ZooKeeper per second (every data change under the subtree, its new size). The last lines
-//! are one summary line per figure. `--cleanup` deletes the topology's ZooKeeper subtree.
+//! then p50, p99 and max of each; hot-counter's writes to ZooKeeper (hot lists and
+//! checkpoints; prewarm's locks and marks are left out) in bytes and writes per second, and
+//! the shortest time between two writes of one task's hot list. The last lines are one
+//! summary line per figure. `--cleanup` deletes the topology's ZooKeeper subtree.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,10 +27,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use hotkeys::Topology;
+use hotkeys::cache::{CacheNodes, cache_key};
 use hotkeys::cli::TopologyArg;
 use hotkeys::config::PRIMARY_COUNTER;
 use hotkeys::hotlist::{HotItem, now_ms};
-use hotkeys::zk::Zk;
+use hotkeys::zk::{Layout, Zk};
 use rand::Rng;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio_util::sync::CancellationToken;
@@ -54,17 +59,42 @@ struct Args {
     /// How long a crowd may take to be seen before the run fails.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     patience: Duration,
+    /// Also wait for each crowd's row in Redis (warmed by a running `prewarm --watch`).
+    #[arg(long)]
+    redis: bool,
     /// Delete the topology's ZooKeeper subtree and exit.
     #[arg(long)]
     cleanup: bool,
 }
 
-/// First-sent times of the crowds, and when each was seen complete, by crowd key.
+/// First-sent times of the crowds, and when each was seen, by crowd key.
 #[derive(Default)]
 struct Crowds {
     sent_ms: HashMap<String, i64>,
+    zk_enter_ms: HashMap<String, i64>,
     zk_ms: HashMap<String, i64>,
     subscriber_ms: HashMap<String, i64>,
+    redis_ms: HashMap<String, i64>,
+}
+
+impl Crowds {
+    /// Every figure that is measured has all `n` crowds.
+    fn all_seen(&self, n: usize, redis: bool) -> bool {
+        self.zk_enter_ms.len() >= n
+            && self.zk_ms.len() >= n
+            && self.subscriber_ms.len() >= n
+            && (!redis || self.redis_ms.len() >= n)
+    }
+}
+
+/// What hot-counter wrote to ZooKeeper while the crowds were measured.
+#[derive(Default)]
+struct Writes {
+    bytes: u64,
+    count: u64,
+    /// Modification time of each task's last hot list, and the shortest gap seen.
+    last_hot_ms: HashMap<u32, i64>,
+    min_gap_ms: Option<i64>,
 }
 
 type Shared = Arc<Mutex<Crowds>>;
@@ -93,31 +123,45 @@ async fn main() -> anyhow::Result<()> {
     wait_for_worker(&zk, topology.kafka.partitions, args.patience).await?;
 
     let crowds = Shared::default();
-    let bytes = Arc::new(Mutex::new(0u64));
-    let zk_watch = tokio::spawn(watch_zk(
-        zk.clone(),
-        crowds.clone(),
-        bytes.clone(),
-        args.crowd_size,
-    ));
-    let sub = tokio::spawn(watch_subscriber(
-        topology.clone(),
-        crowds.clone(),
-        args.crowd_size,
-    ));
-    // Both watchers are in place before the first crowd.
+    let writes = Arc::new(Mutex::new(Writes::default()));
+    let mut watchers = vec![
+        tokio::spawn(watch_zk(
+            zk.clone(),
+            crowds.clone(),
+            writes.clone(),
+            args.crowd_size,
+        )),
+        tokio::spawn(watch_subscriber(
+            topology.clone(),
+            crowds.clone(),
+            args.crowd_size,
+        )),
+    ];
+    if args.redis {
+        let cache = CacheNodes::connect(&topology.redis).await?;
+        for i in 0..args.crowds {
+            cache
+                .delete(&cache_key(&topology.redis, &crowd_key(&args, i)))
+                .await?;
+        }
+        watchers.push(tokio::spawn(watch_redis(
+            cache,
+            topology.clone(),
+            crowds.clone(),
+        )));
+    }
+    // The watchers are in place before the first crowd.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let measuring = Instant::now();
     send_crowds(&producer, &topology, &args, &crowds).await?;
-    let seen = wait_for_all(&crowds, args.crowds, args.patience).await;
+    let seen = wait_for_all(&crowds, args.crowds, args.redis, args.patience).await;
     let elapsed = measuring.elapsed().as_secs_f64();
     stop.cancel();
-    zk_watch.abort();
-    sub.abort();
+    watchers.iter().for_each(|w| w.abort());
     producer.flush(Duration::from_secs(10))?;
 
-    let written = *bytes.lock().unwrap_or_else(|p| p.into_inner());
-    report(&crowds, written as f64 / elapsed, topology.kafka.partitions);
+    let writes = std::mem::take(&mut *writes.lock().unwrap_or_else(|p| p.into_inner()));
+    report(&crowds, &writes, elapsed, topology.kafka.partitions);
     if !seen {
         bail!("not every crowd was seen within {:?}", args.patience);
     }
@@ -177,11 +221,10 @@ async fn send_crowds(
     args: &Args,
     crowds: &Shared,
 ) -> anyhow::Result<()> {
-    let run = now_ms();
     for i in 0..args.crowds {
         let offset = args.spacing.mul_f64(rand::rng().random_range(0.0..1.0));
         tokio::time::sleep(offset).await;
-        let key = format!("crowd-{run}-{i}");
+        let key = crowd_key(args, i);
         let sent = now_ms();
         for _ in 0..args.crowd_size {
             send(producer, &topology.kafka.topic, &key);
@@ -194,6 +237,11 @@ async fn send_crowds(
         .context("delivering the crowds")
 }
 
+/// The product of crowd `i`: the first ones after the background's.
+fn crowd_key(args: &Args, i: usize) -> String {
+    (args.background_keys + 1 + i as u64).to_string()
+}
+
 /// Whether `items` count all of `crowd` events of `key` for certain.
 fn complete(items: &[HotItem], key: &str, crowd: u64) -> bool {
     items
@@ -201,12 +249,13 @@ fn complete(items: &[HotItem], key: &str, crowd: u64) -> bool {
         .any(|i| i.key == key && i.count - i.error.unwrap_or(0) >= crowd)
 }
 
-/// Records, from a persistent watch on the tasks, when each crowd first appears complete in
-/// a hot list (the znode's modification time), and adds up the bytes of every write.
+/// Records, from a persistent watch on the tasks, when each crowd first appears in a hot
+/// list and when complete (the znode's modification time), and adds up hot-counter's
+/// writes.
 async fn watch_zk(
     zk: Zk,
     crowds: Shared,
-    bytes: Arc<Mutex<u64>>,
+    writes: Arc<Mutex<Writes>>,
     crowd: u64,
 ) -> anyhow::Result<()> {
     let mut watcher = zk.watch_tasks().await?;
@@ -218,30 +267,75 @@ async fn watch_zk(
         ) {
             continue;
         }
-        if let Ok(Some(stat)) = zk.client().check_stat(&event.path).await {
-            *bytes.lock().unwrap_or_else(|p| p.into_inner()) += stat.data_length as u64;
-        }
-        let Some(task) = task_of_hot(&event.path) else {
+        let Some((task, node)) = zk.layout().task_node(&event.path) else {
             continue;
         };
+        if node != Layout::HOT && node != Layout::CHECKPOINT {
+            continue;
+        }
+        if let Ok(Some(stat)) = zk.client().check_stat(&event.path).await {
+            let mut w = writes.lock().unwrap_or_else(|p| p.into_inner());
+            w.bytes += stat.data_length as u64;
+            w.count += 1;
+        }
+        if node != Layout::HOT {
+            continue;
+        }
         let Ok(Some(hot)) = zk.read_hot(task).await else {
             continue;
         };
+        hot_written(&writes, task, hot.modified_ms);
         let mut c = lock(&crowds);
+        let items = &hot.value.items;
+        let entered: Vec<(String, i64)> = c
+            .sent_ms
+            .iter()
+            .filter(|(k, _)| !c.zk_enter_ms.contains_key(*k) && items.iter().any(|i| i.key == **k))
+            .map(|(k, sent)| (k.clone(), hot.modified_ms - sent))
+            .collect();
+        c.zk_enter_ms.extend(entered);
         let done: Vec<(String, i64)> = c
             .sent_ms
             .iter()
-            .filter(|(k, _)| !c.zk_ms.contains_key(*k) && complete(&hot.value.items, k, crowd))
+            .filter(|(k, _)| !c.zk_ms.contains_key(*k) && complete(items, k, crowd))
             .map(|(k, sent)| (k.clone(), hot.modified_ms - sent))
             .collect();
         c.zk_ms.extend(done);
     }
 }
 
-/// The task of a `…/tasks/<task>/hot` path.
-fn task_of_hot(path: &str) -> Option<u32> {
-    let rest = path.strip_suffix("/hot")?;
-    rest.rsplit('/').next()?.parse().ok()
+/// Keeps the shortest gap between two hot-list writes of one task.
+fn hot_written(writes: &Mutex<Writes>, task: u32, modified_ms: i64) {
+    let mut w = writes.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(last) = w.last_hot_ms.insert(task, modified_ms) {
+        let gap = modified_ms - last;
+        w.min_gap_ms = Some(w.min_gap_ms.map_or(gap, |m| m.min(gap)));
+    }
+}
+
+/// Records when each crowd's row is first in Redis, looking every 5 ms.
+async fn watch_redis(cache: CacheNodes, topology: Topology, crowds: Shared) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    loop {
+        tick.tick().await;
+        let pending: Vec<(String, i64)> = {
+            let c = lock(&crowds);
+            c.sent_ms
+                .iter()
+                .filter(|(k, _)| !c.redis_ms.contains_key(*k))
+                .map(|(k, sent)| (k.clone(), *sent))
+                .collect()
+        };
+        for (key, sent) in pending {
+            if cache
+                .get(&cache_key(&topology.redis, &key))
+                .await?
+                .is_some()
+            {
+                lock(&crowds).redis_ms.insert(key, now_ms() - sent);
+            }
+        }
+    }
 }
 
 /// Records when a subscriber first sees each crowd complete in the hot set.
@@ -261,33 +355,35 @@ async fn watch_subscriber(topology: Topology, crowds: Shared, crowd: u64) -> any
     }
 }
 
-/// Waits until both watchers saw `n` crowds; false when `patience` ran out first.
-async fn wait_for_all(crowds: &Shared, n: usize, patience: Duration) -> bool {
+/// Waits until every watcher saw `n` crowds; false when `patience` ran out first.
+async fn wait_for_all(crowds: &Shared, n: usize, redis: bool, patience: Duration) -> bool {
     let deadline = Instant::now() + patience;
     while Instant::now() < deadline {
-        {
-            let c = lock(crowds);
-            if c.zk_ms.len() >= n && c.subscriber_ms.len() >= n {
-                return true;
-            }
+        if lock(crowds).all_seen(n, redis) {
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
 }
 
-fn report(crowds: &Shared, bytes_per_s: f64, partitions: u32) {
+fn report(crowds: &Shared, writes: &Writes, seconds: f64, partitions: u32) {
     let c = lock(crowds);
     let mut order: Vec<(&String, &i64)> = c.sent_ms.iter().collect();
     order.sort_by_key(|(_, sent)| **sent);
     for (i, (key, _)) in order.iter().enumerate() {
         let show = |m: &HashMap<String, i64>| m.get(*key).map_or("never".into(), i64::to_string);
         println!(
-            "crowd {i}: zk_ms={} subscriber_ms={}",
+            "crowd {i}: zk_enter_ms={} zk_ms={} subscriber_ms={} redis_ms={}",
+            show(&c.zk_enter_ms),
             show(&c.zk_ms),
-            show(&c.subscriber_ms)
+            show(&c.subscriber_ms),
+            show(&c.redis_ms)
         );
     }
+    let tasks = f64::from(partitions.max(1));
+    let bytes_per_s = writes.bytes as f64 / seconds;
+    let writes_per_s = writes.count as f64 / seconds;
     println!("latency_zk_ms {}", percentiles(c.zk_ms.values()));
     println!(
         "latency_subscriber_ms {}",
@@ -295,7 +391,17 @@ fn report(crowds: &Shared, bytes_per_s: f64, partitions: u32) {
     );
     println!(
         "zk_write_bytes_per_s total={bytes_per_s:.0} per_task={:.0}",
-        bytes_per_s / f64::from(partitions.max(1))
+        bytes_per_s / tasks
+    );
+    println!(
+        "latency_zk_enter_ms {}",
+        percentiles(c.zk_enter_ms.values())
+    );
+    println!("latency_redis_ms {}", percentiles(c.redis_ms.values()));
+    println!(
+        "zk_writes_per_s total={writes_per_s:.1} per_task={:.1} min_gap_ms={}",
+        writes_per_s / tasks,
+        writes.min_gap_ms.map_or("-".into(), |g| g.to_string())
     );
 }
 

@@ -95,6 +95,12 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// Names of the nodes under a task.
+    pub const HOT: &'static str = "hot";
+    pub const CHECKPOINT: &'static str = "checkpoint";
+    pub const LOCK: &'static str = "lock";
+    pub const WARMED: &'static str = "warmed";
+
     /// The layout of the primary counter of a topology.
     pub fn new(root: &str, topology: &str) -> Layout {
         let base = format!("{root}/{topology}");
@@ -135,19 +141,36 @@ impl Layout {
     }
 
     pub fn hot(&self, task: u32) -> String {
-        format!("{}/tasks/{task}/hot", self.counter_base)
+        format!("{}/tasks/{task}/{}", self.counter_base, Self::HOT)
+    }
+
+    /// The task and node name of a node under a task of this counter (`…/tasks/<task>/<node>`):
+    /// how a watch on [`Zk::watch_tasks`] names what changed.
+    pub fn task_node<'a>(&self, path: &'a str) -> Option<(u32, &'a str)> {
+        let rest = path
+            .strip_prefix(&self.counter_base)?
+            .strip_prefix("/tasks/")?;
+        let (task, node) = rest.split_once('/')?;
+        Some((task.parse().ok()?, node))
+    }
+
+    /// The task whose hot list `path` is: a publish, as a watch reports it.
+    pub fn task_of_hot(&self, path: &str) -> Option<u32> {
+        self.task_node(path)
+            .filter(|(_, node)| *node == Self::HOT)
+            .map(|(task, _)| task)
     }
 
     pub fn checkpoint(&self, task: u32) -> String {
-        format!("{}/tasks/{task}/checkpoint", self.counter_base)
+        format!("{}/tasks/{task}/{}", self.counter_base, Self::CHECKPOINT)
     }
 
     pub fn lock(&self, task: u32) -> String {
-        format!("{}/tasks/{task}/lock", self.counter_base)
+        format!("{}/tasks/{task}/{}", self.counter_base, Self::LOCK)
     }
 
     pub fn warmed(&self, task: u32) -> String {
-        format!("{}/tasks/{task}/warmed", self.counter_base)
+        format!("{}/tasks/{task}/{}", self.counter_base, Self::WARMED)
     }
 
     pub fn blacklist(&self) -> String {
@@ -647,6 +670,24 @@ mod tests {
             l.for_counter("caller-ip").recorder(),
             "/hotkeys/product-detail/dashboard/recorder"
         );
+    }
+
+    #[test]
+    fn a_watched_path_names_its_task_only_when_it_is_this_counters_hot_list() {
+        let l = Layout::new("/hotkeys", "product-detail");
+        assert_eq!(l.task_of_hot(&l.hot(7)), Some(7));
+        for other in [
+            l.lock(7),
+            l.warmed(7),
+            l.checkpoint(7),
+            l.task(7),
+            l.tasks(),
+        ] {
+            assert_eq!(l.task_of_hot(&other), None, "{other}");
+        }
+        let caller = l.for_counter("caller-ip");
+        assert_eq!(l.task_of_hot(&caller.hot(7)), None);
+        assert_eq!(caller.task_of_hot(&caller.hot(7)), Some(7));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`runner`] | passes over the tasks: shuffle, `C` at a time, the end-of-pass re-check, `--watch` |
+//! | [`runner`] | a run: set-up, passes over the tasks (shuffle, `C` at a time, the end-of-pass re-check) |
+//! | `watch` | `--watch`: a task warmed as soon as it publishes, from a watch on the task tree |
 //! | `pass` | the procedure for one task: pre-check, try-lock, double check, load, write, mark, unlock |
 //! | `load` | one batch of keys: rows from MySQL, pipelined `SET NX` or compare-and-set refreshes into Redis, replication ops |
 //! | `misses` | keys without a row, not asked again for `prewarm.missing_ttl` |
@@ -24,6 +25,7 @@ pub mod report;
 mod retry;
 pub mod runner;
 mod session;
+mod watch;
 
 use std::time::Duration;
 
@@ -56,7 +58,8 @@ pub struct Options {
     /// `--once`: how long tasks locked by other processes are re-checked at the end of the
     /// pass before they count as not warmed.
     pub wait_for_others: Duration,
-    /// `--watch`: time between two passes.
+    /// `--watch`: time between two passes over every task, besides the warms that watch
+    /// events start at once.
     pub interval: Duration,
     /// Show a progress line (on a terminal).
     pub progress: bool,

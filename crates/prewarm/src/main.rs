@@ -45,7 +45,7 @@ struct Cli {
     /// --once: how long tasks locked by other processes are re-checked at the end of the pass.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     wait_for_others: Duration,
-    /// --watch: time between two passes.
+    /// --watch: time between two passes over every task (publishes are warmed at once).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     interval: Duration,
     /// Serve Prometheus metrics on this address.

@@ -4,12 +4,13 @@
 //!
 //! `--once` then re-checks the tasks it found locked by another process until each is warmed
 //! by its holder, or its lock disappears with the holder's session (and this process warms it),
-//! or `--wait-for-others` runs out. `--watch` repeats the pass every `--interval` instead.
+//! or `--wait-for-others` runs out. `--watch` instead warms each task as it publishes (see
+//! `watch`), with a pass every `--interval` in case a watch event was missed.
 //!
 //! A failure that ends the run (a dependency unreachable for the whole retry budget) aborts
 //! the tasks in flight; each releases its lock before the run returns.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,7 @@ use crate::misses::Misses;
 use crate::report::{Progress, Summary, TaskOutcome, TaskRecord, show_progress};
 use crate::retry::{Policy, retry};
 use crate::session::Session;
-use crate::{Mode, Options, pass};
+use crate::{Mode, Options, pass, watch};
 
 /// How long the first connection to MySQL may take before the attempt counts as failed.
 const MYSQL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,7 +61,7 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    fn stopping(&self) -> bool {
+    pub(crate) fn stopping(&self) -> bool {
         self.policy.abort.is_cancelled()
     }
 }
@@ -117,21 +118,14 @@ pub async fn run(topology: Topology, opts: Options, shutdown: CancellationToken)
     }
 
     let mut records = BTreeMap::new();
-    let mut error = None;
-    loop {
-        summary.passes += 1;
-        if let Err(e) = one_pass(&ctx, &mut records).await {
-            error = Some(e);
-            break;
+    let result = match ctx.opts.mode {
+        Mode::Once => {
+            summary.passes = 1;
+            one_pass(&ctx, &mut records).await
         }
-        if ctx.opts.mode == Mode::Once || ctx.shutdown.is_cancelled() {
-            break;
-        }
-        tokio::select! {
-            () = tokio::time::sleep(ctx.opts.interval) => {}
-            () = ctx.shutdown.cancelled() => break,
-        }
-    }
+        Mode::Watch => watch::run(&ctx, &mut records, &mut summary.passes).await,
+    };
+    let error = result.err();
     stop_progress.cancel();
     summary.finish(
         records.into_values().collect(),
@@ -224,28 +218,31 @@ fn mysql_setup_error(e: MysqlError) -> Halt {
     })
 }
 
-/// One pass: every task once, then (`--once`) the re-check of tasks locked elsewhere.
+/// `--once`: every task once, then the re-check of tasks locked elsewhere.
 async fn one_pass(
     ctx: &Arc<Ctx>,
     records: &mut BTreeMap<u32, TaskRecord>,
 ) -> Result<(), PrewarmError> {
-    let mut tasks = match ctx
+    let mut tasks = match list_tasks(ctx).await {
+        Ok(tasks) => tasks,
+        Err(e) => return e.map_or(Ok(()), Err),
+    };
+    tasks.shuffle(&mut rand::rng());
+    run_tasks(ctx, tasks, records).await?;
+    recheck(ctx, records).await
+}
+
+/// The tasks in ZooKeeper now. `Err(None)`: the run is being aborted.
+pub(crate) async fn list_tasks(ctx: &Ctx) -> Result<Vec<u32>, Option<PrewarmError>> {
+    let tasks = ctx
         .session
         .read(&ctx.policy, "listing tasks", |zk| async move {
             zk.list_tasks().await
         })
         .await
-    {
-        Ok(tasks) => tasks,
-        Err(h) => return outside_task(h).map_or(Ok(()), Err),
-    };
-    tasks.shuffle(&mut rand::rng());
+        .map_err(outside_task)?;
     ctx.progress.set_total(tasks.len());
-    run_tasks(ctx, tasks, records).await?;
-    if ctx.opts.mode == Mode::Once {
-        recheck(ctx, records).await?;
-    }
-    Ok(())
+    Ok(tasks)
 }
 
 /// What a [`Halt`] met outside any task means for the run: `None` to stop quietly (the run
@@ -269,42 +266,23 @@ async fn run_tasks(
     records: &mut BTreeMap<u32, TaskRecord>,
 ) -> Result<(), PrewarmError> {
     let mut queue = tasks.into_iter();
-    let mut running = JoinSet::new();
-    let mut ids = HashMap::new();
+    let mut warming = Warming::default();
     let mut first_error = None;
     loop {
-        while running.len() < ctx.opts.concurrency.max(1) && !ctx.stopping() {
+        while warming.has_room(ctx) {
             let Some(task) = queue.next() else { break };
-            let c = ctx.clone();
-            let handle = running.spawn(async move { pass::warm(&c, task).await });
-            ids.insert(handle.id(), task);
+            warming.spawn(ctx, task);
         }
-        let Some(joined) = running.join_next_with_id().await else {
+        let Some((record, error)) = warming.next().await else {
             break;
         };
-        let (task, result) = match joined {
-            Ok((id, result)) => (ids[&id], result),
-            Err(e) => (
-                ids[&e.id()],
-                Err(PrewarmError::Failed {
-                    dependency: Dependency::ZooKeeper,
-                    message: format!("task crashed: {e}"),
-                }),
-            ),
-        };
-        let record = match result {
-            Ok(record) => record,
-            Err(e) => {
-                let mut record = TaskRecord::new(task, TaskOutcome::Failed);
-                record.error = Some(e.to_string());
-                if first_error.is_none() {
-                    tracing::error!(task, error = %e, "giving up; stopping the other tasks");
-                    ctx.policy.abort.cancel();
-                    first_error = Some(e);
-                }
-                record
-            }
-        };
+        if let Some(e) = error
+            && first_error.is_none()
+        {
+            tracing::error!(task = record.task, error = %e, "giving up; stopping the other tasks");
+            ctx.policy.abort.cancel();
+            first_error = Some(e);
+        }
         keep(ctx, records, record);
     }
     for task in queue {
@@ -316,7 +294,69 @@ async fn run_tasks(
     first_error.map_or(Ok(()), Err)
 }
 
-fn keep(ctx: &Ctx, records: &mut BTreeMap<u32, TaskRecord>, record: TaskRecord) {
+/// The tasks being warmed, each by the procedure of `pass`, at most `C` and one per task.
+#[derive(Default)]
+pub(crate) struct Warming {
+    running: JoinSet<Result<TaskRecord, PrewarmError>>,
+    tasks: HashMap<tokio::task::Id, u32>,
+}
+
+impl Warming {
+    fn has_room(&self, ctx: &Ctx) -> bool {
+        self.running.len() < ctx.opts.concurrency.max(1) && !ctx.stopping()
+    }
+
+    fn spawn(&mut self, ctx: &Arc<Ctx>, task: u32) {
+        let c = ctx.clone();
+        let handle = self
+            .running
+            .spawn(async move { pass::warm(&c, task).await });
+        self.tasks.insert(handle.id(), task);
+    }
+
+    /// Starts due tasks that are not being warmed already, while there is room.
+    pub(crate) fn start_due(&mut self, ctx: &Arc<Ctx>, due: &mut BTreeSet<u32>) {
+        let idle: Vec<u32> = due
+            .iter()
+            .copied()
+            .filter(|t| !self.tasks.values().any(|busy| busy == t))
+            .collect();
+        for task in idle {
+            if !self.has_room(ctx) {
+                break;
+            }
+            due.remove(&task);
+            self.spawn(ctx, task);
+        }
+    }
+
+    /// The record of the next warm to finish, and the failure that ends the run if it met
+    /// one; `None` when nothing is being warmed.
+    pub(crate) async fn next(&mut self) -> Option<(TaskRecord, Option<PrewarmError>)> {
+        let joined = self.running.join_next_with_id().await?;
+        let (id, result) = match joined {
+            Ok((id, result)) => (id, result),
+            Err(e) => (
+                e.id(),
+                Err(PrewarmError::Failed {
+                    dependency: Dependency::ZooKeeper,
+                    message: format!("task crashed: {e}"),
+                }),
+            ),
+        };
+        let task = self.tasks.remove(&id).unwrap_or_default();
+        Some(match result {
+            Ok(record) => (record, None),
+            Err(e) => {
+                let mut record = TaskRecord::new(task, TaskOutcome::Failed);
+                record.error = Some(e.to_string());
+                (record, Some(e))
+            }
+        })
+    }
+}
+
+pub(crate) fn keep(ctx: &Ctx, records: &mut BTreeMap<u32, TaskRecord>, record: TaskRecord) {
     ctx.progress.record(&record);
     let record = match records.get(&record.task) {
         // In --watch, a later pass that found the task up to date says less than the pass

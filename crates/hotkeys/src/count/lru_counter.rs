@@ -24,13 +24,16 @@ impl LruCounter {
         }
     }
 
-    /// Counts `n` occurrences of `key`, evicting the least recently seen key when full.
-    pub fn offer(&mut self, key: &str, n: u64) {
+    /// Counts `n` occurrences of `key`, evicting the least recently seen key when full;
+    /// returns its count afterwards.
+    pub fn offer(&mut self, key: &str, n: u64) -> u64 {
         self.total += n;
         if let Some(count) = self.map.get_mut(key) {
             *count += n;
+            *count
         } else {
             self.map.push(key.to_owned(), n);
+            n
         }
     }
 

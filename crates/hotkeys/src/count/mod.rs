@@ -47,8 +47,9 @@ impl Summary {
         }
     }
 
+    /// Counts one event of `key`; returns its guaranteed count in this bucket.
     #[inline]
-    fn offer(&mut self, key: &str) {
+    fn offer(&mut self, key: &str) -> u64 {
         match self {
             Summary::SpaceSaving(s) => s.offer(key, 1),
             Summary::Lru(l) => l.offer(key, 1),
@@ -144,37 +145,37 @@ impl WindowCounter {
         }
     }
 
-    /// Counts one event of `key` that happened at `timestamp_ms`; false when it is older
-    /// than the window (counted as late instead).
+    /// Counts one event of `key` that happened at `timestamp_ms`. Returns the key's
+    /// guaranteed count in that event's bucket afterwards (0 when the summary does not
+    /// monitor it), or `None` when the event is older than the window (counted as late
+    /// instead). The bucket's count is a lower bound of the window's, free to read here:
+    /// hot-counter publishes at once when it crosses the task's entry bar.
     #[inline]
-    pub fn offer(&mut self, key: &str, timestamp_ms: i64) -> bool {
+    pub fn offer(&mut self, key: &str, timestamp_ms: i64) -> Option<u64> {
         let bucket = timestamp_ms.div_euclid(self.bucket_ms);
         match self.ring.back_mut() {
-            Some((newest, summary)) if *newest == bucket => {
-                summary.offer(key);
-                true
-            }
+            Some((newest, summary)) if *newest == bucket => Some(summary.offer(key)),
             _ => self.offer_slow(key, bucket),
         }
     }
 
     #[cold]
-    fn offer_slow(&mut self, key: &str, bucket: i64) -> bool {
+    fn offer_slow(&mut self, key: &str, bucket: i64) -> Option<u64> {
         let newest = self.ring.back().map(|(b, _)| *b);
         if newest.is_none_or(|n| bucket > n) {
             let mut summary = Summary::new(self.algorithm, self.capacity);
-            summary.offer(key);
+            let count = summary.offer(key);
             self.ring.push_back((bucket, summary));
             let oldest_allowed = bucket - self.buckets as i64 + 1;
             while self.ring.front().is_some_and(|(b, _)| *b < oldest_allowed) {
                 self.ring.pop_front();
             }
-            return true;
+            return Some(count);
         }
         let newest = newest.unwrap_or(bucket);
         if bucket <= newest - self.buckets as i64 {
             self.late += 1;
-            return false;
+            return None;
         }
         // An out-of-order event inside the window: find or open its bucket in place.
         let at = self.ring.partition_point(|(b, _)| *b < bucket);
@@ -182,8 +183,7 @@ impl WindowCounter {
             self.ring
                 .insert(at, (bucket, Summary::new(self.algorithm, self.capacity)));
         }
-        self.ring[at].1.offer(key);
-        true
+        Some(self.ring[at].1.offer(key))
     }
 
     /// Events that arrived after their bucket had left the window.
@@ -434,8 +434,24 @@ mod tests {
         w.offer("old", 500);
         w.offer("new", 10_000);
         assert_eq!(keys(&w.top(3)), vec![("new", 1)]);
-        assert!(!w.offer("late", 0));
+        assert_eq!(w.offer("late", 0), None);
         assert_eq!(w.late(), 1);
+    }
+
+    #[test]
+    fn offer_returns_the_keys_guaranteed_count_in_its_bucket() {
+        let mut w = WindowCounter::new(&config(Algorithm::SpaceSaving, 2));
+        assert_eq!(w.offer("a", 0), Some(1));
+        assert_eq!(w.offer("a", 100), Some(2));
+        assert_eq!(w.offer("b", 200), Some(1));
+        assert_eq!(w.offer("b", 200), Some(2));
+        // Full: "c" waits in the filter until it could have reached the minimum, then
+        // takes b's place with its filter cell as error: guaranteed 1.
+        assert_eq!(w.offer("c", 300), Some(0));
+        assert_eq!(w.offer("c", 400), Some(1));
+        // A new bucket counts from zero; an older one in the window is found in place.
+        assert_eq!(w.offer("a", 1500), Some(1));
+        assert_eq!(w.offer("a", 900), Some(3));
     }
 
     #[test]

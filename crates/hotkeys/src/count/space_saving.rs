@@ -59,15 +59,18 @@ impl SpaceSaving {
         }
     }
 
-    /// Counts `n` occurrences of `key`.
-    pub fn offer(&mut self, key: &str, n: u64) {
+    /// Counts `n` occurrences of `key`; returns its guaranteed count (`count - error`)
+    /// afterwards, 0 when it is not monitored.
+    pub fn offer(&mut self, key: &str, n: u64) -> u64 {
         self.total += n;
         let hash = self.hasher.hash_one(key);
         let keys = &self.keys;
         if let Some(&slot) = self.index.find(hash, |&s| keys[s as usize] == key) {
-            self.counts[slot as usize] += n;
-            self.sift_down(self.pos[slot as usize] as usize);
-            return;
+            let s = slot as usize;
+            self.counts[s] += n;
+            let guaranteed = self.counts[s] - self.errors[s];
+            self.sift_down(self.pos[s] as usize);
+            return guaranteed;
         }
         if self.keys.len() < self.capacity {
             let slot = self.keys.len() as u32;
@@ -78,7 +81,7 @@ impl SpaceSaving {
             self.pos.push(slot);
             self.insert_index(hash, slot);
             self.sift_up(slot as usize);
-            return;
+            return n;
         }
         if self.filter.is_empty() {
             self.filter = vec![0; self.capacity * FILTER_RATIO];
@@ -87,7 +90,7 @@ impl SpaceSaving {
         let min = self.counts[self.heap[0] as usize];
         if self.filter[cell] + n < min {
             self.filter[cell] += n;
-            return;
+            return 0;
         }
         // Replace the minimum: the newcomer's bound is its filter cell; the evicted key's
         // count goes to its own cell, which keeps bounding it.
@@ -106,6 +109,7 @@ impl SpaceSaving {
         self.counts[s] = inherited + n;
         self.insert_index(hash, slot);
         self.sift_down(0);
+        n
     }
 
     fn insert_index(&mut self, hash: u64, slot: u32) {
