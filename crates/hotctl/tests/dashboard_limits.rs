@@ -226,7 +226,10 @@ async fn a_long_history_is_ranked_only_within_max_range_and_the_csv_states_its_c
 
     let (status, body) = d.get("/api/top?from=0").await;
     assert_eq!(status, 400, "{body}");
-    assert!(body.contains("86400000 ms"), "names the largest range: {body}");
+    assert!(
+        body.contains("86400000 ms"),
+        "names the largest range: {body}"
+    );
     let top = d.json("/api/top?from=-1h&n=3").await;
     assert_eq!(top["keys"].as_array().map(Vec::len), Some(3), "{top}");
 
