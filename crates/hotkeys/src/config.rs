@@ -1382,6 +1382,34 @@ mod tests {
     }
 
     #[test]
+    fn dashboard_limits_take_env_overrides_and_a_zero_bound_is_named() {
+        let t = parse_env(
+            "[dashboard]\nallowed_hosts = [\"dash.example\"]\n",
+            &[
+                ("HOTKEYS_DASHBOARD_MAX_STREAMS", "5"),
+                ("HOTKEYS_DASHBOARD_MAX_RANGE", "6h"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(t.dashboard.allowed_hosts, ["dash.example"]);
+        assert_eq!(t.dashboard.max_streams, 5);
+        assert_eq!(t.dashboard.max_range, Duration::from_secs(6 * 3600));
+        assert_eq!(t.dashboard.max_requests, 64);
+        for (text, key) in [
+            ("max_streams = 0", "dashboard.max_streams"),
+            ("max_requests = 0", "dashboard.max_requests"),
+            ("request_timeout = \"0s\"", "dashboard.request_timeout"),
+            ("query_timeout = \"10ms\"", "dashboard.query_timeout"),
+            ("max_range = \"0s\"", "dashboard.max_range"),
+        ] {
+            let err = parse(&format!("[dashboard]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn refresh_before_is_a_share_of_the_ttl_or_a_duration_and_below_the_ttl() {
         let default = parse("").unwrap();
         assert_eq!(default.refresh_before(), Duration::from_secs(360));
