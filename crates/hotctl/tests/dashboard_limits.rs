@@ -290,6 +290,25 @@ async fn with_the_history_table_locked_pages_answer_the_recorder_lets_go_and_sig
     let html = page.text().await.expect("page");
     assert!(html.contains("history unavailable"), "{html}");
     assert!(html.contains("p0"), "the live counts still show: {html}");
+    let page = client()
+        .get(d.url("/history"))
+        .send()
+        .await
+        .expect("/history answers");
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("page");
+    assert!(html.contains("history unavailable"), "{html}");
+    let top = client()
+        .get(d.url("/api/top"))
+        .send()
+        .await
+        .expect("/api/top answers");
+    assert_eq!(
+        top.status(),
+        503,
+        "{}",
+        top.text().await.unwrap_or_default()
+    );
     let me = format!(":{}", d.pid());
     testing::eventually(60, "the recorder to let go of its lock", || async {
         let holder = zk.read_recorder().await.expect("ZooKeeper");
