@@ -344,11 +344,21 @@ pub async fn diff_report(topology: &Topology, task: Option<u32>) -> anyhow::Resu
     let zk = Zk::connect(topology)
         .await
         .context("connecting to ZooKeeper")?;
+    let cache = CacheNodes::connect_lazily(&topology.redis).await?;
+    diff_report_on(topology, &zk, &cache, task).await
+}
+
+/// [`diff_report`] on a session and cache connections the caller keeps (the dashboard).
+pub async fn diff_report_on(
+    topology: &Topology,
+    zk: &Zk,
+    cache: &CacheNodes,
+    task: Option<u32>,
+) -> anyhow::Result<Diff> {
     let tasks = match task {
         Some(t) => vec![t],
         None => zk.list_tasks().await?,
     };
-    let cache = CacheNodes::connect_lazily(&topology.redis).await?;
     let now = now_ms();
     let mut rows = Vec::new();
     let mut unreadable: Vec<CacheError> = Vec::new();
@@ -374,7 +384,7 @@ pub async fn diff_report(topology: &Topology, task: Option<u32>) -> anyhow::Resu
             });
         }
     }
-    let down = diff_outage(&cache, unreadable);
+    let down = diff_outage(cache, unreadable);
     Ok(Diff { rows, down })
 }
 

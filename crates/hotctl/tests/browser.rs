@@ -1,7 +1,9 @@
 //! The dashboard in a real browser: Debian's headless `chromium`, driven over WebDriver by
 //! fantoccini through `chromedriver` (both installed by scripts/test.sh). The hot-keys page
 //! shows a planted key, its count changes without a reload when the key is counted again,
-//! a hostile key is text, and unban with the token lifts a ban in Redis.
+//! a hostile key is text, and unban with the token lifts a ban in Redis. A page reached
+//! through a name that resolves to loopback (DNS rebinding) is refused, and with the history
+//! table locked the hot-keys page still shows its counts, under a banner.
 //!
 //! Skipped when `chromedriver` is not installed, except with `CI` set (then a failure).
 
@@ -59,10 +61,16 @@ impl Driver {
     }
 
     async fn browser(&self) -> Client {
+        self.browser_with(&[]).await
+    }
+
+    /// A browser started with `extra` flags besides [`CHROMIUM_ARGS`].
+    async fn browser_with(&self, extra: &[&str]) -> Client {
+        let args: Vec<&str> = CHROMIUM_ARGS.iter().chain(extra).copied().collect();
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
-            json!({"args": CHROMIUM_ARGS, "binary": "/usr/bin/chromium"}),
+            json!({"args": args, "binary": "/usr/bin/chromium"}),
         );
         testing::eventually(30, "chromedriver to start a browser", || {
             let caps = caps.clone();
@@ -197,5 +205,89 @@ async fn the_hot_keys_page_updates_live_and_unban_with_the_token_lifts_a_ban() {
         "the page no longer lists it"
     );
     browser.close().await.expect("close the browser");
+    zk.delete_all().await.expect("clean up");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_reached_through_a_rebinding_name_is_refused() {
+    let Some(driver) = Driver::start() else {
+        return;
+    };
+    let t = dashboard_support::topology("dash-rebind");
+    let zk = Zk::connect(&t).await.expect("ZooKeeper");
+    publish_hot_list(&zk, &t.name, 0, &["secret-key".to_string()], "test")
+        .await
+        .expect("publish");
+    let d = Dashboard::start(&t, &["--record", "0"], None).await;
+    // What a rebinding attacker's name does: it resolves to the dashboard's loopback address.
+    let browser = driver
+        .browser_with(&["--host-resolver-rules=MAP evil.example 127.0.0.1"])
+        .await;
+    let port = d.base.rsplit(':').next().expect("port");
+    browser
+        .goto(&format!("http://evil.example:{port}/hot"))
+        .await
+        .expect("open the page through the rebinding name");
+    let body = text(&browser, "body").await.unwrap_or_default();
+    assert!(
+        body.contains("evil.example"),
+        "the refusal names the host: {body}"
+    );
+    assert!(
+        !body.contains("secret-key"),
+        "nothing of the dashboard: {body}"
+    );
+    browser.goto(&d.url("/hot")).await.expect("open /hot");
+    testing::eventually(30, "the page through its own address", || async {
+        text(&browser, "#hot")
+            .await
+            .filter(|t| t.contains("secret-key"))
+    })
+    .await;
+    browser.close().await.expect("close the browser");
+    zk.delete_all().await.expect("clean up");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_history_table_locked_the_hot_keys_page_shows_its_counts_under_a_banner() {
+    const LOCKED_DB: &str = "hotkeys_dashboard_locked_page";
+    let Some(driver) = Driver::start() else {
+        return;
+    };
+    let t = dashboard_support::topology_in("dash-locked-page", LOCKED_DB);
+    let zk = Zk::connect(&t).await.expect("ZooKeeper");
+    publish_hot_list(&zk, &t.name, 0, &["planted".to_string()], "test")
+        .await
+        .expect("publish");
+    let d = Dashboard::start(&t, &["--record", "0"], None).await;
+    let second = dashboard_support::history_db_named(LOCKED_DB).await;
+    let mut locker = second.acquire().await.expect("a second session");
+    sqlx::raw_sql("LOCK TABLES hot_history WRITE")
+        .execute(&mut *locker)
+        .await
+        .expect("lock the history table");
+    let browser = driver.browser().await;
+
+    browser.goto(&d.url("/hot")).await.expect("open /hot");
+    let banner = text(&browser, ".banner").await.unwrap_or_default();
+    assert!(banner.contains("history unavailable"), "banner: {banner}");
+    testing::eventually(30, "the planted key with its count", || async {
+        (text(&browser, "#hot tr[data-key='planted'] td.count")
+            .await
+            .as_deref()
+            == Some("1"))
+        .then_some(())
+    })
+    .await;
+    std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-hot-locked.png"),
+        browser.screenshot().await.expect("screenshot"),
+    )
+    .expect("save the screenshot");
+    browser.close().await.expect("close the browser");
+    sqlx::raw_sql("UNLOCK TABLES")
+        .execute(&mut *locker)
+        .await
+        .expect("unlock");
     zk.delete_all().await.expect("clean up");
 }

@@ -690,6 +690,46 @@ pub struct DashboardConfig {
     /// Name of the environment variable holding the token that write requests (unban)
     /// must carry; without it the dashboard is read-only.
     pub token_env: String,
+    /// Host names (optionally `name:port`) the dashboard answers for, besides the loopback
+    /// names and the listen address; any other `Host` is refused (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Open SSE streams at most; past it `/api/stream` answers 503 with `Retry-After`.
+    pub max_streams: usize,
+    /// Requests served at once (SSE streams count only while they open); more wait in line
+    /// until `request_timeout`.
+    pub max_requests: usize,
+    /// How long a request may wait and run before it is answered 504.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// The longest run of one history query of the API (MariaDB `max_statement_time`).
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Duration,
+    /// The longest range `/api/top` and the history page rank keys over; longer ranges
+    /// are refused with 400.
+    #[serde(with = "humantime_serde")]
+    pub max_range: Duration,
+}
+
+impl DashboardConfig {
+    /// The first bound that cannot work, as (key, what was expected).
+    fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.max_streams == 0 {
+            return Err(("dashboard.max_streams", "expected at least 1"));
+        }
+        if self.max_requests == 0 {
+            return Err(("dashboard.max_requests", "expected at least 1"));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(("dashboard.request_timeout", "expected more than 0s"));
+        }
+        if self.query_timeout < Duration::from_millis(100) {
+            return Err(("dashboard.query_timeout", "expected at least 100ms"));
+        }
+        if self.max_range.is_zero() {
+            return Err(("dashboard.max_range", "expected more than 0s"));
+        }
+        Ok(())
+    }
 }
 
 impl Default for DashboardConfig {
@@ -699,6 +739,12 @@ impl Default for DashboardConfig {
             record: Duration::from_secs(60),
             retain: Duration::from_secs(7 * 24 * 3600),
             token_env: "HOTKEYS_DASHBOARD_TOKEN".into(),
+            allowed_hosts: Vec::new(),
+            max_streams: 1000,
+            max_requests: 64,
+            request_timeout: Duration::from_secs(10),
+            query_timeout: Duration::from_secs(4),
+            max_range: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -869,6 +915,9 @@ impl Topology {
             })
         {
             return bad(&key, &message);
+        }
+        if let Err((key, message)) = self.dashboard.validate() {
+            return bad(key, message);
         }
         if !self.sync.state.is_empty() && redis::parse_redis_url(&self.sync.state).is_none() {
             return bad(
@@ -1396,6 +1445,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("dashboard.listen"), "{err}");
+    }
+
+    #[test]
+    fn dashboard_limits_take_env_overrides_and_a_zero_bound_is_named() {
+        let t = parse_env(
+            "[dashboard]\nallowed_hosts = [\"dash.example\"]\n",
+            &[
+                ("HOTKEYS_DASHBOARD_MAX_STREAMS", "5"),
+                ("HOTKEYS_DASHBOARD_MAX_RANGE", "6h"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(t.dashboard.allowed_hosts, ["dash.example"]);
+        assert_eq!(t.dashboard.max_streams, 5);
+        assert_eq!(t.dashboard.max_range, Duration::from_secs(6 * 3600));
+        assert_eq!(t.dashboard.max_requests, 64);
+        for (text, key) in [
+            ("max_streams = 0", "dashboard.max_streams"),
+            ("max_requests = 0", "dashboard.max_requests"),
+            ("request_timeout = \"0s\"", "dashboard.request_timeout"),
+            ("query_timeout = \"10ms\"", "dashboard.query_timeout"),
+            ("max_range = \"0s\"", "dashboard.max_range"),
+        ] {
+            let err = parse(&format!("[dashboard]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

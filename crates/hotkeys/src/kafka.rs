@@ -205,8 +205,21 @@ pub async fn group_members(
 
 /// Partitions of `topic`, or `None` when it does not exist. Blocks for up to 10 s.
 pub fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<Option<usize>, KafkaError> {
-    let consumer: BaseConsumer = admin_config(kafka).create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    partition_count_with(&metadata_client(kafka)?, topic, Duration::from_secs(10))
+}
+
+/// A client for metadata and watermarks only, for a process that asks often and keeps it
+/// (one librdkafka client: its threads and broker connections are made once).
+pub fn metadata_client(kafka: &KafkaConfig) -> Result<BaseConsumer, KafkaError> {
+    admin_config(kafka).create()
+}
+
+fn partition_count_with(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<usize>, KafkaError> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     Ok(metadata
         .topics()
         .iter()
@@ -220,14 +233,27 @@ pub fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<Option<usize>
 /// The end offset (high watermark) of every partition of the topology's topic, in partition
 /// order; empty when the topic does not exist. Blocking: async callers use `spawn_blocking`.
 pub fn end_offsets(kafka: &KafkaConfig) -> Result<Vec<i64>, KafkaError> {
-    let Some(partitions) = partition_count(kafka, &kafka.topic)? else {
+    end_offsets_with(
+        &metadata_client(kafka)?,
+        &kafka.topic,
+        Duration::from_secs(10),
+    )
+}
+
+/// [`end_offsets`] of `topic` on a kept [`metadata_client`], each broker call within
+/// `timeout`. Blocking.
+pub fn end_offsets_with(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<i64>, KafkaError> {
+    let Some(partitions) = partition_count_with(consumer, topic, timeout)? else {
         return Ok(Vec::new());
     };
-    let consumer: BaseConsumer = admin_config(kafka).create()?;
     (0..partitions as i32)
         .map(|p| {
             consumer
-                .fetch_watermarks(&kafka.topic, p, Duration::from_secs(10))
+                .fetch_watermarks(topic, p, timeout)
                 .map(|(_, high)| high)
         })
         .collect()

@@ -4,6 +4,7 @@
 //! | item | owns |
 //! |---|---|
 //! | [`connect`] | a pool from `[mysql]`, after one probe connection that fails fast and clearly |
+//! | [`connect_limited`] / [`Limits`] | the same, with a connection budget and every statement and lock wait bounded |
 //! | [`migrate`] | the migrations of `migrations/` at the repository root, embedded at build time |
 //! | [`seed`] | `products` rows `1..=n` computed from `(id, seed)` alone ([`SeedProduct`]) |
 //! | [`RowQuery`] | the configured `mysql.query`, validated before it is ever sent |
@@ -139,6 +140,73 @@ pub fn options(url: &str) -> Result<MySqlConnectOptions, MysqlError> {
 /// `connect_timeout`, so that an unreachable server or a refused login is reported now, with
 /// its real cause, rather than as a pool timeout at the first query.
 pub async fn connect(cfg: &MysqlConfig, connect_timeout: Duration) -> Result<Pool, MysqlError> {
+    let opts = probe(cfg, connect_timeout).await?;
+    Ok(MySqlPoolOptions::new()
+        .max_connections(cfg.pool.max(1))
+        .min_connections(0)
+        .acquire_timeout(connect_timeout)
+        .connect_lazy_with(opts))
+}
+
+/// Bounds of a pool whose every statement must end in bounded time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections of the pool.
+    pub connections: u32,
+    /// How long a caller waits for a free connection.
+    pub acquire: Duration,
+    /// The longest run of one statement: MariaDB's `max_statement_time` (MySQL's
+    /// `max_execution_time`, which bounds only `SELECT`).
+    pub statement: Duration,
+    /// The longest wait for a table or row lock (`lock_wait_timeout`,
+    /// `innodb_lock_wait_timeout`, whole seconds, at least 1). The servers' defaults are a
+    /// day and 50 s: an `INSERT` under another session's `LOCK TABLES … WRITE` would wait
+    /// that long.
+    pub lock_wait: Duration,
+}
+
+/// A pool like [`connect`]'s, of `limits.connections` connections whose sessions carry
+/// `limits`' statement and lock-wait bounds.
+pub async fn connect_limited(
+    cfg: &MysqlConfig,
+    connect_timeout: Duration,
+    limits: Limits,
+) -> Result<Pool, MysqlError> {
+    let opts = probe(cfg, connect_timeout).await?;
+    let lock_wait = limits.lock_wait.as_secs().max(1);
+    let statement = limits.statement.as_secs_f64();
+    let mariadb = format!(
+        "SET SESSION max_statement_time = {statement:.3}, lock_wait_timeout = {lock_wait}, \
+         innodb_lock_wait_timeout = {lock_wait}"
+    );
+    let mysql = format!(
+        "SET SESSION max_execution_time = {}, lock_wait_timeout = {lock_wait}, \
+         innodb_lock_wait_timeout = {lock_wait}",
+        limits.statement.as_millis()
+    );
+    Ok(MySqlPoolOptions::new()
+        .max_connections(limits.connections.max(1))
+        .min_connections(0)
+        .acquire_timeout(limits.acquire)
+        .after_connect(move |conn, _| {
+            let (mariadb, mysql) = (mariadb.clone(), mysql.clone());
+            Box::pin(async move {
+                use sqlx::Executor;
+                // MariaDB first; MySQL knows neither `max_statement_time` nor the reverse.
+                if conn.execute(sqlx::AssertSqlSafe(mariadb)).await.is_err() {
+                    conn.execute(sqlx::AssertSqlSafe(mysql)).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_lazy_with(opts))
+}
+
+/// The connect options of `cfg`, after one connection made within `connect_timeout`.
+async fn probe(
+    cfg: &MysqlConfig,
+    connect_timeout: Duration,
+) -> Result<MySqlConnectOptions, MysqlError> {
     let mut opts = options(&cfg.url)?;
     if let Some(password) = cfg.password_from_env() {
         opts = opts.password(&password);
@@ -163,11 +231,7 @@ pub async fn connect(cfg: &MysqlConfig, connect_timeout: Duration) -> Result<Poo
             let _ = probe.close().await;
         }
     }
-    Ok(MySqlPoolOptions::new()
-        .max_connections(cfg.pool.max(1))
-        .min_connections(0)
-        .acquire_timeout(connect_timeout)
-        .connect_lazy_with(opts))
+    Ok(opts)
 }
 
 /// The migrations of `migrations/`, compiled in.

@@ -71,19 +71,26 @@ pub struct Subscription {
 /// counter). Fails when the counter is unknown or ZooKeeper is unreachable now; later
 /// ZooKeeper failures are retried inside the subscription.
 pub async fn subscribe(topology: &Topology, counter: &str) -> Result<Subscription, SubscribeError> {
+    if !topology.counters().iter().any(|c| c.name == counter) {
+        return Err(unknown_counter(topology, counter));
+    }
+    let zk = Zk::connect(topology).await?;
+    subscribe_on(&zk, topology, counter)
+}
+
+/// [`subscribe`] on the session `zk` of `topology`, for a process that keeps one session for
+/// everything (several subscriptions share its connection). After the session expires the
+/// subscription goes on with a new session of its own.
+pub fn subscribe_on(
+    zk: &Zk,
+    topology: &Topology,
+    counter: &str,
+) -> Result<Subscription, SubscribeError> {
     let counters = topology.counters();
     let Some(spec) = counters.iter().find(|c| c.name == counter) else {
-        return Err(SubscribeError::UnknownCounter {
-            topology: topology.name.clone(),
-            counter: counter.to_string(),
-            known: counters
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
+        return Err(unknown_counter(topology, counter));
     };
-    let zk = Zk::connect(topology).await?.for_counter(counter);
+    let zk = zk.for_counter(counter);
     Ok(Subscription {
         zk,
         watcher: None,
@@ -91,6 +98,19 @@ pub async fn subscribe(topology: &Topology, counter: &str) -> Result<Subscriptio
         top_n: spec.count.top_n,
         written: BTreeMap::new(),
     })
+}
+
+fn unknown_counter(topology: &Topology, counter: &str) -> SubscribeError {
+    SubscribeError::UnknownCounter {
+        topology: topology.name.clone(),
+        counter: counter.to_string(),
+        known: topology
+            .counters()
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }
 
 impl Subscription {

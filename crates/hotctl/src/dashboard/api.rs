@@ -2,29 +2,31 @@
 //! functions as the command line (`hotctl tasks --json` and `GET /api/tasks` print the
 //! same objects), and every size taken from a request is bounded here.
 
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::{Stream, StreamExt};
 use hotkeys::blacklist::{self, BlacklistError};
 use hotkeys::config::{Counter, PRIMARY_COUNTER};
 use hotkeys::hotlist::now_ms;
-use hotkeys::sync_queue::SyncQueue;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ApiError;
 use super::auth::{authorize, bearer};
-use super::history::{MAX_KEY_CHARS, Range};
+use super::history::{HistoryError, MAX_KEY_CHARS, Range, Row};
 use super::hub::HotView;
-use super::probe;
 use super::state::Dashboard;
 use crate::blacklist::{bans, ruled_counters};
-use crate::keys::diff_report;
+use crate::keys::diff_report_on;
 use crate::tasks::task_json;
 
 /// Items of `/api/hot` and the stream when `top` is absent.
@@ -37,6 +39,10 @@ const MAX_UNBAN_KEYS: usize = 1000;
 const MAX_BODY: usize = 1024 * 1024;
 /// The range a history query covers when `from` is absent.
 const DEFAULT_RANGE: Duration = Duration::from_secs(3600);
+/// Rows of one CSV export; the response says so in `X-Hotkeys-Row-Limit`, and a last line
+/// `# cut at …` says when there were more.
+pub const MAX_CSV_ROWS: usize = 100_000;
+const CSV_HEADER: &str = "taken_at_ms,counter,key,count,error\n";
 
 pub fn routes() -> Router<Arc<Dashboard>> {
     Router::new()
@@ -152,9 +158,7 @@ async fn tasks(
         .with_zk(|zk| async move { zk.for_counter(name).task_views().await })
         .await?;
     // Lag needs Kafka; without it the tasks are still worth answering.
-    let ends = probe::end_offsets(&d.topology.kafka)
-        .await
-        .unwrap_or_default();
+    let ends = d.end_offsets.get().await.unwrap_or_default();
     Ok(Json(
         views
             .iter()
@@ -269,6 +273,7 @@ async fn top(
 ) -> Result<Json<Value>, ApiError> {
     let counter = q.counter(&d)?;
     let range = q.range()?;
+    ranked_range(&d, range)?;
     let n = q.n.unwrap_or(DEFAULT_N).clamp(1, MAX_N);
     let keys = d.history()?.top(&counter.name, range, n).await?;
     Ok(Json(json!({
@@ -279,24 +284,28 @@ async fn top(
     })))
 }
 
+/// Refuses a range `/api/top` and the history page may not rank keys over: ranking reads
+/// every row of the range.
+pub fn ranked_range(d: &Dashboard, range: Range) -> Result<(), ApiError> {
+    let max = d.topology.dashboard.max_range;
+    if range.span() > max {
+        return Err(ApiError::bad_request(format!(
+            "the range is longer than the largest this dashboard ranks keys over: {} \
+             ({} ms, dashboard.max_range)",
+            humantime::format_duration(max),
+            max.as_millis()
+        )));
+    }
+    Ok(())
+}
+
 async fn history_csv(
     State(d): State<Arc<Dashboard>>,
     Query(q): Query<RangeQuery>,
 ) -> Result<Response, ApiError> {
     let counter = q.counter(&d)?;
     let range = q.range()?;
-    let rows = d.history()?.rows(&counter.name, range).await?;
-    let mut csv = String::from("taken_at_ms,counter,key,count,error\n");
-    for row in rows {
-        csv.push_str(&format!(
-            "{},{},{},{},{}\n",
-            row.taken_at,
-            csv_field(&counter.name),
-            csv_field(&row.key),
-            row.count,
-            row.error.map_or(String::new(), |e| e.to_string())
-        ));
-    }
+    let pages = d.history()?.rows(&counter.name, range, MAX_CSV_ROWS + 1);
     let file = format!(
         "attachment; filename=\"hot-history-{}-{}.csv\"",
         range.from_ms, range.to_ms
@@ -305,10 +314,76 @@ async fn history_csv(
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
             (header::CONTENT_DISPOSITION, file),
+            (
+                header::HeaderName::from_static("x-hotkeys-row-limit"),
+                MAX_CSV_ROWS.to_string(),
+            ),
         ],
-        csv,
+        Body::from_stream(csv_stream(counter.name, pages)),
     )
         .into_response())
+}
+
+/// Where a CSV export is.
+struct Export {
+    pages: Pin<Box<dyn Stream<Item = Result<Vec<Row>, HistoryError>> + Send>>,
+    counter: String,
+    written: usize,
+    done: bool,
+}
+
+/// The CSV text of `pages`: the header, then one chunk per page, then a comment line when
+/// the export was cut at [`MAX_CSV_ROWS`] or failed.
+fn csv_stream(
+    counter: String,
+    pages: impl Stream<Item = Result<Vec<Row>, HistoryError>> + Send + 'static,
+) -> impl Stream<Item = Result<Bytes, Infallible>> {
+    let export = Export {
+        pages: Box::pin(pages),
+        counter: csv_field(&counter),
+        written: 0,
+        done: false,
+    };
+    let body = futures::stream::unfold(export, |mut e| async move {
+        if e.done {
+            return None;
+        }
+        let chunk = match e.pages.next().await? {
+            Ok(rows) => e.write(&rows),
+            Err(error) => {
+                e.done = true;
+                format!("# export failed after {} rows: {error}\n", e.written)
+            }
+        };
+        Some((Ok(Bytes::from(chunk)), e))
+    });
+    futures::stream::once(async { Ok(Bytes::from_static(CSV_HEADER.as_bytes())) }).chain(body)
+}
+
+impl Export {
+    /// The lines of `rows`, up to the cap; the cut line when rows are left over.
+    fn write(&mut self, rows: &[Row]) -> String {
+        let take = rows.len().min(MAX_CSV_ROWS - self.written);
+        let mut csv = String::with_capacity(take * 48);
+        for row in &rows[..take] {
+            csv.push_str(&format!(
+                "{},{},{},{},{}\n",
+                row.taken_at,
+                self.counter,
+                csv_field(&row.key),
+                row.count,
+                row.error.map_or(String::new(), |e| e.to_string())
+            ));
+        }
+        self.written += take;
+        if take < rows.len() {
+            self.done = true;
+            csv.push_str(&format!(
+                "# cut at {MAX_CSV_ROWS} rows: ask again from the last taken_at_ms for more\n"
+            ));
+        }
+        csv
+    }
 }
 
 /// A CSV field (RFC 4180) that a spreadsheet opens as text: quoted when it holds a
@@ -328,15 +403,18 @@ fn csv_field(text: &str) -> String {
 
 async fn replication(State(d): State<Arc<Dashboard>>) -> Result<Json<Value>, ApiError> {
     let unavailable = |e: hotkeys::sync_queue::SyncError| ApiError::unavailable(e.to_string());
-    let queue = SyncQueue::connect(&d.topology.redis, &d.topology.sync)
+    let status = d
+        .queue()
+        .await
+        .map_err(unavailable)?
+        .status()
         .await
         .map_err(unavailable)?;
-    let status = queue.status().await.map_err(unavailable)?;
     Ok(Json(json!(status)))
 }
 
 async fn cache(State(d): State<Arc<Dashboard>>) -> Result<Json<Value>, ApiError> {
-    let diff = diff_report(&d.topology, None).await?;
+    let diff = diff_report_on(&d.topology, &d.zk().await, &d.cache, None).await?;
     // `hotctl diff --json`, plus the counts of each task.
     let mut doc = diff.to_json();
     doc["tasks"] = diff

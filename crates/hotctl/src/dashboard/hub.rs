@@ -1,15 +1,18 @@
-//! Live hot sets: one `hotkeys::subscribe` subscription (one ZooKeeper session and watch)
-//! per counter, whatever the number of browsers and SSE clients. Each subscription's
-//! latest set sits in a `watch` channel that every client waits on.
+//! Live hot sets: one `hotkeys::subscribe` subscription per counter, on the dashboard's
+//! one ZooKeeper session, whatever the number of browsers and SSE clients. Each
+//! subscription's latest set sits in a `watch` channel that every client waits on, with its
+//! SSE frames: serialized once per `top` and shared, as the same bytes, by every client.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::body::Bytes;
 
 use hotkeys::Topology;
 use hotkeys::hotlist::{HotItem, HotList, merge, now_ms};
 use hotkeys::shutdown::CancellationToken;
-use hotkeys::subscribe::{HotSet, SubscribeError, newest_write, subscribe};
-use hotkeys::zk::Versioned;
+use hotkeys::subscribe::{HotSet, SubscribeError, newest_write, subscribe_on};
+use hotkeys::zk::{Versioned, Zk};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -63,15 +66,40 @@ impl HotView {
     }
 }
 
+/// A published view with its SSE frames, made at the first client that asks for each `top`.
+pub struct Published {
+    pub view: HotView,
+    /// By `top`; at most `top_n` entries, as `top` is clamped to it.
+    frames: Mutex<HashMap<usize, Bytes>>,
+}
+
+impl Published {
+    fn new(view: HotView) -> Published {
+        Published {
+            view,
+            frames: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The SSE frame of this view with `top` items, the same bytes for every client.
+    pub fn frame(&self, top: usize) -> Bytes {
+        let mut frames = self.frames.lock().unwrap_or_else(PoisonError::into_inner);
+        frames
+            .entry(top)
+            .or_insert_with(|| super::stream::frame(&self.view.truncated(top)))
+            .clone()
+    }
+}
+
 /// Makes `view` the latest when it is newer than the one there. A reset deletes lists
 /// before the workers publish them again, so a set read in between has a lower id than the
 /// one before; showing it would hand a client an id it already had. The next publish has a
 /// higher id than any before, and is shown.
-fn offer(latest: &watch::Sender<Option<Arc<HotView>>>, view: HotView) {
-    let mut view = Some(Arc::new(view));
+fn offer(latest: &watch::Sender<Option<Arc<Published>>>, view: HotView) {
+    let mut view = Some(Arc::new(Published::new(view)));
     latest.send_if_modified(|current| {
         let newer = match (current.as_ref(), view.as_ref()) {
-            (Some(current), Some(view)) => view.id > current.id,
+            (Some(current), Some(view)) => view.view.id > current.view.id,
             _ => true,
         };
         if newer {
@@ -82,21 +110,23 @@ fn offer(latest: &watch::Sender<Option<Arc<HotView>>>, view: HotView) {
 }
 
 /// The latest hot set of a counter; `None` until its subscription first answered.
-pub type Latest = watch::Receiver<Option<Arc<HotView>>>;
+pub type Latest = watch::Receiver<Option<Arc<Published>>>;
 
 pub struct Hub {
     counters: HashMap<String, Latest>,
 }
 
 impl Hub {
-    /// Subscribes to every counter of the topology; the subscriptions end with `shutdown`.
-    pub async fn start(
+    /// Subscribes on `zk` to every counter of the topology; the subscriptions end with
+    /// `shutdown`.
+    pub fn start(
         topology: &Topology,
+        zk: &Zk,
         shutdown: CancellationToken,
     ) -> Result<Hub, SubscribeError> {
         let mut counters = HashMap::new();
         for counter in topology.counters() {
-            let mut subscription = subscribe(topology, &counter.name).await?;
+            let mut subscription = subscribe_on(zk, topology, &counter.name)?;
             let (tx, rx) = watch::channel(None);
             let shutdown = shutdown.clone();
             tokio::spawn(async move {

@@ -20,14 +20,13 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 
 use super::ApiError;
-use super::api::{HotQuery, RangeQuery, hot_view, lift};
+use super::api::{HotQuery, RangeQuery, hot_view, lift, ranked_range};
 use super::auth::authorize;
 use super::charts;
-use super::history::Range;
-use super::probe;
+use super::history::{HistoryError, Range};
 use super::state::Dashboard;
 use crate::blacklist::{bans, remaining_text};
-use crate::keys::diff_report;
+use crate::keys::diff_report_on;
 
 /// Ranges offered by the history page's picker.
 const RANGES: [(&str, &str); 5] = [
@@ -39,6 +38,9 @@ const RANGES: [(&str, &str); 5] = [
 ];
 /// The span of the hot-keys page's trend lines.
 const TREND: Duration = Duration::from_secs(3600);
+/// What a page waits for the history before it renders without it, under a banner: pages
+/// answer within about this plus what ZooKeeper takes.
+const PAGE_HISTORY_BUDGET: Duration = Duration::from_secs(1);
 
 pub fn routes() -> Router<Arc<Dashboard>> {
     Router::new()
@@ -137,13 +139,12 @@ async fn overview(State(d): State<Arc<Dashboard>>) -> Page {
         .with_zk(|zk| async move { zk.read_recorder().await })
         .await
         .map_err(ApiError::from)?;
-    let queue =
-        match hotkeys::sync_queue::SyncQueue::connect(&d.topology.redis, &d.topology.sync).await {
-            Ok(q) => q.status().await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-    let ends = probe::end_offsets(&d.topology.kafka).await;
-    let nodes = probe::nodes(&d.topology.redis).await;
+    let queue = match d.queue().await {
+        Ok(q) => q.status().await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let ends = d.end_offsets.get().await;
+    let nodes = d.nodes.states(&d.topology.redis).await;
     Ok(layout(
         &format!("Overview of {}", d.topology.name),
         "Overview",
@@ -151,7 +152,7 @@ async fn overview(State(d): State<Arc<Dashboard>>) -> Page {
             @for (counter, views) in &sections {
                 h2 { "Counter " code { (counter.name) } }
                 p.meta { (counter_summary(counter)) }
-                (tasks_table(views, ends.as_deref().unwrap_or_default()))
+                (tasks_table(views, ends.as_deref().map_or(&[][..], Vec::as_slice)))
             }
             @if let Err(e) = &ends { p.error { "end offsets unknown: " (e) } }
             h2 { "Replication" }
@@ -268,14 +269,14 @@ async fn hot(State(d): State<Arc<Dashboard>>, Query(q): Query<HotPageQuery>) -> 
     let shown: Vec<_> = view.items.iter().take(top).collect();
     let keys: Vec<String> = shown.iter().map(|i| i.key.clone()).collect();
     // Trend lines need the history; without it the page still shows the counts.
-    let trends = match d.history() {
-        Ok(h) => h
-            .series_of(&counter.name, &keys, range)
-            .await
-            .unwrap_or_else(|error| {
+    let (trends, unavailable) = match d.history() {
+        Ok(h) => match within_budget(h.series_of(&counter.name, &keys, range)).await {
+            Ok(trends) => (trends, None),
+            Err(error) => {
                 tracing::warn!(%error, "no trend lines");
-                Default::default()
-            }),
+                (Default::default(), Some(error))
+            }
+        },
         Err(_) => Default::default(),
     };
     let search = q.q.as_deref().filter(|s| !s.is_empty());
@@ -305,6 +306,7 @@ async fn hot(State(d): State<Arc<Dashboard>>, Query(q): Query<HotPageQuery>) -> 
                     " · " a href=(history_link(&counter.name, key)) { "history" }
                 }
             }
+            @if let Some(error) = &unavailable { (banner(error)) }
             p.meta #updated { "version " (view.id) " · " (charts::utc(view.at_ms)) }
             (hot_table(&counter.name, view.id, &shown, &trends, &stream, now))
             noscript { p.meta { "Reload the page for newer counts (live updates need JavaScript)." } }
@@ -381,10 +383,11 @@ struct HistoryPageQuery {
 }
 
 async fn history(State(d): State<Arc<Dashboard>>, Query(q): Query<HistoryPageQuery>) -> Page {
+    let ranges = offered_ranges(&d);
     let span = q
         .range
         .clone()
-        .filter(|r| RANGES.iter().any(|(v, _)| v == r))
+        .filter(|r| ranges.iter().any(|(v, _)| v == r))
         .unwrap_or("1h".into());
     let asked = RangeQuery {
         counter: q.counter.clone(),
@@ -395,19 +398,20 @@ async fn history(State(d): State<Arc<Dashboard>>, Query(q): Query<HistoryPageQue
     };
     let counter = asked.counter(&d)?;
     let range = asked.range()?;
+    ranked_range(&d, range)?;
     let history = d.history()?;
     let key = q.key.as_deref().filter(|k| !k.is_empty());
-    let points = match key {
-        Some(k) => history
-            .series(&counter.name, k, range)
-            .await
-            .map_err(ApiError::from)?,
-        None => Vec::new(),
+    let read = async {
+        let points = match key {
+            Some(k) => history.series(&counter.name, k, range).await?,
+            None => Vec::new(),
+        };
+        Ok((points, history.top(&counter.name, range, 20).await?))
     };
-    let top = history
-        .top(&counter.name, range, 20)
-        .await
-        .map_err(ApiError::from)?;
+    let (points, top, unavailable) = match within_budget(read).await {
+        Ok((points, top)) => (points, top, None),
+        Err(error) => (Vec::new(), Vec::new(), Some(error)),
+    };
     let csv = format!(
         "/api/history.csv?counter={}&from={}&to={}",
         urlencode(&counter.name),
@@ -423,12 +427,13 @@ async fn history(State(d): State<Arc<Dashboard>>, Query(q): Query<HistoryPageQue
                 label { "key " input type="search" name="key" value=[key] placeholder="a key"; }
                 label { "range "
                     select name="range" {
-                        @for (value, name) in RANGES { option value=(value) selected[value == span] { (name) } }
+                        @for (value, name) in &ranges { option value=(value) selected[*value == span] { (name) } }
                     }
                 }
                 button { "Show" }
                 a.button href=(csv) download { "Export CSV" }
             }
+            @if let Some(error) = &unavailable { (banner(error)) }
             @if let Some(k) = key {
                 h2 { code { (k) } " over the last " (span) }
                 @if points.is_empty() { p.meta { "nothing recorded for this key in the range" } }
@@ -449,6 +454,35 @@ async fn history(State(d): State<Arc<Dashboard>>, Query(q): Query<HistoryPageQue
             }
         },
     ))
+}
+
+/// The picker's ranges that `dashboard.max_range` allows.
+fn offered_ranges(d: &Dashboard) -> Vec<(&'static str, &'static str)> {
+    RANGES
+        .into_iter()
+        .filter(|(value, _)| {
+            humantime::parse_duration(value).is_ok_and(|r| r <= d.topology.dashboard.max_range)
+        })
+        .collect()
+}
+
+/// `read`, or why the history is unavailable once [`PAGE_HISTORY_BUDGET`] has passed.
+async fn within_budget<T>(
+    read: impl Future<Output = Result<T, HistoryError>>,
+) -> Result<T, HistoryError> {
+    tokio::time::timeout(PAGE_HISTORY_BUDGET, read)
+        .await
+        .unwrap_or(Err(HistoryError::TimedOut(PAGE_HISTORY_BUDGET)))
+}
+
+/// The banner of a page rendered without its history.
+fn banner(error: &HistoryError) -> Markup {
+    html! {
+        p.banner role="status" {
+            "history unavailable: the page shows live counts only ("
+            (error) ")"
+        }
+    }
 }
 
 async fn blacklist(State(d): State<Arc<Dashboard>>) -> Page {
@@ -513,7 +547,7 @@ async fn unban(
 }
 
 async fn cache(State(d): State<Arc<Dashboard>>) -> Page {
-    let diff = diff_report(&d.topology, None)
+    let diff = diff_report_on(&d.topology, &d.zk().await, &d.cache, None)
         .await
         .map_err(ApiError::from)?;
     Ok(layout(

@@ -1,19 +1,25 @@
-//! What every request and the recorder share. Connections are opened once at start; a
-//! ZooKeeper session that expires is replaced on the next request that notices.
+//! What every request and the recorder share, opened once at start and bounded: one
+//! ZooKeeper session (the hub's subscriptions ride on it too), the cache's Redis connections,
+//! the replication queue's connection, one Kafka metadata client, the MySQL pools of the
+//! history, and the count of open streams. A ZooKeeper session that expires is replaced on
+//! the next request that notices.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use hotkeys::Topology;
-use hotkeys::cache::RedisConn;
+use hotkeys::cache::{CacheNodes, RedisConn};
 use hotkeys::config::Counter;
 use hotkeys::shutdown::CancellationToken;
+use hotkeys::sync_queue::{SyncError, SyncQueue};
 use hotkeys::zk::{Zk, ZkError};
-use tokio::sync::RwLock;
+use tokio::sync::{OnceCell, RwLock};
 
 use super::auth::Token;
 use super::history::History;
 use super::hub::Hub;
+use super::probe::{EndOffsets, NodeProbe};
+use super::stream::Slots;
 use super::{ApiError, Settings};
 
 /// How long MySQL may take to answer at start.
@@ -25,9 +31,19 @@ pub struct Dashboard {
     zk: RwLock<Zk>,
     /// The cache's home node, where the blacklists live.
     pub redis: RedisConn,
+    /// Every cache node, for the cache report; nodes connect at first use.
+    pub cache: CacheNodes,
+    /// The replication queue, connected at first use.
+    queue: OnceCell<SyncQueue>,
+    /// The topic's end offsets, from one Kafka client, cached for a few seconds.
+    pub end_offsets: EndOffsets,
+    /// The overview's Redis node states, on connections kept between requests.
+    pub nodes: NodeProbe,
     /// `None` when MySQL could not be reached and this dashboard does not record.
     history: Option<History>,
     pub hub: Hub,
+    /// The open SSE streams, at most `dashboard.max_streams`.
+    pub streams: Slots,
     token: Option<Token>,
     /// Cancelled on SIGINT/SIGTERM: open SSE streams end so the server can stop.
     pub shutdown: CancellationToken,
@@ -43,6 +59,7 @@ impl Dashboard {
     ) -> anyhow::Result<Dashboard> {
         let zk = Zk::connect(topology).await?;
         let redis = RedisConn::connect_home(&topology.redis).await?;
+        let cache = CacheNodes::connect_lazily(&topology.redis).await?;
         let history = match History::open(topology, MYSQL_CONNECT_TIMEOUT).await {
             Ok(h) => Some(h),
             Err(e) if settings.record.is_zero() => {
@@ -51,14 +68,19 @@ impl Dashboard {
             }
             Err(e) => return Err(e).context("opening the history (or start with --record 0)"),
         };
-        let hub = Hub::start(topology, shutdown.clone()).await?;
+        let hub = Hub::start(topology, &zk, shutdown.clone())?;
         Ok(Dashboard {
             topology: topology.clone(),
             settings,
             zk: RwLock::new(zk),
             redis,
+            cache,
+            queue: OnceCell::new(),
+            end_offsets: EndOffsets::new(&topology.kafka),
+            nodes: NodeProbe::default(),
             history,
             hub,
+            streams: Slots::new(topology.dashboard.max_streams),
             token: topology.dashboard_token().map(|t| Token::new(&t)),
             shutdown,
         })
@@ -88,6 +110,18 @@ impl Dashboard {
             .ok_or_else(|| ApiError::unavailable("no history: MySQL was unavailable at start"))
     }
 
+    /// The replication queue; connects on the first call that finds it unconnected.
+    pub async fn queue(&self) -> Result<&SyncQueue, SyncError> {
+        self.queue
+            .get_or_try_init(|| SyncQueue::connect(&self.topology.redis, &self.topology.sync))
+            .await
+    }
+
+    /// The session every request shares.
+    pub async fn zk(&self) -> Zk {
+        self.zk.read().await.clone()
+    }
+
     /// Runs `f` on the ZooKeeper session; when the session turns out to be gone, opens a
     /// new one for the next call.
     pub async fn with_zk<T, F, Fut>(&self, f: F) -> Result<T, ZkError>
@@ -95,7 +129,7 @@ impl Dashboard {
         F: FnOnce(Zk) -> Fut,
         Fut: Future<Output = Result<T, ZkError>>,
     {
-        let zk = self.zk.read().await.clone();
+        let zk = self.zk().await;
         let result = f(zk.clone()).await;
         if let Err(e) = &result
             && e.is_session_lost()

@@ -6,58 +6,93 @@
 //! on its own) gets the current set at once if anything was published since that id, and
 //! otherwise waits for the next change: no repeat, no gap. Comment lines every
 //! [`HEARTBEAT`] keep proxies from closing a quiet stream; streams end on shutdown.
+//!
+//! Bounds: at most `dashboard.max_streams` streams are open (503 with `Retry-After` past
+//! it); every client of a (counter, top) gets the same bytes (`hub::Published::frame`);
+//! a client is only ever handed the latest set, and one that has not taken an event for
+//! [`STALLED`] loses its slot: its stream ends instead of anything being kept for it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
-use futures::{Stream, StreamExt};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use futures::channel::mpsc;
+use futures::{SinkExt, StreamExt};
 
 use super::ApiError;
 use super::api::HotQuery;
-use super::hub::Latest;
+use super::hub::{HotView, Latest, Published};
 use super::state::Dashboard;
 
 /// Interval of the heartbeat comments.
 const HEARTBEAT: Duration = Duration::from_secs(10);
 /// What a browser waits before reconnecting after the stream broke.
 const RETRY: Duration = Duration::from_secs(2);
+/// How long a client may leave an event untaken before its stream ends.
+pub const STALLED: Duration = Duration::from_secs(30);
+/// What a refused client is told to wait before trying again, in seconds.
+const RETRY_AFTER: &str = "5";
+
+/// One SSE event of `view`: id, retry and the JSON on one `data:` line.
+pub fn frame(view: &HotView) -> Bytes {
+    let json = serde_json::to_string(view).unwrap_or_else(|_| "{}".into());
+    Bytes::from(format!(
+        "id: {}\nretry: {}\ndata: {json}\n\n",
+        view.id,
+        RETRY.as_millis()
+    ))
+}
 
 pub async fn stream(
     State(d): State<Arc<Dashboard>>,
     Query(q): Query<HotQuery>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let (counter, top) = q.resolve(&d)?;
     let latest = d
         .hub
         .latest(&counter.name)
         .ok_or_else(|| ApiError::not_found(format!("no live set of `{}`", counter.name)))?;
+    let Some(slot) = d.streams.take() else {
+        return Ok(refused(d.streams.max));
+    };
     let last_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<i64>().ok());
+    // Capacity 0: each sender has one place, so nothing piles up for a slow client.
+    let (tx, rx) = mpsc::channel(0);
     let cursor = Cursor {
         latest,
         last_id,
-        _open: ClientGauge::new(),
+        top,
     };
-    let events = futures::stream::unfold(cursor, move |mut cursor| async move {
-        let view = next_view(&mut cursor.latest, cursor.last_id).await?;
-        let event = Event::default()
-            .id(view.id.to_string())
-            .retry(RETRY)
-            .json_data(view.truncated(top))
-            .unwrap_or_else(|_| Event::default().comment("unserializable view"));
-        metrics::counter!("hotkeys_dashboard_stream_events_total").increment(1);
-        cursor.last_id = Some(view.id);
-        Some((Ok(event), cursor))
-    })
-    .take_until(d.shutdown.clone().cancelled_owned());
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")))
+    tokio::spawn(feed(cursor, tx, slot, d.shutdown.clone()));
+    let body = Body::from_stream(rx.map(Ok::<_, Infallible>));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+fn refused(max: usize) -> Response {
+    let mut response = ApiError::unavailable(format!(
+        "{max} streams are open, the most this dashboard serves (dashboard.max_streams)"
+    ))
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER));
+    response
 }
 
 /// Where one client's stream is.
@@ -65,34 +100,113 @@ struct Cursor {
     latest: Latest,
     /// The id of the last view this client has (sent, or named by `Last-Event-ID`).
     last_id: Option<i64>,
-    _open: ClientGauge,
+    top: usize,
 }
 
-/// Counts open streams in `hotkeys_dashboard_stream_clients` while it lives.
-struct ClientGauge;
-
-impl ClientGauge {
-    fn new() -> ClientGauge {
-        metrics::gauge!("hotkeys_dashboard_stream_clients").increment(1.0);
-        ClientGauge
+/// Hands the client each new view and a heartbeat when quiet, until it goes away, stops
+/// taking events, or the server stops.
+async fn feed(
+    mut cursor: Cursor,
+    mut tx: mpsc::Sender<Bytes>,
+    _slot: Slot,
+    shutdown: hotkeys::shutdown::CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            view = next_view(&mut cursor.latest, cursor.last_id) => view,
+            () = tokio::time::sleep(HEARTBEAT) => Next::Heartbeat,
+            () = shutdown.cancelled() => return,
+        };
+        let bytes = match next {
+            Next::View(view) => {
+                cursor.last_id = Some(view.view.id);
+                metrics::counter!("hotkeys_dashboard_stream_events_total").increment(1);
+                view.frame(cursor.top)
+            }
+            Next::Heartbeat => Bytes::from_static(b": heartbeat\n\n"),
+            Next::HubStopped => return,
+        };
+        match tokio::time::timeout(STALLED, tx.send(bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                metrics::counter!("hotkeys_dashboard_stream_stalled_total").increment(1);
+                return;
+            }
+        }
     }
 }
 
-impl Drop for ClientGauge {
+/// What a stream sends next.
+enum Next {
+    View(Arc<Published>),
+    Heartbeat,
+    HubStopped,
+}
+
+/// The next view whose id differs from `last_id`.
+async fn next_view(latest: &mut Latest, last_id: Option<i64>) -> Next {
+    loop {
+        let current = latest.borrow_and_update().clone();
+        if let Some(published) = current
+            && Some(published.view.id) != last_id
+        {
+            return Next::View(published);
+        }
+        if latest.changed().await.is_err() {
+            return Next::HubStopped;
+        }
+    }
+}
+
+/// The count of open streams, bounded by `max`.
+pub struct Slots {
+    open: Arc<AtomicUsize>,
+    pub max: usize,
+}
+
+impl Slots {
+    pub fn new(max: usize) -> Slots {
+        Slots {
+            open: Arc::new(AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    /// A slot, unless `max` are taken.
+    fn take(&self) -> Option<Slot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()?;
+        metrics::gauge!("hotkeys_dashboard_stream_clients").increment(1.0);
+        Some(Slot(self.open.clone()))
+    }
+}
+
+/// One open stream, counted in [`Slots`] and `hotkeys_dashboard_stream_clients` while it
+/// lives.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
     fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
         metrics::gauge!("hotkeys_dashboard_stream_clients").decrement(1.0);
     }
 }
 
-/// The next view whose id differs from `last_id`; `None` when the hub has stopped.
-async fn next_view(latest: &mut Latest, last_id: Option<i64>) -> Option<Arc<super::hub::HotView>> {
-    loop {
-        let current = latest.borrow_and_update().clone();
-        if let Some(view) = current
-            && Some(view.id) != last_id
-        {
-            return Some(view);
-        }
-        latest.changed().await.ok()?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_stop_at_max_and_come_back_when_dropped() {
+        let slots = Slots::new(2);
+        let (a, b) = (slots.take(), slots.take());
+        assert!(a.is_some() && b.is_some());
+        assert!(slots.take().is_none());
+        drop(a);
+        assert!(slots.take().is_some());
     }
 }

@@ -26,6 +26,12 @@ pub fn mysql_url(database: &str) -> String {
 
 /// Creates the history database if needed; returns a pool on it.
 pub async fn history_db() -> hotkeys::mysql::Pool {
+    history_db_named(DATABASE).await
+}
+
+/// Creates the history database `database` (a name the stack grants: `hotkeys_*`) if
+/// needed; returns a pool on it. A test that locks the history table uses one of its own.
+pub async fn history_db_named(database: &str) -> hotkeys::mysql::Pool {
     let admin = hotkeys::mysql::connect(
         &MysqlConfig {
             url: mysql_url("hotkeys"),
@@ -36,7 +42,7 @@ pub async fn history_db() -> hotkeys::mysql::Pool {
     .await
     .expect("MySQL (is scripts/stack.sh up?)");
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "CREATE DATABASE IF NOT EXISTS {DATABASE} CHARACTER SET utf8mb4"
+        "CREATE DATABASE IF NOT EXISTS {database} CHARACTER SET utf8mb4"
     )))
     .execute(&admin)
     .await
@@ -44,7 +50,7 @@ pub async fn history_db() -> hotkeys::mysql::Pool {
     admin.close().await;
     hotkeys::mysql::connect(
         &MysqlConfig {
-            url: mysql_url(DATABASE),
+            url: mysql_url(database),
             ..MysqlConfig::default()
         },
         Duration::from_secs(10),
@@ -69,6 +75,13 @@ pub fn topology(test: &str) -> Topology {
     t
 }
 
+/// [`topology`] with its history in `database` instead of [`DATABASE`].
+pub fn topology_in(test: &str, database: &str) -> Topology {
+    let mut t = topology(test);
+    t.mysql.url = mysql_url(database);
+    t
+}
+
 /// A running dashboard; killed when dropped.
 pub struct Dashboard {
     pub base: String,
@@ -80,7 +93,12 @@ impl Dashboard {
     /// Starts `hotctl dashboard` with `args` (e.g. `--record 1s`), the server's token set
     /// to `token` (none: read-only), and waits until it answers.
     pub async fn start(t: &Topology, args: &[&str], token: Option<&str>) -> Dashboard {
-        history_db().await.close().await;
+        let (_, database) = t
+            .mysql
+            .url
+            .rsplit_once('/')
+            .expect("mysql url has a database");
+        history_db_named(database).await.close().await;
         let file = testing::write_topology(t);
         let addr = format!("127.0.0.1:{}", testing::free_port());
         let log = std::env::temp_dir().join(format!("{}.log", testing::unique("dashboard")));
