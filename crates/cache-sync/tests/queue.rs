@@ -132,13 +132,21 @@ async fn status_reports_length_in_flight_stamps_and_lag() {
         .map(|i| Op::delete(format!("{}new{i}", stack.prefix())))
         .collect();
     queue.enqueue_many(&new).await.unwrap();
-    let stream = queue.stream_id().await.unwrap();
+    assert_eq!(queue.stream().await.unwrap(), None);
+    let stream = format!("{}@1", t.sync.queue);
+    assert!(queue.restart_stream(None, &stream).await.unwrap().is_some());
     assert_eq!(
-        queue.stream_id().await.unwrap(),
-        stream,
-        "the stream id is stable"
+        queue.stream().await.unwrap().as_deref(),
+        Some(stream.as_str())
     );
-    assert!(stream.starts_with(&t.sync.queue));
+    assert!(
+        queue
+            .restart_stream(None, "another@2")
+            .await
+            .unwrap()
+            .is_none(),
+        "only a queue still on the expected stream moves"
+    );
 
     queue.take(1, 4).await.unwrap().unwrap();
     queue.take(2, 4).await.unwrap().unwrap();
