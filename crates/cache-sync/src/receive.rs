@@ -568,45 +568,7 @@ impl Receiver {
                     drop(held);
                     let _ = tokio::time::timeout_at(deadline, progress.changed()).await;
                 }
-                4 => {
-                    return Err(Refusal::reset(
-                        ResetReason::ReusedStamp,
-                        format!(
-                            "stamp {stamp} of stream {stream} was applied with other operations: the sender's state went back; start a new stream"
-                        ),
-                    ));
-                }
-                5 => {
-                    return Err(Refusal::reset(
-                        ResetReason::UnknownStream,
-                        format!(
-                            "stream {stream} is not on record here (never issued, expired, or the receiver's state was lost); start a new stream"
-                        ),
-                    ));
-                }
-                6 => {
-                    return Err(Refusal::reset(
-                        ResetReason::ClosedStream,
-                        format!("stream {stream} was closed for a newer one"),
-                    ));
-                }
-                2 => {
-                    return Err(Refusal::new(
-                        StatusCode::CONFLICT,
-                        "gap",
-                        format!(
-                            "stamp {stamp} skips ahead: stream {stream} has processed {processed}, expects {}",
-                            processed + 1
-                        ),
-                    ));
-                }
-                _ => {
-                    return Err(Refusal::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "busy",
-                        format!("stamp {stamp} is being applied by another receiver"),
-                    ));
-                }
+                _ => return Err(refusal(verdict, &stream, stamp, processed)),
             }
         };
         self.apply_in_steps(&key, stamp, &digest, &ops, &mut conn)
@@ -771,6 +733,41 @@ async fn handle_open(
     match receiver.open_stream(&headers, body).await {
         Ok(reply) => axum::Json(reply).into_response(),
         Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// The refusal of a batch `BEGIN_SCRIPT` did not let begin (verdicts 2 to 6).
+fn refusal(verdict: u8, stream: &str, stamp: u64, processed: u64) -> Refusal {
+    match verdict {
+        2 => Refusal::new(
+            StatusCode::CONFLICT,
+            "gap",
+            format!(
+                "stamp {stamp} skips ahead: stream {stream} has processed {processed}, expects {}",
+                processed + 1
+            ),
+        ),
+        4 => Refusal::reset(
+            ResetReason::ReusedStamp,
+            format!(
+                "stamp {stamp} of stream {stream} was applied with other operations: the sender's state went back; start a new stream"
+            ),
+        ),
+        5 => Refusal::reset(
+            ResetReason::UnknownStream,
+            format!(
+                "stream {stream} is not on record here (never issued, expired, or the receiver's state was lost); start a new stream"
+            ),
+        ),
+        6 => Refusal::reset(
+            ResetReason::ClosedStream,
+            format!("stream {stream} was closed for a newer one"),
+        ),
+        _ => Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!("stamp {stamp} is being applied by another receiver"),
+        ),
     }
 }
 

@@ -244,55 +244,65 @@ impl Shipper {
             let delivered = task
                 .await
                 .map_err(|e| Error::Internal(format!("delivery of batch {stamp}: {e}")))?;
-            let delivery = match delivered {
-                Ok(Some(delivery)) => delivery,
-                // Shut down while the receiver was unreachable: the batch stays in flight.
-                Ok(None) => return Ok(()),
-                Err(Error::Refused {
-                    status: 409,
-                    message,
-                    ..
-                }) => {
-                    // The receiver lacks a batch before this one: send them all again.
-                    tracing::warn!(stamp, %message, "receiver reports a gap; re-sending the batches in flight in order");
-                    metrics::counter!("hotkeys_sync_gaps_total").increment(1);
-                    if !self.set_back(pending, None, summary, shutdown).await? {
-                        return Ok(());
-                    }
-                    continue;
-                }
-                Err(Error::Reset { reason, .. }) => {
-                    if !self
-                        .set_back(pending, Some(reason), summary, shutdown)
-                        .await?
-                    {
-                        return Ok(());
-                    }
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            if !delivery.duplicate {
-                pending.setbacks = 0;
-            }
-            summary.batches += 1;
-            summary.ops += delivery.ops;
-            summary.invalid += delivery.invalid;
-            summary.retries += delivery.retries;
-            summary.duplicates += u64::from(delivery.duplicate);
-            let tries = summary.retries;
-            let Some(acked) = self
-                .retrying(shutdown, summary, || self.queue.ack(stamp))
+            if !self
+                .settle(pending, stamp, delivered, shutdown, summary)
                 .await?
-            else {
-                return Ok(());
-            };
-            pending.acked = pending.acked.max(acked);
-            // Reconnected on the way: check the state node again.
-            if summary.retries > tries && !self.resync(pending, shutdown, summary).await? {
+            {
                 return Ok(());
             }
         }
+    }
+
+    /// Acts on how the delivery of the oldest batch under way ended: acknowledges it once
+    /// the receiver confirmed it, sends the batches in flight again after a 409. `false`:
+    /// shut down.
+    async fn settle(
+        &self,
+        pending: &mut Pending,
+        stamp: u64,
+        delivered: Result<Option<Delivery>, Error>,
+        shutdown: &CancellationToken,
+        summary: &mut ShipSummary,
+    ) -> Result<bool, Error> {
+        let delivery = match delivered {
+            Ok(Some(delivery)) => delivery,
+            // Shut down while the receiver was unreachable: the batch stays in flight.
+            Ok(None) => return Ok(false),
+            Err(Error::Refused {
+                status: 409,
+                message,
+                ..
+            }) => {
+                // The receiver lacks a batch before this one: send them all again.
+                tracing::warn!(stamp, %message, "receiver reports a gap; re-sending the batches in flight in order");
+                metrics::counter!("hotkeys_sync_gaps_total").increment(1);
+                return self.set_back(pending, None, summary, shutdown).await;
+            }
+            Err(Error::Reset { reason, .. }) => {
+                return self
+                    .set_back(pending, Some(reason), summary, shutdown)
+                    .await;
+            }
+            Err(e) => return Err(e),
+        };
+        if !delivery.duplicate {
+            pending.setbacks = 0;
+        }
+        summary.batches += 1;
+        summary.ops += delivery.ops;
+        summary.invalid += delivery.invalid;
+        summary.retries += delivery.retries;
+        summary.duplicates += u64::from(delivery.duplicate);
+        let tries = summary.retries;
+        let Some(acked) = self
+            .retrying(shutdown, summary, || self.queue.ack(stamp))
+            .await?
+        else {
+            return Ok(false);
+        };
+        pending.acked = pending.acked.max(acked);
+        // Reconnected on the way: check the state node again.
+        Ok(summary.retries == tries || self.resync(pending, shutdown, summary).await?)
     }
 
     /// After a 409: stops the deliveries under way, waits (backing off, and giving up after
@@ -378,36 +388,61 @@ impl Shipper {
         {
             return Ok(false);
         }
-        let Some(position) = self
-            .retrying(shutdown, summary, || self.queue.position())
-            .await?
-        else {
-            return Ok(false);
-        };
-        let verdict = stream_verdict(pending, &position);
-        pending.reset = None;
-        match verdict {
-            Verdict::Keep => {}
-            Verdict::Follow(stream) => {
-                pending.abort();
-                pending.stream = stream.into();
-                (pending.last, pending.taken, pending.acked) = (0, position.stamp, position.acked);
-            }
-            Verdict::Restart(reason) => {
-                if !self
-                    .restart(
-                        pending,
-                        reason,
-                        position.stream.as_deref(),
-                        shutdown,
-                        summary,
-                    )
-                    .await?
-                {
-                    return Ok(false);
+        Ok(self.align_stream(pending, shutdown, summary).await?
+            && self.relaunch(pending, shutdown, summary).await?)
+    }
+
+    /// Settles which stream `pending` ships, from the queue's meta hash: keeps it, follows
+    /// the queue's, or starts a new one. `false`: shut down first.
+    async fn align_stream(
+        &self,
+        pending: &mut Pending,
+        shutdown: &CancellationToken,
+        summary: &mut ShipSummary,
+    ) -> Result<bool, Error> {
+        loop {
+            let Some(position) = self
+                .retrying(shutdown, summary, || self.queue.position())
+                .await?
+            else {
+                return Ok(false);
+            };
+            let verdict = stream_verdict(pending, &position);
+            pending.reset = None;
+            match verdict {
+                Verdict::Keep => return Ok(true),
+                Verdict::Follow(stream) => {
+                    pending.abort();
+                    pending.stream = stream.into();
+                    (pending.last, pending.taken) = (0, position.stamp);
+                    pending.acked = position.acked;
+                    return Ok(true);
+                }
+                Verdict::Restart(reason) => {
+                    let in_queue = position.stream.as_deref();
+                    if !self
+                        .restart(pending, reason, in_queue, shutdown, summary)
+                        .await?
+                    {
+                        return Ok(false);
+                    }
+                    // Empty: another shipper moved the queue first; read it again.
+                    if !pending.stream.is_empty() {
+                        return Ok(true);
+                    }
                 }
             }
         }
+    }
+
+    /// Launches every batch in flight in Redis that is not under way yet, in stamp order.
+    /// `false`: shut down first.
+    async fn relaunch(
+        &self,
+        pending: &mut Pending,
+        shutdown: &CancellationToken,
+        summary: &mut ShipSummary,
+    ) -> Result<bool, Error> {
         let Some(left) = self
             .retrying(shutdown, summary, || self.queue.in_flight())
             .await?
@@ -462,7 +497,7 @@ impl Shipper {
             return Ok(false);
         };
         let Some(restarted) = moved else {
-            // Another shipper of the queue moved it first: the next resync follows it.
+            // Another shipper of the queue moved it first: the caller follows it.
             pending.stream = "".into();
             return Ok(true);
         };
@@ -839,6 +874,72 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pending(stream: &str, taken: u64, acked: u64) -> Pending {
+        Pending {
+            batches: VecDeque::new(),
+            stream: stream.into(),
+            last: 0,
+            taken,
+            acked,
+            setbacks: 0,
+            reset: None,
+        }
+    }
+
+    fn position(stream: Option<&str>, stamp: u64, acked: u64) -> Position {
+        Position {
+            stream: stream.map(str::to_string),
+            stamp,
+            acked,
+        }
+    }
+
+    #[test]
+    fn a_queue_without_a_stream_starts_one_and_only_a_lost_one_is_an_incident() {
+        assert_eq!(
+            stream_verdict(&pending("", 0, 0), &position(None, 0, 0)),
+            Verdict::Restart(None)
+        );
+        assert_eq!(
+            stream_verdict(&pending("q@1", 9, 7), &position(None, 0, 0)),
+            Verdict::Restart(Some(ResetReason::SenderLostState))
+        );
+    }
+
+    #[test]
+    fn a_meta_hash_behind_what_the_shipper_saw_restarts_the_stream() {
+        let shipped = pending("q@1", 10, 8);
+        assert_eq!(
+            stream_verdict(&shipped, &position(Some("q@1"), 10, 8)),
+            Verdict::Keep
+        );
+        assert_eq!(
+            stream_verdict(&shipped, &position(Some("q@1"), 12, 9)),
+            Verdict::Keep
+        );
+        for (stamp, acked) in [(8, 8), (10, 6)] {
+            assert_eq!(
+                stream_verdict(&shipped, &position(Some("q@1"), stamp, acked)),
+                Verdict::Restart(Some(ResetReason::SenderWentBack)),
+                "{stamp} {acked}"
+            );
+        }
+    }
+
+    #[test]
+    fn another_stream_in_the_queue_is_followed_and_a_reset_asked_for_restarts() {
+        assert_eq!(
+            stream_verdict(&pending("", 0, 0), &position(Some("q@2"), 3, 1)),
+            Verdict::Follow("q@2".into())
+        );
+        let mut asked = pending("q@1", 3, 1);
+        asked.reset = Some(ResetReason::UnknownStream);
+        assert_eq!(
+            stream_verdict(&asked, &position(Some("q@1"), 3, 1)),
+            Verdict::Restart(Some(ResetReason::UnknownStream))
+        );
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap() {

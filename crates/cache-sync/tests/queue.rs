@@ -168,3 +168,47 @@ async fn status_reports_length_in_flight_stamps_and_lag() {
     );
     stack.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_restarted_stream_carries_the_batches_in_flight_over_renumbered_in_order() {
+    let Some(mut stack) = common::stack("restart").await else {
+        return;
+    };
+    let t = stack.topology();
+    let queue = stack.queue(&t).await;
+    let ops: Vec<Op> = (0..5)
+        .map(|i| Op::delete(format!("{}{i}", stack.prefix())))
+        .collect();
+    queue.enqueue_many(&ops).await.unwrap();
+    let old = format!("{}@1", t.sync.queue);
+    queue.restart_stream(None, &old).await.unwrap().unwrap();
+    for _ in 0..3 {
+        queue.take(2, 4).await.unwrap().unwrap();
+    }
+    assert_eq!(queue.ack(1).await.unwrap(), 1);
+
+    let new = format!("{}@2", t.sync.queue);
+    let restarted = queue
+        .restart_stream(Some(&old), &new)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((restarted.batches, restarted.missing), (2, 0));
+    let left: Vec<(u64, Vec<Op>)> = queue
+        .in_flight()
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| (b.stamp, ops_of(b)))
+        .collect();
+    assert_eq!(left, [(1, ops[2..4].to_vec()), (2, ops[4..].to_vec())]);
+    let status = stack.status(&t).await;
+    assert_eq!(status.stream.as_deref(), Some(new.as_str()));
+    assert_eq!((status.last_stamp, status.acked), (2, 0));
+    assert_eq!(
+        queue.take(2, 4).await.unwrap(),
+        None,
+        "nothing left to take"
+    );
+    stack.cleanup().await;
+}

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
+use cache_sync::ship::ShipSummary;
 use common::{RunningReceiver, SECRET, Stack, cache_sync, ship_until_empty, topology_file};
 use hotkeys::Topology;
 use hotkeys::sync_queue::{Op, SyncQueue, now_ms};
@@ -48,10 +49,10 @@ async fn missing_on_remote(stack: &mut Stack, tag: &str, keys: &[String]) -> usi
         .count()
 }
 
-async fn ship_guarded(t: &Topology) {
+async fn ship_guarded(t: &Topology) -> ShipSummary {
     tokio::time::timeout(HANG, ship_until_empty(t))
         .await
-        .expect("the shipper drains the queue instead of cycling forever");
+        .expect("the shipper drains the queue instead of cycling forever")
 }
 
 fn meta_key(t: &Topology) -> String {
@@ -87,12 +88,13 @@ async fn a_meta_hash_rolled_back_two_batches_loses_none_of_the_operations_queued
             .unwrap();
     }
     let after = enqueue(&stack, &t, "after", 1000).await;
-    ship_guarded(&t).await;
+    let summary = ship_guarded(&t).await;
     assert_eq!(
         missing_on_remote(&mut stack, "after", &after).await,
         0,
         "operations queued after the rollback are missing on the remote"
     );
+    assert_eq!(summary.resets, 1, "one incident, one reset: {summary:?}");
     receiver.stop().await;
     stack.cleanup().await;
 }
@@ -186,7 +188,8 @@ async fn a_failover_to_a_replica_that_lagged_loses_no_operation() {
 
     t.redis.nodes = vec![replica.url()];
     let third = enqueue(&stack, &t, "third", 1000).await;
-    ship_guarded(&t).await;
+    let summary = ship_guarded(&t).await;
+    assert_eq!(summary.resets, 1, "one incident, one reset: {summary:?}");
     assert_eq!(missing_on_remote(&mut stack, "first", &first).await, 0);
     assert_eq!(
         missing_on_remote(&mut stack, "second", &lost_with_primary).await,
@@ -234,7 +237,8 @@ async fn after_the_receiver_loses_its_records_replication_resumes_without_an_ope
     let receiver = RunningReceiver::start(&stack.topology(), "127.0.0.1:0").await;
     t.sync.remote = receiver.url();
     let after = enqueue(&stack, &t, "after", 300).await;
-    ship_guarded(&t).await;
+    let summary = ship_guarded(&t).await;
+    assert_eq!(summary.resets, 1, "one incident, one reset: {summary:?}");
     assert_eq!(missing_on_remote(&mut stack, "after", &after).await, 0);
     receiver.stop().await;
     stack.cleanup().await;

@@ -34,8 +34,11 @@
 //!
 //! - `<queue>`: the list of operations waiting;
 //! - `{<queue>}:inflight:<stamp>`: the list of a batch in flight;
-//! - `{<queue>}:meta`: a hash with `stream` (the stream id), `stamp` (last stamp taken) and
-//!   `acked` (last stamp acknowledged; every batch up to it is done);
+//! - `{<queue>}:meta`: a hash with `stream` (the stream id, issued by the receiver),
+//!   `stamp` (last stamp taken) and `acked` (last stamp acknowledged; every batch up to it
+//!   is done). When the stream cannot be trusted any more (this node went back or lost
+//!   it, or the receiver lost its records), [`SyncQueue::restart_stream`] moves the batches
+//!   in flight to a new stream, renumbered from 1, in one atomic step;
 //! - `{<queue>}:dead`: elements that are not operations, set aside by the shipper.
 
 use std::borrow::Cow;
