@@ -2,17 +2,21 @@
 # Benchmark of the replication path: N small sets moved end to end by cache-sync (from the
 # queue on the local Redis, through `ship` and `receive`, to applied on the remote Redis),
 # beside the same N sets written straight to the remote Redis with `redis-cli --pipe` in the
-# same run. Prints both rates and their ratio (target: >= 0.5).
+# same run. Prints both rates and their ratio (target: >= 0.5). With BASELINE_BIN, another
+# cache-sync binary (e.g. a build of main) moves the same operations in the same run, before
+# this one, and two last lines compare the two rates.
 #
 #   scripts/bench-sync.sh            # 1,000,000 ops
 #   OPS=200000 scripts/bench-sync.sh
+#   BASELINE_BIN=/tmp/cache-sync-main scripts/bench-sync.sh
 #
 # Needs the local stack (scripts/stack.sh up) or Redis servers at HOTKEYS_REDIS_NODES (first
 # node) and REMOTE_REDIS_URL. It uses database BENCH_DB (default 9) on both servers and
 # empties that database before and after: keep nothing else there.
 # Environment: OPS, BENCH_DB, BENCH_PORT (receiver port; default: a free one),
 # BENCH_IN_FLIGHT (sync.in_flight; default: the topology default),
-# NO_BUILD=1 (use the existing binary), CACHE_SYNC_BIN (default target/release/cache-sync).
+# NO_BUILD=1 (use the existing binary), CACHE_SYNC_BIN (default target/release/cache-sync),
+# BASELINE_BIN (a second binary measured in the same run).
 set -euo pipefail
 export LC_ALL=C
 
@@ -104,15 +108,19 @@ if [[ $direct_keys != "$OPS" ]]; then
 fi
 remote_cli FLUSHDB >/dev/null
 
-# 2. Through the queue, ship and receive.
-t0=$(now)
-local_cli --pipe <"$WORK/queue.resp" >"$WORK/enqueue.log"
-t1=$(now)
-enqueue_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
-queued=$(local_cli LLEN "$QUEUE")
-[[ $queued == "$OPS" ]] || { echo "bench-sync: queued $queued, expected $OPS" >&2; exit 1; }
+# 2. Through the queue, ship and receive, with the binary $1: sets sync_s and enqueue_s.
+measure_sync() {
+  local bin=$1 t0 t1 queued stream applied_ops sync_keys
+  local_cli FLUSHDB >/dev/null
+  remote_cli FLUSHDB >/dev/null
+  t0=$(now)
+  local_cli --pipe <"$WORK/queue.resp" >"$WORK/enqueue.log"
+  t1=$(now)
+  enqueue_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+  queued=$(local_cli LLEN "$QUEUE")
+  [[ $queued == "$OPS" ]] || { echo "bench-sync: queued $queued, expected $OPS" >&2; exit 1; }
 
-cat >"$WORK/topology.toml" <<EOF
+  cat >"$WORK/topology.toml" <<EOF
 [redis]
 nodes = ["redis://$LHOST:$LPORT/$DB"]
 [sync]
@@ -122,39 +130,48 @@ listen = "127.0.0.1:$PORT"
 apply_nodes = ["redis://$RHOST:$RPORT/$DB"]
 ${BENCH_IN_FLIGHT:+in_flight = $BENCH_IN_FLIGHT}
 EOF
-# A clean environment: the stack's HOTKEYS_* overrides must not redirect the benchmark.
-run() { env -i PATH="$PATH" HOTKEYS_SYNC_SECRET="$SECRET" RUST_LOG=warn "$BIN" --topology "$WORK/topology.toml" "$@"; }
-# exec: $! must be the receiver itself, so that the trap stops it and nothing else.
-(exec env -i PATH="$PATH" HOTKEYS_SYNC_SECRET="$SECRET" RUST_LOG=warn "$BIN" --topology "$WORK/topology.toml" receive >"$WORK/receive.log" 2>&1) &
-RECEIVER_PID=$!
-for _ in $(seq 100); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then break; fi
-  sleep 0.05
-done
-
-local_cli CONFIG RESETSTAT >/dev/null
-remote_cli CONFIG RESETSTAT >/dev/null
-t0=$(now)
-run ship --until-empty 2>"$WORK/ship.log"
-t1=$(now)
-if [[ ${BENCH_STATS:-0} == 1 ]]; then
-  # Where the time went inside the servers: calls, total and per-call microseconds.
-  for cli in local_cli remote_cli; do
-    echo "$cli:" >&2
-    $cli INFO commandstats | grep -E '^cmdstat_(evalsha|eval|set|hget|hset|hmget|ping|select|client)' >&2 || true
+  # A clean environment: the stack's HOTKEYS_* overrides must not redirect the benchmark.
+  # exec: $! must be the receiver itself, so that the trap stops it and nothing else.
+  (exec env -i PATH="$PATH" HOTKEYS_SYNC_SECRET="$SECRET" RUST_LOG=warn "$bin" --topology "$WORK/topology.toml" receive >"$WORK/receive.log" 2>&1) &
+  RECEIVER_PID=$!
+  for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then break; fi
+    sleep 0.05
   done
-fi
-sync_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
 
-stream=$(local_cli HGET "{$QUEUE}:meta" stream)
-applied_ops=$(remote_cli HGET "cache-sync:stream:$stream" applied_ops)
-sync_keys=$(remote_cli DBSIZE)
-# The stream record is one key of the database too.
-if [[ $applied_ops != "$OPS" || $sync_keys != $((OPS + 1)) ]]; then
-  echo "bench-sync: applied $applied_ops ops, $sync_keys keys on the remote; expected $OPS" >&2
-  cat "$WORK/ship.log" "$WORK/receive.log" >&2
-  exit 1
+  local_cli CONFIG RESETSTAT >/dev/null
+  remote_cli CONFIG RESETSTAT >/dev/null
+  t0=$(now)
+  env -i PATH="$PATH" HOTKEYS_SYNC_SECRET="$SECRET" RUST_LOG=warn "$bin" --topology "$WORK/topology.toml" ship --until-empty 2>"$WORK/ship.log"
+  t1=$(now)
+  if [[ ${BENCH_STATS:-0} == 1 ]]; then
+    # Where the time went inside the servers: calls, total and per-call microseconds.
+    for cli in local_cli remote_cli; do
+      echo "$cli:" >&2
+      $cli INFO commandstats | grep -E '^cmdstat_(evalsha|eval|set|hget|hset|hmget|ping|select|client)' >&2 || true
+    done
+  fi
+  sync_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+  kill "$RECEIVER_PID" 2>/dev/null || true
+  wait "$RECEIVER_PID" 2>/dev/null || true
+  RECEIVER_PID=
+
+  stream=$(local_cli HGET "{$QUEUE}:meta" stream)
+  applied_ops=$(remote_cli HGET "cache-sync:stream:$stream" applied_ops)
+  sync_keys=$(remote_cli DBSIZE)
+  # The stream record is one key of the database too.
+  if [[ $applied_ops != "$OPS" || $sync_keys != $((OPS + 1)) ]]; then
+    echo "bench-sync: $bin applied $applied_ops ops, $sync_keys keys on the remote; expected $OPS" >&2
+    cat "$WORK/ship.log" "$WORK/receive.log" >&2
+    exit 1
+  fi
+}
+
+if [[ -n ${BASELINE_BIN:-} ]]; then
+  measure_sync "$BASELINE_BIN"
+  baseline_s=$sync_s
 fi
+measure_sync "$BIN"
 
 direct_rate=$(rate "$OPS" "$direct_s")
 sync_rate=$(rate "$OPS" "$sync_s")
@@ -164,3 +181,8 @@ printf '%-44s %12s ops/s  (%.2f s)\n' "redis-cli --pipe straight to $RHOST:$RPOR
 printf '%-44s %12s ops/s  (%.2f s)\n' "cache-sync queue -> ship -> receive -> $RHOST:$RPORT" "$sync_rate" "$sync_s"
 printf '%-44s %12s ops/s  (%.2f s, not part of the ratio)\n' "enqueue (redis-cli --pipe RPUSH to the queue)" "$(rate "$OPS" "$enqueue_s")" "$enqueue_s"
 printf 'ratio cache-sync / direct: %s (target >= 0.5: %s), %d ops\n' "$ratio" "$verdict" "$OPS"
+if [[ -n ${BASELINE_BIN:-} ]]; then
+  baseline_rate=$(rate "$OPS" "$baseline_s")
+  printf '%-44s %12s ops/s  (%.2f s)\n' "baseline $BASELINE_BIN" "$baseline_rate" "$baseline_s"
+  printf 'ratio cache-sync / baseline: %s, %d ops\n' "$(awk -v s="$sync_rate" -v b="$baseline_rate" 'BEGIN { printf "%.2f", s / b }')" "$OPS"
+fi

@@ -22,6 +22,15 @@ pub enum Error {
         status: u16,
         message: String,
     },
+    /// The receiver asks for a new stream (409 with `reset`); the shipper starts one, so
+    /// this only ends a command when it escapes the shipper's loop.
+    #[error("{remote} asks for a new stream at batch {stamp} ({}): {message}", reason.as_str())]
+    Reset {
+        remote: String,
+        stamp: u64,
+        reason: crate::wire::ResetReason,
+        message: String,
+    },
     /// `sync.retries` tries in a row failed (exit 3).
     #[error("{remote} unreachable, gave up after {tries} tries: {last}")]
     GaveUp {
@@ -43,13 +52,10 @@ pub enum Error {
 fn refusal_hint(status: u16) -> &'static str {
     match status {
         401 => {
-            " (the shared secret differs: set the same value in the variable sync.secret_env names on both sides)"
+            " (the shared secret differs — set the same value in the variable sync.secret_env names on both sides — or the clocks of the two sides are further apart than the receiver's sync.max_skew: synchronise them)"
         }
         413 => " (lower sync.batch here, or raise sync.max_body on the receiver)",
         400 => " (the batch is not valid even without the elements that are not operations)",
-        403 => {
-            " (a stamp far behind the stream: another shipper shares the queue's stream, or a replay)"
-        }
         _ => "",
     }
 }
@@ -77,6 +83,7 @@ impl Error {
             Error::Queue(_)
             | Error::Cache(_)
             | Error::Refused { .. }
+            | Error::Reset { .. }
             | Error::Internal(_)
             | Error::Listen { .. } => exit::FAILED,
         }

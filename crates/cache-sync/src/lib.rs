@@ -4,15 +4,18 @@
 //! ([`hotkeys::sync_queue`]); `cache-sync ship` moves the queue to the other data centre over
 //! HTTP; `cache-sync receive` applies it there to the cache nodes ([`hotkeys::cache`]). The
 //! path loses nothing and applies nothing twice, through crashes of either side: batches carry
-//! a stamp that increases by one per batch of a stream, the shipper acknowledges a batch only
-//! after the receiver confirmed it, and the receiver applies a stamp only once.
+//! a stamp that increases by one per batch of a stream the receiver issued, the shipper
+//! acknowledges a batch only after the receiver confirmed it, and the receiver applies a
+//! stamp only once. When either side's state goes back or is lost, the shipper starts a new
+//! stream and sends what it has in flight again under it.
 //!
 //! | module | owns |
 //! |---|---|
 //! | [`cli`] | the command line and its topology overrides |
 //! | [`wire`] | the HTTP contract: body, signature, compression, answers |
 //! | [`ship`] | the shipper loop: take, send, retry with backoff, acknowledge |
-//! | [`receive`] | the HTTP receiver: checks, per-stream stamps, applying to the cache |
+//! | [`receive`] | the HTTP receiver: checks, issued streams and their stamps, applying to the cache |
+//! | [`tls`] | HTTPS: the receiver's server, the shipper's trusted roots |
 //! | [`commands`] | the operator commands `enqueue`, `status`, `ring` |
 //! | [`error`] | failures and their exit codes |
 
@@ -21,6 +24,7 @@ pub mod commands;
 pub mod error;
 pub mod receive;
 pub mod ship;
+pub mod tls;
 pub mod wire;
 
 use std::sync::Arc;

@@ -15,21 +15,33 @@
 //!   renewed before every chunk of `redis.pipeline` writes after the first, and a receiver
 //!   that finds it lost stops applying.
 //!
-//! The process also remembers the last stamp it applied per stream (for at most
-//! `MAX_STREAMS` streams), so that a stream record that went missing cannot let an old batch
-//! apply again: anything up to that stamp is a duplicate, and a stamp more than
-//! `STALE_STAMPS` behind is refused (403) outright — a shipper never re-sends one that old.
-//! The state node must not evict (see [`hotkeys::sync_queue::check_no_eviction`]): it is
-//! checked at start and after every failed command; an `allkeys-*` policy stops the receiver.
+//! - `digest:<stamp>`: the digest of each of the last `KEEP_DIGESTS` stamps applied
+//!   ([`wire::ops_digest`]), which tells a true re-send from a stamp re-used for other
+//!   operations;
+//! - `issued_ms`: when the stream was issued; `closed`: when it was left for a newer one.
+//!
+//! Only streams this receiver issued (`POST /sync/streams`) are applied, so a receiver that
+//! lost its records refuses every batch of the old stream — including captured requests
+//! replayed at it — and the shipper starts a new stream. A request signed further than
+//! `sync.max_skew` from this receiver's clock is refused (401) as a replay. A record lives
+//! `RECORD_TTL` after its last batch: a stream idle that long is simply started anew.
+//!
+//! A batch applies only if its stamp is the next one of an open stream it was issued for.
+//! A stamp up to `processed` with its digest on record is a re-send, acknowledged without
+//! applying it; with another digest (or none kept) the stamp was re-used — the sender's
+//! state went back — and it is refused with 409 `reset`, as are batches of an unknown or
+//! closed stream: the shipper then starts a new stream and sends what it has in flight
+//! under it. The state node must not evict (see [`hotkeys::sync_queue::check_no_eviction`]):
+//! it is checked at start and after every failed command; an `allkeys-*` policy stops the
+//! receiver.
 //!
 //! Requests are served at most `MAX_CONCURRENT` at a time, each within `sync.timeout`
 //! (answered 408 after it), so slow or oversized unauthenticated requests cannot tie the
 //! receiver up.
 //!
-//! A re-sent stamp is answered as a success without applying it again. A stamp that skips
-//! ahead is refused, since the shipper never skips one — after waiting up to the request's
-//! `wait_ms` for the missing stamps, because the shipper sends several batches at once and
-//! they may arrive out of order.
+//! A stamp that skips ahead is refused, since the shipper never skips one — after waiting up
+//! to the request's `wait_ms` for the missing stamps, because the shipper sends several
+//! batches at once and they may arrive out of order.
 //!
 //! Applying runs in a task of its own, so a shipper that hangs up (or is killed) mid-request
 //! never leaves a batch half-applied here. A receiver that dies half-way leaves `processing`
@@ -58,19 +70,24 @@ use redis::Script;
 use tower::ServiceBuilder;
 
 use crate::error::Error;
-use crate::wire::{self, BatchReply, BatchRequest, DecodeError, ErrorReply, Outcome};
+use crate::wire::{
+    self, BatchReply, BatchRequest, DecodeError, ErrorReply, Outcome, ResetReason, StreamReply,
+    StreamRequest,
+};
 
-/// Starts applying a stamp if it is the next one and no other receiver holds the stream.
+/// Starts applying a stamp if it is the next one of an open stream and no other receiver
+/// holds the stream.
 ///
-/// KEYS: the stream hash. ARGV: stamp, operations, now (ms), lease end (ms), owner, the last
-/// stamp this process applied, stale distance.
-/// Returns {0 duplicate | 1 go | 2 gap | 3 busy | 4 stale, processed}.
+/// KEYS: the stream hash. ARGV: stamp, operations, now (ms), lease end (ms), owner, digest.
+/// Returns {0 duplicate | 1 go | 2 gap | 3 busy | 4 re-used stamp | 5 unknown stream |
+/// 6 closed stream, processed}.
 const BEGIN_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {5, 0} end
 local processed = tonumber(redis.call('HGET', KEYS[1], 'processed') or '0')
-processed = math.max(processed, tonumber(ARGV[6]))
+if redis.call('HEXISTS', KEYS[1], 'closed') == 1 then return {6, processed} end
 local stamp = tonumber(ARGV[1])
-if stamp + tonumber(ARGV[7]) < processed then return {4, processed} end
 if stamp <= processed then
+  if redis.call('HGET', KEYS[1], 'digest:' .. stamp) ~= ARGV[6] then return {4, processed} end
   redis.call('HINCRBY', KEYS[1], 'duplicates', 1)
   return {0, processed}
 end
@@ -84,13 +101,17 @@ redis.call('HINCRBY', KEYS[1], 'applied_ops', ARGV[2])
 return {1, processed}
 ";
 
-/// Marks a stamp fully applied. KEYS: the stream hash. ARGV: stamp, now (ms).
-/// Returns 1, or 0 if the stamp was recorded already (another receiver finished it).
+/// Marks a stamp fully applied, keeps its digest (dropping the one `KEEP_DIGESTS` older)
+/// and extends the record's life. KEYS: the stream hash. ARGV: stamp, now (ms), digest,
+/// digests kept, record TTL (ms). Returns 1, or 0 if the stamp was recorded already
+/// (another receiver finished it).
 const COMMIT_SCRIPT: &str = r"
+local stamp = tonumber(ARGV[1])
 local processed = tonumber(redis.call('HGET', KEYS[1], 'processed') or '0')
-if tonumber(ARGV[1]) <= processed then return 0 end
-redis.call('HSET', KEYS[1], 'processed', ARGV[1], 'updated_ms', ARGV[2])
-redis.call('HDEL', KEYS[1], 'owner', 'lease_end')
+if stamp <= processed then return 0 end
+redis.call('HSET', KEYS[1], 'processed', stamp, 'updated_ms', ARGV[2], 'digest:' .. stamp, ARGV[3])
+redis.call('HDEL', KEYS[1], 'owner', 'lease_end', 'digest:' .. (stamp - tonumber(ARGV[4])))
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 ";
 
@@ -103,13 +124,23 @@ redis.call('HSET', KEYS[1], 'lease_end', ARGV[3])
 return 1
 ";
 
-/// Streams whose last applied stamp the process remembers; more are refused while every
-/// one of them has a request under way.
+/// Closes a stream the shipper left, if it is on record. KEYS: the stream hash. ARGV: now.
+const CLOSE_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'closed', ARGV[1]) end
+return 0
+";
+
+/// Streams whose requests the process serializes; more are refused while every one of
+/// them has a request under way.
 const MAX_STREAMS: usize = 1024;
 
-/// How far behind the last applied stamp a batch may be and still be a re-send: far more
-/// than the 64 batches a shipper may have in flight.
-const STALE_STAMPS: u64 = 1024;
+/// Digests kept per stream: far more than the 64 batches a shipper may have in flight, so
+/// every stamp it may re-send is recognised.
+const KEEP_DIGESTS: u64 = 256;
+
+/// How long a stream record outlives its last batch. A stream idle longer is refused as
+/// unknown, and its shipper starts a new one: nothing is lost, the records stay bounded.
+const RECORD_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Requests served at once; the others wait for a turn.
 const MAX_CONCURRENT: usize = 64;
@@ -130,6 +161,8 @@ pub struct StreamState {
     pub applied_ops: u64,
     /// Re-sent stamps acknowledged without applying them.
     pub duplicates: u64,
+    /// Whether the stream was left for a newer one.
+    pub closed: bool,
 }
 
 /// Reads the record of `stream` (all zero for a stream never seen).
@@ -143,6 +176,7 @@ pub async fn stream_state(conn: &RedisConn, stream: &str) -> redis::RedisResult<
             "applied",
             "applied_ops",
             "duplicates",
+            "closed",
         ])
         .query_async(&mut conn)
         .await?;
@@ -153,6 +187,7 @@ pub async fn stream_state(conn: &RedisConn, stream: &str) -> redis::RedisResult<
         applied: field(2),
         applied_ops: field(3),
         duplicates: field(4),
+        closed: fields.get(5).copied().flatten().is_some(),
     })
 }
 
@@ -174,16 +209,21 @@ pub struct Receiver {
     /// Time one request may take.
     timeout: Duration,
     secret: Vec<u8>,
+    /// How far a request's signing time may be from this clock.
+    max_skew: Duration,
     max_body: usize,
     /// How long another receiver process keeps off a batch this one is applying.
     lease: Duration,
     /// Names this process in stream leases.
     owner: String,
+    /// Set when `sync.tls_cert` is: requests are served over HTTPS only.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     /// Per stream: requests of one stream are applied one after the other here.
     streams: Mutex<HashMap<String, Arc<StreamSlot>>>,
     begin: Script,
     commit: Script,
     renew: Script,
+    close: Script,
 }
 
 /// What the requests of one stream share inside this process.
@@ -197,11 +237,13 @@ struct StreamSlot {
 /// Longest a batch may wait for the ones before it, whatever the request asks.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
-/// A refused request: its status, a bounded metric label, and the message sent back.
+/// A refused request: its status, a bounded metric label, the message sent back, and
+/// whether the shipper must start a new stream.
 struct Refusal {
     status: StatusCode,
     reason: &'static str,
     message: String,
+    reset: Option<ResetReason>,
 }
 
 impl Refusal {
@@ -210,6 +252,17 @@ impl Refusal {
             status,
             reason,
             message: message.into(),
+            reset: None,
+        }
+    }
+
+    /// A 409 after which the shipper starts a new stream.
+    fn reset(reason: ResetReason, message: String) -> Refusal {
+        Refusal {
+            status: StatusCode::CONFLICT,
+            reason: reason.as_str(),
+            message,
+            reset: Some(reason),
         }
     }
 }
@@ -218,11 +271,17 @@ impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         metrics::counter!("hotkeys_sync_requests_refused_total", "reason" => self.reason)
             .increment(1);
-        tracing::warn!(status = self.status.as_u16(), reason = self.reason, message = %self.message, "request refused");
+        // A reset refuses every batch in flight at once; the shipper logs the incident once.
+        if self.reset.is_some() {
+            tracing::info!(reason = self.reason, message = %self.message, "request refused; the shipper must start a new stream");
+        } else {
+            tracing::warn!(status = self.status.as_u16(), reason = self.reason, message = %self.message, "request refused");
+        }
         let mut response = (
             self.status,
             axum::Json(ErrorReply {
                 error: self.message,
+                reset: self.reset,
             }),
         )
             .into_response();
@@ -274,6 +333,7 @@ impl Receiver {
             chunk: topology.redis.pipeline.max(1),
             timeout: topology.sync.timeout.max(Duration::from_secs(1)),
             secret: secret.as_bytes().to_vec(),
+            max_skew: topology.sync.max_skew,
             max_body: topology.sync.max_body,
             // A shipper gives up on a request after `sync.timeout`; by then the batch is
             // either applied or abandoned by a dead receiver.
@@ -284,14 +344,16 @@ impl Receiver {
                 std::process::id(),
                 rand::random::<u32>()
             ),
+            tls: crate::tls::acceptor(&topology.sync)?,
             streams: Mutex::new(HashMap::new()),
             begin: Script::new(BEGIN_SCRIPT),
             commit: Script::new(COMMIT_SCRIPT),
             renew: Script::new(RENEW_SCRIPT),
+            close: Script::new(CLOSE_SCRIPT),
         })
     }
 
-    /// The HTTP routes: `POST /sync` and `GET /healthz`, at most `MAX_CONCURRENT` requests
+    /// The HTTP routes: `POST /sync`, `POST /sync/streams` and `GET /healthz`, at most `MAX_CONCURRENT` requests
     /// at a time, each answered within `sync.timeout`.
     pub fn router(self: Arc<Self>) -> Router {
         let limit = self.max_body;
@@ -311,17 +373,19 @@ impl Receiver {
             .timeout(self.timeout);
         Router::new()
             .route("/sync", post(handle))
+            .route("/sync/streams", post(handle_open))
             .route("/healthz", get(|| async { "ok" }))
             .layer(DefaultBodyLimit::max(limit))
             .layer(guard)
             .with_state(self)
     }
 
-    async fn receive(
-        self: &Arc<Self>,
+    /// The body of a request whose signature matches it, refused otherwise.
+    fn authenticate(
+        &self,
         headers: &HeaderMap,
         body: Result<Bytes, BytesRejection>,
-    ) -> Result<BatchReply, Refusal> {
+    ) -> Result<Bytes, Refusal> {
         let body = body.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 Refusal::new(
@@ -350,6 +414,31 @@ impl Receiver {
                 "signature does not match the body",
             ));
         }
+        Ok(body)
+    }
+
+    /// Refuses a body signed further than `sync.max_skew` from this receiver's clock.
+    fn check_time(&self, sent_ms: u64) -> Result<(), Refusal> {
+        match wire::skewed(sent_ms, now_ms(), self.max_skew) {
+            None => Ok(()),
+            Some(apart) => Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "skew",
+                format!(
+                    "request signed {} away from the receiver's clock, more than sync.max_skew ({}): a replay, or clocks that disagree",
+                    humantime::format_duration(Duration::from_secs(apart.as_secs())),
+                    humantime::format_duration(self.max_skew)
+                ),
+            )),
+        }
+    }
+
+    async fn receive(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Result<BatchReply, Refusal> {
+        let body = self.authenticate(headers, body)?;
         let encoding = match headers.get(CONTENT_ENCODING) {
             None => None,
             Some(v) => Some(v.to_str().map(str::to_string).map_err(|_| {
@@ -368,6 +457,7 @@ impl Receiver {
                 .map_err(|e| {
                     Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
                 })??;
+        self.check_time(request.sent_ms)?;
         // hyper drops a handler whose client hung up. Applying runs in a task of its own so
         // that it always finishes and records its stamp: a shipper killed mid-request then
         // finds its batch applied once, not half-applied and due again.
@@ -379,12 +469,64 @@ impl Receiver {
             })?
     }
 
+    /// Issues a new stream for a shipper and closes the one it leaves.
+    async fn open_stream(
+        &self,
+        headers: &HeaderMap,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Result<StreamReply, Refusal> {
+        let body = self.authenticate(headers, body)?;
+        let request: StreamRequest = serde_json::from_slice(&body)
+            .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "malformed", e.to_string()))?;
+        self.check_time(request.sent_ms)?;
+        if request.queue.is_empty()
+            || request.queue.len() > 200
+            || request.queue.chars().any(char::is_control)
+        {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                "queue: expected 1 to 200 characters, no control characters",
+            ));
+        }
+        if self.recheck.swap(false, Ordering::AcqRel) {
+            self.check_state().await?;
+        }
+        let mut conn = self.state.clone();
+        if let Some(previous) = &request.previous {
+            self.close
+                .key(stream_key(previous))
+                .arg(now_ms())
+                .invoke_async::<()>(&mut conn)
+                .await
+                .map_err(|e| self.redis_failed(e))?;
+        }
+        let stream = format!("{}@{:016x}", request.queue, rand::random::<u64>());
+        redis::pipe()
+            .atomic()
+            .cmd("HSET")
+            .arg(stream_key(&stream))
+            .arg(&[("issued_ms", now_ms()), ("processed", 0)])
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(stream_key(&stream))
+            .arg(RECORD_TTL.as_millis() as u64)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| self.redis_failed(e))?;
+        tracing::info!(%stream, previous = ?request.previous, "stream issued");
+        Ok(StreamReply { stream })
+    }
+
     async fn apply(&self, request: BatchRequest) -> Result<BatchReply, Refusal> {
         let BatchRequest {
             stream,
             stamp,
             wait_ms,
             ops,
+            digest,
+            ..
         } = request;
         let ops = ops.0;
         let slot = self.stream_slot(&stream)?;
@@ -396,18 +538,15 @@ impl Receiver {
         }
         let _held = loop {
             let held = slot.lock.lock().await;
-            let now = now_ms();
-            let applied_here = *slot.progress.borrow();
             let (verdict, processed): (u8, u64) = self
                 .begin
                 .key(&key)
                 .arg(stamp)
                 .arg(ops.len())
-                .arg(now)
+                .arg(now_ms())
                 .arg(self.lease_end())
                 .arg(&self.owner)
-                .arg(applied_here)
-                .arg(STALE_STAMPS)
+                .arg(&digest)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| self.redis_failed(e))?;
@@ -429,35 +568,11 @@ impl Receiver {
                     drop(held);
                     let _ = tokio::time::timeout_at(deadline, progress.changed()).await;
                 }
-                4 => {
-                    return Err(Refusal::new(
-                        StatusCode::FORBIDDEN,
-                        "stale",
-                        format!(
-                            "stamp {stamp} is more than {STALE_STAMPS} behind stream {stream}, which has processed {processed}"
-                        ),
-                    ));
-                }
-                2 => {
-                    return Err(Refusal::new(
-                        StatusCode::CONFLICT,
-                        "gap",
-                        format!(
-                            "stamp {stamp} skips ahead: stream {stream} has processed {processed}, expects {}",
-                            processed + 1
-                        ),
-                    ));
-                }
-                _ => {
-                    return Err(Refusal::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "busy",
-                        format!("stamp {stamp} is being applied by another receiver"),
-                    ));
-                }
+                _ => return Err(refusal(verdict, &stream, stamp, processed)),
             }
         };
-        self.apply_in_steps(&key, stamp, &ops, &mut conn).await?;
+        self.apply_in_steps(&key, stamp, &digest, &ops, &mut conn)
+            .await?;
         slot.progress.send_replace(stamp);
         metrics::counter!("hotkeys_sync_batches_applied_total").increment(1);
         metrics::counter!("hotkeys_sync_ops_applied_total").increment(ops.len() as u64);
@@ -474,6 +589,7 @@ impl Receiver {
         &self,
         key: &str,
         stamp: u64,
+        digest: &str,
         ops: &[QueuedOp],
         conn: &mut RedisConn,
     ) -> Result<(), Refusal> {
@@ -493,6 +609,9 @@ impl Receiver {
             .key(key)
             .arg(stamp)
             .arg(now_ms())
+            .arg(digest)
+            .arg(KEEP_DIGESTS)
+            .arg(RECORD_TTL.as_millis() as u64)
             .invoke_async(conn)
             .await
             .map_err(|e| self.redis_failed(e))?;
@@ -606,6 +725,52 @@ async fn handle(
     }
 }
 
+async fn handle_open(
+    State(receiver): State<Arc<Receiver>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match receiver.open_stream(&headers, body).await {
+        Ok(reply) => axum::Json(reply).into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// The refusal of a batch `BEGIN_SCRIPT` did not let begin (verdicts 2 to 6).
+fn refusal(verdict: u8, stream: &str, stamp: u64, processed: u64) -> Refusal {
+    match verdict {
+        2 => Refusal::new(
+            StatusCode::CONFLICT,
+            "gap",
+            format!(
+                "stamp {stamp} skips ahead: stream {stream} has processed {processed}, expects {}",
+                processed + 1
+            ),
+        ),
+        4 => Refusal::reset(
+            ResetReason::ReusedStamp,
+            format!(
+                "stamp {stamp} of stream {stream} was applied with other operations: the sender's state went back; start a new stream"
+            ),
+        ),
+        5 => Refusal::reset(
+            ResetReason::UnknownStream,
+            format!(
+                "stream {stream} is not on record here (never issued, expired, or the receiver's state was lost); start a new stream"
+            ),
+        ),
+        6 => Refusal::reset(
+            ResetReason::ClosedStream,
+            format!("stream {stream} was closed for a newer one"),
+        ),
+        _ => Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!("stamp {stamp} is being applied by another receiver"),
+        ),
+    }
+}
+
 fn decode(body: &[u8], encoding: Option<&str>, limit: usize) -> Result<BatchRequest, Refusal> {
     let plain = wire::decompress(body, encoding, limit).map_err(|e| match e {
         DecodeError::TooLarge(_) => {
@@ -651,7 +816,8 @@ fn to_write(op: &QueuedOp, now_ms: u64) -> Write<'_> {
     }
 }
 
-/// Serves `receiver` on `listener` until `shutdown`, finishing the requests under way.
+/// Serves `receiver` on `listener` until `shutdown`, finishing the requests under way; over
+/// HTTPS when the receiver has a certificate.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     receiver: Arc<Receiver>,
@@ -660,18 +826,25 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
-    tracing::info!(%addr, "receiving");
+    let tls = receiver.tls.clone();
+    tracing::info!(%addr, https = tls.is_some(), "receiving");
     let stop = receiver.stop.clone();
+    let stopped = async move {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = stop.cancelled() => {}
+        }
+    };
     let fatal = Arc::clone(&receiver);
-    axum::serve(listener, receiver.router())
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = stop.cancelled() => {}
-            }
-        })
-        .await
-        .map_err(|source| Error::Listen { addr, source })?;
+    let handshake = receiver.timeout;
+    let router = receiver.router();
+    match tls {
+        Some(acceptor) => crate::tls::serve(listener, router, acceptor, handshake, stopped).await,
+        None => axum::serve(listener, router)
+            .with_graceful_shutdown(stopped)
+            .await
+            .map_err(|source| Error::Listen { addr, source })?,
+    }
     match fatal.fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
         Some(e) => Err(e.into()),
         None => Ok(()),

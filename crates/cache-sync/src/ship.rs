@@ -13,8 +13,17 @@
 //! Redis ([`SyncQueue::in_flight`]) before taking anything new, and checks again that the
 //! state node does not evict. A receiver that answers 409 (a stamp skips ahead) lacks a batch
 //! before it: every batch in flight is sent again, in stamp order. Only a refusal that
-//! cannot heal by trying again — 401 (shared secret), 400 (malformed), 413 (too large),
-//! 403 (a stale stamp) — stops the shipper.
+//! cannot heal by trying again — 401 (shared secret or clocks), 400 (malformed), 413 (too
+//! large) — stops the shipper.
+//!
+//! Streams are issued by the receiver (see [`crate::wire`]). The shipper starts a new one —
+//! closing the old one at the receiver, then renumbering its batches in flight 1, 2, … under
+//! the new one ([`SyncQueue::restart_stream`]) and sending them again — whenever either side
+//! finds the stream can no longer be trusted: the receiver answers 409 with `reset` (a
+//! stamp re-used with other operations, a stream it has no record of, a closed stream), or
+//! the shipper finds its queue's meta hash behind what it had seen or gone. Each such
+//! incident is one warn line and `hotkeys_sync_resets_total{reason}`. Repeated 409s back
+//! off like failed tries and count against `sync.retries`.
 //!
 //! While the receiver is down every try backs off exponentially with jitter, up to
 //! `sync.retry_max`, and the queue just grows. Queue elements are checked only when the
@@ -28,14 +37,15 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use hotkeys::config::{SyncCompression, SyncConfig};
+use hotkeys::secret::NodeUrl;
 use hotkeys::shutdown::CancellationToken;
-use hotkeys::sync_queue::{Batch, QueuedOp, SyncError, SyncQueue, now_ms};
+use hotkeys::sync_queue::{Batch, Position, QueuedOp, SyncError, SyncQueue, now_ms};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use tokio::task::JoinHandle;
 
 use crate::error::Error;
-use crate::wire::{self, BatchReply, ErrorReply, Outcome};
+use crate::wire::{self, BatchReply, ErrorReply, Outcome, ResetReason, StreamReply, StreamRequest};
 
 /// Pause between two looks at an empty queue.
 const IDLE: Duration = Duration::from_millis(100);
@@ -55,6 +65,8 @@ pub struct ShipSummary {
     pub invalid: u64,
     /// Failed tries.
     pub retries: u64,
+    /// Streams started anew after the stream could not be trusted any more.
+    pub resets: u64,
 }
 
 /// Sends one queue's batches to one receiver.
@@ -70,7 +82,8 @@ pub struct Shipper {
 struct Sender {
     queue: SyncQueue,
     client: reqwest::Client,
-    remote: Arc<str>,
+    /// `sync.remote`, shown without credentials.
+    remote: NodeUrl,
     secret: Arc<[u8]>,
     compression: SyncCompression,
     /// How long the receiver may hold a batch for the ones before it.
@@ -105,6 +118,14 @@ struct Pending {
     stream: Arc<str>,
     /// The newest stamp under way or delivered; a take hands out the one after it.
     last: u64,
+    /// The newest stamp taken in this stream, and the last acknowledged: the queue's meta
+    /// hash never goes below them unless its state node went back.
+    taken: u64,
+    acked: u64,
+    /// 409s in a row (gaps and resets); reset by a batch applied.
+    setbacks: u32,
+    /// Why the next resync must start a new stream.
+    reset: Option<ResetReason>,
 }
 
 impl Pending {
@@ -133,17 +154,13 @@ impl Shipper {
                 sync.secret_env
             )));
         }
-        let client = reqwest::Client::builder()
-            .timeout(sync.timeout)
-            .connect_timeout(sync.timeout.min(Duration::from_secs(5)))
-            .build()
-            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        let client = crate::tls::client(sync)?;
         Ok(Shipper {
             queue: queue.clone(),
             sender: Sender {
                 queue,
                 client,
-                remote: sync.remote.as_str().into(),
+                remote: NodeUrl::new(sync.remote.as_str()),
                 secret: secret.as_bytes().into(),
                 compression: sync.compression,
                 // Half the request timeout: a held batch is answered before the shipper
@@ -198,11 +215,16 @@ impl Shipper {
             batches: VecDeque::new(),
             stream: "".into(),
             last: 0,
+            taken: 0,
+            acked: 0,
+            setbacks: 0,
+            reset: None,
         });
         if !self.resync(pending, shutdown, summary).await? {
             return Ok(());
         }
         tracing::info!(queue = self.queue.name(), stream = %pending.stream, remote = %self.sender.remote, "shipping");
+        crate::tls::warn_if_plain_remote(&self.sender.remote);
         loop {
             if !self.fill(pending, shutdown, summary).await? {
                 return Ok(());
@@ -222,48 +244,88 @@ impl Shipper {
             let delivered = task
                 .await
                 .map_err(|e| Error::Internal(format!("delivery of batch {stamp}: {e}")))?;
-            let delivery = match delivered {
-                Ok(Some(delivery)) => delivery,
-                // Shut down while the receiver was unreachable: the batch stays in flight.
-                Ok(None) => return Ok(()),
-                Err(Error::Refused {
-                    status: 409,
-                    message,
-                    ..
-                }) => {
-                    // The receiver lacks a batch before this one: send them all again.
-                    tracing::warn!(stamp, %message, "receiver reports a gap; re-sending the batches in flight in order");
-                    metrics::counter!("hotkeys_sync_gaps_total").increment(1);
-                    summary.retries += 1;
-                    pending.abort();
-                    pending.last = 0;
-                    if !self.sender.pause(1, &message, stamp, shutdown).await?
-                        || !self.resync(pending, shutdown, summary).await?
-                    {
-                        return Ok(());
-                    }
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            summary.batches += 1;
-            summary.ops += delivery.ops;
-            summary.invalid += delivery.invalid;
-            summary.retries += delivery.retries;
-            summary.duplicates += u64::from(delivery.duplicate);
-            let tries = summary.retries;
-            if self
-                .retrying(shutdown, summary, || self.queue.ack(stamp))
+            if !self
+                .settle(pending, stamp, delivered, shutdown, summary)
                 .await?
-                .is_none()
             {
                 return Ok(());
             }
-            // Reconnected on the way: check the state node again.
-            if summary.retries > tries && !self.resync(pending, shutdown, summary).await? {
-                return Ok(());
-            }
         }
+    }
+
+    /// Acts on how the delivery of the oldest batch under way ended: acknowledges it once
+    /// the receiver confirmed it, sends the batches in flight again after a 409. `false`:
+    /// shut down.
+    async fn settle(
+        &self,
+        pending: &mut Pending,
+        stamp: u64,
+        delivered: Result<Option<Delivery>, Error>,
+        shutdown: &CancellationToken,
+        summary: &mut ShipSummary,
+    ) -> Result<bool, Error> {
+        let delivery = match delivered {
+            Ok(Some(delivery)) => delivery,
+            // Shut down while the receiver was unreachable: the batch stays in flight.
+            Ok(None) => return Ok(false),
+            Err(Error::Refused {
+                status: 409,
+                message,
+                ..
+            }) => {
+                // The receiver lacks a batch before this one: send them all again.
+                tracing::warn!(stamp, %message, "receiver reports a gap; re-sending the batches in flight in order");
+                metrics::counter!("hotkeys_sync_gaps_total").increment(1);
+                return self.set_back(pending, None, summary, shutdown).await;
+            }
+            Err(Error::Reset { reason, .. }) => {
+                return self
+                    .set_back(pending, Some(reason), summary, shutdown)
+                    .await;
+            }
+            Err(e) => return Err(e),
+        };
+        if !delivery.duplicate {
+            pending.setbacks = 0;
+        }
+        summary.batches += 1;
+        summary.ops += delivery.ops;
+        summary.invalid += delivery.invalid;
+        summary.retries += delivery.retries;
+        summary.duplicates += u64::from(delivery.duplicate);
+        let tries = summary.retries;
+        let Some(acked) = self
+            .retrying(shutdown, summary, || self.queue.ack(stamp))
+            .await?
+        else {
+            return Ok(false);
+        };
+        pending.acked = pending.acked.max(acked);
+        // Reconnected on the way: check the state node again.
+        Ok(summary.retries == tries || self.resync(pending, shutdown, summary).await?)
+    }
+
+    /// After a 409: stops the deliveries under way, waits (backing off, and giving up after
+    /// `sync.retries` of them in a row), then sends the batches in flight again — under a
+    /// new stream when `reset` says so. `false`: shut down.
+    async fn set_back(
+        &self,
+        pending: &mut Pending,
+        reset: Option<ResetReason>,
+        summary: &mut ShipSummary,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, Error> {
+        summary.retries += 1;
+        pending.setbacks += 1;
+        pending.abort();
+        pending.last = 0;
+        pending.reset = reset.or(pending.reset);
+        let reason = reset.map_or("receiver reports a gap", ResetReason::as_str);
+        Ok(self
+            .sender
+            .wait(pending.setbacks, reason, None, shutdown)
+            .await?
+            && self.resync(pending, shutdown, summary).await?)
     }
 
     /// Takes new batches until `sync.in_flight` are under way or the queue is empty. After a
@@ -277,6 +339,13 @@ impl Shipper {
         let mut failures = 0u32;
         while !shutdown.is_cancelled() && pending.batches.len() < self.window {
             match self.queue.take(self.batch, self.window).await {
+                // A stamp handed out twice: the queue's state node went back under us.
+                Ok(Some(batch)) if batch.stamp <= pending.taken => {
+                    pending.reset = Some(ResetReason::SenderWentBack);
+                    if !self.resync(pending, shutdown, summary).await? {
+                        return Ok(false);
+                    }
+                }
                 Ok(Some(batch)) => {
                     failures = 0;
                     metrics::gauge!("hotkeys_sync_queue_length").set(batch.queued as f64);
@@ -301,10 +370,11 @@ impl Shipper {
         Ok(true)
     }
 
-    /// Brings `pending` in line with the state in Redis, after a start or a lost connection:
-    /// checks that the state node does not evict, follows a stream that was started anew
-    /// (the node lost its data), and launches every batch in flight that is not under way
-    /// yet, in stamp order. `false`: shut down first.
+    /// Brings `pending` in line with the state in Redis, after a start, a lost connection or
+    /// a 409: checks that the state node does not evict, starts a new stream when one is due
+    /// (see [`Shipper::stream_verdict`]), follows a stream another shipper started, and
+    /// launches every batch in flight that is not under way yet, in stamp order. `false`:
+    /// shut down first.
     async fn resync(
         &self,
         pending: &mut Pending,
@@ -318,24 +388,61 @@ impl Shipper {
         {
             return Ok(false);
         }
-        let Some(stream) = self
-            .retrying(shutdown, summary, || self.queue.stream_id())
-            .await?
-        else {
-            return Ok(false);
-        };
-        if *pending.stream != stream {
-            if !pending.stream.is_empty() {
-                tracing::error!(
-                    old = %pending.stream,
-                    new = %stream,
-                    "the state node lost the replication state (restarted empty?); the batches in flight are gone, shipping a new stream"
-                );
+        Ok(self.align_stream(pending, shutdown, summary).await?
+            && self.relaunch(pending, shutdown, summary).await?)
+    }
+
+    /// Settles which stream `pending` ships, from the queue's meta hash: keeps it, follows
+    /// the queue's, or starts a new one. `false`: shut down first.
+    async fn align_stream(
+        &self,
+        pending: &mut Pending,
+        shutdown: &CancellationToken,
+        summary: &mut ShipSummary,
+    ) -> Result<bool, Error> {
+        loop {
+            let Some(position) = self
+                .retrying(shutdown, summary, || self.queue.position())
+                .await?
+            else {
+                return Ok(false);
+            };
+            let verdict = stream_verdict(pending, &position);
+            pending.reset = None;
+            match verdict {
+                Verdict::Keep => return Ok(true),
+                Verdict::Follow(stream) => {
+                    pending.abort();
+                    pending.stream = stream.into();
+                    (pending.last, pending.taken) = (0, position.stamp);
+                    pending.acked = position.acked;
+                    return Ok(true);
+                }
+                Verdict::Restart(reason) => {
+                    let in_queue = position.stream.as_deref();
+                    if !self
+                        .restart(pending, reason, in_queue, shutdown, summary)
+                        .await?
+                    {
+                        return Ok(false);
+                    }
+                    // Empty: another shipper moved the queue first; read it again.
+                    if !pending.stream.is_empty() {
+                        return Ok(true);
+                    }
+                }
             }
-            pending.abort();
-            pending.stream = stream.into();
-            pending.last = 0;
         }
+    }
+
+    /// Launches every batch in flight in Redis that is not under way yet, in stamp order.
+    /// `false`: shut down first.
+    async fn relaunch(
+        &self,
+        pending: &mut Pending,
+        shutdown: &CancellationToken,
+        summary: &mut ShipSummary,
+    ) -> Result<bool, Error> {
         let Some(left) = self
             .retrying(shutdown, summary, || self.queue.in_flight())
             .await?
@@ -360,6 +467,59 @@ impl Shipper {
         Ok(true)
     }
 
+    /// Starts a new stream: the receiver issues it (closing the one left), then the queue
+    /// moves its batches in flight under it. `reason` is `None` for the queue's first
+    /// stream, which is no incident. `false`: shut down first.
+    async fn restart(
+        &self,
+        pending: &mut Pending,
+        reason: Option<ResetReason>,
+        in_queue: Option<&str>,
+        shutdown: &CancellationToken,
+        summary: &mut ShipSummary,
+    ) -> Result<bool, Error> {
+        pending.abort();
+        let old = (!pending.stream.is_empty()).then(|| pending.stream.to_string());
+        let previous = in_queue.map(str::to_string).or(old);
+        let Some(stream) = self
+            .sender
+            .open_stream(self.queue.name(), previous.as_deref(), shutdown)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let Some(moved) = self
+            .retrying(shutdown, summary, || {
+                self.queue.restart_stream(in_queue, &stream)
+            })
+            .await?
+        else {
+            return Ok(false);
+        };
+        let Some(restarted) = moved else {
+            // Another shipper of the queue moved it first: the caller follows it.
+            pending.stream = "".into();
+            return Ok(true);
+        };
+        pending.stream = stream.into();
+        (pending.last, pending.taken, pending.acked) = (0, restarted.batches, 0);
+        let Some(reason) = reason else {
+            tracing::info!(stream = %pending.stream, "stream started");
+            return Ok(true);
+        };
+        summary.resets += 1;
+        metrics::counter!("hotkeys_sync_resets_total", "reason" => reason.as_str()).increment(1);
+        tracing::warn!(
+            reason = reason.as_str(),
+            old = previous.as_deref().unwrap_or(""),
+            new = %pending.stream,
+            batches = restarted.batches,
+            lost_batches = restarted.missing,
+            "replication stream reset; sending the batches in flight again under a new stream"
+        );
+        Ok(true)
+    }
+
     /// Starts the delivery of `batch` in a task of its own, behind the ones under way.
     fn launch(&self, pending: &mut Pending, batch: Batch, shutdown: &CancellationToken) {
         let oldest_ms = batch
@@ -373,6 +533,7 @@ impl Shipper {
         let stamp = batch.stamp;
         let task = tokio::spawn(async move { sender.deliver(&stream, &batch, &shutdown).await });
         pending.last = stamp;
+        pending.taken = pending.taken.max(stamp);
         pending.batches.push_back(InFlight {
             stamp,
             oldest_ms,
@@ -422,9 +583,10 @@ impl Sender {
         let mut ops: Vec<&[u8]> = batch.items.iter().map(Vec::as_slice).collect();
         let mut invalid = 0;
         let mut checked = false;
-        let (mut body, mut signature) = self.body(stream, stamp, &ops)?;
         let mut failures = 0u32;
         loop {
+            // Signed anew on every try: the receiver refuses a body signed long ago.
+            let (body, signature) = self.body(stream, stamp, &ops)?;
             match self.post(stamp, &body, &signature).await {
                 Attempt::Delivered(reply) => {
                     metrics::counter!("hotkeys_sync_batches_shipped_total").increment(1);
@@ -453,7 +615,6 @@ impl Sender {
                     invalid = bad.len() as u64;
                     // Deterministic: a re-sent batch is filtered the same way.
                     ops = good;
-                    (body, signature) = self.body(stream, stamp, &ops)?;
                 }
                 Attempt::Malformed(refusal) | Attempt::Fatal(refusal) => return Err(refusal),
                 Attempt::Retry(reason) => {
@@ -468,7 +629,7 @@ impl Sender {
 
     /// The signed, compressed request body of a batch.
     fn body(&self, stream: &str, stamp: u64, ops: &[&[u8]]) -> Result<(Bytes, String), Error> {
-        let plain = wire::encode_batch(stream, stamp, self.wait_ms, ops.iter().copied());
+        let plain = wire::encode_batch(stream, stamp, now_ms(), self.wait_ms, ops.iter().copied());
         let body = wire::compress(plain, self.compression)
             .map_err(|e| Error::Internal(format!("cannot compress batch {stamp}: {e}")))?;
         let signature = wire::sign(&self.secret, &body);
@@ -493,7 +654,7 @@ impl Sender {
     async fn post(&self, stamp: u64, body: &Bytes, signature: &str) -> Attempt {
         let mut request = self
             .client
-            .post(&*self.remote)
+            .post(self.remote.expose())
             .header(CONTENT_TYPE, "application/json")
             .header(wire::SIGNATURE_HEADER, signature);
         if let Some(encoding) = wire::content_encoding(self.compression) {
@@ -501,12 +662,12 @@ impl Sender {
         }
         let response = match request.body(body.clone()).send().await {
             Ok(r) => r,
-            Err(e) => return Attempt::Retry(error_chain(&e)),
+            Err(e) => return Attempt::Retry(error_chain(&e.without_url())),
         };
         let status = response.status();
         let text = match response.bytes().await {
             Ok(b) => b,
-            Err(e) => return Attempt::Retry(error_chain(&e)),
+            Err(e) => return Attempt::Retry(error_chain(&e.without_url())),
         };
         if status == StatusCode::OK {
             return match serde_json::from_slice::<BatchReply>(&text) {
@@ -521,9 +682,18 @@ impl Sender {
                 }
             };
         }
-        let message = serde_json::from_slice::<ErrorReply>(&text)
-            .map(|r| r.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&text).into_owned());
+        let (message, reset) = match serde_json::from_slice::<ErrorReply>(&text) {
+            Ok(reply) => (reply.error, reply.reset),
+            Err(_) => (String::from_utf8_lossy(&text).into_owned(), None),
+        };
+        if let (StatusCode::CONFLICT, Some(reason)) = (status, reset) {
+            return Attempt::Fatal(Error::Reset {
+                remote: self.remote.to_string(),
+                stamp,
+                reason,
+                message,
+            });
+        }
         if status.is_server_error()
             || status == StatusCode::REQUEST_TIMEOUT
             || status == StatusCode::TOO_MANY_REQUESTS
@@ -533,7 +703,7 @@ impl Sender {
             Attempt::Malformed(self.refused(stamp, status, message))
         } else {
             // 401, 403, 413, 415: the same request would be refused again; 409 goes back to
-            // the pump, which sends the batches in flight again.
+            // the pump, which sends the batches in flight again (under a new stream if asked).
             Attempt::Fatal(self.refused(stamp, status, message))
         }
     }
@@ -547,12 +717,80 @@ impl Sender {
         }
     }
 
-    /// Counts a failed try and waits before the next one. `false`: shut down meanwhile.
+    /// Asks the receiver for a new stream of `queue`, closing `previous`; tries again while
+    /// the receiver is unreachable. `None`: shut down first.
+    async fn open_stream(
+        &self,
+        queue: &str,
+        previous: Option<&str>,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<String>, Error> {
+        let url = format!("{}/streams", self.remote.expose().trim_end_matches('/'));
+        let mut failures = 0u32;
+        loop {
+            let body = serde_json::to_vec(&StreamRequest {
+                queue: queue.to_string(),
+                previous: previous.map(str::to_string),
+                sent_ms: now_ms(),
+            })
+            .map_err(|e| Error::Internal(e.to_string()))?;
+            let signature = wire::sign(&self.secret, &body);
+            let sent = self
+                .client
+                .post(&url)
+                .header(CONTENT_TYPE, "application/json")
+                .header(wire::SIGNATURE_HEADER, signature)
+                .body(body)
+                .send()
+                .await;
+            let reason = match sent {
+                Ok(response) if response.status() == StatusCode::OK => {
+                    let text = response.bytes().await.unwrap_or_default();
+                    match serde_json::from_slice::<StreamReply>(&text) {
+                        Ok(reply) => return Ok(Some(reply.stream)),
+                        Err(e) => format!("unreadable answer: {e}"),
+                    }
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let text = response.text().await.unwrap_or_default();
+                    let message =
+                        serde_json::from_str::<ErrorReply>(&text).map_or(text, |r| r.error);
+                    if !(status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT) {
+                        return Err(self.refused(0, status, message));
+                    }
+                    format!("HTTP {}: {message}", status.as_u16())
+                }
+                Err(e) => error_chain(&e.without_url()),
+            };
+            failures += 1;
+            if !self.pause(failures, &reason, 0, shutdown).await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Counts a failed try, logs it (at the 1st, 2nd, 4th… failure in a row: a long outage
+    /// stays visible without flooding the log) and waits before the next one. `false`: shut
+    /// down meanwhile.
     async fn pause(
         &self,
         failures: u32,
         reason: &str,
         stamp: u64,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, Error> {
+        let logged = failures.is_power_of_two().then_some(stamp);
+        self.wait(failures, reason, logged, shutdown).await
+    }
+
+    /// Waits before try `failures + 1`, or gives up after `sync.retries` failures in a row;
+    /// logs the failure of batch `logged` when given. `false`: shut down meanwhile.
+    async fn wait(
+        &self,
+        failures: u32,
+        reason: &str,
+        logged: Option<u64>,
         shutdown: &CancellationToken,
     ) -> Result<bool, Error> {
         metrics::counter!("hotkeys_sync_retries_total").increment(1);
@@ -564,9 +802,7 @@ impl Sender {
             });
         }
         let delay = backoff(failures, self.retry_max);
-        // Logged at the first failure and then ever more rarely: a long outage stays visible
-        // without flooding the log.
-        if failures.is_power_of_two() {
+        if let Some(stamp) = logged {
             tracing::warn!(stamp, failures, delay_ms = delay.as_millis() as u64, %reason, "try failed; trying again");
         }
         tokio::select! {
@@ -574,6 +810,36 @@ impl Sender {
             _ = shutdown.cancelled() => Ok(false),
         }
     }
+}
+
+/// What a resync does with the stream.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Go on with it.
+    Keep,
+    /// The queue is on another stream (at start, or another shipper moved it): take it up.
+    Follow(String),
+    /// Start a new stream; `None`: the queue's first.
+    Restart(Option<ResetReason>),
+}
+
+/// Compares what the shipper knows of its stream with the queue's meta hash.
+fn stream_verdict(pending: &Pending, position: &Position) -> Verdict {
+    let Some(stream) = &position.stream else {
+        return Verdict::Restart(
+            (!pending.stream.is_empty()).then_some(ResetReason::SenderLostState),
+        );
+    };
+    if **stream != *pending.stream {
+        return Verdict::Follow(stream.clone());
+    }
+    if let Some(reason) = pending.reset {
+        return Verdict::Restart(Some(reason));
+    }
+    if position.stamp < pending.taken || position.acked < pending.acked {
+        return Verdict::Restart(Some(ResetReason::SenderWentBack));
+    }
+    Verdict::Keep
 }
 
 /// Lag: the age of the oldest operation not yet acknowledged, which heads the oldest batch
@@ -608,6 +874,72 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pending(stream: &str, taken: u64, acked: u64) -> Pending {
+        Pending {
+            batches: VecDeque::new(),
+            stream: stream.into(),
+            last: 0,
+            taken,
+            acked,
+            setbacks: 0,
+            reset: None,
+        }
+    }
+
+    fn position(stream: Option<&str>, stamp: u64, acked: u64) -> Position {
+        Position {
+            stream: stream.map(str::to_string),
+            stamp,
+            acked,
+        }
+    }
+
+    #[test]
+    fn a_queue_without_a_stream_starts_one_and_only_a_lost_one_is_an_incident() {
+        assert_eq!(
+            stream_verdict(&pending("", 0, 0), &position(None, 0, 0)),
+            Verdict::Restart(None)
+        );
+        assert_eq!(
+            stream_verdict(&pending("q@1", 9, 7), &position(None, 0, 0)),
+            Verdict::Restart(Some(ResetReason::SenderLostState))
+        );
+    }
+
+    #[test]
+    fn a_meta_hash_behind_what_the_shipper_saw_restarts_the_stream() {
+        let shipped = pending("q@1", 10, 8);
+        assert_eq!(
+            stream_verdict(&shipped, &position(Some("q@1"), 10, 8)),
+            Verdict::Keep
+        );
+        assert_eq!(
+            stream_verdict(&shipped, &position(Some("q@1"), 12, 9)),
+            Verdict::Keep
+        );
+        for (stamp, acked) in [(8, 8), (10, 6)] {
+            assert_eq!(
+                stream_verdict(&shipped, &position(Some("q@1"), stamp, acked)),
+                Verdict::Restart(Some(ResetReason::SenderWentBack)),
+                "{stamp} {acked}"
+            );
+        }
+    }
+
+    #[test]
+    fn another_stream_in_the_queue_is_followed_and_a_reset_asked_for_restarts() {
+        assert_eq!(
+            stream_verdict(&pending("", 0, 0), &position(Some("q@2"), 3, 1)),
+            Verdict::Follow("q@2".into())
+        );
+        let mut asked = pending("q@1", 3, 1);
+        asked.reset = Some(ResetReason::UnknownStream);
+        assert_eq!(
+            stream_verdict(&asked, &position(Some("q@1"), 3, 1)),
+            Verdict::Restart(Some(ResetReason::UnknownStream))
+        );
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap() {

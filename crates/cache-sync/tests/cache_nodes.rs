@@ -305,7 +305,11 @@ async fn the_sync_queue_works_on_a_cluster() {
         .map(|i| hotkeys::sync_queue::Op::delete(format!("k{i}")))
         .collect();
     queue.enqueue_many(&ops).await.unwrap();
-    queue.stream_id().await.unwrap();
+    queue
+        .restart_stream(None, "cluster@1")
+        .await
+        .unwrap()
+        .unwrap();
     let batch = queue.take(4, 2).await.unwrap().unwrap();
     assert_eq!((batch.stamp, batch.items.len()), (1, 4));
     assert_eq!(queue.in_flight().await.unwrap().len(), 1);

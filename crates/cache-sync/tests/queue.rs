@@ -132,13 +132,21 @@ async fn status_reports_length_in_flight_stamps_and_lag() {
         .map(|i| Op::delete(format!("{}new{i}", stack.prefix())))
         .collect();
     queue.enqueue_many(&new).await.unwrap();
-    let stream = queue.stream_id().await.unwrap();
+    assert_eq!(queue.stream().await.unwrap(), None);
+    let stream = format!("{}@1", t.sync.queue);
+    assert!(queue.restart_stream(None, &stream).await.unwrap().is_some());
     assert_eq!(
-        queue.stream_id().await.unwrap(),
-        stream,
-        "the stream id is stable"
+        queue.stream().await.unwrap().as_deref(),
+        Some(stream.as_str())
     );
-    assert!(stream.starts_with(&t.sync.queue));
+    assert!(
+        queue
+            .restart_stream(None, "another@2")
+            .await
+            .unwrap()
+            .is_none(),
+        "only a queue still on the expected stream moves"
+    );
 
     queue.take(1, 4).await.unwrap().unwrap();
     queue.take(2, 4).await.unwrap().unwrap();
@@ -157,6 +165,50 @@ async fn status_reports_length_in_flight_stamps_and_lag() {
     assert!(
         status.lag_ms >= 10_000,
         "lag counts from the oldest unacknowledged op: {status:?}"
+    );
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_restarted_stream_carries_the_batches_in_flight_over_renumbered_in_order() {
+    let Some(mut stack) = common::stack("restart").await else {
+        return;
+    };
+    let t = stack.topology();
+    let queue = stack.queue(&t).await;
+    let ops: Vec<Op> = (0..5)
+        .map(|i| Op::delete(format!("{}{i}", stack.prefix())))
+        .collect();
+    queue.enqueue_many(&ops).await.unwrap();
+    let old = format!("{}@1", t.sync.queue);
+    queue.restart_stream(None, &old).await.unwrap().unwrap();
+    for _ in 0..3 {
+        queue.take(2, 4).await.unwrap().unwrap();
+    }
+    assert_eq!(queue.ack(1).await.unwrap(), 1);
+
+    let new = format!("{}@2", t.sync.queue);
+    let restarted = queue
+        .restart_stream(Some(&old), &new)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((restarted.batches, restarted.missing), (2, 0));
+    let left: Vec<(u64, Vec<Op>)> = queue
+        .in_flight()
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| (b.stamp, ops_of(b)))
+        .collect();
+    assert_eq!(left, [(1, ops[2..4].to_vec()), (2, ops[4..].to_vec())]);
+    let status = stack.status(&t).await;
+    assert_eq!(status.stream.as_deref(), Some(new.as_str()));
+    assert_eq!((status.last_stamp, status.acked), (2, 0));
+    assert_eq!(
+        queue.take(2, 4).await.unwrap(),
+        None,
+        "nothing left to take"
     );
     stack.cleanup().await;
 }

@@ -1,10 +1,11 @@
 //! The receiver's answers to every kind of request, against the real remote Redis: a
-//! refused request changes nothing, a re-sent stamp is not applied twice.
+//! refused request changes nothing, a re-sent stamp is not applied twice, a stamp re-used
+//! for other operations or a stream the receiver has no record of asks for a new stream.
 
 mod common;
 
 use cache_sync::receive::{self, StreamState};
-use cache_sync::wire::{self, BatchReply, ErrorReply, Outcome};
+use cache_sync::wire::{self, BatchReply, ErrorReply, Outcome, ResetReason, StreamReply};
 use common::{RunningReceiver, SECRET, Stack};
 use hotkeys::Topology;
 use hotkeys::cache::CacheNodes;
@@ -31,13 +32,36 @@ impl Harness {
         let mut t = stack.topology();
         configure(&mut t);
         let receiver = RunningReceiver::start(&t, "127.0.0.1:0").await;
-        let stream = format!("test:{}:stream", stack.id);
-        Some(Harness {
+        let mut harness = Harness {
             stack,
             receiver,
             client: reqwest::Client::new(),
-            stream,
+            stream: String::new(),
+        };
+        harness.stream = harness.open_stream(None).await;
+        Some(harness)
+    }
+
+    /// A stream the receiver issues for this test's queue, leaving `previous`.
+    async fn open_stream(&self, previous: Option<&str>) -> String {
+        let body = serde_json::to_vec(&wire::StreamRequest {
+            queue: format!("test:{}:queue", self.stack.id),
+            previous: previous.map(str::to_string),
+            sent_ms: now_ms(),
         })
+        .unwrap();
+        let signature = wire::sign(SECRET.as_bytes(), &body);
+        let response = self
+            .client
+            .post(format!("{}/streams", self.receiver.url()))
+            .header(wire::SIGNATURE_HEADER, signature)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let text = response.text().await.unwrap();
+        serde_json::from_str::<StreamReply>(&text).unwrap().stream
     }
 
     fn key(&self, name: &str) -> String {
@@ -49,7 +73,13 @@ impl Harness {
             .iter()
             .map(|op| QueuedOp::now(op.clone()).to_json())
             .collect();
-        wire::encode_batch(&self.stream, stamp, 0, lines.iter().map(|l| l.as_bytes()))
+        wire::encode_batch(
+            &self.stream,
+            stamp,
+            now_ms(),
+            0,
+            lines.iter().map(|l| l.as_bytes()),
+        )
     }
 
     async fn post(
@@ -106,6 +136,10 @@ fn applied(text: &str) -> BatchReply {
 
 fn error(text: &str) -> String {
     serde_json::from_str::<ErrorReply>(text).unwrap().error
+}
+
+fn reset(text: &str) -> Option<ResetReason> {
+    serde_json::from_str::<ErrorReply>(text).unwrap().reset
 }
 
 #[tokio::test]
@@ -190,14 +224,18 @@ async fn a_malformed_body_is_refused_with_400_naming_the_first_error_and_changes
         vec![
         (
             format!(
-                r#"{{"stream":"{}","stamp":1,"ops":[{first},{{"op":"set","key":"x","at_ms":1}}]}}"#,
-                h.stream
+                r#"{{"stream":"{}","stamp":1,"sent_ms":{},"ops":[{first},{{"op":"set","key":"x","at_ms":1}}]}}"#,
+                h.stream,
+                now_ms()
             )
             .into_bytes(),
             "ops[1]",
         ),
         (b"{not json".to_vec(), "key must be a string"),
-        (format!(r#"{{"stream":"{}","ops":[]}}"#, h.stream).into_bytes(), "stamp"),
+        (
+            format!(r#"{{"stream":"{}","sent_ms":{},"ops":[]}}"#, h.stream, now_ms()).into_bytes(),
+            "stamp",
+        ),
     ];
     for (body, expected) in cases {
         let (status, text) = h.post_signed(body).await;
@@ -211,7 +249,11 @@ async fn a_malformed_body_is_refused_with_400_naming_the_first_error_and_changes
     assert_eq!(status, StatusCode::BAD_REQUEST);
     // The valid first operation of the refused batch was not applied either.
     assert_eq!(h.remote_get(&good).await, None);
-    assert_eq!(h.state().await, StreamState::default());
+    assert_eq!(
+        h.state().await,
+        StreamState::default(),
+        "nothing recorded but the stream"
+    );
     h.finish().await;
 }
 
@@ -255,11 +297,11 @@ async fn a_stamp_that_skips_ahead_is_refused_with_409_and_changes_nothing() {
     let state = h.state().await;
     assert_eq!((state.processed, state.applied), (1, 1));
     // Allowed to wait for stamp 2, which never comes.
-    let late = wire::encode_batch(&h.stream, 3, 200, std::iter::empty());
-    let (status, _) = h.post_signed(late).await;
-    assert_eq!(status, StatusCode::CONFLICT);
+    let late = wire::encode_batch(&h.stream, 3, now_ms(), 200, std::iter::empty());
+    let (status, text) = h.post_signed(late).await;
+    assert_eq!((status, reset(&text)), (StatusCode::CONFLICT, None));
     // A new stream must begin at stamp 1.
-    h.stream.push_str("-new");
+    h.stream = h.open_stream(Some(&h.stream)).await;
     let (status, _) = h.send(2, &[Op::set(&key, "two", None)]).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(h.remote_get(&key).await.as_deref(), Some("one"));
@@ -273,7 +315,13 @@ async fn a_batch_that_arrives_before_its_predecessor_waits_and_both_apply_in_ord
     };
     let key = h.key("k");
     let lines = [QueuedOp::now(Op::set(&key, "two", None)).to_json()];
-    let second = wire::encode_batch(&h.stream, 2, 30_000, lines.iter().map(|l| l.as_bytes()));
+    let second = wire::encode_batch(
+        &h.stream,
+        2,
+        now_ms(),
+        30_000,
+        lines.iter().map(|l| l.as_bytes()),
+    );
     let h = std::sync::Arc::new(h);
     let early = tokio::spawn({
         let h = std::sync::Arc::clone(&h);
@@ -336,7 +384,13 @@ async fn a_set_whose_ttl_ran_out_on_the_way_deletes_the_key() {
         at_ms: now_ms() - 5_000,
     }
     .to_json();
-    let body = wire::encode_batch(&h.stream, 2, 0, std::iter::once(expired.as_bytes()));
+    let body = wire::encode_batch(
+        &h.stream,
+        2,
+        now_ms(),
+        0,
+        std::iter::once(expired.as_bytes()),
+    );
     let (status, _) = h.post_signed(body).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(h.remote_get(&key).await, None);
@@ -360,7 +414,8 @@ async fn a_receiving_ring_gets_each_key_on_its_node_and_deletes_on_every_node() 
     let placement = CacheNodes::connect(&ring.unwrap()).await.unwrap();
     let keys: Vec<String> = (0..40).map(|i| h.key(&i.to_string())).collect();
     let sets: Vec<Op> = keys.iter().map(|k| Op::set(k, "v", None)).collect();
-    let (status, text) = h.send(1, &sets).await;
+    let first = h.body(1, &sets);
+    let (status, text) = h.post_signed(first.clone()).await;
     assert_eq!(status, StatusCode::OK, "{text}");
     let mut per_node = [0; 2];
     for key in &keys {
@@ -405,7 +460,7 @@ async fn a_receiving_ring_gets_each_key_on_its_node_and_deletes_on_every_node() 
         assert!(!exists);
     }
     // The stream record lives on the first receiving node.
-    let (status, text) = h.send(1, &sets).await;
+    let (status, text) = h.post_signed(first).await;
     assert_eq!(applied(&text).status, Outcome::Duplicate, "{status} {text}");
     let state = h.state().await;
     assert_eq!(
@@ -416,39 +471,66 @@ async fn a_receiving_ring_gets_each_key_on_its_node_and_deletes_on_every_node() 
 }
 
 #[tokio::test]
-async fn with_its_stream_record_gone_an_old_stamp_is_refused_with_403_and_a_recent_one_is_a_duplicate()
- {
-    let Some(mut h) = Harness::start("stale", 1 << 20).await else {
+async fn a_stamp_resent_with_other_operations_asks_for_a_new_stream_and_applies_nothing() {
+    let Some(mut h) = Harness::start("reused", 1 << 20).await else {
         return;
     };
     let key = h.key("k");
-    let last = 1100;
-    for stamp in 1..=last {
+    for stamp in 1..=3 {
+        let (status, text) = h
+            .send(stamp, &[Op::set(&key, format!("v{stamp}"), None)])
+            .await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+    }
+    let (status, text) = h.send(2, &[Op::set(&key, "other", None)]).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{text}");
+    assert_eq!(reset(&text), Some(ResetReason::ReusedStamp));
+    assert_eq!(h.remote_get(&key).await.as_deref(), Some("v3"));
+    let state = h.state().await;
+    assert_eq!(
+        (state.processed, state.applied, state.duplicates),
+        (3, 3, 0)
+    );
+
+    // The shipper leaves the stream: the old one is closed to every batch.
+    let old = std::mem::take(&mut h.stream);
+    h.stream = h.open_stream(Some(&old)).await;
+    let (status, text) = h.send(1, &[Op::set(&key, "new", None)]).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    h.stream = old;
+    let (status, text) = h.send(4, &[Op::set(&key, "late", None)]).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{text}");
+    assert_eq!(reset(&text), Some(ResetReason::ClosedStream));
+    assert!(h.state().await.closed);
+    assert_eq!(h.remote_get(&key).await.as_deref(), Some("new"));
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn with_its_stream_record_gone_every_batch_asks_for_a_new_stream_and_applies_nothing() {
+    let Some(mut h) = Harness::start("record_gone", 1 << 20).await else {
+        return;
+    };
+    let key = h.key("k");
+    for stamp in 1..=3 {
         let (status, text) = h
             .send(stamp, &[Op::set(&key, stamp.to_string(), None)])
             .await;
         assert_eq!(status, StatusCode::OK, "stamp {stamp}: {text}");
     }
-    // The record is lost (as an evicting Redis would lose it).
+    // The record is lost (a flushed or failed-over receiving Redis).
     redis::cmd("DEL")
         .arg(receive::stream_key(&h.stream))
         .query_async::<()>(&mut h.stack.remote)
         .await
         .unwrap();
-
-    let (status, text) = h.send(1, &[Op::set(&key, "replayed", None)]).await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
-    assert!(error(&text).contains("behind"), "{text}");
-    let (status, text) = h.send(last - 1, &[Op::set(&key, "resent", None)]).await;
-    assert_eq!(status, StatusCode::OK, "{text}");
-    assert_eq!(applied(&text).status, Outcome::Duplicate);
-    assert_eq!(h.remote_get(&key).await, Some(last.to_string()));
-    let (status, text) = h.send(last + 1, &[Op::set(&key, "next", None)]).await;
-    assert_eq!(
-        (status, applied(&text).status),
-        (StatusCode::OK, Outcome::Applied)
-    );
-    assert_eq!(h.state().await.processed, last + 1);
+    for stamp in [1, 3, 4] {
+        let (status, text) = h.send(stamp, &[Op::set(&key, "again", None)]).await;
+        assert_eq!(status, StatusCode::CONFLICT, "stamp {stamp}: {text}");
+        assert_eq!(reset(&text), Some(ResetReason::UnknownStream));
+    }
+    assert_eq!(h.remote_get(&key).await.as_deref(), Some("3"));
+    assert_eq!(h.state().await, StreamState::default());
     h.finish().await;
 }
 

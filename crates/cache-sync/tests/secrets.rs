@@ -163,3 +163,49 @@ async fn a_planted_redis_password_is_in_no_log_error_or_metric_label() {
     }
     stack.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_in_sync_remote_is_in_no_log_line_or_error() {
+    let Some(mut stack) = common::stack("remote_password").await else {
+        return;
+    };
+    let receiver = common::RunningReceiver::start(&stack.topology(), "127.0.0.1:0").await;
+    let mut t = stack.topology();
+    t.sync.retries = 2;
+    let queue = SyncQueue::connect(&t.redis, &t.sync).await.unwrap();
+    let op = Op::set(format!("{}k", stack.prefix()), "v", None);
+    queue.enqueue(&op).await.unwrap();
+    let with_password = |port: u16| format!("http://hk:{PLANTED}@127.0.0.1:{port}/sync");
+
+    // Refused (the secrets differ), then unreachable (gave up): both errors name the remote.
+    t.sync.remote = with_password(receiver.addr.port());
+    let file = topology_file(&t);
+    let out = cache_sync(file.path())
+        .env("RUST_LOG", "trace")
+        .env("HOTKEYS_SYNC_SECRET", "another-secret")
+        .args(["ship", "--until-empty"])
+        .output()
+        .await
+        .unwrap();
+    let refused = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2), "{refused}");
+    t.sync.remote = with_password(testing::free_port());
+    let (code, unreachable) = traced(&t, &["ship", "--until-empty"]).await;
+    assert_eq!(code, Some(3), "{unreachable}");
+    for (name, text) in [("refused", &refused), ("unreachable", &unreachable)] {
+        assert!(
+            text.contains("127.0.0.1:"),
+            "{name} names the remote: {text}"
+        );
+        assert!(
+            !text.contains(PLANTED),
+            "{name} shows the password:\n{text}"
+        );
+    }
+    receiver.stop().await;
+    stack.cleanup().await;
+}

@@ -651,6 +651,18 @@ pub struct SyncConfig {
     pub retry_max: Duration,
     /// Failed tries in a row after which the shipper gives up; 0 keeps trying.
     pub retries: u32,
+    /// How far the time a request was signed may be from the receiver's clock: older
+    /// requests are refused as replays (401), so the two sides' clocks must agree within it.
+    #[serde(with = "humantime_serde")]
+    pub max_skew: Duration,
+    /// PEM certificate chain `cache-sync receive` serves HTTPS with (with `tls_key`);
+    /// empty: plain HTTP, for loopback only.
+    pub tls_cert: String,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: String,
+    /// PEM certificates the shipper trusts for an `https` remote instead of the system's
+    /// roots; empty: the system's roots.
+    pub tls_ca: String,
 }
 
 impl Default for SyncConfig {
@@ -670,6 +682,10 @@ impl Default for SyncConfig {
             timeout: Duration::from_secs(30),
             retry_max: Duration::from_secs(10),
             retries: 0,
+            max_skew: Duration::from_secs(300),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_ca: String::new(),
         }
     }
 }
@@ -894,6 +910,15 @@ impl Topology {
         }
         if self.sync.in_flight == 0 || self.sync.in_flight > 64 {
             return bad("sync.in_flight", "expected between 1 and 64");
+        }
+        if self.sync.tls_cert.is_empty() != self.sync.tls_key.is_empty() {
+            return bad(
+                "sync.tls_cert",
+                "set both sync.tls_cert and sync.tls_key, or neither",
+            );
+        }
+        if self.sync.max_skew.is_zero() {
+            return bad("sync.max_skew", "expected more than 0");
         }
         if self
             .dashboard

@@ -34,8 +34,11 @@
 //!
 //! - `<queue>`: the list of operations waiting;
 //! - `{<queue>}:inflight:<stamp>`: the list of a batch in flight;
-//! - `{<queue>}:meta`: a hash with `stream` (the stream id), `stamp` (last stamp taken) and
-//!   `acked` (last stamp acknowledged; every batch up to it is done);
+//! - `{<queue>}:meta`: a hash with `stream` (the stream id, issued by the receiver),
+//!   `stamp` (last stamp taken) and `acked` (last stamp acknowledged; every batch up to it
+//!   is done). When the stream cannot be trusted any more (this node went back or lost
+//!   it, or the receiver lost its records), [`SyncQueue::restart_stream`] moves the batches
+//!   in flight to a new stream, renumbered from 1, in one atomic step;
 //! - `{<queue>}:dead`: elements that are not operations, set aside by the shipper.
 
 use std::borrow::Cow;
@@ -359,6 +362,26 @@ pub struct Batch {
     pub queued: u64,
 }
 
+/// Where a queue's stream stands (see [`SyncQueue::position`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// The stream id, once one was started.
+    pub stream: Option<String>,
+    /// Last stamp taken.
+    pub stamp: u64,
+    /// Last stamp acknowledged.
+    pub acked: u64,
+}
+
+/// What [`SyncQueue::restart_stream`] carried over to the new stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restarted {
+    /// Batches in flight, now stamps 1 to `batches` of the new stream.
+    pub batches: u64,
+    /// Stamps that were in flight by the meta hash but whose lists were gone.
+    pub missing: u64,
+}
+
 /// A snapshot of a queue, for operators and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct QueueStatus {
@@ -472,6 +495,31 @@ redis.call('HSET', meta, 'acked', s)
 return s
 ";
 
+/// Moves the queue to a new stream if it is still on the expected one, renumbering the
+/// batches in flight 1, 2, … in order. A batch whose list is gone (a state node restored
+/// from a copy where `stamp` ran ahead of its lists) is skipped and counted.
+///
+/// KEYS: meta, in-flight prefix. ARGV: the expected stream ('' for none), the new stream.
+/// Returns {1 moved | 0 the stream was another, batches kept, batches missing}.
+const RESTART_SCRIPT: &str = r"
+local meta, prefix = KEYS[1], KEYS[2]
+if (redis.call('HGET', meta, 'stream') or '') ~= ARGV[1] then return {0, 0, 0} end
+local stamp = tonumber(redis.call('HGET', meta, 'stamp') or '0')
+local acked = tonumber(redis.call('HGET', meta, 'acked') or '0')
+local kept, missing = 0, 0
+for s = acked + 1, stamp do
+  local from = prefix .. ':' .. s
+  if redis.call('EXISTS', from) == 1 then
+    kept = kept + 1
+    if kept ~= s then redis.call('RENAME', from, prefix .. ':' .. kept) end
+  else
+    missing = missing + 1
+  end
+end
+redis.call('HSET', meta, 'stream', ARGV[2], 'stamp', kept, 'acked', 0)
+return {1, kept, missing}
+";
+
 /// Everything `status` shows, read in one atomic step. KEYS: list, meta, in-flight prefix,
 /// dead letters. Returns {stream, stamp, acked, length, in-flight ops, dead, oldest element}.
 const STATUS_SCRIPT: &str = r"
@@ -502,6 +550,7 @@ struct Scripts {
     in_flight: redis::Script,
     ack: redis::Script,
     status: redis::Script,
+    restart: redis::Script,
 }
 
 /// The durable queue of one data centre's outgoing operations.
@@ -528,6 +577,7 @@ impl SyncQueue {
                 in_flight: redis::Script::new(IN_FLIGHT_SCRIPT),
                 ack: redis::Script::new(ACK_SCRIPT),
                 status: redis::Script::new(STATUS_SCRIPT),
+                restart: redis::Script::new(RESTART_SCRIPT),
             }),
         }
     }
@@ -598,25 +648,57 @@ impl SyncQueue {
         Ok(lines.len())
     }
 
-    /// The id of the queue's stream, created on first use. A queue whose Redis lost its data
-    /// starts a new stream, so the receiver never mistakes its stamps for old ones.
-    pub async fn stream_id(&self) -> Result<String, SyncError> {
-        let fresh = format!("{}@{:016x}", self.keys.list, rand::random::<u64>());
+    /// The id of the queue's stream, if one was started (see [`SyncQueue::restart_stream`]).
+    pub async fn stream(&self) -> Result<Option<String>, SyncError> {
         let mut conn = self.conn.clone();
-        let (id,): (String,) = redis::pipe()
-            .atomic()
-            .cmd("HSETNX")
-            .arg(&self.keys.meta)
-            .arg("stream")
-            .arg(&fresh)
-            .ignore()
-            .cmd("HGET")
+        redis::cmd("HGET")
             .arg(&self.keys.meta)
             .arg("stream")
             .query_async(&mut conn)
             .await
+            .map_err(|e| self.redis_error(e))
+    }
+
+    /// Where the queue's stream stands: its id, the last stamp taken and the last one
+    /// acknowledged. The shipper compares it with what it saw before, to notice a state node
+    /// that went back (a failover to a replica that lagged, a restore).
+    pub async fn position(&self) -> Result<Position, SyncError> {
+        let mut conn = self.conn.clone();
+        let (stream, stamp, acked): (Option<String>, Option<u64>, Option<u64>) =
+            redis::cmd("HMGET")
+                .arg(&self.keys.meta)
+                .arg(&["stream", "stamp", "acked"])
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.redis_error(e))?;
+        Ok(Position {
+            stream,
+            stamp: stamp.unwrap_or(0),
+            acked: acked.unwrap_or(0),
+        })
+    }
+
+    /// Moves the queue to the stream `new` if its stream is still `old` (`None`: none was
+    /// started), in one atomic step: the batches in flight keep their order and contents
+    /// and are numbered 1, 2, … of the new stream, so a shipper sends them again under it.
+    /// `None` when the stream was not `old` any more (another shipper moved it first).
+    pub async fn restart_stream(
+        &self,
+        old: Option<&str>,
+        new: &str,
+    ) -> Result<Option<Restarted>, SyncError> {
+        let mut conn = self.conn.clone();
+        let (moved, batches, missing): (u8, u64, u64) = self
+            .scripts
+            .restart
+            .key(&self.keys.meta)
+            .key(&self.keys.inflight)
+            .arg(old.unwrap_or(""))
+            .arg(new)
+            .invoke_async(&mut conn)
+            .await
             .map_err(|e| self.redis_error(e))?;
-        Ok(id)
+        Ok((moved == 1).then_some(Restarted { batches, missing }))
     }
 
     /// Takes up to `max` operations from the head of the queue as the next batch, unless
