@@ -41,7 +41,7 @@ impl Misses {
         }
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let before = keys.len();
-        keys.retain(|k| !seen.peek(k).is_some_and(|at| at.elapsed() < self.ttl));
+        keys.retain(|k| seen.peek(k).is_none_or(|at| at.elapsed() >= self.ttl));
         (before - keys.len()) as u64
     }
 

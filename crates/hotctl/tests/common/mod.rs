@@ -1,4 +1,5 @@
 //! What the hotctl tests share.
+#![allow(dead_code)] // each test binary uses its own part of this module
 
 use std::process::{Command, Output};
 
