@@ -23,6 +23,7 @@ use std::time::Duration;
 use hotkeys::Topology;
 use hotkeys::config::Counter;
 use hotkeys::count::WindowCounter;
+use hotkeys::event::KeyError;
 use hotkeys::hotlist::{HotList, now_ms};
 use hotkeys::zk::{REQUEST_MAX_BYTES, Zk, ZkError};
 
@@ -36,10 +37,6 @@ pub struct Task {
     pub epoch: u64,
     /// In the order of `Topology::counters`.
     pub counters: Vec<TaskCounter>,
-    /// Events skipped as malformed since this worker took the task.
-    pub malformed: u64,
-    /// Of `malformed`, those whose key was over `source.max_key_bytes`.
-    pub key_too_long: u64,
     /// Events stamped too far ahead of the clock, counted as happening when read.
     pub future: u64,
 }
@@ -58,6 +55,10 @@ pub struct TaskCounter {
     pub checkpointed_offset: Option<i64>,
     /// No publish before the counts reach this offset (the hot list found at restore).
     pub resume_at: i64,
+    /// Events this counter could not key since this worker took the task.
+    pub malformed: u64,
+    /// Of `malformed`, those whose key was over `source.max_key_bytes`.
+    pub key_too_long: u64,
 }
 
 impl TaskCounter {
@@ -69,6 +70,16 @@ impl TaskCounter {
             published_offset: None,
             checkpointed_offset: None,
             resume_at: -1,
+            malformed: 0,
+            key_too_long: 0,
+        }
+    }
+
+    /// Records an event this counter could not key.
+    pub fn skip(&mut self, error: &KeyError) {
+        self.malformed += 1;
+        if matches!(error, KeyError::TooLong { .. }) {
+            self.key_too_long += 1;
         }
     }
 
@@ -151,8 +162,6 @@ impl Task {
             id,
             epoch: EPOCHS.fetch_add(1, Ordering::Relaxed),
             counters,
-            malformed: 0,
-            key_too_long: 0,
             future: 0,
         }
     }
@@ -190,6 +199,8 @@ impl Task {
                             published_offset: Some(offset),
                             checkpointed_offset: Some(offset),
                             resume_at: saved.hot.offset,
+                            malformed: 0,
+                            key_too_long: 0,
                         }
                     }
                     Err(e) => {
@@ -268,8 +279,8 @@ impl Task {
             exact: top.exact,
             owner: Some(owner.to_string()),
             events: top.events,
-            malformed: self.malformed,
-            key_too_long: self.key_too_long,
+            malformed: state.malformed,
+            key_too_long: state.key_too_long,
             future: self.future,
             late: state.window.late(),
             truncated: false,
