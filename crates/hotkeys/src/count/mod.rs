@@ -623,6 +623,31 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_carries_the_sketches_so_a_restored_window_goes_on_alike() {
+        let cfg = config(Algorithm::SpaceSaving, 50);
+        let mut w = WindowCounter::new(&cfg);
+        let stream = |i: u64| match i % 10 {
+            0 => format!("hot-{}", i / 10 % 20),
+            _ => format!("crawl-{i}"),
+        };
+        for i in 0..20_000 {
+            w.offer(&stream(i), 0);
+        }
+        let (mut r, _) = WindowCounter::restore(&cfg, &w.checkpoint(0, 1 << 20)).unwrap();
+        assert_eq!(r.top(20), w.top(20));
+        for i in 20_000..40_000 {
+            w.offer(&stream(i), 0);
+            r.offer(&stream(i), 0);
+        }
+        let top = w.top(20);
+        assert_eq!(r.top(20), top);
+        assert!(
+            top.items.iter().all(|i| i.key.starts_with("hot-")),
+            "{top:?}"
+        );
+    }
+
+    #[test]
     fn oversized_checkpoint_keeps_the_largest_counts() {
         let cfg = config(Algorithm::SpaceSaving, 5000);
         let mut w = WindowCounter::new(&cfg);
