@@ -7,8 +7,8 @@
 //!   of the published counts;
 //! - `cargo bench -p hotkeys --bench accuracy -- adversarial [TOP]`: on generated streams
 //!   of Zipf traffic mixed with crawls and scans (see [`streams`]), for each algorithm,
-//!   capacity and stream, top-N precision, recall and the largest relative error of a
-//!   published count of the exact top-N; then one summary line per stream and algorithm,
+//!   capacity and stream, top-N precision, recall, and the largest and mean relative error
+//!   of the published counts of the exact top-N; then one summary line per stream and algorithm,
 //!   `flood_precision stream=… algorithm=… value=…`, the precision at the shipped default
 //!   capacity.
 
@@ -135,8 +135,8 @@ const CAPACITIES: [usize; 2] = [1_000, 10_000];
 /// adversarial streams.
 fn adversarial(top: usize) {
     println!(
-        "{:<12} {:<13} {:>9} {:>9} {:>8} {:>11}",
-        "stream", "algorithm", "capacity", "precision", "recall", "top_max_err"
+        "{:<12} {:<13} {:>9} {:>9} {:>8} {:>11} {:>12}",
+        "stream", "algorithm", "capacity", "precision", "recall", "top_max_err", "top_mean_err"
     );
     let mut summary = Vec::new();
     for (stream, keys) in streams() {
@@ -147,16 +147,18 @@ fn adversarial(top: usize) {
                 let hits = published.iter().filter(|i| truth.in_top(&i.key)).count();
                 let precision = hits as f64 / published.len().max(1) as f64;
                 let recall = hits.min(top) as f64 / top.max(truth.strictly_top) as f64;
-                let max_err = published
+                let errors: Vec<f64> = published
                     .iter()
                     .filter(|i| truth.count(&i.key) > truth.cutoff)
                     .map(|i| {
                         let t = truth.count(&i.key) as f64;
                         (i.count as f64 - t).abs() / t
                     })
-                    .fold(0.0, f64::max);
+                    .collect();
+                let max_err = errors.iter().copied().fold(0.0, f64::max);
+                let mean_err = errors.iter().sum::<f64>() / errors.len().max(1) as f64;
                 println!(
-                    "{stream:<12} {name:<13} {capacity:>9} {precision:>9.4} {recall:>8.4} {max_err:>11.4}"
+                    "{stream:<12} {name:<13} {capacity:>9} {precision:>9.4} {recall:>8.4} {max_err:>11.4} {mean_err:>12.4}"
                 );
                 if capacity == CountConfig::default().capacity {
                     summary.push(format!(
