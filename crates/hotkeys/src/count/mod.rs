@@ -4,7 +4,9 @@
 //! Kafka timestamps (so a replay yields the same lists) and keeps one bounded summary per
 //! bucket, of the topology's algorithm:
 //!
-//! - [`SpaceSaving`] (default): error-bounded counts of the frequent keys;
+//! - [`SpaceSaving`] (default): error-bounded counts of the frequent keys, with TinyLFU
+//!   admission so that floods of one-off keys cannot take the counters of hot ones (the
+//!   `space_saving` and `sketch` modules; the window owns the frequency sketch);
 //! - [`LruCounter`]: the original design, an LRU map of counters.
 //!
 //! The window advances when an event opens a newer bucket; the oldest falls out. At publish
