@@ -31,6 +31,7 @@ use std::time::Duration;
 use hotkeys::Topology;
 use hotkeys::config::Counter;
 use hotkeys::count::WindowCounter;
+use hotkeys::event::KeyError;
 use hotkeys::hotlist::{HotList, now_ms};
 use hotkeys::zk::{REQUEST_MAX_BYTES, Restorable, Zk, ZkError};
 
@@ -46,10 +47,6 @@ pub struct Task {
     pub epoch: u64,
     /// In the order of `Topology::counters`.
     pub counters: Vec<TaskCounter>,
-    /// Events skipped as malformed since this worker took the task.
-    pub malformed: u64,
-    /// Of `malformed`, those whose key was over `source.max_key_bytes`.
-    pub key_too_long: u64,
     /// Events stamped too far ahead of the clock, counted as happening when read.
     pub future: u64,
     /// A key entered a counter's top N (or crossed its rule) since the last publish: the
@@ -79,6 +76,10 @@ pub struct TaskCounter {
     pub recount_since_ms: Option<i64>,
     /// When a counted key makes the task publish at once; from the last published list.
     pub entry: EntryBar,
+    /// Events this counter could not key since this worker took the task.
+    pub malformed: u64,
+    /// Of `malformed`, those whose key was over `source.max_key_bytes`.
+    pub key_too_long: u64,
 }
 
 impl TaskCounter {
@@ -93,6 +94,16 @@ impl TaskCounter {
             checkpoint_missing: false,
             recount_since_ms: None,
             entry: EntryBar::empty(counter),
+            malformed: 0,
+            key_too_long: 0,
+        }
+    }
+
+    /// Records an event this counter could not key.
+    pub fn skip(&mut self, error: &KeyError) {
+        self.malformed += 1;
+        if matches!(error, KeyError::TooLong { .. }) {
+            self.key_too_long += 1;
         }
     }
 
@@ -139,6 +150,8 @@ impl TaskCounter {
                     checkpoint_missing: false,
                     recount_since_ms: None,
                     entry: EntryBar::after(counter, &saved.hot.items),
+                    malformed: 0,
+                    key_too_long: 0,
                 }
             }
             Err(e) => {
@@ -268,8 +281,6 @@ impl Task {
             id,
             epoch: EPOCHS.fetch_add(1, Ordering::Relaxed),
             counters,
-            malformed: 0,
-            key_too_long: 0,
             future: 0,
             entered: false,
         }
@@ -385,8 +396,8 @@ impl Task {
             exact: top.exact,
             owner: Some(owner.to_string()),
             events: top.events,
-            malformed: self.malformed,
-            key_too_long: self.key_too_long,
+            malformed: state.malformed,
+            key_too_long: state.key_too_long,
             future: self.future,
             late: state.window.late(),
             truncated: false,

@@ -5,9 +5,13 @@
 //! across I/O: publishing renders under it and writes to ZooKeeper without it, so a slow or
 //! absent ZooKeeper never stalls counting.
 //!
-//! Bad input costs one skipped event: a malformed event (no key, not JSON, a key over
-//! `source.max_key_bytes`) is counted, logged once per kind with a sample, and forwarded to
-//! the dead-letter topic when one is configured. An event stamped more than
+//! Every counter keys an event on its own, so bad input costs only the counters it is bad
+//! for: a counter that cannot key an event (not JSON, a key over `source.max_key_bytes`, or,
+//! for the product counter, no key) skips it and counts the skip, in its hot list and in
+//! `hotkeys_counter_skipped_total{counter, reason}`, while the other counters count it. A
+//! scraper sending no usable product id is thus still counted (and banned) by a caller
+//! counter. An event the product counter cannot key is malformed: logged once per kind with
+//! a sample, and forwarded to the dead-letter topic when one is configured. An event stamped more than
 //! `count.max_future` ahead of the worker's clock is counted as happening now, and as
 //! `future`, so one broken clock cannot push the window ahead of every real event.
 
@@ -100,8 +104,9 @@ impl Worker {
         }
     }
 
-    /// Counts one message in every counter that has not counted it yet, or records it as
-    /// malformed (false).
+    /// Counts one message in every counter that has not counted it yet. Each counter keys
+    /// the event on its own: one that cannot skips it (and counts the skip), the others
+    /// count it. False when the primary counter could not key it: the event is malformed.
     fn count(&mut self, message: &Event<'_>, now: i64) -> bool {
         let Some(task) = self.tasks.get_mut(&message.partition) else {
             return true;
@@ -114,7 +119,7 @@ impl Worker {
             metrics::counter!("hotkeys_counter_future_total", "task" => message.partition.to_string())
                 .increment(1);
         }
-        let mut error = None;
+        let mut malformed = None;
         let mut entered = false;
         for ((counter, pointer), state) in self
             .counters
@@ -126,9 +131,6 @@ impl Worker {
                 continue;
             }
             state.next_offset = offset + 1;
-            if error.is_some() {
-                continue;
-            }
             // Only the product counter may stand in the message key for a missing value.
             let message_key = if counter.primary { message.key } else { None };
             match pointer.extract(message.payload, message_key) {
@@ -140,24 +142,29 @@ impl Worker {
                         .increment(1);
                     }
                 },
+                // Events without the counted value are simply not this counter's.
                 Err(KeyError::Missing) if !counter.primary => {}
-                Err(e) => error = Some(e),
+                Err(e) => {
+                    state.skip(&e);
+                    metrics::counter!("hotkeys_counter_skipped_total",
+                        "counter" => counter.name.clone(), "reason" => e.kind())
+                    .increment(1);
+                    if counter.primary {
+                        malformed = Some(e);
+                    }
+                }
             }
         }
         if entered {
             task.entered = true;
             self.entered.store(true, Ordering::Release);
         }
-        match error {
+        match malformed {
             None => {
                 self.unflushed_events += 1;
                 true
             }
             Some(e) => {
-                task.malformed += 1;
-                if matches!(e, KeyError::TooLong { .. }) {
-                    task.key_too_long += 1;
-                }
                 let task_id = task.id;
                 self.malformed(task_id, message, &e);
                 false

@@ -471,3 +471,148 @@ async fn a_flooding_caller_is_blacklisted_then_released_after_ban_for_and_allow_
         1
     );
 }
+
+/// A request from `ip` whose product id the product counter cannot use: none at all, or
+/// one of 300 bytes (over `source.max_key_bytes`).
+fn scraper_request(ip: &str, long_id: bool) -> Record {
+    let args = if long_id {
+        format!(r#"{{"productId":"{}","shopId":"1"}}"#, "9".repeat(300))
+    } else {
+        r#"{"shopId":"1"}"#.to_owned()
+    };
+    Record {
+        key: None,
+        payload: format!(r#"{{"headers":{{"x-real-ip":"{ip}"}},"uri_args":{args}}}"#).into_bytes(),
+        timestamp_ms: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scraper_without_a_usable_product_id_is_banned_by_the_caller_counter_and_product_counts_stay_exact()
+ {
+    let mut t = topology("scraper", 2);
+    // Every product fits in the lists, so their counts can be compared whole.
+    t.count.top_n = 500;
+    t.kafka.dead_letter = format!("{}-dlq", t.kafka.topic);
+    t.counters.push(hotkeys::config::CounterConfig {
+        threshold: Some(1000),
+        action: Some(hotkeys::config::Action::Blacklist),
+        ..caller_counter("caller-ip")
+    });
+    let products = zipf_keys(6000, 500, 1.0, 61);
+    let mut records = Vec::new();
+    for (i, product) in products.iter().enumerate() {
+        records.push(Record::openresty_from(
+            product,
+            &format!("10.3.0.{}", i % 20),
+        ));
+        records.push(scraper_request("6.6.6.6", i % 2 == 0));
+    }
+    testing::produce(&t, records).await;
+    let port = testing::free_port();
+    let file = testing::write_topology(&t);
+    let _w = Worker::start(&file, &[], &["--metrics", &format!("127.0.0.1:{port}")]);
+
+    let mut redis = hotkeys::cache::RedisConn::connect_home(&t.redis)
+        .await
+        .expect("Redis");
+    let set = hotkeys::blacklist::redis_key(&t.name, "caller-ip");
+    eventually(60, "6.6.6.6 on the blacklist", || {
+        let (mut redis, set) = (redis.clone(), set.clone());
+        async move {
+            redis::cmd("ZSCORE")
+                .arg(&set)
+                .arg("6.6.6.6")
+                .query_async::<Option<f64>>(&mut redis)
+                .await
+                .expect("ZSCORE")
+        }
+    })
+    .await;
+    let entries = hotkeys::blacklist::entries(&mut redis, &t.name, "caller-ip")
+        .await
+        .expect("Redis");
+    assert_eq!(entries.len(), 1, "only the scraper is banned: {entries:?}");
+
+    let zk = Zk::connect(&t).await.expect("zk");
+    let lists = caught_up(&zk, &t).await;
+    let exact = exact_counts(&products);
+    let merged = hotkeys::hotlist::merge(lists.values().map(|(l, _)| l), 1000);
+    assert_eq!(merged.len(), exact.len());
+    for item in &merged {
+        assert_eq!(
+            (item.count, item.error),
+            (exact[&item.key], Some(0)),
+            "{}",
+            item.key
+        );
+    }
+    let skipped = |f: fn(&HotList) -> u64| lists.values().map(|(l, _)| f(l)).sum::<u64>();
+    assert_eq!(skipped(|l| l.malformed), 6000);
+    assert_eq!(skipped(|l| l.key_too_long), 3000);
+    assert_eq!(skipped(|l| l.events), 6000);
+    let callers = counter_lists(&t, "caller-ip").await;
+    let caller_skips: u64 = callers.values().map(|l| l.malformed).sum();
+    assert_eq!(caller_skips, 0);
+    let caller_events: u64 = callers.values().map(|l| l.events).sum();
+    assert_eq!(caller_events, 12_000);
+
+    let by_reason = metric_total(port, "hotkeys_counter_skipped_total", 6000.0).await;
+    assert_eq!(by_reason, 6000.0);
+    let mut dlq = t.clone();
+    dlq.kafka.topic = t.kafka.dead_letter.clone();
+    let forwarded = eventually(30, "scraper requests in the dead-letter topic", || async {
+        let total: i64 = testing::end_offsets(&dlq).iter().sum();
+        (total >= 6000).then_some(total)
+    })
+    .await;
+    assert_eq!(forwarded, 6000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crawl_at_a_hundred_times_the_traffic_leaves_the_published_top_100_precise() {
+    let t = topology("crawl", 1);
+    let site = zipf_keys(10_000, 2_000, 1.0, 71);
+    // One request for each of 1,000,000 catalogue ids, spread evenly through the site's.
+    let crawl = (0..1_000_000u64).map(|id| format!("c{id}"));
+    let mut records = Vec::with_capacity(1_010_000);
+    let mut site_left = site.iter();
+    for (i, id) in crawl.enumerate() {
+        if i % 100 == 0
+            && let Some(product) = site_left.next()
+        {
+            records.push(Record::plain(product));
+        }
+        records.push(Record::plain(&id));
+    }
+    records.extend(site_left.map(|p| Record::plain(p)));
+    testing::produce(&t, records).await;
+    let file = testing::write_topology(&t);
+    let _w = Worker::start(&file, &[], &[]);
+    let zk = Zk::connect(&t).await.expect("zk");
+    let lists = caught_up(&zk, &t).await;
+    let list = &lists[&0].0;
+    assert_eq!(list.events, 1_010_000);
+
+    let exact = exact_counts(&site);
+    let mut counts: Vec<u64> = exact.values().copied().collect();
+    counts.sort_unstable_by(|a, b| b.cmp(a));
+    let cutoff = counts[100];
+    let top = &list.items[..list.items.len().min(100)];
+    let precise = top
+        .iter()
+        .filter(|i| exact.get(&i.key).is_some_and(|&c| c >= cutoff && c > 1))
+        .count();
+    assert!(
+        precise >= 95,
+        "{precise} of the published top 100 are in the true top 100: {top:?}"
+    );
+    for item in top.iter().filter(|i| exact.contains_key(&i.key)) {
+        let truth = exact[&item.key];
+        let error = item.error.expect("space-saving publishes error bounds");
+        assert!(
+            item.count >= truth && item.count - error <= truth,
+            "{item:?} vs {truth}"
+        );
+    }
+}

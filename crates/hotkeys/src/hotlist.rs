@@ -45,7 +45,10 @@ pub struct HotList {
     /// Events the window covers, for context in hotctl.
     #[serde(default)]
     pub events: u64,
-    /// Malformed events the current owner skipped since it took the task.
+    /// Events this counter could not key and skipped since the current owner took the task:
+    /// not JSON, a key over `source.max_key_bytes`, or, for the product counter, no key.
+    /// Each counter keys events on its own, so a `[[counter]]` counts events the product
+    /// counter skipped and the other way round.
     #[serde(default)]
     pub malformed: u64,
     /// Of `malformed`, events whose key was longer than `source.max_key_bytes`.

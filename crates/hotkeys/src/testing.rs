@@ -53,6 +53,15 @@ impl Record {
         Record::openresty_from(key, "10.0.0.1")
     }
 
+    /// A plain-key event: the product id as the message key, an empty value.
+    pub fn plain(key: &str) -> Record {
+        Record {
+            key: Some(key.to_string()),
+            payload: Vec::new(),
+            timestamp_ms: None,
+        }
+    }
+
     /// An OpenResty-format event for product `key` requested by caller address `ip`
     /// (`/headers/x-real-ip`).
     pub fn openresty_from(key: &str, ip: &str) -> Record {

@@ -4,7 +4,9 @@
 //! Kafka timestamps (so a replay yields the same lists) and keeps one bounded summary per
 //! bucket, of the topology's algorithm:
 //!
-//! - [`SpaceSaving`] (default): error-bounded counts of the frequent keys;
+//! - [`SpaceSaving`] (default): error-bounded counts of the frequent keys, with TinyLFU
+//!   admission so that floods of one-off keys cannot take the counters of hot ones (the
+//!   `space_saving` and `sketch` modules; the window owns the frequency sketch);
 //! - [`LruCounter`]: the original design, an LRU map of counters.
 //!
 //! The window advances when an event opens a newer bucket; the oldest falls out. At publish
@@ -19,6 +21,7 @@
 //! they did not.
 
 mod lru_counter;
+mod sketch;
 mod space_saving;
 
 use std::collections::VecDeque;
@@ -28,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Algorithm, CountConfig};
 use crate::hotlist::HotItem;
+use sketch::Frequency;
 
 pub use lru_counter::LruCounter;
 pub use space_saving::SpaceSaving;
@@ -47,12 +51,14 @@ impl Summary {
         }
     }
 
-    /// Counts one event of `key`; returns its guaranteed count in this bucket.
+    /// Counts one event of `key`; returns its guaranteed count in this bucket. `frequency`
+    /// is the window's (Space-Saving only).
     #[inline]
-    fn offer(&mut self, key: &str) -> u64 {
-        match self {
-            Summary::SpaceSaving(s) => s.offer(key, 1),
-            Summary::Lru(l) => l.offer(key, 1),
+    fn offer(&mut self, key: &str, frequency: &mut Option<Frequency>) -> u64 {
+        match (self, frequency) {
+            (Summary::SpaceSaving(s), Some(f)) => s.offer(key, 1, f),
+            (Summary::SpaceSaving(_), None) => unreachable!("Space-Saving windows have one"),
+            (Summary::Lru(l), _) => l.offer(key, 1),
         }
     }
 
@@ -76,6 +82,7 @@ impl Summary {
     /// largest counts kept when they are more than the capacity.
     fn merge(algorithm: Algorithm, capacity: usize, parts: Vec<(i64, Summary)>) -> Summary {
         let total = parts.iter().map(|(_, s)| s.total()).sum();
+        let mut floor: u64 = parts.iter().map(|(_, s)| s.floor()).sum();
         let mut sums: std::collections::HashMap<String, (u64, u64)> =
             std::collections::HashMap::new();
         for (_, part) in &parts {
@@ -85,19 +92,43 @@ impl Summary {
                 e.1 += error;
             }
         }
-        let mut entries: Vec<(String, u64, u64)> =
-            sums.into_iter().map(|(k, (c, e))| (k, c, e)).collect();
+        // Where a part does not monitor a key, its bound there is both count and error.
+        let mut entries: Vec<(String, u64, u64)> = sums
+            .into_iter()
+            .map(|(key, (count, error))| {
+                let bound: u64 = parts.iter().map(|(_, part)| part.bound(&key)).sum();
+                (key, count + bound, error + bound)
+            })
+            .collect();
         entries.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        // A key left out may have had up to its summed count.
+        floor += entries.get(capacity).map_or(0, |e| e.1);
         entries.truncate(capacity);
         match algorithm {
             Algorithm::SpaceSaving => {
-                Summary::SpaceSaving(SpaceSaving::restore(capacity, entries, total))
+                Summary::SpaceSaving(SpaceSaving::restore(capacity, entries, total, floor, None))
             }
             Algorithm::Lru => Summary::Lru(LruCounter::restore(
                 capacity,
                 entries.into_iter().map(|(k, c, _)| (k, c)).collect(),
                 total,
             )),
+        }
+    }
+
+    /// Upper bound of the sightings of `key` its counter does not hold (all of them when it
+    /// has none); 0 for a monitored key.
+    fn bound(&self, key: &str) -> u64 {
+        match self {
+            Summary::SpaceSaving(s) => s.bound(key),
+            Summary::Lru(_) => 0,
+        }
+    }
+
+    fn sketch_bytes(&self) -> Option<Vec<u8>> {
+        match self {
+            Summary::SpaceSaving(s) => s.sketch_bytes(),
+            Summary::Lru(_) => None,
         }
     }
 
@@ -120,6 +151,8 @@ pub struct WindowCounter {
     ring: VecDeque<(i64, Summary)>,
     /// Events older than the window when they arrived; not counted.
     late: u64,
+    /// Space-Saving: recent frequencies of keys, for admission (`sketch` module docs).
+    frequency: Option<Frequency>,
 }
 
 /// A merged view of the window, ready to become a hot list.
@@ -142,6 +175,8 @@ impl WindowCounter {
             bucket_ms: (config.window.as_millis() as i64 / buckets as i64).max(1),
             ring: VecDeque::with_capacity(buckets + 1),
             late: 0,
+            frequency: (config.algorithm == Algorithm::SpaceSaving)
+                .then(|| Frequency::new(config.capacity)),
         }
     }
 
@@ -154,7 +189,9 @@ impl WindowCounter {
     pub fn offer(&mut self, key: &str, timestamp_ms: i64) -> Option<u64> {
         let bucket = timestamp_ms.div_euclid(self.bucket_ms);
         match self.ring.back_mut() {
-            Some((newest, summary)) if *newest == bucket => Some(summary.offer(key)),
+            Some((newest, summary)) if *newest == bucket => {
+                Some(summary.offer(key, &mut self.frequency))
+            }
             _ => self.offer_slow(key, bucket),
         }
     }
@@ -164,7 +201,7 @@ impl WindowCounter {
         let newest = self.ring.back().map(|(b, _)| *b);
         if newest.is_none_or(|n| bucket > n) {
             let mut summary = Summary::new(self.algorithm, self.capacity);
-            let count = summary.offer(key);
+            let count = summary.offer(key, &mut self.frequency);
             self.ring.push_back((bucket, summary));
             let oldest_allowed = bucket - self.buckets as i64 + 1;
             while self.ring.front().is_some_and(|(b, _)| *b < oldest_allowed) {
@@ -183,7 +220,7 @@ impl WindowCounter {
             self.ring
                 .insert(at, (bucket, Summary::new(self.algorithm, self.capacity)));
         }
-        Some(self.ring[at].1.offer(key))
+        Some(self.ring[at].1.offer(key, &mut self.frequency))
     }
 
     /// Events that arrived after their bucket had left the window.
@@ -224,14 +261,58 @@ impl WindowCounter {
         self.ring.iter().map(|(_, s)| s.total()).sum()
     }
 
-    /// Merges the buckets into the `n` keys with the highest counts.
+    /// Merges the buckets into the `n` keys with the highest guaranteed counts.
     ///
     /// For Space-Saving a key's reported count is its upper bound: the sum of its counts
-    /// where monitored plus, where not, the bucket's floor; `error` is the distance to the
-    /// guaranteed lower bound. The list is exact when every item's lower bound is at least
-    /// the upper bound of the item after it and of every key left out.
+    /// where monitored plus, where not, the bucket's bound for it; `error` is the distance
+    /// to the guaranteed lower bound. Keys are ranked by that lower bound, the count that is
+    /// proved, then by the upper bound: a key whose count is mostly error (admitted late on
+    /// a large bound) cannot outrank one whose count is known. The list is exact when every
+    /// item's lower bound is at least the upper bound of the item after it and of every key
+    /// left out.
     pub fn top(&self, n: usize) -> Top {
         let floors: u64 = self.ring.iter().map(|(_, s)| s.floor()).sum();
+        let mut all = self.bounds(floors);
+        all.sort_unstable_by(by_proved_count);
+        // The coarse bounds use each bucket's floor; the keys shown and the first one left
+        // out get their own, finer bounds.
+        let shown = all.len().min(n + 1);
+        for item in &mut all[..shown] {
+            let uncounted: u64 = self.ring.iter().map(|(_, s)| s.bound(item.0)).sum();
+            item.1 = item.1.min(item.3 + uncounted);
+        }
+        all[..shown].sort_unstable_by(by_proved_count);
+        let exact = match self.algorithm {
+            Algorithm::Lru => None,
+            Algorithm::SpaceSaving => {
+                let kept = &all[..all.len().min(n)];
+                let outside = all.iter().skip(n).map(|x| x.1).max().unwrap_or(0);
+                let ordered = kept.windows(2).all(|w| w[0].2 >= w[1].1);
+                let separated = kept.last().is_none_or(|last| last.2 >= outside.max(floors));
+                Some(ordered && separated)
+            }
+        };
+        all.truncate(n);
+        Top {
+            items: all
+                .into_iter()
+                .map(|(key, upper, lower, _)| HotItem {
+                    key: key.to_owned(),
+                    count: upper,
+                    error: match self.algorithm {
+                        Algorithm::SpaceSaving => Some(upper - lower),
+                        Algorithm::Lru => None,
+                    },
+                })
+                .collect(),
+            exact,
+            events: self.events(),
+        }
+    }
+
+    /// `(key, upper, lower, monitored count)` of every key some bucket monitors, the upper
+    /// bound counting the floors of the buckets where it is not monitored.
+    fn bounds(&self, floors: u64) -> Vec<(&str, u64, u64, u64)> {
         let mut merged: hashbrown::HashMap<&str, (u64, u64, u64), foldhash::fast::RandomState> =
             hashbrown::HashMap::default();
         for (_, summary) in &self.ring {
@@ -247,77 +328,62 @@ impl WindowCounter {
                 Summary::Lru(l) => l.entries().for_each(|(k, c)| add(k, c, 0)),
             }
         }
-        // (key, upper, lower): floors of the buckets where the key is not monitored count
-        // towards its upper bound.
-        let mut all: Vec<(&str, u64, u64)> = merged
+        merged
             .into_iter()
-            .map(|(k, (count, lower, own_floors))| (k, count + floors - own_floors, lower))
-            .collect();
-        all.sort_unstable_by(|a, b| b.2.cmp(&a.2).then(b.1.cmp(&a.1)).then(a.0.cmp(b.0)));
-        let exact = match self.algorithm {
-            Algorithm::Lru => None,
-            Algorithm::SpaceSaving => {
-                let kept = &all[..all.len().min(n)];
-                let outside = all.get(n).map_or(floors, |x| x.1.max(floors));
-                let ordered = kept.windows(2).all(|w| w[0].2 >= w[1].1);
-                let separated = kept.last().is_none_or(|last| last.2 >= outside);
-                Some(ordered && separated)
-            }
-        };
-        all.truncate(n);
-        Top {
-            items: all
-                .into_iter()
-                .map(|(key, upper, lower)| HotItem {
-                    key: key.to_owned(),
-                    count: upper,
-                    error: match self.algorithm {
-                        Algorithm::SpaceSaving => Some(upper - lower),
-                        Algorithm::Lru => None,
-                    },
-                })
-                .collect(),
-            exact,
-            events: self.events(),
-        }
+            .map(|(k, (count, lower, own_floors))| (k, count + floors - own_floors, lower, count))
+            .collect()
     }
 
     /// The state to store beside a hot list, with `offset`, the next offset it does not
-    /// include. Buckets are trimmed to their largest counts when the compressed form would
-    /// exceed `max_bytes` (a znode holds at most 1 MB).
+    /// include. When the compressed form would exceed `max_bytes` (a znode holds at most
+    /// 1 MB), the bound sketches of older buckets are left out first, then the frequency
+    /// sketch, then the newest bucket's bound sketch, then buckets are trimmed to their
+    /// largest counts. What is left out only loosens bounds (a bucket's floor is always
+    /// kept) or admits keys more easily for a while after a restore.
     pub fn checkpoint(&self, offset: i64, max_bytes: usize) -> Vec<u8> {
-        let mut keep = self.capacity;
-        loop {
+        let sketches: Vec<Option<String>> = self
+            .ring
+            .iter()
+            .map(|(_, s)| s.sketch_bytes().map(|raw| pack_sketch(&raw)))
+            .collect();
+        let frequency = self.frequency.as_ref().map(|f| pack_sketch(&f.to_bytes()));
+        let newest = self.ring.len().saturating_sub(1);
+        let all = self.ring.len();
+        let plans =
+            [(all, true), (1, true), (1, false), (0, false)].map(|(b, f)| (b, f, self.capacity));
+        let trims = std::iter::successors(Some(self.capacity / 2), |k| (*k > 1).then_some(k / 2));
+        let mut plans = plans
+            .into_iter()
+            .chain(trims.map(|keep| (0, false, keep)))
+            .peekable();
+        while let Some((with_sketches, with_frequency, keep)) = plans.next() {
+            let buckets =
+                self.ring
+                    .iter()
+                    .zip(&sketches)
+                    .enumerate()
+                    .map(|(i, ((b, s), sketch))| {
+                        let sketch = (i + with_sketches > newest)
+                            .then(|| sketch.clone())
+                            .flatten();
+                        CheckpointBucket::of(*b, s, keep, sketch)
+                    });
             let cp = Checkpoint {
                 offset: Some(offset),
                 algorithm: self.algorithm,
                 capacity: self.capacity,
                 bucket_ms: self.bucket_ms,
                 late: self.late,
-                buckets: self
-                    .ring
-                    .iter()
-                    .map(|(b, s)| {
-                        let mut entries = s.entries();
-                        if entries.len() > keep {
-                            entries.sort_unstable_by_key(|e| std::cmp::Reverse(e.1));
-                            entries.truncate(keep);
-                        }
-                        CheckpointBucket {
-                            bucket: *b,
-                            total: s.total(),
-                            entries,
-                        }
-                    })
-                    .collect(),
+                frequency: frequency.clone().filter(|_| with_frequency),
+                buckets: buckets.collect(),
             };
             let json = serde_json::to_vec(&cp).expect("checkpoint serializes");
             let packed = zstd::bulk::compress(&json, 3).expect("in-memory zstd cannot fail");
-            if packed.len() <= max_bytes || keep <= 1 {
+            if packed.len() <= max_bytes || plans.peek().is_none() {
                 return packed;
             }
-            keep /= 2;
         }
+        unreachable!("the plans end with keeping one entry")
     }
 
     /// Rebuilds a window from [`checkpoint`](Self::checkpoint) bytes, with the offset it
@@ -351,10 +417,27 @@ impl WindowCounter {
             )));
         }
         window.late = cp.late;
+        if let Some(f) = cp.frequency.as_deref().and_then(unpack_sketch) {
+            window.frequency = Frequency::from_bytes(cp.capacity, &f).or(window.frequency);
+        }
         for b in cp.buckets {
             let summary = match cp.algorithm {
                 Algorithm::SpaceSaving => {
-                    Summary::SpaceSaving(SpaceSaving::restore(cp.capacity, b.entries, b.total))
+                    // Before floors were checkpointed, the smallest count was the floor.
+                    let floor = b.floor.unwrap_or_else(|| {
+                        let full = b.entries.len() >= cp.capacity;
+                        full.then(|| b.entries.iter().map(|e| e.1).min())
+                            .flatten()
+                            .unwrap_or(0)
+                    });
+                    let sketch = b.sketch.as_deref().and_then(unpack_sketch);
+                    Summary::SpaceSaving(SpaceSaving::restore(
+                        cp.capacity,
+                        b.entries,
+                        b.total,
+                        floor,
+                        sketch.as_deref(),
+                    ))
                 }
                 Algorithm::Lru => Summary::Lru(LruCounter::restore(
                     cp.capacity,
@@ -366,6 +449,11 @@ impl WindowCounter {
         }
         Ok((window, cp.offset))
     }
+}
+
+/// Higher guaranteed count first, then higher upper bound, then by key.
+fn by_proved_count(a: &(&str, u64, u64, u64), b: &(&str, u64, u64, u64)) -> std::cmp::Ordering {
+    b.2.cmp(&a.2).then(b.1.cmp(&a.1)).then(a.0.cmp(b.0))
 }
 
 /// A checkpoint that cannot be used.
@@ -381,6 +469,10 @@ struct Checkpoint {
     capacity: usize,
     bucket_ms: i64,
     late: u64,
+    /// Space-Saving: the window's frequency sketch, zstd-compressed, base64; absent when it
+    /// did not fit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    frequency: Option<String>,
     buckets: Vec<CheckpointBucket>,
 }
 
@@ -390,6 +482,54 @@ struct CheckpointBucket {
     total: u64,
     /// `[key, count, error]`.
     entries: Vec<(String, u64, u64)>,
+    /// Space-Saving: the bound of every key not in `entries` (absent before admission).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    floor: Option<u64>,
+    /// Space-Saving: the bucket's sketches, zstd-compressed, base64; absent when they did
+    /// not fit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sketch: Option<String>,
+}
+
+impl CheckpointBucket {
+    /// Bucket `bucket` with its `keep` largest counts, and `sketch` if given.
+    fn of(bucket: i64, summary: &Summary, keep: usize, sketch: Option<String>) -> CheckpointBucket {
+        let mut entries = summary.entries();
+        let mut floor = summary.floor();
+        if entries.len() > keep {
+            entries.sort_unstable_by_key(|e| std::cmp::Reverse(e.1));
+            // A key trimmed away may have had up to its count.
+            floor = floor.max(entries[keep].1);
+            entries.truncate(keep);
+        }
+        let space_saving = matches!(summary, Summary::SpaceSaving(_));
+        CheckpointBucket {
+            bucket,
+            total: summary.total(),
+            entries,
+            floor: space_saving.then_some(floor),
+            sketch,
+        }
+    }
+}
+
+fn pack_sketch(raw: &[u8]) -> String {
+    use base64::Engine;
+    let packed = zstd::bulk::compress(raw, 3).expect("in-memory zstd cannot fail");
+    base64::engine::general_purpose::STANDARD.encode(packed)
+}
+
+/// `None` for a sketch that does not decode: the bucket then restores with its floor.
+fn unpack_sketch(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let packed = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()?;
+    let mut raw = Vec::new();
+    zstd::stream::read::Decoder::new(packed.as_slice())
+        .and_then(|mut d| d.read_to_end(&mut raw))
+        .ok()?;
+    Some(raw)
 }
 
 #[cfg(test)]
@@ -441,14 +581,16 @@ mod tests {
     #[test]
     fn offer_returns_the_keys_guaranteed_count_in_its_bucket() {
         let mut w = WindowCounter::new(&config(Algorithm::SpaceSaving, 2));
-        assert_eq!(w.offer("a", 0), Some(1));
-        assert_eq!(w.offer("a", 100), Some(2));
-        assert_eq!(w.offer("b", 200), Some(1));
-        assert_eq!(w.offer("b", 200), Some(2));
-        // Full: "c" waits in the filter until it could have reached the minimum, then
-        // takes b's place with its filter cell as error: guaranteed 1.
-        assert_eq!(w.offer("c", 300), Some(0));
-        assert_eq!(w.offer("c", 400), Some(1));
+        for (key, expected) in [("a", 1), ("a", 2), ("b", 1), ("b", 2)] {
+            assert_eq!(w.offer(key, 100), Some(expected));
+        }
+        // Full: "c" is refused (0) until it has been seen more often than the weakest
+        // counter's key, then starts from a guaranteed 1 and counts up.
+        let seen: Vec<u64> = (0..6).map(|_| w.offer("c", 200).unwrap()).collect();
+        let admitted = seen.iter().position(|&c| c > 0).expect("c is admitted");
+        assert!(admitted > 0, "{seen:?}");
+        let counted: Vec<u64> = (1..=(6 - admitted) as u64).collect();
+        assert_eq!(seen[admitted..], counted[..], "{seen:?}");
         // A new bucket counts from zero; an older one in the window is found in place.
         assert_eq!(w.offer("a", 1500), Some(1));
         assert_eq!(w.offer("a", 900), Some(3));
@@ -478,7 +620,7 @@ mod tests {
     #[test]
     fn list_is_not_exact_when_bounds_overlap() {
         let mut w = WindowCounter::new(&config(Algorithm::SpaceSaving, 1));
-        for k in ["a", "a", "b", "b"] {
+        for k in ["a", "a", "b", "b", "b"] {
             w.offer(k, 0);
         }
         let top = w.top(1);
@@ -500,6 +642,31 @@ mod tests {
         w.offer("5", 9_999);
         r.offer("5", 9_999);
         assert_eq!(r.top(10), w.top(10));
+    }
+
+    #[test]
+    fn a_checkpoint_carries_the_sketches_so_a_restored_window_goes_on_alike() {
+        let cfg = config(Algorithm::SpaceSaving, 50);
+        let mut w = WindowCounter::new(&cfg);
+        let stream = |i: u64| match i % 10 {
+            0 => format!("hot-{}", i / 10 % 20),
+            _ => format!("crawl-{i}"),
+        };
+        for i in 0..20_000 {
+            w.offer(&stream(i), 0);
+        }
+        let (mut r, _) = WindowCounter::restore(&cfg, &w.checkpoint(0, 1 << 20)).unwrap();
+        assert_eq!(r.top(20), w.top(20));
+        for i in 20_000..40_000 {
+            w.offer(&stream(i), 0);
+            r.offer(&stream(i), 0);
+        }
+        let top = w.top(20);
+        assert_eq!(r.top(20), top);
+        assert!(
+            top.items.iter().all(|i| i.key.starts_with("hot-")),
+            "{top:?}"
+        );
     }
 
     #[test]
