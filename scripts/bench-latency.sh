@@ -22,6 +22,8 @@
 #
 #   scripts/bench-latency.sh
 #   CROWDS=10 RATE=5000 scripts/bench-latency.sh
+#   WARMUP=330s scripts/bench-latency.sh   (a window of background first: the steady state,
+#                                           where zk_write_bytes_per_s is compared)
 #   BIN=/path/to/other/release scripts/bench-latency.sh   (another build's hot-counter and
 #                                                          prewarm, e.g. a baseline)
 #
@@ -32,6 +34,7 @@ CROWDS=${CROWDS:-20}
 CROWD_SIZE=${CROWD_SIZE:-3000}
 RATE=${RATE:-3000}
 SPACING=${SPACING:-3s}
+WARMUP=${WARMUP:-0s}
 BACKGROUND_KEYS=100000
 
 scripts/stack.sh up >/dev/null
@@ -65,4 +68,4 @@ pids+=($!)
 $BIN/prewarm --topology $topology --watch >/dev/null &
 pids+=($!)
 $PROBE --topology $topology --crowds "$CROWDS" --crowd-size "$CROWD_SIZE" \
-  --rate "$RATE" --spacing "$SPACING" --background-keys "$BACKGROUND_KEYS" --redis
+  --rate "$RATE" --spacing "$SPACING" --background-keys "$BACKGROUND_KEYS" --warmup "$WARMUP" --redis

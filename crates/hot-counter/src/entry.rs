@@ -5,9 +5,10 @@
 //! publishes out of turn only when something a reader acts on has changed:
 //!
 //! - a key **enters the top N**: its guaranteed count in the bucket it was just counted in
-//!   reaches the task's *bar*, the reported count (an upper bound) of the last item of the
-//!   list the task last published (1 while that list holds fewer than `top_n` items), and
-//!   the key is not in that list;
+//!   reaches the task's *bar*, one more than the reported count (an upper bound) of the last
+//!   item of the list the task last published (1 while that list holds fewer than `top_n`
+//!   items), and the key is not in that list. A key that only ties the last item changes
+//!   nothing a reader acts on, and ties are common where the list's counts are small;
 //! - a key **crosses a threshold rule**: its guaranteed count in the bucket reaches the
 //!   rule's threshold.
 //!
@@ -52,7 +53,7 @@ impl EntryBar {
         let full = items.len() >= counter.count.top_n;
         EntryBar {
             bar: match items.last() {
-                Some(last) if full => last.count.max(1),
+                Some(last) if full => last.count + 1,
                 _ => 1,
             },
             listed: items.iter().map(|i| i.key.clone()).collect(),
@@ -114,17 +115,17 @@ mod tests {
     }
 
     #[test]
-    fn a_key_enters_a_full_list_when_its_count_reaches_the_last_items() {
+    fn a_key_enters_a_full_list_when_its_count_outgrows_the_last_items() {
         let bar = EntryBar::after(&counter(2, None), &items(&[("a", 9), ("b", 4)]));
-        assert!(!bar.passed("c", 3));
-        assert!(bar.passed("c", 4));
-        assert!(!bar.passed("b", 4), "b is in the list already");
-        assert!(!bar.passed("c", 5));
+        assert!(!bar.passed("c", 4), "a tie changes nothing");
+        assert!(bar.passed("c", 5));
+        assert!(!bar.passed("b", 5), "b is in the list already");
+        assert!(!bar.passed("c", 6));
     }
 
     #[test]
     fn an_unmonitored_key_never_passes() {
-        let bar = EntryBar::after(&counter(2, None), &items(&[("a", 9), ("b", 4)]));
+        let bar = EntryBar::after(&counter(2, None), &items(&[("a", 9), ("b", 0)]));
         assert!(!bar.passed("c", 0));
         assert!(!EntryBar::empty(&counter(2, None)).passed("c", 0));
     }

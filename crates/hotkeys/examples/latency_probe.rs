@@ -59,6 +59,10 @@ struct Args {
     /// How long a crowd may take to be seen before the run fails.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     patience: Duration,
+    /// Background traffic before the first crowd: a window's worth reaches the steady
+    /// state, where the hot lists' boundary no longer moves with every bucket.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
     /// Also wait for each crowd's row in Redis (warmed by a running `prewarm --watch`).
     #[arg(long)]
     redis: bool,
@@ -92,8 +96,9 @@ impl Crowds {
 struct Writes {
     bytes: u64,
     count: u64,
-    /// Modification time of each task's last hot list, and the shortest gap seen.
-    last_hot_ms: HashMap<u32, i64>,
+    /// Version and modification time of each task's last hot list, and the shortest gap
+    /// between two versions.
+    last_hot: HashMap<u32, (i32, i64)>,
     min_gap_ms: Option<i64>,
 }
 
@@ -121,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
         stop.clone(),
     ));
     wait_for_worker(&zk, topology.kafka.partitions, args.patience).await?;
+    tokio::time::sleep(args.warmup).await;
 
     let crowds = Shared::default();
     let writes = Arc::new(Mutex::new(Writes::default()));
@@ -284,7 +290,7 @@ async fn watch_zk(
         let Ok(Some(hot)) = zk.read_hot(task).await else {
             continue;
         };
-        hot_written(&writes, task, hot.modified_ms);
+        hot_written(&writes, task, hot.version, hot.modified_ms);
         let mut c = lock(&crowds);
         let items = &hot.value.items;
         let entered: Vec<(String, i64)> = c
@@ -304,12 +310,16 @@ async fn watch_zk(
     }
 }
 
-/// Keeps the shortest gap between two hot-list writes of one task.
-fn hot_written(writes: &Mutex<Writes>, task: u32, modified_ms: i64) {
+/// Keeps the shortest gap between two hot-list versions of one task (two watch events may
+/// read the same version).
+fn hot_written(writes: &Mutex<Writes>, task: u32, version: i32, modified_ms: i64) {
     let mut w = writes.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(last) = w.last_hot_ms.insert(task, modified_ms) {
-        let gap = modified_ms - last;
-        w.min_gap_ms = Some(w.min_gap_ms.map_or(gap, |m| m.min(gap)));
+    match w.last_hot.insert(task, (version, modified_ms)) {
+        Some((last, last_ms)) if last < version => {
+            let gap = modified_ms - last_ms;
+            w.min_gap_ms = Some(w.min_gap_ms.map_or(gap, |m| m.min(gap)));
+        }
+        _ => {}
     }
 }
 
