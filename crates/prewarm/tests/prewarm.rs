@@ -6,9 +6,9 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{ABSENT, Fixture, SEED, eventually, finished, keys, metric, signal};
+use common::{ABSENT, Fixture, SEED, eventually, finished, keys, metric, signal, warms};
 use hotkeys::mysql::SeedProduct;
-use hotkeys::testing::{self, TcpProxy};
+use hotkeys::testing::TcpProxy;
 use prewarm::{TaskOutcome, TaskRecord};
 use redis::AsyncCommands;
 
@@ -521,35 +521,15 @@ async fn watch_reads_mysql_only_for_keys_redis_lacks_or_is_about_to_expire() {
     };
     let hot = keys(1..=20);
     f.publish(0, &hot).await;
-    let port = testing::free_port();
-    let metrics = format!("127.0.0.1:{port}");
-    let watcher = f
-        .prewarm(&[
-            "--watch",
-            "--json",
-            "--interval",
-            "200ms",
-            "--metrics",
-            &metrics,
-        ])
-        .spawn()
-        .expect("spawn prewarm");
-    let warms = |n: u64| async move {
-        eventually(&format!("warm number {n} to be counted"), || async {
-            metric(port, r#"hotkeys_prewarm_tasks_total{outcome="warmed"}"#)
-                .await
-                .filter(|&warmed| warmed >= n)
-        })
-        .await
-    };
+    let (watcher, port) = f.watch_with_metrics();
     let lookups = || metric(port, "hotkeys_prewarm_mysql_lookups_total");
-    assert_eq!(warms(1).await, 1);
+    assert_eq!(warms(port, 1).await, 1);
     assert_eq!(lookups().await, Some(20));
 
     // The hot set stays the same and warm while its version moves.
     for version in 1..=3 {
         f.publish(0, &hot).await;
-        assert_eq!(warms(version + 1).await, version + 1);
+        assert_eq!(warms(port, version + 1).await, version + 1);
     }
     assert_eq!(
         lookups().await,
@@ -573,7 +553,7 @@ async fn watch_reads_mysql_only_for_keys_redis_lacks_or_is_about_to_expire() {
     })
     .await;
     f.publish(0, &hot).await;
-    assert_eq!(warms(5).await, 5);
+    assert_eq!(warms(port, 5).await, 5);
     assert_eq!(
         lookups().await,
         Some(22),
@@ -858,28 +838,8 @@ async fn watch_looks_up_a_key_without_a_row_once_per_missing_ttl() {
     let mut hot = keys(1..=5);
     hot.extend(keys((1..=3).map(|j| ABSENT + j)));
     f.publish(0, &hot).await;
-    let port = testing::free_port();
-    let metrics = format!("127.0.0.1:{port}");
-    let watcher = f
-        .prewarm(&[
-            "--watch",
-            "--json",
-            "--interval",
-            "200ms",
-            "--metrics",
-            &metrics,
-        ])
-        .spawn()
-        .expect("spawn prewarm");
-    let warms = |n: u64| async move {
-        eventually(&format!("warm number {n} to be counted"), || async {
-            metric(port, r#"hotkeys_prewarm_tasks_total{outcome="warmed"}"#)
-                .await
-                .filter(|&warmed| warmed >= n)
-        })
-        .await
-    };
-    assert_eq!(warms(1).await, 1);
+    let (watcher, port) = f.watch_with_metrics();
+    assert_eq!(warms(port, 1).await, 1);
     let pool = catalogue_pool(&f).await;
     let (reads, selects) = (
         mysql_status(&pool, "Handler_read_key").await,
@@ -890,7 +850,7 @@ async fn watch_looks_up_a_key_without_a_row_once_per_missing_ttl() {
     // three keys without a row were looked up by the first pass.
     for version in 1..=3 {
         f.publish(0, &hot).await;
-        assert_eq!(warms(version + 1).await, version + 1);
+        assert_eq!(warms(port, version + 1).await, version + 1);
     }
     assert_eq!(
         (

@@ -229,6 +229,22 @@ impl Fixture {
         cmd
     }
 
+    /// `prewarm --watch --json --interval 200ms`, serving its metrics on the port returned.
+    pub fn watch_with_metrics(&self) -> (tokio::process::Child, u16) {
+        let port = testing::free_port();
+        let metrics = format!("127.0.0.1:{port}");
+        let args = [
+            "--watch",
+            "--json",
+            "--interval",
+            "200ms",
+            "--metrics",
+            &metrics,
+        ];
+        let child = self.prewarm(&args).spawn().expect("spawn prewarm");
+        (child, port)
+    }
+
     /// Runs `prewarm --json …` to the end: exit code, summary, stderr.
     pub async fn run(&self, args: &[&str]) -> (i32, Summary, String) {
         let mut all = vec!["--json"];
@@ -349,4 +365,14 @@ pub fn signal(pid: u32, sig: &str) {
         .status()
         .expect("run kill");
     assert!(status.success(), "kill -{sig} {pid}");
+}
+
+/// Waits until the prewarm serving metrics on `port` has warmed `n` tasks; returns how many.
+pub async fn warms(port: u16, n: u64) -> u64 {
+    eventually(&format!("warm number {n} to be counted"), || async {
+        metric(port, r#"hotkeys_prewarm_tasks_total{outcome="warmed"}"#)
+            .await
+            .filter(|&warmed| warmed >= n)
+    })
+    .await
 }
