@@ -11,7 +11,7 @@
 //!
 //! A round is due every `count.publish_every` (every task whose counts changed), or at
 //! once for the tasks where a key entered the top N or crossed a threshold rule (`entry`).
-//! No round starts within [`MIN_GAP`] of the previous one.
+//! No round starts within [`MIN_GAP`] of the previous one's start or end.
 //!
 //! After a round:
 //! - a written checkpoint lets the group commit its offset (`store_offsets`, the next offset
@@ -175,7 +175,11 @@ impl Publisher {
         let Some(handle) = self.in_flight.take() else {
             return;
         };
-        match self.runtime.block_on(handle) {
+        let outcome = self.runtime.block_on(handle);
+        // The gap runs from the end of a round's writes too: a slow write followed by a
+        // quick one would otherwise land closer together than MIN_GAP.
+        self.last_round = Instant::now();
+        match outcome {
             Ok(round) => {
                 self.blacklists = round.blacklists;
                 self.take_in(consumer, worker, handoff, round.written);
