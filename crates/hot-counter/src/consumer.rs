@@ -36,7 +36,7 @@ use tokio::runtime::Handle;
 use crate::handoff::{Counting, Handoff};
 use crate::publish::Publisher;
 use crate::rebalance::Context;
-use crate::worker::{Worker, lock};
+use crate::worker::{Summary, Worker, lock};
 
 /// Messages between two looks at the clock, the shutdown token and the publisher while
 /// librdkafka's queue never runs dry: reading the clock costs more than counting an event.
@@ -59,15 +59,6 @@ pub enum Until {
     Shutdown,
     /// Until every assigned partition has been read to its end (backfills, benchmarks).
     CaughtUp,
-}
-
-/// What one run of the loop counted.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Summary {
-    pub events: u64,
-    pub malformed: u64,
-    /// From the first message to the last one counted.
-    pub busy: Duration,
 }
 
 /// Consumes until `until`, then publishes, commits and leaves the group.

@@ -21,7 +21,8 @@ pub mod rebalance;
 pub mod task;
 pub mod worker;
 
-pub use consumer::{Summary, Until};
+pub use consumer::Until;
+pub use worker::Summary;
 
 use std::sync::Arc;
 

@@ -27,9 +27,17 @@ use hotkeys::hotlist::now_ms;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-use crate::consumer::Summary;
 use crate::handoff::{Batch, Event};
 use crate::task::Task;
+
+/// What one run of the loop counted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Summary {
+    pub events: u64,
+    pub malformed: u64,
+    /// From the first message to the last one counted.
+    pub busy: Duration,
+}
 
 /// Bytes of a malformed event quoted in the log.
 const SAMPLE_BYTES: usize = 200;
