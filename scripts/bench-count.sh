@@ -22,12 +22,17 @@ cd "$(dirname "$0")/.."
 EVENTS=${EVENTS:-5000000}
 KEY_SPACES=${KEY_SPACES:-"100000 1000000 10000000"}
 RUNS=${RUNS:-3}
+# BIN: a directory holding another build's hot-counter (and hotctl), e.g. a release build of
+# main, to compare two trees under the same load; the topic is still filled by this tree's
+# access-producer. Without it this tree's release build is used. NO_BUILD=1 uses the existing
+# target/release binaries instead of building them.
 
 scripts/stack.sh up >/dev/null
 # shellcheck source=/dev/null
 . .stack/env
 command -v kcat >/dev/null || { apt-get update -qq && apt-get install -y -qq kcat >/dev/null; }
-cargo build --release -q -p access-producer -p hot-counter -p hotctl
+[[ ${NO_BUILD:-0} == 1 ]] || cargo build --release -q -p access-producer -p hot-counter -p hotctl
+BIN=${BIN:-target/release}
 
 run=bench-count-$$-$(date +%s)
 # Debian's kcat links a librdkafka older than fetch.queue.backoff.ms (2.4), which idles a
@@ -61,9 +66,9 @@ for ((r = 1; r <= RUNS; r++)); do
     kcat_tuned=$(kcat_rate "$topic" "${KCAT_TUNED[@]}")
     start=$(date +%s.%N)
     out=$(HOTKEYS_KAFKA_TOPIC="$topic" HOTKEYS_NAME="$group" HOTKEYS_KAFKA_GROUP="$group" \
-      RUST_LOG=warn /usr/bin/time -f 'rss_kb=%M' target/release/hot-counter --until-caught-up 2>&1)
+      RUST_LOG=warn /usr/bin/time -f 'rss_kb=%M' "$BIN"/hot-counter --until-caught-up 2>&1)
     end=$(date +%s.%N)
-    HOTKEYS_NAME="$group" target/release/hotctl reset --yes >/dev/null
+    HOTKEYS_NAME="$group" "$BIN"/hotctl reset --yes >/dev/null
     counter_rate=$(sed -n 's/.*: \([0-9]*\) events\/s.*/\1/p' <<<"$out")
     rss_kb=$(sed -n 's/^rss_kb=//p' <<<"$out")
     ratio=$(echo "$counter_rate / $kcat_plain" | bc -l)

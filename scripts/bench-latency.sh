@@ -26,6 +26,8 @@
 #                                           where zk_write_bytes_per_s is compared)
 #   BIN=/path/to/other/release scripts/bench-latency.sh   (another build's hot-counter and
 #                                                          prewarm, e.g. a baseline)
+#   TOPOLOGY=/path/to/its/default.toml BIN=…              (that build's own topology file)
+#   NO_BUILD=1 …                                          (use the existing target/release)
 #
 # The topic and the ZooKeeper subtree are deleted at the end.
 set -euo pipefail
@@ -40,16 +42,16 @@ BACKGROUND_KEYS=100000
 scripts/stack.sh up >/dev/null
 # shellcheck source=/dev/null
 . .stack/env
-cargo build --release -q -p hotkeys --example latency_probe -p hotctl
-if [[ -z ${BIN:-} ]]; then
-  cargo build --release -q -p hot-counter -p prewarm
-  BIN=target/release
+if [[ ${NO_BUILD:-0} != 1 ]]; then
+  cargo build --release -q -p hotkeys --example latency_probe -p hotctl
+  [[ -n ${BIN:-} ]] || cargo build --release -q -p hot-counter -p prewarm
 fi
+BIN=${BIN:-target/release}
 
 run=bench-latency-$$-$(date +%s)
 export HOTKEYS_NAME=$run HOTKEYS_KAFKA_TOPIC=$run HOTKEYS_KAFKA_GROUP=$run RUST_LOG=warn
 PROBE=target/release/examples/latency_probe
-topology=topology/default.toml
+topology=${TOPOLOGY:-topology/default.toml}
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done

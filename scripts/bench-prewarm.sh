@@ -17,7 +17,8 @@
 # (default 8) and empties it before every run and at the end: keep nothing else there.
 # Uses the ZooKeeper subtree of topology `bench-prewarm`, which it recreates each run.
 # Environment: HOT, TASKS, RUNS, CATALOGUE, SEED, BENCH_DB, CONCURRENCY (per process, 4),
-# NO_BUILD=1 (use the existing target/release binaries).
+# NO_BUILD=1 (use the existing target/release binaries), BIN (a directory holding another build's
+# prewarm, hotctl and examples/publish_hot, e.g. a release build of main; implies NO_BUILD).
 set -euo pipefail
 export LC_ALL=C
 
@@ -62,12 +63,13 @@ rcli() { redis-cli -h "$R_HOST" -p "$R_PORT" -n "$DB" "$@"; }
 [[ $(rcli PING 2>/dev/null) == PONG ]] || { echo "bench-prewarm: Redis unreachable; scripts/stack.sh up" >&2; exit 3; }
 sql -e 'SELECT 1' >/dev/null || { echo "bench-prewarm: MySQL unreachable; scripts/stack.sh up" >&2; exit 3; }
 
-if [[ ${NO_BUILD:-0} != 1 ]]; then
+if [[ ${NO_BUILD:-0} != 1 && -z ${BIN:-} ]]; then
   cargo build --release -p prewarm -p hotctl --bins --examples >&2
 fi
-PREWARM=target/release/prewarm
-PUBLISH=target/release/examples/publish_hot
-HOTCTL=target/release/hotctl
+BIN=${BIN:-target/release}
+PREWARM=$BIN/prewarm
+PUBLISH=$BIN/examples/publish_hot
+HOTCTL=$BIN/hotctl
 
 WORK=$(mktemp -d)
 cleanup() {
