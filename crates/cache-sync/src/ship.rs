@@ -37,9 +37,9 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use hotkeys::config::{SyncCompression, SyncConfig};
-use hotkeys::secret::NodeUrl;
+use hotkeys::config::secret::NodeUrl;
 use hotkeys::shutdown::CancellationToken;
-use hotkeys::sync_queue::{Batch, Position, QueuedOp, SyncError, SyncQueue, now_ms};
+use hotkeys::sync::{Batch, Position, QueuedOp, SyncError, SyncQueue, now_ms};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use tokio::task::JoinHandle;

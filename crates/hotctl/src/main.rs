@@ -8,12 +8,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hotkeys::blacklist::BlacklistError;
-use hotkeys::cache::CacheError;
+use hotkeys::redis::CacheError;
 use hotkeys::cli::TopologyArg;
 use hotkeys::config::ConfigError;
 use hotkeys::exit;
 use hotkeys::mysql::MysqlError;
-use hotkeys::subscribe::SubscribeError;
+use hotkeys::zk::subscribe::SubscribeError;
 use hotkeys::zk::ZkError;
 
 mod blacklist;
@@ -132,7 +132,7 @@ fn exit_code(e: &anyhow::Error) -> i32 {
             };
         }
         if let Some(BlacklistError::Redis(r)) = cause.downcast_ref::<BlacklistError>()
-            && hotkeys::cache::connection_failed(r)
+            && hotkeys::redis::connection_failed(r)
         {
             return exit::UNREACHABLE;
         }

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use dashboard_support::Dashboard;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hotkeys::blacklist::redis_key;
-use hotkeys::cache::RedisConn;
+use hotkeys::redis::RedisConn;
 use hotkeys::hotlist::now_ms;
 use hotkeys::testing::{self, publish_hot_list};
 use hotkeys::zk::Zk;

@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use common::hotctl;
 use hotkeys::Topology;
 use hotkeys::blacklist::Blacklist;
-use hotkeys::cache::RedisConn;
+use hotkeys::redis::RedisConn;
 use hotkeys::config::{Action, CounterConfig};
 use hotkeys::hotlist::now_ms;
 use hotkeys::testing::{self, publish_hot_list};

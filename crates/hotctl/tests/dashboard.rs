@@ -9,7 +9,7 @@ use std::time::Duration;
 use dashboard_support::Dashboard;
 use hotkeys::Topology;
 use hotkeys::blacklist::redis_key;
-use hotkeys::cache::RedisConn;
+use hotkeys::redis::RedisConn;
 use hotkeys::hotlist::now_ms;
 use hotkeys::testing::{self, publish_hot_list};
 use hotkeys::zk::Zk;

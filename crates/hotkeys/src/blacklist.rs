@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use redis::Script;
 
 use crate::Topology;
-use crate::cache::RedisConn;
+use crate::redis::RedisConn;
 use crate::config::{Counter, Rule};
 use crate::hotlist::{Banned, BlacklistRecord, HotItem, merge};
 use crate::zk::{Zk, ZkError};

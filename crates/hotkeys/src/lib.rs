@@ -28,22 +28,17 @@
 //! | `testing` | (feature `testing`) isolated topologies for integration tests on the local stack |
 
 pub mod blacklist;
-pub mod cache;
 pub mod cli;
-pub mod codec;
 pub mod config;
 pub mod count;
 pub mod event;
 pub mod exit;
-pub mod failover;
 pub mod hotlist;
 pub mod kafka;
 pub mod mysql;
-pub mod ring;
-pub mod secret;
+pub mod redis;
 pub mod shutdown;
-pub mod subscribe;
-pub mod sync_queue;
+pub mod sync;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

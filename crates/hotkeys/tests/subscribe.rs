@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use hotkeys::config::PRIMARY_COUNTER;
-use hotkeys::subscribe::{HotSet, SubscribeError, subscribe};
+use hotkeys::zk::subscribe::{HotSet, SubscribeError, subscribe};
 use hotkeys::testing::{self, TcpProxy, publish_hot_list};
 use hotkeys::zk::Zk;
 

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hotkeys::config::{KafkaConfig, RedisConfig, RedisMode};
-use hotkeys::failover::track_key;
-use hotkeys::secret::NodeUrl;
+use hotkeys::redis::failover::track_key;
+use hotkeys::config::secret::NodeUrl;
 use rdkafka::consumer::BaseConsumer;
 use serde::Serialize;
 use tokio::sync::Mutex;

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hotkeys::Topology;
-use hotkeys::cache::{CacheNodes, RedisConn};
+use hotkeys::redis::{CacheNodes, RedisConn};
 use hotkeys::config::Counter;
 use hotkeys::shutdown::CancellationToken;
-use hotkeys::sync_queue::{SyncError, SyncQueue};
+use hotkeys::sync::{SyncError, SyncQueue};
 use hotkeys::zk::{Zk, ZkError};
 use tokio::sync::{OnceCell, RwLock};
 

@@ -49,9 +49,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use redis::{RedisError, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{CacheError, CacheNodes, RedisConn};
+use crate::redis::{CacheError, CacheNodes, RedisConn};
 use crate::config::{RedisConfig, RedisMode, SyncConfig};
-use crate::secret::NodeUrl;
+use crate::config::secret::NodeUrl;
 
 /// A change to one cache key, to be made in the other data centre.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,14 +266,14 @@ impl SyncError {
     pub fn is_unreachable(&self) -> bool {
         match self {
             SyncError::Cache(e) => e.is_unreachable(),
-            SyncError::Redis { source, .. } => crate::cache::connection_failed(source),
+            SyncError::Redis { source, .. } => crate::redis::connection_failed(source),
             SyncError::Reply { .. } | SyncError::Evicting { .. } => false,
         }
     }
 }
 
 /// The connection to the node that holds the replication state, and its name for messages:
-/// `sync.state` when set, else the home of `cache` (see [`crate::cache::CacheNodes::home`]).
+/// `sync.state` when set, else the home of `cache` (see [`crate::redis::CacheNodes::home`]).
 pub async fn connect_state(
     cache: &RedisConfig,
     sync: &SyncConfig,

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::secret::{NodeUrl, NodeUrlError};
+pub mod secret;
+
+use self::secret::{NodeUrl, NodeUrlError};
 
 /// What went wrong loading a topology; every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -793,7 +795,7 @@ impl Topology {
                 let key = e.path().to_string();
                 let mut message = e.inner().to_string();
                 if may_hold_secret(&key) {
-                    message = crate::secret::hide_quoted(&message);
+                    message = crate::config::secret::hide_quoted(&message);
                 }
                 ConfigError::Key {
                     file: file.to_path_buf(),

@@ -11,7 +11,7 @@
 //!   reaches the new master.
 //!
 //! In `single` and `ring` mode a primary may have a backup that serves its keys while it is
-//! down ([`crate::failover`]). Every value goes through [`crate::codec`] on its way in
+//! down ([`crate::redis::failover`]). Every value goes through [`crate::redis::codec`] on its way in
 //! and out, so large values are stored compressed.
 //!
 //! Writes are pipelined per node. A `set` goes to the node the placement picks; a `delete`
@@ -37,11 +37,11 @@ use redis::cluster_routing::Slot;
 use redis::sentinel::{SentinelClient, SentinelServerType};
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value};
 
-use crate::codec::{self, Codec, CodecError};
+use crate::redis::codec::{self, Codec, CodecError};
 use crate::config::{RedisConfig, RedisMode};
-use crate::failover::{Failover, State};
-use crate::ring::{Ring, RingError};
-use crate::secret::NodeUrl;
+use crate::redis::failover::{Failover, State};
+use crate::redis::ring::{Ring, RingError};
+use crate::config::secret::NodeUrl;
 
 /// What went wrong talking to the cache.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,3 @@
+mod settings;
+
+pub use settings::*;

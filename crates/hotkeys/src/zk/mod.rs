@@ -1,0 +1,4 @@
+mod session;
+pub mod subscribe;
+
+pub use session::*;
