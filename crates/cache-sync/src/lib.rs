@@ -73,7 +73,7 @@ pub async fn run(
 }
 
 fn secret(topology: &Topology) -> Result<String, Error> {
-    topology.sync_secret().ok_or_else(|| {
+    topology.sync.secret().ok_or_else(|| {
         Error::Config(format!(
             "no shared secret: set the environment variable {} (sync.secret_env)",
             topology.sync.secret_env

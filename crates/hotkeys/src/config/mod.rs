@@ -1,43 +1,49 @@
-//! The topology file: the single configuration of one pipeline.
+//! The topology file: the single configuration of one pipeline (see ARCHITECTURE.md).
 //!
 //! This module owns the typed form of `topology/*.toml`, its defaults, the environment
 //! overrides (`HOTKEYS_<SECTION>_<KEY>`, `HOTKEYS_<KEY>` for top-level keys) and the errors a
 //! bad file produces. Every other module receives the section it needs from here; nothing
 //! else reads the file or the `HOTKEYS_*` variables.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `mod.rs` | [`Topology`]: loading, the checks across sections, the resolved counters |
+//! | `kafka`, `source`, `count`, `zookeeper`, `mysql`, `redis`, `prewarm`, `sync`, `dashboard` | one section each: its keys, defaults and `validate` |
+//! | `env` | the `HOTKEYS_*` environment overrides |
+//! | [`secret`] | node URLs shown without their credentials; which keys may hold one |
+//! | `error` | [`ConfigError`] |
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod count;
+mod dashboard;
+mod env;
+mod error;
+mod kafka;
+mod mysql;
+mod prewarm;
+mod redis;
 pub mod secret;
+mod source;
+mod sync;
+mod zookeeper;
 
-use self::secret::{NodeUrl, NodeUrlError};
-
-/// What went wrong loading a topology; every variant names the file.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        file: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{file}: not valid TOML: {message}")]
-    Syntax { file: PathBuf, message: String },
-    #[error("{file}: key `{key}`: {message}")]
-    Key {
-        file: PathBuf,
-        key: String,
-        message: String,
-    },
-    #[error("{file}: environment variable {var}: {message}")]
-    Env {
-        file: PathBuf,
-        var: String,
-        message: String,
-    },
-}
+pub use self::count::{
+    Action, Algorithm, CountConfig, Counter, CounterConfig, PRIMARY_COUNTER, Rule,
+};
+pub use self::dashboard::DashboardConfig;
+pub use self::error::ConfigError;
+use self::error::{Invalid, check};
+pub use self::kafka::KafkaConfig;
+pub use self::mysql::MysqlConfig;
+pub use self::prewarm::{PrewarmConfig, RefreshBefore};
+pub use self::redis::{KetamaHash, RedisConfig, RedisMode, RingAlgorithm};
+pub use self::source::SourceConfig;
+pub use self::sync::{SyncCompression, SyncConfig};
+pub use self::zookeeper::ZookeeperConfig;
 
 /// One pipeline: a Kafka topic counted into hot lists that prewarm and cache-sync consume.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,682 +97,6 @@ impl Default for Topology {
     }
 }
 
-/// Where the access events live.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaConfig {
-    /// Bootstrap servers, comma-separated.
-    pub brokers: String,
-    /// Topic of access events, keyed by the hot key.
-    pub topic: String,
-    /// Partition count used when the tools create the topic; one task per partition.
-    pub partitions: u32,
-    /// Replication factor used when the tools create the topic.
-    pub replication: u16,
-    /// Consumer group of the hot-counter workers.
-    pub group: String,
-    /// Topic that receives malformed events unchanged; empty turns it off.
-    pub dead_letter: String,
-    /// librdkafka settings for producers (SASL, TLS, tuning); they win over ours.
-    pub producer: BTreeMap<String, String>,
-    /// librdkafka settings for consumers; they win over ours.
-    pub consumer: BTreeMap<String, String>,
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        KafkaConfig {
-            brokers: "127.0.0.1:9092".into(),
-            topic: "access-log".into(),
-            partitions: 6,
-            replication: 1,
-            group: "hot-counter".into(),
-            dead_letter: String::new(),
-            producer: BTreeMap::new(),
-            consumer: BTreeMap::new(),
-        }
-    }
-}
-
-/// How the hot key is found in an event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SourceConfig {
-    /// JSON pointer into the event; the Kafka message key is used when it is absent.
-    pub key: String,
-    /// Query parameter holding the key in nginx access-log lines.
-    pub query_param: String,
-    /// Longer keys are malformed events: counted, sampled in the log, sent to the
-    /// dead-letter topic. Bounds what one key costs in memory, hot lists and checkpoints.
-    pub max_key_bytes: usize,
-}
-
-impl Default for SourceConfig {
-    fn default() -> Self {
-        SourceConfig {
-            key: "/uri_args/productId".into(),
-            query_param: "productId".into(),
-            max_key_bytes: 256,
-        }
-    }
-}
-
-/// Counting algorithm of a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Algorithm {
-    /// Space-Saving (Metwally et al. 2005): guaranteed error bounds.
-    SpaceSaving,
-    /// A bounded LRU map of counters: the least recently seen key is evicted.
-    Lru,
-}
-
-/// Per-task counting: memory bound, window and what gets published.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CountConfig {
-    pub algorithm: Algorithm,
-    /// Counter entries per task (per window bucket).
-    pub capacity: usize,
-    /// Length of the rolling window, by event time.
-    #[serde(with = "humantime_serde")]
-    pub window: Duration,
-    /// Buckets the window is split into; it advances one bucket at a time.
-    pub buckets: u32,
-    /// Items in a published hot list.
-    pub top_n: usize,
-    /// How often each task publishes its hot list, when it changed.
-    #[serde(with = "humantime_serde")]
-    pub publish_every: Duration,
-    /// How often each task writes its counter checkpoint (also at revoke and shutdown). A
-    /// new owner resumes from the checkpoint and re-counts what came after it.
-    #[serde(with = "humantime_serde")]
-    pub checkpoint_every: Duration,
-    /// Events stamped further ahead of the worker's clock are counted as happening now
-    /// (and as `future`); default: one bucket (`window / buckets`).
-    #[serde(
-        default,
-        with = "humantime_serde::option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub max_future: Option<Duration>,
-}
-
-impl CountConfig {
-    /// The length of one window bucket.
-    pub fn bucket(&self) -> Duration {
-        self.window / self.buckets.max(1)
-    }
-
-    /// How far ahead of the clock an event's timestamp is taken as it is.
-    pub fn max_future(&self) -> Duration {
-        self.max_future.unwrap_or_else(|| self.bucket())
-    }
-}
-
-impl Default for CountConfig {
-    fn default() -> Self {
-        CountConfig {
-            algorithm: Algorithm::SpaceSaving,
-            capacity: 10_000,
-            window: Duration::from_secs(300),
-            buckets: 10,
-            top_n: 100,
-            publish_every: Duration::from_millis(500),
-            checkpoint_every: Duration::from_secs(30),
-            max_future: None,
-        }
-    }
-}
-
-/// Name of the counter that `[source]` and `[count]` define: the product counter whose hot
-/// lists prewarm reads. `[[counter]]` tables cannot use it.
-pub const PRIMARY_COUNTER: &str = "hot";
-
-/// One `[[counter]]` table: another key counted over the same events. Counting settings left
-/// out are taken from `[count]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CounterConfig {
-    /// ZooKeeper path segment and metrics label.
-    pub name: String,
-    /// JSON pointer to the counted value; events without one are not counted by this counter.
-    pub key: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub algorithm: Option<Algorithm>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capacity: Option<usize>,
-    #[serde(
-        default,
-        with = "humantime_serde::option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub window: Option<Duration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub buckets: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub top_n: Option<usize>,
-    /// Count per window at which `action` is taken.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub threshold: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub action: Option<Action>,
-    /// How long a key stays blacklisted after it was last seen over the threshold.
-    #[serde(default = "default_ban_for", with = "humantime_serde")]
-    pub ban_for: Duration,
-    /// Keys the rule never acts on.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub allow: Vec<String>,
-}
-
-impl CounterConfig {
-    /// A counter of the value at `key` named `name`, every other setting inherited from
-    /// `[count]`, without a rule.
-    pub fn new(name: &str, key: &str) -> CounterConfig {
-        CounterConfig {
-            name: name.into(),
-            key: key.into(),
-            algorithm: None,
-            capacity: None,
-            window: None,
-            buckets: None,
-            top_n: None,
-            threshold: None,
-            action: None,
-            ban_for: default_ban_for(),
-            allow: Vec::new(),
-        }
-    }
-}
-
-fn default_ban_for() -> Duration {
-    Duration::from_secs(600)
-}
-
-/// What a threshold rule does to a key that crosses it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Action {
-    /// Adds the key to the counter's blacklist (`hotkeys::blacklist`).
-    Blacklist,
-}
-
-/// A counter as the workers run it: `[source]`+`[count]` or one `[[counter]]`, resolved.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Counter {
-    pub name: String,
-    /// JSON pointer to the counted key.
-    pub key: String,
-    /// Only the primary counter falls back to the Kafka message key (the product id).
-    pub primary: bool,
-    pub count: CountConfig,
-    pub rule: Option<Rule>,
-}
-
-/// A threshold rule of a counter.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rule {
-    pub threshold: u64,
-    pub action: Action,
-    pub ban_for: Duration,
-    pub allow: std::collections::BTreeSet<String>,
-}
-
-/// The coordination cluster.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ZookeeperConfig {
-    /// Connect string, `host:port[,host:port…]`.
-    pub connect: String,
-    /// Root path; the topology name is appended to it.
-    pub root: String,
-    #[serde(with = "humantime_serde")]
-    pub session_timeout: Duration,
-}
-
-impl Default for ZookeeperConfig {
-    fn default() -> Self {
-        ZookeeperConfig {
-            connect: "127.0.0.1:2181".into(),
-            root: "/hotkeys".into(),
-            session_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-/// The database the cache is warmed from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MysqlConfig {
-    /// `mysql://user@host:port/database`; a password here is used only when `password_env`
-    /// names no variable that is set.
-    pub url: String,
-    /// Name of the environment variable holding the password (never the password itself);
-    /// empty: the URL's own.
-    pub password_env: String,
-    /// Row query; `{ids}` is replaced by the bound key list, and one column must be `id`.
-    pub query: String,
-    /// Keys per `IN (…)` query.
-    pub batch: usize,
-    /// Connections in the pool of one process.
-    pub pool: u32,
-}
-
-impl Default for MysqlConfig {
-    fn default() -> Self {
-        MysqlConfig {
-            url: "mysql://hotkeys@127.0.0.1:3306/hotkeys".into(),
-            password_env: "HOTKEYS_MYSQL_PASSWORD".into(),
-            query: "SELECT id, shop_id, name, price, stock, attributes, updated_at FROM products WHERE id IN ({ids})".into(),
-            batch: 500,
-            pool: 8,
-        }
-    }
-}
-
-impl MysqlConfig {
-    /// The password from the variable `password_env` names, when it is set.
-    pub fn password_from_env(&self) -> Option<String> {
-        if self.password_env.is_empty() {
-            return None;
-        }
-        std::env::var(&self.password_env)
-            .ok()
-            .filter(|s| !s.is_empty())
-    }
-}
-
-/// How Redis nodes are addressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RedisMode {
-    Single,
-    Ring,
-    Cluster,
-    Sentinel,
-}
-
-/// Client-side placement of keys over the nodes in `ring` mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RingAlgorithm {
-    PeclMemcache,
-    Flexihash,
-    Ketama,
-}
-
-/// Key hash of the `ketama` ring, spelled as in twemproxy's `hash:` setting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum KetamaHash {
-    /// twemproxy's default; computed in 32-bit arithmetic as twemproxy does.
-    #[serde(rename = "fnv1a_64")]
-    Fnv1a64,
-    /// Standard CRC-32 (twemproxy's `crc32` is a different, truncated hash).
-    #[serde(rename = "crc32a")]
-    Crc32a,
-}
-
-/// The cache being warmed and replicated.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedisConfig {
-    pub mode: RedisMode,
-    /// Node URLs; in `ring` mode their `host:port` is what the ring hashes.
-    pub nodes: Vec<String>,
-    pub ring: RingAlgorithm,
-    /// Key hash of the `ketama` ring (the other rings always hash with CRC-32).
-    pub ketama_hash: KetamaHash,
-    /// Cache key of a hot key; `{key}` is replaced by it.
-    pub key: String,
-    #[serde(with = "humantime_serde")]
-    pub ttl: Duration,
-    /// Fraction of the TTL added at random so a warmed set does not expire at once.
-    pub ttl_jitter: f64,
-    /// Commands per pipeline.
-    pub pipeline: usize,
-    /// Response timeout of one command or pipeline.
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// `single` / `ring` mode: the backup node of a primary, by the primary's URL as written
-    /// in `nodes`. While a primary is down its keys are read and written on its backup.
-    pub backups: BTreeMap<String, String>,
-    /// How often every node with a backup is pinged.
-    #[serde(with = "humantime_serde")]
-    pub health_every: Duration,
-    /// Failed pings in a row after which a primary counts as down.
-    pub health_failures: u32,
-    /// `sentinel` mode: the name of the monitored master (`nodes` are the sentinels).
-    pub master: String,
-    /// Values longer than this many bytes are stored zstd-compressed; 0 never compresses.
-    pub compress_over: usize,
-    /// zstd level of compressed values, 1 (fast) to 22 (small).
-    pub compress_level: i32,
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        RedisConfig {
-            mode: RedisMode::Single,
-            nodes: vec!["redis://127.0.0.1:6379".into()],
-            ring: RingAlgorithm::PeclMemcache,
-            ketama_hash: KetamaHash::Fnv1a64,
-            key: "product:{key}".into(),
-            ttl: Duration::from_secs(3600),
-            ttl_jitter: 0.1,
-            pipeline: 1000,
-            timeout: Duration::from_secs(10),
-            backups: BTreeMap::new(),
-            health_every: Duration::from_secs(1),
-            health_failures: 3,
-            master: "mymaster".into(),
-            compress_over: 128 * 1024,
-            compress_level: 3,
-        }
-    }
-}
-
-impl RedisConfig {
-    /// Checks the keys of `[redis]`; on error, the key and what was expected.
-    fn validate(&self) -> Result<(), (String, String)> {
-        let bad = |key: &str, message: &str| Err((key.to_string(), message.to_string()));
-        if self.nodes.is_empty() {
-            return bad("redis.nodes", "expected at least one node URL");
-        }
-        node_urls("redis.nodes", &self.nodes)?;
-        if self.mode == RedisMode::Single && self.nodes.len() != 1 {
-            return bad("redis.nodes", "expected exactly one node in `single` mode");
-        }
-        if !self.key.contains("{key}") {
-            return bad("redis.key", "expected the `{key}` placeholder");
-        }
-        if !(0.0..=1.0).contains(&self.ttl_jitter) {
-            return bad("redis.ttl_jitter", "expected a fraction between 0 and 1");
-        }
-        if self.pipeline == 0 {
-            return bad("redis.pipeline", "expected at least 1");
-        }
-        if !self.backups.is_empty() && !matches!(self.mode, RedisMode::Single | RedisMode::Ring) {
-            return bad(
-                "redis.backups",
-                "expected no backups outside `single` and `ring` mode (cluster and sentinel fail over by themselves)",
-            );
-        }
-        for (primary, backup) in &self.backups {
-            let (primary, backup) = (NodeUrl::from(primary), NodeUrl::from(backup));
-            if let Err(e) = NodeUrl::parse(backup.expose()) {
-                return Err((
-                    "redis.backups".into(),
-                    format!("backup of `{primary}`: {e}"),
-                ));
-            }
-            if !self.nodes.iter().any(|n| n == primary.expose()) {
-                return Err((
-                    "redis.backups".into(),
-                    format!(
-                        "`{primary}` is not one of redis.nodes (expected a primary's URL as written there)"
-                    ),
-                ));
-            }
-            if redis::parse_redis_url(backup.expose()).is_none() {
-                return Err((
-                    "redis.backups".into(),
-                    format!("backup `{backup}` of `{primary}`: expected a redis:// URL"),
-                ));
-            }
-            if self.nodes.iter().any(|n| n == backup.expose()) {
-                return Err((
-                    "redis.backups".into(),
-                    format!(
-                        "backup `{backup}` of `{primary}` is itself a primary (its keys would move to the neighbour)"
-                    ),
-                ));
-            }
-        }
-        if self.health_every.is_zero() {
-            return bad("redis.health_every", "expected a positive duration");
-        }
-        if self.health_failures == 0 {
-            return bad("redis.health_failures", "expected at least 1");
-        }
-        if self.mode == RedisMode::Sentinel && self.master.is_empty() {
-            return bad("redis.master", "expected the master name sentinel monitors");
-        }
-        if !(1..=22).contains(&self.compress_level) {
-            return bad("redis.compress_level", "expected a zstd level from 1 to 22");
-        }
-        Ok(())
-    }
-}
-
-/// How prewarm treats values already in the cache.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PrewarmConfig {
-    /// A cached value with less than this left to live is loaded again; one with more is
-    /// skipped without asking MySQL. See [`Topology::refresh_before`].
-    pub refresh_before: RefreshBefore,
-    /// A key MySQL has no row for is not asked again for this long (per process); zero
-    /// asks every time.
-    #[serde(with = "humantime_serde")]
-    pub missing_ttl: Duration,
-}
-
-impl Default for PrewarmConfig {
-    fn default() -> Self {
-        PrewarmConfig {
-            refresh_before: RefreshBefore::Share(10.0),
-            missing_ttl: Duration::from_secs(60),
-        }
-    }
-}
-
-/// `prewarm.refresh_before`: a duration (`"5m"`) or a percentage of `redis.ttl` (`"10%"`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum RefreshBefore {
-    /// Percent of `redis.ttl`, from 0 up to (not including) 100.
-    Share(f64),
-    Fixed(Duration),
-}
-
-impl RefreshBefore {
-    /// The duration this setting means for a cache whose TTL is `ttl`.
-    pub fn of(self, ttl: Duration) -> Duration {
-        match self {
-            RefreshBefore::Share(percent) => ttl.mul_f64(percent / 100.0),
-            RefreshBefore::Fixed(d) => d,
-        }
-    }
-}
-
-impl TryFrom<String> for RefreshBefore {
-    type Error = String;
-
-    fn try_from(raw: String) -> Result<Self, String> {
-        match raw.trim().strip_suffix('%') {
-            Some(percent) => percent
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|p| (0.0..100.0).contains(p))
-                .map(RefreshBefore::Share)
-                .ok_or_else(|| format!("expected a percentage from 0% to 99%, found `{raw}`")),
-            None => humantime::parse_duration(raw.trim())
-                .map(RefreshBefore::Fixed)
-                .map_err(|e| format!("expected a duration or a percentage of redis.ttl: {e}")),
-        }
-    }
-}
-
-impl From<RefreshBefore> for String {
-    fn from(r: RefreshBefore) -> String {
-        match r {
-            RefreshBefore::Share(percent) => format!("{percent}%"),
-            RefreshBefore::Fixed(d) => humantime::format_duration(d).to_string(),
-        }
-    }
-}
-
-/// Encoding of the HTTP batches `cache-sync ship` sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SyncCompression {
-    Zstd,
-    Gzip,
-    None,
-}
-
-/// The replication path to the other data centre.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SyncConfig {
-    /// Redis list holding queued operations (on the first local node).
-    pub queue: String,
-    /// Operations per HTTP batch.
-    pub batch: usize,
-    /// Batches sent before the oldest of them is acknowledged (1: strictly one at a time).
-    pub in_flight: usize,
-    /// Receiver URL of the other data centre.
-    pub remote: String,
-    /// Address `cache-sync receive` listens on.
-    pub listen: String,
-    /// Name of the environment variable holding the shared HMAC secret.
-    pub secret_env: String,
-    /// Key prefixes whose writes are queued for replication.
-    pub replicate: Vec<String>,
-    /// Largest request body the receiver accepts, in bytes (after decompression).
-    pub max_body: usize,
-    /// Redis nodes of the receiving data centre.
-    pub apply_nodes: Vec<String>,
-    /// The Redis node holding the replication state: the shipper's queue and in-flight
-    /// batches, the receiver's per-stream records. Empty: the home of the cache (the first
-    /// node of `redis.nodes` for the shipper, of `apply_nodes` for the receiver). It must not
-    /// evict: ship and receive refuse to run on an `allkeys-*` maxmemory-policy.
-    pub state: String,
-    /// Compression of the request bodies the shipper sends.
-    pub compression: SyncCompression,
-    /// Time one HTTP batch may take, request and answer, before it is retried.
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Longest pause between two tries while the receiver is unreachable.
-    #[serde(with = "humantime_serde")]
-    pub retry_max: Duration,
-    /// Failed tries in a row after which the shipper gives up; 0 keeps trying.
-    pub retries: u32,
-    /// How far the time a request was signed may be from the receiver's clock: older
-    /// requests are refused as replays (401), so the two sides' clocks must agree within it.
-    #[serde(with = "humantime_serde")]
-    pub max_skew: Duration,
-    /// PEM certificate chain `cache-sync receive` serves HTTPS with (with `tls_key`);
-    /// empty: plain HTTP, for loopback only.
-    pub tls_cert: String,
-    /// PEM private key of `tls_cert`.
-    pub tls_key: String,
-    /// PEM certificates the shipper trusts for an `https` remote instead of the system's
-    /// roots; empty: the system's roots.
-    pub tls_ca: String,
-}
-
-impl Default for SyncConfig {
-    fn default() -> Self {
-        SyncConfig {
-            queue: "FIFO:MEM".into(),
-            batch: 1000,
-            in_flight: 4,
-            remote: "http://127.0.0.1:8480/sync".into(),
-            listen: "127.0.0.1:8480".into(),
-            secret_env: "HOTKEYS_SYNC_SECRET".into(),
-            replicate: vec!["product:".into()],
-            max_body: 16 * 1024 * 1024,
-            apply_nodes: vec!["redis://127.0.0.1:6380".into()],
-            state: String::new(),
-            compression: SyncCompression::Zstd,
-            timeout: Duration::from_secs(30),
-            retry_max: Duration::from_secs(10),
-            retries: 0,
-            max_skew: Duration::from_secs(300),
-            tls_cert: String::new(),
-            tls_key: String::new(),
-            tls_ca: String::new(),
-        }
-    }
-}
-
-/// `hotctl dashboard`: the web UI, JSON API and hot-key history of a topology.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DashboardConfig {
-    /// Address the dashboard listens on (`--listen` wins).
-    pub listen: String,
-    /// How often the merged hot lists are recorded into MySQL; 0 turns recording off
-    /// (`--record` wins).
-    #[serde(with = "humantime_serde")]
-    pub record: Duration,
-    /// How long recorded hot lists are kept (`--retain` wins).
-    #[serde(with = "humantime_serde")]
-    pub retain: Duration,
-    /// Name of the environment variable holding the token that write requests (unban)
-    /// must carry; without it the dashboard is read-only.
-    pub token_env: String,
-    /// Host names (optionally `name:port`) the dashboard answers for, besides the loopback
-    /// names and the listen address; any other `Host` is refused (DNS rebinding).
-    pub allowed_hosts: Vec<String>,
-    /// Open SSE streams at most; past it `/api/stream` answers 503 with `Retry-After`.
-    pub max_streams: usize,
-    /// Requests served at once (SSE streams count only while they open); more wait in line
-    /// until `request_timeout`.
-    pub max_requests: usize,
-    /// How long a request may wait and run before it is answered 504.
-    #[serde(with = "humantime_serde")]
-    pub request_timeout: Duration,
-    /// The longest run of one history query of the API (MariaDB `max_statement_time`).
-    #[serde(with = "humantime_serde")]
-    pub query_timeout: Duration,
-    /// The longest range `/api/top` and the history page rank keys over; longer ranges
-    /// are refused with 400.
-    #[serde(with = "humantime_serde")]
-    pub max_range: Duration,
-}
-
-impl DashboardConfig {
-    /// The first bound that cannot work, as (key, what was expected).
-    fn validate(&self) -> Result<(), (&'static str, &'static str)> {
-        if self.max_streams == 0 {
-            return Err(("dashboard.max_streams", "expected at least 1"));
-        }
-        if self.max_requests == 0 {
-            return Err(("dashboard.max_requests", "expected at least 1"));
-        }
-        if self.request_timeout.is_zero() {
-            return Err(("dashboard.request_timeout", "expected more than 0s"));
-        }
-        if self.query_timeout < Duration::from_millis(100) {
-            return Err(("dashboard.query_timeout", "expected at least 100ms"));
-        }
-        if self.max_range.is_zero() {
-            return Err(("dashboard.max_range", "expected more than 0s"));
-        }
-        Ok(())
-    }
-}
-
-impl Default for DashboardConfig {
-    fn default() -> Self {
-        DashboardConfig {
-            listen: "127.0.0.1:8490".into(),
-            record: Duration::from_secs(60),
-            retain: Duration::from_secs(7 * 24 * 3600),
-            token_env: "HOTKEYS_DASHBOARD_TOKEN".into(),
-            allowed_hosts: Vec::new(),
-            max_streams: 1000,
-            max_requests: 64,
-            request_timeout: Duration::from_secs(10),
-            query_timeout: Duration::from_secs(4),
-            max_range: Duration::from_secs(24 * 3600),
-        }
-    }
-}
-
 impl Topology {
     /// Reads a topology file and applies the `HOTKEYS_*` overrides of this process.
     pub fn load(path: &Path) -> Result<Topology, ConfigError> {
@@ -789,13 +119,13 @@ impl Topology {
                     file: file.to_path_buf(),
                     message: e.message().to_string(),
                 })?;
-        apply_env(file, &mut table, env)?;
+        env::apply_env(file, &mut table, env)?;
         let topology: Topology = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| {
                 let key = e.path().to_string();
                 let mut message = e.inner().to_string();
-                if may_hold_secret(&key) {
-                    message = crate::config::secret::hide_quoted(&message);
+                if secret::may_hold_secret(&key) {
+                    message = secret::hide_quoted(&message);
                 }
                 ConfigError::Key {
                     file: file.to_path_buf(),
@@ -808,154 +138,45 @@ impl Topology {
     }
 
     fn validate(&self, file: &Path) -> Result<(), ConfigError> {
-        let bad = |key: &str, message: &str| {
-            Err(ConfigError::Key {
-                file: file.to_path_buf(),
-                key: key.into(),
-                message: message.into(),
-            })
-        };
-        if self.name.is_empty() || self.name.contains('/') {
-            return bad("name", "expected a non-empty name without `/`");
-        }
-        if self.kafka.partitions == 0 {
-            return bad("kafka.partitions", "expected at least 1");
-        }
-        if !self.source.key.is_empty() && !self.source.key.starts_with('/') {
-            return bad("source.key", "expected a JSON pointer starting with `/`");
-        }
-        if self.count.publish_every.is_zero() {
-            return bad("count.publish_every", "expected a positive duration");
-        }
-        if self.count.checkpoint_every < self.count.publish_every {
-            return bad(
-                "count.checkpoint_every",
-                "expected at least count.publish_every (a checkpoint is written with a publish)",
-            );
-        }
-        if self.source.max_key_bytes == 0 {
-            return bad("source.max_key_bytes", "expected at least 1");
-        }
-        let mut names = std::collections::HashSet::new();
-        for (i, c) in self.counters.iter().enumerate() {
-            let at = |key: &str| format!("counter[{i}].{key}");
-            if c.name.is_empty()
-                || c.name.contains('/')
-                || c.name == PRIMARY_COUNTER
-                || !names.insert(c.name.as_str())
-            {
-                return bad(
-                    &at("name"),
-                    &format!(
-                        "expected a unique non-empty name without `/`, not `{PRIMARY_COUNTER}`"
-                    ),
-                );
-            }
-            if !c.key.starts_with('/') {
-                return bad(&at("key"), "expected a JSON pointer starting with `/`");
-            }
-            match (c.threshold, c.action) {
-                (Some(0), _) => return bad(&at("threshold"), "expected at least 1"),
-                (Some(_), None) => {
-                    return bad(&at("action"), "expected an action with `threshold`");
-                }
-                (None, Some(_)) => {
-                    return bad(&at("threshold"), "expected a threshold with `action`");
-                }
-                _ => {}
-            }
-            if c.ban_for.is_zero() {
-                return bad(&at("ban_for"), "expected a positive duration");
-            }
-        }
-        for counter in self.counters() {
-            let section = if counter.primary {
-                "count".to_string()
-            } else {
-                let i = self.counters.iter().position(|c| c.name == counter.name);
-                format!("counter[{}]", i.unwrap_or_default())
+        self.validate_sections().map_err(|e| e.in_file(file))
+    }
+
+    /// Each section's own checks, then the checks across sections.
+    fn validate_sections(&self) -> Result<(), Invalid> {
+        check(
+            self.name.is_empty() || self.name.contains('/'),
+            "name",
+            "expected a non-empty name without `/`",
+        )?;
+        self.kafka.validate()?;
+        self.source.validate()?;
+        count::validate_tables(&self.counters)?;
+        self.zookeeper.validate()?;
+        self.mysql.validate()?;
+        self.redis.validate()?;
+        self.sync.validate()?;
+        self.dashboard.validate()?;
+        self.cross_section()
+    }
+
+    /// What one section cannot check alone: every counter's settings, resolved against
+    /// `[count]` and bounded by `source.max_key_bytes`; `prewarm.refresh_before` against
+    /// `redis.ttl`.
+    fn cross_section(&self) -> Result<(), Invalid> {
+        for (i, counter) in self.counters().iter().enumerate() {
+            let section = match i {
+                0 => "count".to_string(),
+                _ => format!("counter[{}]", i - 1),
             };
-            validate_count(&counter.count, self.source.max_key_bytes).map_err(
-                |(key, message)| ConfigError::Key {
-                    file: file.to_path_buf(),
-                    key: format!("{section}.{key}"),
-                    message,
-                },
-            )?;
+            counter
+                .count
+                .validate(&section, self.source.max_key_bytes)?;
         }
-        if !self.zookeeper.root.starts_with('/') || self.zookeeper.root.ends_with('/') {
-            return bad(
-                "zookeeper.root",
-                "expected an absolute path without trailing `/`",
-            );
-        }
-        if !self.mysql.query.contains("{ids}") {
-            return bad("mysql.query", "expected the `{ids}` placeholder");
-        }
-        if self.mysql.batch == 0 || self.mysql.batch > 65_535 {
-            return bad(
-                "mysql.batch",
-                "expected between 1 and 65535 (MySQL bind limit)",
-            );
-        }
-        if let Err((key, message)) = self.redis.validate() {
-            return bad(&key, &message);
-        }
-        if self.refresh_before() >= self.redis.ttl {
-            return bad(
-                "prewarm.refresh_before",
-                "expected less than redis.ttl (otherwise every cached value is always loaded again)",
-            );
-        }
-        if self.sync.batch == 0 {
-            return bad("sync.batch", "expected at least 1");
-        }
-        if self.sync.in_flight == 0 || self.sync.in_flight > 64 {
-            return bad("sync.in_flight", "expected between 1 and 64");
-        }
-        if self.sync.tls_cert.is_empty() != self.sync.tls_key.is_empty() {
-            return bad(
-                "sync.tls_cert",
-                "set both sync.tls_cert and sync.tls_key, or neither",
-            );
-        }
-        if self.sync.max_skew.is_zero() {
-            return bad("sync.max_skew", "expected more than 0");
-        }
-        if self
-            .dashboard
-            .listen
-            .parse::<std::net::SocketAddr>()
-            .is_err()
-        {
-            return bad(
-                "dashboard.listen",
-                "expected an address such as 127.0.0.1:8490",
-            );
-        }
-        if let Err((key, message)) =
-            node_urls("sync.apply_nodes", &self.sync.apply_nodes).and_then(|()| {
-                match self.sync.state.as_str() {
-                    "" => Ok(()),
-                    state => node_urls("sync.state", &[state.to_string()]),
-                }
-            })
-        {
-            return bad(&key, &message);
-        }
-        if let Err((key, message)) = self.dashboard.validate() {
-            return bad(key, message);
-        }
-        if !self.sync.state.is_empty() && redis::parse_redis_url(&self.sync.state).is_none() {
-            return bad(
-                "sync.state",
-                &format!(
-                    "`{}`: expected a redis:// URL",
-                    NodeUrl::new(self.sync.state.as_str())
-                ),
-            );
-        }
-        Ok(())
+        check(
+            self.refresh_before() >= self.redis.ttl,
+            "prewarm.refresh_before",
+            "expected less than redis.ttl (otherwise every cached value is always loaded again)",
+        )
     }
 
     /// Every counter of the pipeline, the primary one (`[source]` and `[count]`) first.
@@ -994,171 +215,11 @@ impl Topology {
         self.counters().into_iter().find(|c| c.name == name)
     }
 
-    /// The dashboard's write token, read from `dashboard.token_env`.
-    pub fn dashboard_token(&self) -> Option<String> {
-        std::env::var(&self.dashboard.token_env)
-            .ok()
-            .filter(|s| !s.is_empty())
-    }
-
     /// How long before its expiry a cached value is loaded again by prewarm
     /// (`prewarm.refresh_before` resolved against `redis.ttl`).
     pub fn refresh_before(&self) -> Duration {
         self.prewarm.refresh_before.of(self.redis.ttl)
     }
-
-    /// The secret shared by `cache-sync ship` and `receive`, read from `sync.secret_env`.
-    pub fn sync_secret(&self) -> Option<String> {
-        std::env::var(&self.sync.secret_env)
-            .ok()
-            .filter(|s| !s.is_empty())
-    }
-}
-
-/// Keys whose values may carry a credential: an error about one never quotes its value.
-fn may_hold_secret(key: &str) -> bool {
-    [
-        "redis.nodes",
-        "redis.backups",
-        "sync.apply_nodes",
-        "sync.state",
-        "sync.remote",
-        "mysql.url",
-    ]
-    .iter()
-    .any(|k| key.starts_with(k))
-}
-
-/// Checks every node URL of the list at `key` (`sync.state` alone is a list of one); an
-/// error names the node by its place (`redis.nodes[1]`). A password pasted raw is never
-/// quoted; another malformed URL is shown as `NodeUrl` shows it, without credentials.
-fn node_urls(key: &str, urls: &[String]) -> Result<(), (String, String)> {
-    for (i, url) in urls.iter().enumerate() {
-        let place = match key {
-            "sync.state" => key.to_string(),
-            _ => format!("{key}[{i}]"),
-        };
-        match NodeUrl::parse(url) {
-            Ok(_) => {}
-            Err(e @ NodeUrlError::RawInPassword(_)) => {
-                return Err((key.to_string(), format!("{place}: {e}")));
-            }
-            Err(e) => {
-                let shown = NodeUrl::new(url.as_str());
-                return Err((key.to_string(), format!("{place} (`{shown}`): {e}")));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The limits every counter's settings obey; `Err` names the key (within its table).
-fn validate_count(count: &CountConfig, max_key_bytes: usize) -> Result<(), (&'static str, String)> {
-    let err = |key, message: &str| Err((key, message.to_string()));
-    if count.capacity == 0 {
-        return err("capacity", "expected at least 1");
-    }
-    if count.buckets == 0 {
-        return err("buckets", "expected at least 1");
-    }
-    if count.window.as_millis() < u128::from(count.buckets) {
-        return err("window", "expected at least one millisecond per bucket");
-    }
-    if count.top_n == 0 || count.top_n > count.capacity {
-        return err("top_n", "expected between 1 and the capacity");
-    }
-    let fit = crate::hotlist::max_items(max_key_bytes);
-    if count.top_n > fit {
-        return err(
-            "top_n",
-            &format!(
-                "expected at most {fit}: {} items of up to source.max_key_bytes = {max_key_bytes} \
-                 must fit a hot list of {} bytes (one ZooKeeper request)",
-                count.top_n,
-                crate::hotlist::MAX_BYTES
-            ),
-        );
-    }
-    Ok(())
-}
-
-/// Applies `HOTKEYS_<SECTION>_<KEY>` and `HOTKEYS_<KEY>` to the keys a topology knows.
-///
-/// Only names of known keys are taken, so unrelated variables that share the prefix (the
-/// sync secret, say) are left alone. The value is read with the type of the key's default:
-/// numbers and booleans as such, lists as comma-separated strings.
-fn apply_env(
-    file: &Path,
-    table: &mut toml::Table,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
-    let defaults = toml::Table::try_from(Topology::default())
-        .expect("the default topology serializes to a table");
-    let mut overrides: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("HOTKEYS_"))
-        .collect();
-    overrides.sort();
-    for (var, value) in overrides {
-        let name = var["HOTKEYS_".len()..].to_ascii_lowercase();
-        let Some((section, key, default)) = resolve(&defaults, &name) else {
-            continue;
-        };
-        let parsed = typed_value(&value, default).ok_or_else(|| ConfigError::Env {
-            file: file.to_path_buf(),
-            var: var.clone(),
-            message: format!("expected {}, found `{value}`", default.type_str()),
-        })?;
-        match section {
-            None => {
-                table.insert(key, parsed);
-            }
-            Some(section) => {
-                let entry = table
-                    .entry(section.clone())
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-                let toml::Value::Table(t) = entry else {
-                    return Err(ConfigError::Key {
-                        file: file.to_path_buf(),
-                        key: section,
-                        message: "expected a table".into(),
-                    });
-                };
-                t.insert(key, parsed);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Finds which key of the default topology an override name such as `count_publish_every`
-/// refers to. Optional keys without a default (none serialized) cannot be set this way.
-fn resolve<'a>(
-    defaults: &'a toml::Table,
-    name: &str,
-) -> Option<(Option<String>, String, &'a toml::Value)> {
-    if let Some(v) = defaults.get(name).filter(|v| !v.is_table()) {
-        return Some((None, name.to_string(), v));
-    }
-    let (section, key) = name.split_once('_')?;
-    let v = defaults.get(section)?.as_table()?.get(key)?;
-    (!v.is_table()).then(|| (Some(section.to_string()), key.to_string(), v))
-}
-
-fn typed_value(raw: &str, like: &toml::Value) -> Option<toml::Value> {
-    Some(match like {
-        toml::Value::Integer(_) => toml::Value::Integer(raw.trim().parse().ok()?),
-        toml::Value::Float(_) => toml::Value::Float(raw.trim().parse().ok()?),
-        toml::Value::Boolean(_) => toml::Value::Boolean(raw.trim().parse().ok()?),
-        toml::Value::Array(_) => toml::Value::Array(
-            raw.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| toml::Value::String(s.to_string()))
-                .collect(),
-        ),
-        _ => toml::Value::String(raw.to_string()),
-    })
 }
 
 #[cfg(test)]
