@@ -1,7 +1,7 @@
 //! Failures of a `cache-sync` command and the exit code each one maps to.
 
-use hotkeys::redis::CacheError;
 use hotkeys::exit;
+use hotkeys::redis::CacheError;
 use hotkeys::sync::SyncError;
 
 /// Why a command stopped.

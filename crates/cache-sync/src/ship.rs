@@ -36,8 +36,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use hotkeys::config::{SyncCompression, SyncConfig};
 use hotkeys::config::secret::NodeUrl;
+use hotkeys::config::{SyncCompression, SyncConfig};
 use hotkeys::shutdown::CancellationToken;
 use hotkeys::sync::{Batch, Position, QueuedOp, SyncError, SyncQueue, now_ms};
 use reqwest::StatusCode;

@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::Stack;
-use hotkeys::redis::{CacheNodes, Write, WriteOutcome};
 use hotkeys::config::{RedisConfig, RedisMode, RingAlgorithm};
+use hotkeys::redis::{CacheNodes, Write, WriteOutcome};
 
 /// A ring over the stack's two servers (standing in for two nodes of one data centre).
 fn ring_config(stack: &Stack, algorithm: RingAlgorithm) -> RedisConfig {

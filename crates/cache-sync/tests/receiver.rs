@@ -8,8 +8,8 @@ use cache_sync::receive::{self, StreamState};
 use cache_sync::wire::{self, BatchReply, ErrorReply, Outcome, ResetReason, StreamReply};
 use common::{RunningReceiver, SECRET, Stack};
 use hotkeys::Topology;
-use hotkeys::redis::CacheNodes;
 use hotkeys::config::{RedisMode, RingAlgorithm, SyncCompression};
+use hotkeys::redis::CacheNodes;
 use hotkeys::sync::{Op, QueuedOp, now_ms};
 use reqwest::StatusCode;
 

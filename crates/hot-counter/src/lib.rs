@@ -28,9 +28,9 @@ use std::sync::Arc;
 
 use hotkeys::Topology;
 use hotkeys::blacklist::Blacklist;
-use hotkeys::redis::RedisConn;
 use hotkeys::exit;
 use hotkeys::kafka::TopicState;
+use hotkeys::redis::RedisConn;
 use hotkeys::shutdown::CancellationToken;
 use hotkeys::zk::{Zk, ZkError};
 

@@ -8,13 +8,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hotkeys::blacklist::BlacklistError;
-use hotkeys::redis::CacheError;
 use hotkeys::cli::TopologyArg;
 use hotkeys::config::ConfigError;
 use hotkeys::exit;
 use hotkeys::mysql::MysqlError;
-use hotkeys::zk::subscribe::SubscribeError;
+use hotkeys::redis::CacheError;
 use hotkeys::zk::ZkError;
+use hotkeys::zk::subscribe::SubscribeError;
 
 mod blacklist;
 mod dashboard;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::{hotctl, hotctl_logging};
 use hotkeys::Topology;
-use hotkeys::redis::CacheNodes;
 use hotkeys::hotlist::{Warmed, now_ms};
+use hotkeys::redis::CacheNodes;
 use hotkeys::testing::{self, RedisServer};
 use hotkeys::zk::Zk;
 use serde_json::Value;

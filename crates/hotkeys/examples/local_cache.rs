@@ -13,9 +13,9 @@ use std::collections::HashMap;
 
 use clap::Parser;
 use futures::StreamExt;
-use hotkeys::redis::{CacheNodes, cache_key};
 use hotkeys::cli::TopologyArg;
 use hotkeys::config::PRIMARY_COUNTER;
+use hotkeys::redis::{CacheNodes, cache_key};
 
 #[derive(Parser)]
 struct Args {

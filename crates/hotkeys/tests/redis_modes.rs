@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use hotkeys::redis::{CacheNodes, Write};
-use hotkeys::redis::codec::ZSTD_TAG;
 use hotkeys::config::{RedisConfig, RedisMode};
+use hotkeys::redis::codec::ZSTD_TAG;
 use hotkeys::redis::failover::{State, track_key};
+use hotkeys::redis::{CacheNodes, Write};
 use hotkeys::testing::{RedisServer, TcpProxy, eventually};
 use redis::AsyncCommands;
 

@@ -6,8 +6,8 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use hotkeys::redis::CacheError;
 use hotkeys::mysql::MysqlError;
+use hotkeys::redis::CacheError;
 use hotkeys::sync::SyncError;
 use hotkeys::zk::ZkError;
 use tokio_util::sync::CancellationToken;

@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hotkeys::Topology;
-use hotkeys::redis::CacheNodes;
 use hotkeys::hotlist::LockInfo;
 use hotkeys::mysql::{self, MysqlError, RowLoader};
+use hotkeys::redis::CacheNodes;
 use hotkeys::sync::SyncQueue;
 use rand::seq::SliceRandom;
 use tokio::task::JoinSet;

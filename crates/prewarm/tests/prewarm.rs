@@ -623,8 +623,8 @@ async fn cut_while_locked(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_primary_killed_mid_prewarm_hands_its_keys_to_its_backup_and_gets_them_all_back() {
-    use hotkeys::redis::CacheNodes;
     use hotkeys::config::RedisMode;
+    use hotkeys::redis::CacheNodes;
     use hotkeys::redis::failover::State;
     use hotkeys::testing::RedisServer;
 
