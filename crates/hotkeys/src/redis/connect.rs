@@ -13,6 +13,11 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 use super::error::CacheError;
 use crate::config::secret::NodeUrl;
 
+/// A connection to one node or to the whole cluster; cheap to clone, shared by clones.
+///
+/// The replication queue and the receiver's stream state live on [`CacheNodes::home`].
+///
+/// [`CacheNodes::home`]: super::CacheNodes::home
 #[derive(Clone)]
 pub enum RedisConn {
     Node(ConnectionManager),

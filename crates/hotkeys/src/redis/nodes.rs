@@ -330,62 +330,13 @@ impl CacheNodes {
                 conns,
                 ring,
                 failover,
-            } => {
-                let primaries = ring.as_ref().map_or(1, Ring::len);
-                let target = |p: usize| match failover {
-                    Some(f) => {
-                        let t = f.write_target(p);
-                        (t.node, t.track)
-                    }
-                    None => (p, None),
-                };
-                let mut per_node: Vec<Vec<(usize, Option<&str>)>> = vec![Vec::new(); conns.len()];
-                for (i, write) in writes.iter().enumerate() {
-                    let on = match write {
-                        Reach::Holder(key) => {
-                            let p = ring.as_ref().map_or(0, |r| r.node_for(key.as_bytes()));
-                            p..p + 1
-                        }
-                        Reach::Every(_) => 0..primaries,
-                    };
-                    for p in on {
-                        let (node, track) = target(p);
-                        per_node[node].push((i, track));
-                    }
-                }
-                per_node
-                    .into_iter()
-                    .enumerate()
-                    .filter(|(_, batch)| !batch.is_empty())
-                    .map(|(node, writes)| Share {
-                        node,
-                        conn: RedisConn::Node(conns[node].clone()),
-                        writes,
-                    })
-                    .collect()
-            }
+            } => independent_shares(conns, ring.as_ref(), failover.as_ref(), writes),
             Nodes::Sentinel(master) => vec![Share {
                 node: 0,
                 conn: RedisConn::Node(master.current()),
                 writes: (0..writes.len()).map(|i| (i, None)).collect(),
             }],
-            Nodes::Cluster(conn) => {
-                let mut per_slot: HashMap<Slot, Vec<usize>> = HashMap::new();
-                for (i, write) in writes.iter().enumerate() {
-                    per_slot
-                        .entry(Slot::for_key(write.key().as_bytes()))
-                        .or_default()
-                        .push(i);
-                }
-                per_slot
-                    .into_values()
-                    .map(|batch| Share {
-                        node: 0,
-                        conn: RedisConn::Cluster(conn.clone()),
-                        writes: batch.into_iter().map(|i| (i, None)).collect(),
-                    })
-                    .collect()
-            }
+            Nodes::Cluster(conn) => cluster_shares(conn, writes),
         }
     }
 
@@ -419,6 +370,67 @@ impl CacheNodes {
         self.follow(&source).await;
         self.command_error(node, source)
     }
+}
+
+/// The shares of `single` and `ring` mode: each write on its primary, or on the backup
+/// standing in for it (which also tracks the key for the fail-back).
+fn independent_shares<'a>(
+    conns: &[ConnectionManager],
+    ring: Option<&Ring>,
+    failover: Option<&'a Failover>,
+    writes: &[Reach<'_>],
+) -> Vec<Share<'a>> {
+    let primaries = ring.map_or(1, Ring::len);
+    let target = |p: usize| match failover {
+        Some(f) => {
+            let t = f.write_target(p);
+            (t.node, t.track)
+        }
+        None => (p, None),
+    };
+    let mut per_node: Vec<Vec<(usize, Option<&str>)>> = vec![Vec::new(); conns.len()];
+    for (i, write) in writes.iter().enumerate() {
+        let on = match write {
+            Reach::Holder(key) => {
+                let p = ring.map_or(0, |r| r.node_for(key.as_bytes()));
+                p..p + 1
+            }
+            Reach::Every(_) => 0..primaries,
+        };
+        for p in on {
+            let (node, track) = target(p);
+            per_node[node].push((i, track));
+        }
+    }
+    per_node
+        .into_iter()
+        .enumerate()
+        .filter(|(_, batch)| !batch.is_empty())
+        .map(|(node, writes)| Share {
+            node,
+            conn: RedisConn::Node(conns[node].clone()),
+            writes,
+        })
+        .collect()
+}
+
+/// The shares of a cluster: one per slot.
+fn cluster_shares<'a>(conn: &ClusterConnection, writes: &[Reach<'_>]) -> Vec<Share<'a>> {
+    let mut per_slot: HashMap<Slot, Vec<usize>> = HashMap::new();
+    for (i, write) in writes.iter().enumerate() {
+        per_slot
+            .entry(Slot::for_key(write.key().as_bytes()))
+            .or_default()
+            .push(i);
+    }
+    per_slot
+        .into_values()
+        .map(|batch| Share {
+            node: 0,
+            conn: RedisConn::Cluster(conn.clone()),
+            writes: batch.into_iter().map(|i| (i, None)).collect(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use super::connect::RedisConn;
 use super::error::CacheError;
 use super::nodes::{CacheNodes, Reach};
 
+/// One cache write. Writes to the same key are applied in the order they are given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Write<'a> {
     Set {
@@ -63,8 +64,6 @@ pub struct WriteOutcome {
     pub deleted: usize,
 }
 
-/// A connection to one node or to the whole cluster; cheap to clone, shared by clones.
-///
 impl CacheNodes {
     /// `SET key value PX ttl NX` for every entry: keys already present are left alone.
     pub async fn set_many_nx<K, V>(
@@ -117,7 +116,7 @@ impl CacheNodes {
         let outcome = self.apply(&[Write::Delete { key }]).await?;
         Ok(outcome.deleted > 0)
     }
-
+    /// Applies `writes`: each set on its node, each delete on every node of a ring. One
     /// pipeline per node at a time (at most `redis.pipeline` commands), nodes in parallel;
     /// fails if any node fails, after the others finished. A primary that is down is
     /// replaced by its backup, which remembers the keys written for the fail-back.

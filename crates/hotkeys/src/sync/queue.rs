@@ -36,6 +36,7 @@ use super::state::{check_no_eviction, connect_state, state_beside};
 use crate::config::{RedisConfig, SyncConfig};
 use crate::redis::{CacheNodes, RedisConn};
 
+/// A batch handed to the shipper: the operations of one stamp, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
     /// Position of the batch in its stream: 1 for the first batch, then one more each time.

@@ -8,6 +8,7 @@ use crate::config::secret::NodeUrl;
 use crate::config::{RedisConfig, RedisMode, SyncConfig};
 use crate::redis::{CacheError, CacheNodes, RedisConn};
 
+/// The connection to the node that holds the replication state, and its name for messages:
 /// `sync.state` when set, else the home of `cache` (see [`crate::redis::CacheNodes::home`]).
 pub async fn connect_state(
     cache: &RedisConfig,
@@ -85,8 +86,6 @@ fn eviction_policies(reply: &Value, out: &mut Vec<String>) {
         _ => {}
     }
 }
-
-/// A batch handed to the shipper: the operations of one stamp, as stored.
 
 #[cfg(test)]
 mod tests {

@@ -77,7 +77,7 @@ impl Layout {
     }
 
     /// The task and node name of a node under a task of this counter (`…/tasks/<task>/<node>`):
-    /// how a watch on [`Zk::watch_tasks`] names what changed.
+    /// how a watch on [`Zk::watch_tasks`](super::Zk::watch_tasks) names what changed.
     pub fn task_node<'a>(&self, path: &'a str) -> Option<(u32, &'a str)> {
         let rest = path
             .strip_prefix(&self.counter_base)?
