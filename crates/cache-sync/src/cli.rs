@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use clap::{Parser, Subcommand, ValueEnum};
 use hotkeys::Topology;
 use hotkeys::cli::TopologyArg;
-use hotkeys::ring::{KetamaHash, RingAlgorithm};
+use hotkeys::redis::ring::{KetamaHash, RingAlgorithm};
 
 /// The replication path between two data centres: ships the durable Redis queue of cache
 /// writes to the other side over HTTP and applies it there, exactly once in effect.

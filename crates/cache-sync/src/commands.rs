@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use hotkeys::Topology;
-use hotkeys::ring::{KetamaHash, NodeAddr, Ring, RingAlgorithm};
-use hotkeys::sync_queue::{Op, QueueStatus, SyncQueue};
+use hotkeys::redis::ring::{KetamaHash, NodeAddr, Ring, RingAlgorithm};
+use hotkeys::sync::{Op, QueueStatus, SyncQueue};
 
 use crate::cli::EnqueueOp;
 use crate::error::Error;

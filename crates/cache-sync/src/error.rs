@@ -1,8 +1,8 @@
 //! Failures of a `cache-sync` command and the exit code each one maps to.
 
-use hotkeys::cache::CacheError;
 use hotkeys::exit;
-use hotkeys::sync_queue::SyncError;
+use hotkeys::redis::CacheError;
+use hotkeys::sync::SyncError;
 
 /// Why a command stopped.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,8 @@
 //! `cache-sync`: the replication path between two data centres.
 //!
 //! A writer in one data centre queues every cache write it wants replicated
-//! ([`hotkeys::sync_queue`]); `cache-sync ship` moves the queue to the other data centre over
-//! HTTP; `cache-sync receive` applies it there to the cache nodes ([`hotkeys::cache`]). The
+//! ([`hotkeys::sync`]); `cache-sync ship` moves the queue to the other data centre over
+//! HTTP; `cache-sync receive` applies it there to the cache nodes ([`hotkeys::redis`]). The
 //! path loses nothing and applies nothing twice, through crashes of either side: batches carry
 //! a stamp that increases by one per batch of a stream the receiver issued, the shipper
 //! acknowledges a batch only after the receiver confirmed it, and the receiver applies a
@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use hotkeys::Topology;
 use hotkeys::shutdown::CancellationToken;
-use hotkeys::sync_queue::SyncQueue;
+use hotkeys::sync::SyncQueue;
 
 pub use cli::{Cli, Command};
 pub use error::Error;
@@ -73,7 +73,7 @@ pub async fn run(
 }
 
 fn secret(topology: &Topology) -> Result<String, Error> {
-    topology.sync_secret().ok_or_else(|| {
+    topology.sync.secret().ok_or_else(|| {
         Error::Config(format!(
             "no shared secret: set the environment variable {} (sync.secret_env)",
             topology.sync.secret_env

@@ -31,7 +31,7 @@
 //! applying it; with another digest (or none kept) the stamp was re-used — the sender's
 //! state went back — and it is refused with 409 `reset`, as are batches of an unknown or
 //! closed stream: the shipper then starts a new stream and sends what it has in flight
-//! under it. The state node must not evict (see [`hotkeys::sync_queue::check_no_eviction`]):
+//! under it. The state node must not evict (see [`hotkeys::sync::check_no_eviction`]):
 //! it is checked at start and after every failed command; an `allkeys-*` policy stops the
 //! receiver.
 //!
@@ -63,9 +63,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{BoxError, Router};
 use hotkeys::Topology;
-use hotkeys::cache::{CacheNodes, RedisConn, Write};
+use hotkeys::redis::{CacheNodes, RedisConn, Write};
 use hotkeys::shutdown::CancellationToken;
-use hotkeys::sync_queue::{Op, QueuedOp, SyncError, check_no_eviction, now_ms, state_beside};
+use hotkeys::sync::{Op, QueuedOp, SyncError, check_no_eviction, now_ms, state_beside};
 use redis::Script;
 use tower::ServiceBuilder;
 

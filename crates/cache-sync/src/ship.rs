@@ -36,10 +36,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Bytes;
+use hotkeys::config::secret::NodeUrl;
 use hotkeys::config::{SyncCompression, SyncConfig};
-use hotkeys::secret::NodeUrl;
 use hotkeys::shutdown::CancellationToken;
-use hotkeys::sync_queue::{Batch, Position, QueuedOp, SyncError, SyncQueue, now_ms};
+use hotkeys::sync::{Batch, Position, QueuedOp, SyncError, SyncQueue, now_ms};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use tokio::task::JoinHandle;

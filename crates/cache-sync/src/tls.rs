@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::Router;
 use hotkeys::config::SyncConfig;
-use hotkeys::secret::NodeUrl;
+use hotkeys::config::secret::NodeUrl;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use hotkeys::config::SyncCompression;
-use hotkeys::sync_queue::OpList;
+use hotkeys::sync::OpList;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};

@@ -1,4 +1,4 @@
-//! `hotkeys::cache` against the real Redis servers: placement, NX writes, deletes that must
+//! `hotkeys::redis` against the real Redis servers: placement, NX writes, deletes that must
 //! reach every node, and write order; cluster mode against a throwaway Redis Cluster that
 //! the test starts itself ([`common::RedisCluster`]).
 
@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::Stack;
-use hotkeys::cache::{CacheNodes, Write, WriteOutcome};
 use hotkeys::config::{RedisConfig, RedisMode, RingAlgorithm};
+use hotkeys::redis::{CacheNodes, Write, WriteOutcome};
 
 /// A ring over the stack's two servers (standing in for two nodes of one data centre).
 fn ring_config(stack: &Stack, algorithm: RingAlgorithm) -> RedisConfig {
@@ -298,11 +298,11 @@ async fn the_sync_queue_works_on_a_cluster() {
     t.redis.nodes = cluster.seeds.clone();
     t.sync.queue = format!("test:cluster:{}:FIFO", std::process::id());
     t.sync.replicate = vec!["k".into()];
-    let queue = hotkeys::sync_queue::SyncQueue::connect(&t.redis, &t.sync)
+    let queue = hotkeys::sync::SyncQueue::connect(&t.redis, &t.sync)
         .await
         .unwrap();
     let ops: Vec<_> = (0..10)
-        .map(|i| hotkeys::sync_queue::Op::delete(format!("k{i}")))
+        .map(|i| hotkeys::sync::Op::delete(format!("k{i}")))
         .collect();
     queue.enqueue_many(&ops).await.unwrap();
     queue

@@ -133,18 +133,18 @@ async fn enqueue_and_status_commands_show_the_queue() {
     let ops: Vec<_> = batch
         .items
         .iter()
-        .map(|i| hotkeys::sync_queue::QueuedOp::from_json(i).unwrap().op)
+        .map(|i| hotkeys::sync::QueuedOp::from_json(i).unwrap().op)
         .collect();
     assert_eq!(
         ops,
         [
-            hotkeys::sync_queue::Op::set(
+            hotkeys::sync::Op::set(
                 &key,
                 "{\"id\":11}",
                 Some(std::time::Duration::from_secs(60))
             ),
-            hotkeys::sync_queue::Op::set(&key, vec![0u8, 1, 2, 255], Some(t.redis.ttl)),
-            hotkeys::sync_queue::Op::delete(&key),
+            hotkeys::sync::Op::set(&key, vec![0u8, 1, 2, 255], Some(t.redis.ttl)),
+            hotkeys::sync::Op::delete(&key),
         ]
     );
 

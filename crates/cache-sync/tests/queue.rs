@@ -1,9 +1,9 @@
-//! `hotkeys::sync_queue` against the real local Redis: batches, stamps, acknowledgement and
+//! `hotkeys::sync` against the real local Redis: batches, stamps, acknowledgement and
 //! status.
 
 mod common;
 
-use hotkeys::sync_queue::{Batch, Op, QueuedOp};
+use hotkeys::sync::{Batch, Op, QueuedOp};
 
 fn ops_of(batch: &Batch) -> Vec<Op> {
     batch
@@ -120,7 +120,7 @@ async fn status_reports_length_in_flight_stamps_and_lag() {
     // An operation queued ten seconds ago, as written by another client of the queue.
     let old = QueuedOp {
         op: Op::delete(format!("{}old", stack.prefix())),
-        at_ms: hotkeys::sync_queue::now_ms() - 10_000,
+        at_ms: hotkeys::sync::now_ms() - 10_000,
     };
     redis::cmd("RPUSH")
         .arg(&t.sync.queue)

@@ -8,9 +8,9 @@ use cache_sync::receive::{self, StreamState};
 use cache_sync::wire::{self, BatchReply, ErrorReply, Outcome, ResetReason, StreamReply};
 use common::{RunningReceiver, SECRET, Stack};
 use hotkeys::Topology;
-use hotkeys::cache::CacheNodes;
 use hotkeys::config::{RedisMode, RingAlgorithm, SyncCompression};
-use hotkeys::sync_queue::{Op, QueuedOp, now_ms};
+use hotkeys::redis::CacheNodes;
+use hotkeys::sync::{Op, QueuedOp, now_ms};
 use reqwest::StatusCode;
 
 /// A receiver of the test's topology and a client that speaks to it.
@@ -118,7 +118,7 @@ impl Harness {
 
     async fn state(&self) -> StreamState {
         let t = self.stack.topology();
-        let conn = hotkeys::cache::RedisConn::connect_home(&common::remote_redis(&t))
+        let conn = hotkeys::redis::RedisConn::connect_home(&common::remote_redis(&t))
             .await
             .unwrap();
         receive::stream_state(&conn, &self.stream).await.unwrap()

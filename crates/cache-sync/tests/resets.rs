@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use cache_sync::ship::ShipSummary;
 use common::{RunningReceiver, SECRET, Stack, cache_sync, ship_until_empty, topology_file};
 use hotkeys::Topology;
-use hotkeys::sync_queue::{Op, SyncQueue, now_ms};
+use hotkeys::sync::{Op, SyncQueue, now_ms};
 use hotkeys::testing::{self, RedisServer};
 
 /// Guards against a hang only: a shipper that recovers needs a few seconds.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{cache_sync, topology_file};
 use hotkeys::Topology;
-use hotkeys::sync_queue::{Op, SyncQueue};
+use hotkeys::sync::{Op, SyncQueue};
 use hotkeys::testing::{self, RedisServer};
 
 const PLANTED: &str = "planted-Pw-9d4c";

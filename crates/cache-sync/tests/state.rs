@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::{RunningReceiver, Stack, cache_sync, ship_until_empty, topology_file};
 use hotkeys::Topology;
-use hotkeys::cache::RedisConn;
-use hotkeys::sync_queue::{Op, QueueStatus, SyncQueue};
+use hotkeys::redis::RedisConn;
+use hotkeys::sync::{Op, QueueStatus, SyncQueue};
 use hotkeys::testing::{self, RedisServer};
 
 /// Queues `n` sets of `<prefix><i>` to `v<i>` (one-hour TTL) and returns the keys.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{
     RunningReceiver, Stack, assert_same_state, cache_sync, ship_until_empty, topology_file,
 };
-use hotkeys::sync_queue::{Op, SyncQueue};
+use hotkeys::sync::{Op, SyncQueue};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use common::{cache_sync, topology_file};
 use hotkeys::Topology;
-use hotkeys::sync_queue::{Op, SyncQueue};
+use hotkeys::sync::{Op, SyncQueue};
 use hotkeys::testing;
 
 /// A self-signed certificate for 127.0.0.1 and localhost, written as PEM files in `dir`:

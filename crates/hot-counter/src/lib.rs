@@ -28,9 +28,9 @@ use std::sync::Arc;
 
 use hotkeys::Topology;
 use hotkeys::blacklist::Blacklist;
-use hotkeys::cache::RedisConn;
 use hotkeys::exit;
 use hotkeys::kafka::TopicState;
+use hotkeys::redis::RedisConn;
 use hotkeys::shutdown::CancellationToken;
 use hotkeys::zk::{Zk, ZkError};
 
@@ -47,7 +47,7 @@ pub enum RunError {
     #[error(transparent)]
     Loop(#[from] consumer::LoopError),
     #[error("Redis for the threshold rules: {0}")]
-    Redis(#[from] hotkeys::cache::CacheError),
+    Redis(#[from] hotkeys::redis::CacheError),
     #[error("the consumer thread panicked")]
     Panicked,
 }

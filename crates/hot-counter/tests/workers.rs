@@ -389,7 +389,7 @@ async fn a_flooding_caller_is_blacklisted_then_released_after_ban_for_and_allow_
     testing::produce(&t, flood).await;
     let flooded = Instant::now();
 
-    let mut redis = hotkeys::cache::RedisConn::connect_home(&t.redis)
+    let mut redis = hotkeys::redis::RedisConn::connect_home(&t.redis)
         .await
         .expect("Redis");
     let set = hotkeys::blacklist::redis_key(&t.name, "caller-ip");
@@ -513,7 +513,7 @@ async fn a_scraper_without_a_usable_product_id_is_banned_by_the_caller_counter_a
     let file = testing::write_topology(&t);
     let _w = Worker::start(&file, &[], &["--metrics", &format!("127.0.0.1:{port}")]);
 
-    let mut redis = hotkeys::cache::RedisConn::connect_home(&t.redis)
+    let mut redis = hotkeys::redis::RedisConn::connect_home(&t.redis)
         .await
         .expect("Redis");
     let set = hotkeys::blacklist::redis_key(&t.name, "caller-ip");

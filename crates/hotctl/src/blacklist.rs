@@ -5,8 +5,8 @@ use clap::Args;
 use comfy_table::Table;
 use hotkeys::Topology;
 use hotkeys::blacklist;
-use hotkeys::cache::RedisConn;
 use hotkeys::hotlist::now_ms;
+use hotkeys::redis::RedisConn;
 use hotkeys::zk::Zk;
 use serde::Serialize;
 

@@ -19,8 +19,8 @@ use anyhow::Context;
 use clap::Args;
 use comfy_table::Table;
 use hotkeys::Topology;
-use hotkeys::cache::{CacheError, CacheNodes, NodeConn, Remaining, cache_key, pttls};
 use hotkeys::hotlist::now_ms;
+use hotkeys::redis::{CacheError, CacheNodes, NodeConn, Remaining, cache_key, pttls};
 use hotkeys::zk::Zk;
 use serde_json::json;
 

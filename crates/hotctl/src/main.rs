@@ -8,13 +8,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hotkeys::blacklist::BlacklistError;
-use hotkeys::cache::CacheError;
 use hotkeys::cli::TopologyArg;
 use hotkeys::config::ConfigError;
 use hotkeys::exit;
 use hotkeys::mysql::MysqlError;
-use hotkeys::subscribe::SubscribeError;
+use hotkeys::redis::CacheError;
 use hotkeys::zk::ZkError;
+use hotkeys::zk::subscribe::SubscribeError;
 
 mod blacklist;
 mod dashboard;
@@ -132,7 +132,7 @@ fn exit_code(e: &anyhow::Error) -> i32 {
             };
         }
         if let Some(BlacklistError::Redis(r)) = cause.downcast_ref::<BlacklistError>()
-            && hotkeys::cache::connection_failed(r)
+            && hotkeys::redis::connection_failed(r)
         {
             return exit::UNREACHABLE;
         }

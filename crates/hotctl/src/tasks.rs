@@ -2,7 +2,7 @@
 //! the primary counter or any `[[counter]]` (`--counter`).
 //!
 //! Tables on a terminal, JSON (`--json`) for scripts; both come from the same values
-//! (`hotkeys::zk::TaskView`, `hotkeys::subscribe::HotSet`) so they never disagree.
+//! (`hotkeys::zk::TaskView`, `hotkeys::zk::subscribe::HotSet`) so they never disagree.
 
 use std::io::IsTerminal;
 
@@ -12,7 +12,7 @@ use comfy_table::Table;
 use hotkeys::Topology;
 use hotkeys::config::PRIMARY_COUNTER;
 use hotkeys::hotlist::{HotItem, HotList, merge, now_ms};
-use hotkeys::subscribe::{HotSet, subscribe};
+use hotkeys::zk::subscribe::{HotSet, subscribe};
 use hotkeys::zk::{TaskView, Zk};
 
 use crate::render::printable;

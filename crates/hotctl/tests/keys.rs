@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::{hotctl, hotctl_logging};
 use hotkeys::Topology;
-use hotkeys::cache::CacheNodes;
 use hotkeys::hotlist::{Warmed, now_ms};
+use hotkeys::redis::CacheNodes;
 use hotkeys::testing::{self, RedisServer};
 use hotkeys::zk::Zk;
 use serde_json::Value;
@@ -65,7 +65,7 @@ async fn keys_verify_lists_live_keys_with_their_ttl_and_excludes_expired_ones() 
         .unwrap();
     let mut t = testing::topology("hotctl-keys");
     t.redis.nodes = vec![server.url()];
-    let key = |k: &str| hotkeys::cache::cache_key(&t.redis, k);
+    let key = |k: &str| hotkeys::redis::cache_key(&t.redis, k);
     let cache = CacheNodes::connect(&t.redis).await.unwrap();
     let hour = Duration::from_secs(3600);
     cache
@@ -132,7 +132,7 @@ async fn diff_tells_warm_missing_and_expired_hot_keys_apart() {
     };
     zk.mark_warmed(1, &long_ago).await.unwrap();
     let cache = CacheNodes::connect(&t.redis).await.unwrap();
-    let key = |k: &str| hotkeys::cache::cache_key(&t.redis, k);
+    let key = |k: &str| hotkeys::redis::cache_key(&t.redis, k);
     cache
         .set_many(&[(key("1"), "{}", t.redis.ttl), (key("4"), "{}", t.redis.ttl)])
         .await
@@ -209,7 +209,7 @@ async fn ring_with_a_primary_down(name: &str) -> (Vec<RedisServer>, Topology, Ve
         .iter()
         .map(|k| {
             (
-                hotkeys::cache::cache_key(&t.redis, k),
+                hotkeys::redis::cache_key(&t.redis, k),
                 "{}",
                 Duration::from_secs(3600),
             )
@@ -218,7 +218,7 @@ async fn ring_with_a_primary_down(name: &str) -> (Vec<RedisServer>, Topology, Ve
     cache.set_many(&entries).await.unwrap();
     let on_primary_a = hot
         .iter()
-        .filter(|k| cache.node_for(&hotkeys::cache::cache_key(&t.redis, k)) == 0)
+        .filter(|k| cache.node_for(&hotkeys::redis::cache_key(&t.redis, k)) == 0)
         .count();
     assert!(on_primary_a > 0, "some keys belong to the killed primary");
     (vec![a, b, c], t, hot)

@@ -11,7 +11,7 @@
 //! - its key first in a hot list in ZooKeeper (the znode's modification time),
 //! - the whole crowd counted in a hot list in ZooKeeper (the modification time of the first
 //!   version whose guaranteed count, `count - error`, covers the crowd),
-//! - a subscriber (`hotkeys::subscribe`) seeing the whole crowd in the hot set, and
+//! - a subscriber (`hotkeys::zk::subscribe`) seeing the whole crowd in the hot set, and
 //! - with `--redis`, its row in Redis (polled every 5 ms; a `prewarm --watch` must be running
 //!   and the crowds' rows must exist in MySQL; the probe deletes their cache keys first),
 //!
@@ -27,10 +27,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use hotkeys::Topology;
-use hotkeys::cache::{CacheNodes, cache_key};
 use hotkeys::cli::TopologyArg;
 use hotkeys::config::PRIMARY_COUNTER;
 use hotkeys::hotlist::{HotItem, now_ms};
+use hotkeys::redis::{CacheNodes, cache_key};
 use hotkeys::zk::{Layout, Zk};
 use rand::Rng;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -350,7 +350,7 @@ async fn watch_redis(cache: CacheNodes, topology: Topology, crowds: Shared) -> a
 
 /// Records when a subscriber first sees each crowd complete in the hot set.
 async fn watch_subscriber(topology: Topology, crowds: Shared, crowd: u64) -> anyhow::Result<()> {
-    let mut sub = hotkeys::subscribe::subscribe(&topology, PRIMARY_COUNTER).await?;
+    let mut sub = hotkeys::zk::subscribe::subscribe(&topology, PRIMARY_COUNTER).await?;
     loop {
         let set = sub.next().await;
         let now = now_ms();

@@ -13,9 +13,9 @@ use std::collections::HashMap;
 
 use clap::Parser;
 use futures::StreamExt;
-use hotkeys::cache::{CacheNodes, cache_key};
 use hotkeys::cli::TopologyArg;
 use hotkeys::config::PRIMARY_COUNTER;
+use hotkeys::redis::{CacheNodes, cache_key};
 
 #[derive(Parser)]
 struct Args {
@@ -34,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(hotkeys::exit::USAGE);
     };
     let nodes = CacheNodes::connect(&topology.redis).await?;
-    let updates = hotkeys::subscribe::subscribe(&topology, &args.counter)
+    let updates = hotkeys::zk::subscribe::subscribe(&topology, &args.counter)
         .await?
         .into_stream();
     futures::pin_mut!(updates);

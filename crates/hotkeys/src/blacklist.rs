@@ -21,9 +21,9 @@ use std::collections::HashMap;
 use redis::Script;
 
 use crate::Topology;
-use crate::cache::RedisConn;
 use crate::config::{Counter, Rule};
 use crate::hotlist::{Banned, BlacklistRecord, HotItem, merge};
+use crate::redis::RedisConn;
 use crate::zk::{Zk, ZkError};
 
 /// A failure of one evaluation or operator action; the next evaluation starts afresh.

@@ -1,6 +1,6 @@
 //! Access events and how the hot key is taken out of them.
 //!
-//! Two formats travel on the access topic (DESIGN.md): the OpenResty JSON event of the
+//! Two formats travel on the access topic (ARCHITECTURE.md): the OpenResty JSON event of the
 //! existing nginx+Lua reporters, and a bare message key with an empty or ignored value. The
 //! key is found with a JSON pointer from the topology, falling back to the message key.
 //!

@@ -3,7 +3,7 @@
 //!
 //! These JSON shapes are the contract between hot-counter (writer of `hot` and `blacklist`),
 //! prewarm (reader of `hot`, writer of `lock` and `warmed`), subscribers and hotctl (readers
-//! of all). Field names follow DESIGN.md; readers ignore fields they do not know so writers
+//! of all). Field names follow ARCHITECTURE.md; readers ignore fields they do not know so writers
 //! can add some.
 
 use serde::{Deserialize, Serialize};

@@ -6,44 +6,36 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`cli`] | the `--topology` flag every binary shares |
-//! | [`config`] | the topology file, its defaults, environment overrides and errors |
+//! | [`config`] | the topology file: one file per section, its checks, environment overrides, errors, secrets |
 //! | [`event`] | access-event formats and hot-key extraction |
 //! | [`count`] | per-task windowed counting: Space-Saving and LRU |
 //! | [`hotlist`] | the hot-list JSON published per task, the `warmed` / `lock` / `blacklist` records |
 //! | [`blacklist`] | threshold rules and the blacklists they keep in Redis and ZooKeeper |
-//! | [`subscribe`] | a stream of a counter's merged hot set, for application-side caches |
-//! | [`zk`] | the ZooKeeper layout (`/hotkeys/<topology>/[counters/<c>/]tasks/<task>/…`) and sessions |
-//! | [`kafka`] | librdkafka client settings from the topology, topic creation |
+//! | [`zk`] | the ZooKeeper layout (`/hotkeys/<topology>/[counters/<c>/]tasks/<task>/…`), sessions, subscriptions |
+//! | [`kafka`] | librdkafka client settings from the topology, topics, groups and offsets |
 //! | [`mysql`] | the product catalogue: pool, migrations, seeding, row loading |
-//! | [`ring`] | client-side key placement compatible with PECL memcache, Flexihash, ketama |
-//! | [`cache`] | the Redis node set a cache write goes to (single, ring, cluster, sentinel) |
-//! | [`failover`] | backups of ring nodes: health checks, failover, fail-back |
-//! | [`codec`] | the byte format of cached values: plain, or zstd behind a one-byte tag |
-//! | [`secret`] | node URLs shown without their credentials |
-//! | [`sync_queue`] | replication operations, the durable Redis-list queue, its state node |
+//! | [`redis`] | the cache: connections, Sentinel, placement, writes, reads, failover, ring, codec |
+//! | [`sync`] | replication operations, the durable Redis-list queue, its state node |
+//! | [`cli`] | the `--topology` flag every binary shares |
 //! | [`telemetry`] | tracing and Prometheus metrics set-up |
 //! | [`shutdown`] | SIGINT/SIGTERM turned into a cancellation token |
 //! | [`exit`] | the process exit codes every binary shares |
 //! | `testing` | (feature `testing`) isolated topologies for integration tests on the local stack |
+//!
+//! ARCHITECTURE.md at the repository root draws how they depend on one another.
 
 pub mod blacklist;
-pub mod cache;
 pub mod cli;
-pub mod codec;
 pub mod config;
 pub mod count;
 pub mod event;
 pub mod exit;
-pub mod failover;
 pub mod hotlist;
 pub mod kafka;
 pub mod mysql;
-pub mod ring;
-pub mod secret;
+pub mod redis;
 pub mod shutdown;
-pub mod subscribe;
-pub mod sync_queue;
+pub mod sync;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

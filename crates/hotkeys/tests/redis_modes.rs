@@ -1,13 +1,13 @@
-//! The node sets of `hotkeys::cache` against redis-servers each test starts itself
+//! The node sets of `hotkeys::redis` against redis-servers each test starts itself
 //! (`hotkeys::testing::RedisServer`): the value codec, backups with fail-back, Sentinel.
 //! Needs `redis-server` (and for Sentinel, redis-sentinel's sentinel mode) on PATH.
 
 use std::time::Duration;
 
-use hotkeys::cache::{CacheNodes, Write};
-use hotkeys::codec::ZSTD_TAG;
 use hotkeys::config::{RedisConfig, RedisMode};
-use hotkeys::failover::{State, track_key};
+use hotkeys::redis::codec::ZSTD_TAG;
+use hotkeys::redis::failover::{State, track_key};
+use hotkeys::redis::{CacheNodes, Write};
 use hotkeys::testing::{RedisServer, TcpProxy, eventually};
 use redis::AsyncCommands;
 

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use hotkeys::config::PRIMARY_COUNTER;
-use hotkeys::subscribe::{HotSet, SubscribeError, subscribe};
 use hotkeys::testing::{self, TcpProxy, publish_hot_list};
 use hotkeys::zk::Zk;
+use hotkeys::zk::subscribe::{HotSet, SubscribeError, subscribe};
 
 fn keys(version: usize) -> Vec<String> {
     (0..5).map(|i| format!("v{version}-k{i}")).collect()

@@ -1,6 +1,6 @@
 //! One task's keys, batch by batch: first the cache is asked which of them it lacks (one
 //! pipelined `PTTL` per node, through the placement and failover of
-//! [`hotkeys::cache::CacheNodes::remaining`]); only those are read from MySQL (a pooled,
+//! [`hotkeys::redis::CacheNodes::remaining`]); only those are read from MySQL (a pooled,
 //! prepared `IN (…)` query per batch), then written with one pipelined write per Redis node
 //! with the key template and a jittered TTL, then the replication ops of the values actually
 //! written.
@@ -22,8 +22,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use std::collections::HashMap;
 
-use hotkeys::cache::{Applied, Remaining, Write, cache_key, jittered_ttl};
-use hotkeys::sync_queue::{Op, SyncQueue};
+use hotkeys::redis::{Applied, Remaining, Write, cache_key, jittered_ttl};
+use hotkeys::sync::{Op, SyncQueue};
 use hotkeys::zk::Zk;
 use zookeeper_client::SessionState;
 

@@ -6,9 +6,9 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use hotkeys::cache::CacheError;
 use hotkeys::mysql::MysqlError;
-use hotkeys::sync_queue::SyncError;
+use hotkeys::redis::CacheError;
+use hotkeys::sync::SyncError;
 use hotkeys::zk::ZkError;
 use tokio_util::sync::CancellationToken;
 use zookeeper_client::Error as ZkClientError;

@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hotkeys::Topology;
-use hotkeys::cache::CacheNodes;
 use hotkeys::hotlist::LockInfo;
 use hotkeys::mysql::{self, MysqlError, RowLoader};
-use hotkeys::sync_queue::SyncQueue;
+use hotkeys::redis::CacheNodes;
+use hotkeys::sync::SyncQueue;
 use rand::seq::SliceRandom;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;

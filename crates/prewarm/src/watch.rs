@@ -1,7 +1,7 @@
 //! `--watch`: a task is warmed as soon as it publishes a new hot-list version.
 //!
 //! One persistent recursive watch on the task tree, on the session the run already holds
-//! (as `hotkeys::subscribe` does), reports every publish. A publish makes its task *due*.
+//! (as `hotkeys::zk::subscribe` does), reports every publish. A publish makes its task *due*.
 //! Due tasks are warmed by the procedure of `pass` (pre-check, try-lock, double check, load
 //! what Redis lacks, write, mark), `C` at a time, and a task is never warmed twice at once:
 //! versions published while its warm runs leave it due again, so a burst of versions costs

@@ -623,9 +623,9 @@ async fn cut_while_locked(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_primary_killed_mid_prewarm_hands_its_keys_to_its_backup_and_gets_them_all_back() {
-    use hotkeys::cache::CacheNodes;
     use hotkeys::config::RedisMode;
-    use hotkeys::failover::State;
+    use hotkeys::redis::CacheNodes;
+    use hotkeys::redis::failover::State;
     use hotkeys::testing::RedisServer;
 
     let mut a = RedisServer::start();

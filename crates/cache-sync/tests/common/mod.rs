@@ -23,7 +23,7 @@ use cache_sync::receive::{self, Receiver, StreamState};
 use cache_sync::ship::{ShipSummary, Shipper};
 use hotkeys::Topology;
 use hotkeys::shutdown::CancellationToken;
-use hotkeys::sync_queue::{QueueStatus, SyncQueue};
+use hotkeys::sync::{QueueStatus, SyncQueue};
 use hotkeys::testing;
 use redis::aio::MultiplexedConnection;
 
@@ -85,7 +85,7 @@ pub async fn stack(test: &str) -> Option<Stack> {
         "t{}-{}-{}-{}",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed),
-        hotkeys::sync_queue::now_ms() % 100_000_000,
+        hotkeys::sync::now_ms() % 100_000_000,
         test
     );
     Some(Stack {
@@ -131,7 +131,7 @@ impl Stack {
             .await
             .stream
             .expect("a shipper started the stream");
-        let conn = hotkeys::cache::RedisConn::connect_home(&remote_redis(t))
+        let conn = hotkeys::redis::RedisConn::connect_home(&remote_redis(t))
             .await
             .unwrap();
         receive::stream_state(&conn, &stream).await.unwrap()

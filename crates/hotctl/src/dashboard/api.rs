@@ -402,7 +402,7 @@ fn csv_field(text: &str) -> String {
 }
 
 async fn replication(State(d): State<Arc<Dashboard>>) -> Result<Json<Value>, ApiError> {
-    let unavailable = |e: hotkeys::sync_queue::SyncError| ApiError::unavailable(e.to_string());
+    let unavailable = |e: hotkeys::sync::SyncError| ApiError::unavailable(e.to_string());
     let status = d
         .queue()
         .await

@@ -1,4 +1,4 @@
-//! Live hot sets: one `hotkeys::subscribe` subscription per counter, on the dashboard's
+//! Live hot sets: one `hotkeys::zk::subscribe` subscription per counter, on the dashboard's
 //! one ZooKeeper session, whatever the number of browsers and SSE clients. Each
 //! subscription's latest set sits in a `watch` channel that every client waits on, with its
 //! SSE frames: serialized once per `top` and shared, as the same bytes, by every client.
@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use hotkeys::Topology;
 use hotkeys::hotlist::{HotItem, HotList, merge, now_ms};
 use hotkeys::shutdown::CancellationToken;
-use hotkeys::subscribe::{HotSet, SubscribeError, newest_write, subscribe_on};
+use hotkeys::zk::subscribe::{HotSet, SubscribeError, newest_write, subscribe_on};
 use hotkeys::zk::{Versioned, Zk};
 use serde::Serialize;
 use tokio::sync::watch;

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `admit` | what a request passes first: allowed `Host`, `Origin` of a POST, concurrency and time limits |
 //! | `state` | what every request shares: topology, the one session per server, token, live hot sets |
-//! | `hub` | one `hotkeys::subscribe` subscription per counter, fanned out to every client |
+//! | `hub` | one `hotkeys::zk::subscribe` subscription per counter, fanned out to every client |
 //! | `api` | the JSON routes under `/api/` and their bounds |
 //! | `stream` | `GET /api/stream`: Server-Sent Events with resumable ids and heartbeats |
 //! | `auth` | the write token: `Authorization: Bearer` or the unban form's field |

@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hotkeys::config::secret::NodeUrl;
 use hotkeys::config::{KafkaConfig, RedisConfig, RedisMode};
-use hotkeys::failover::track_key;
-use hotkeys::secret::NodeUrl;
+use hotkeys::redis::failover::track_key;
 use rdkafka::consumer::BaseConsumer;
 use serde::Serialize;
 use tokio::sync::Mutex;

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hotkeys::Topology;
-use hotkeys::cache::{CacheNodes, RedisConn};
 use hotkeys::config::Counter;
+use hotkeys::redis::{CacheNodes, RedisConn};
 use hotkeys::shutdown::CancellationToken;
-use hotkeys::sync_queue::{SyncError, SyncQueue};
+use hotkeys::sync::{SyncError, SyncQueue};
 use hotkeys::zk::{Zk, ZkError};
 use tokio::sync::{OnceCell, RwLock};
 
@@ -81,7 +81,7 @@ impl Dashboard {
             history,
             hub,
             streams: Slots::new(topology.dashboard.max_streams),
-            token: topology.dashboard_token().map(|t| Token::new(&t)),
+            token: topology.dashboard.token().map(|t| Token::new(&t)),
             shutdown,
         })
     }

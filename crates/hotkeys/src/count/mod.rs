@@ -421,33 +421,39 @@ impl WindowCounter {
             window.frequency = Frequency::from_bytes(cp.capacity, &f).or(window.frequency);
         }
         for b in cp.buckets {
-            let summary = match cp.algorithm {
-                Algorithm::SpaceSaving => {
-                    // Before floors were checkpointed, the smallest count was the floor.
-                    let floor = b.floor.unwrap_or_else(|| {
-                        let full = b.entries.len() >= cp.capacity;
-                        full.then(|| b.entries.iter().map(|e| e.1).min())
-                            .flatten()
-                            .unwrap_or(0)
-                    });
-                    let sketch = b.sketch.as_deref().and_then(unpack_sketch);
-                    Summary::SpaceSaving(SpaceSaving::restore(
-                        cp.capacity,
-                        b.entries,
-                        b.total,
-                        floor,
-                        sketch.as_deref(),
-                    ))
-                }
-                Algorithm::Lru => Summary::Lru(LruCounter::restore(
-                    cp.capacity,
-                    b.entries.into_iter().map(|(k, c, _)| (k, c)).collect(),
-                    b.total,
-                )),
-            };
-            window.ring.push_back((b.bucket, summary));
+            let bucket = b.bucket;
+            let summary = restore_bucket(cp.algorithm, cp.capacity, b);
+            window.ring.push_back((bucket, summary));
         }
         Ok((window, cp.offset))
+    }
+}
+
+/// The summary of one checkpointed bucket.
+fn restore_bucket(algorithm: Algorithm, capacity: usize, b: CheckpointBucket) -> Summary {
+    match algorithm {
+        Algorithm::SpaceSaving => {
+            // Before floors were checkpointed, the smallest count was the floor.
+            let floor = b.floor.unwrap_or_else(|| {
+                let full = b.entries.len() >= capacity;
+                full.then(|| b.entries.iter().map(|e| e.1).min())
+                    .flatten()
+                    .unwrap_or(0)
+            });
+            let sketch = b.sketch.as_deref().and_then(unpack_sketch);
+            Summary::SpaceSaving(SpaceSaving::restore(
+                capacity,
+                b.entries,
+                b.total,
+                floor,
+                sketch.as_deref(),
+            ))
+        }
+        Algorithm::Lru => Summary::Lru(LruCounter::restore(
+            capacity,
+            b.entries.into_iter().map(|(k, c, _)| (k, c)).collect(),
+            b.total,
+        )),
     }
 }
 

@@ -265,21 +265,25 @@ fn write_value(out: &mut String, kind: Kind, value: MySqlValueRef<'_>) -> Result
             write_date(out, bytes)?;
             out.push('"');
         }
-        Kind::Time => {
-            let time = <MySqlTime as Decode<MySql>>::decode(value).map_err(|e| e.to_string())?;
-            // Not `time.is_negative()`: sqlx 0.9 returns the positive flag from it.
-            let sign = if time.sign().is_negative() { "-" } else { "" };
-            let _ = write!(
-                out,
-                "\"{sign}{:02}:{:02}:{:02}",
-                time.hours(),
-                time.minutes(),
-                time.seconds()
-            );
-            write_fraction(out, time.microseconds());
-            out.push('"');
-        }
+        Kind::Time => write_time(out, value)?,
     }
+    Ok(())
+}
+
+/// A `TIME` as a JSON string, `"-838:59:59.000000"` at most.
+fn write_time(out: &mut String, value: MySqlValueRef<'_>) -> Result<(), Reason> {
+    let time = <MySqlTime as Decode<MySql>>::decode(value).map_err(|e| e.to_string())?;
+    // Not `time.is_negative()`: sqlx 0.9 returns the positive flag from it.
+    let sign = if time.sign().is_negative() { "-" } else { "" };
+    let _ = write!(
+        out,
+        "\"{sign}{:02}:{:02}:{:02}",
+        time.hours(),
+        time.minutes(),
+        time.seconds()
+    );
+    write_fraction(out, time.microseconds());
+    out.push('"');
     Ok(())
 }
 

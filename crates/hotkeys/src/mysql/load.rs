@@ -8,6 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use sqlx::mysql::MySqlRow;
 use sqlx::{AssertSqlSafe, Executor, SqlSafeStr, Statement};
 
 use super::encode::{Origin, RowFailure, RowJson, RowPlan, origin};
@@ -100,10 +101,23 @@ impl RowLoader {
             return Box::pin(self.load(keys)).await;
         }
         let mut loaded = Loaded::default();
-        // The text the database will report for each key's row, and back.
-        let mut wanted: HashMap<String, Vec<&String>> = HashMap::with_capacity(keys.len());
+        let asked = self.ask(keys, &mut loaded.missing);
+        if asked.binds.is_empty() {
+            return Ok(loaded);
+        }
+        let rows = self.fetch(&asked.binds).await?;
+        self.sort_rows(&asked, &rows, &mut loaded);
+        Ok(loaded)
+    }
+
+    /// One bind per distinct key; a key that cannot be an id of an integer column is
+    /// `missing` at once.
+    fn ask<'k>(&self, keys: &'k [String], missing: &mut Vec<String>) -> Asked<'k> {
+        let mut asked = Asked {
+            wanted: HashMap::with_capacity(keys.len()),
+            binds: Vec::with_capacity(keys.len()),
+        };
         let mut seen = HashSet::with_capacity(keys.len());
-        let mut binds: Vec<Bind> = Vec::with_capacity(keys.len());
         for key in keys {
             if !seen.insert(key.as_str()) {
                 continue;
@@ -113,19 +127,21 @@ impl RowLoader {
                     (Ok(n), _) => Bind::Signed(n),
                     (_, Ok(n)) => Bind::Unsigned(n),
                     _ => {
-                        loaded.missing.push(key.clone());
+                        missing.push(key.clone());
                         continue;
                     }
                 }
             } else {
                 Bind::Text(key.clone())
             };
-            wanted.entry(bind.canonical()).or_default().push(key);
-            binds.push(bind);
+            asked.wanted.entry(bind.canonical()).or_default().push(key);
+            asked.binds.push(bind);
         }
-        if binds.is_empty() {
-            return Ok(loaded);
-        }
+        asked
+    }
+
+    /// Runs the query for `binds`, padded to a cached statement length.
+    async fn fetch(&self, binds: &[Bind]) -> Result<Vec<MySqlRow>, MysqlError> {
         let slots = binds
             .len()
             .next_power_of_two()
@@ -142,11 +158,16 @@ impl RowLoader {
                 Bind::Text(s) => query.bind(s.as_str()),
             };
         }
-        let rows = query
+        query
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| MysqlError::query("loading rows", e))?;
+            .map_err(|e| MysqlError::query("loading rows", e))
+    }
 
+    /// Hands each row to the keys that asked for it, as JSON or as a failure; the keys no
+    /// row answered are `missing`.
+    fn sort_rows(&self, asked: &Asked<'_>, rows: &[MySqlRow], loaded: &mut Loaded) {
+        let wanted = &asked.wanted;
         // String ids compare by collation (usually case-insensitive): fall back to that.
         let folded: HashMap<String, &Vec<&String>> = if self.plan.id_is_integer() {
             HashMap::new()
@@ -158,15 +179,13 @@ impl RowLoader {
                 .get(id)
                 .or_else(|| folded.get(&id.to_lowercase()).copied())
         };
-        let mut found: HashSet<&str> = HashSet::with_capacity(binds.len());
-        for row in &rows {
+        let mut found: HashSet<&str> = HashSet::with_capacity(asked.binds.len());
+        for row in rows {
             match self.plan.encode(row) {
                 Ok((id, json)) => {
-                    if let Some(keys) = owners(&id) {
-                        for key in keys {
-                            found.insert(key.as_str());
-                            loaded.rows.insert((*key).clone(), json.clone());
-                        }
+                    for key in owners(&id).into_iter().flatten() {
+                        found.insert(key.as_str());
+                        loaded.rows.insert((*key).clone(), json.clone());
                     }
                 }
                 Err(failure) => {
@@ -177,15 +196,13 @@ impl RowLoader {
                 }
             }
         }
-        for bind in &binds {
+        for bind in &asked.binds {
             for key in &wanted[&bind.canonical()] {
-                if !found.contains(key.as_str()) {
+                if found.insert(key.as_str()) {
                     loaded.missing.push((*key).clone());
-                    found.insert(key.as_str());
                 }
             }
         }
-        Ok(loaded)
     }
 
     fn text(&self, slots: usize) -> Arc<str> {
@@ -195,6 +212,14 @@ impl RowLoader {
             .or_insert_with(|| self.query.sql(slots).into())
             .clone()
     }
+}
+
+/// The keys of one batch as the query binds them.
+struct Asked<'k> {
+    /// The text the database will report for each key's row, and the keys asking for it.
+    wanted: HashMap<String, Vec<&'k String>>,
+    /// One per distinct key, in the order given.
+    binds: Vec<Bind>,
 }
 
 enum Bind {

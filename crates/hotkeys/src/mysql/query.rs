@@ -99,18 +99,7 @@ fn scan(text: &str) -> Result<Scan, String> {
             {
                 i = skip_line(bytes, i)
             }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                if matches!(bytes.get(i + 2), Some(b'!' | b'M' | b'+')) {
-                    return Err(
-                        "executable comments (`/*! … */`, `/*M! … */`) and optimizer hints are not allowed"
-                            .into(),
-                    );
-                }
-                i = match text[i + 2..].find("*/") {
-                    Some(end) => i + 2 + end + 2,
-                    None => return Err("unterminated `/*` comment".into()),
-                };
-            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => i = skip_block_comment(text, i)?,
             b';' => {
                 terminated = true;
                 out.end = i;
@@ -127,17 +116,35 @@ fn scan(text: &str) -> Result<Scan, String> {
             }
             c if c.is_ascii_alphabetic() || c == b'_' => {
                 let start = i;
-                while i < bytes.len()
-                    && (bytes[i].is_ascii_alphanumeric() || matches!(bytes[i], b'_' | b'$'))
-                {
-                    i += 1;
-                }
+                i = skip_word(bytes, i);
                 out.words.push(text[start..i].to_string());
             }
             _ => i += 1,
         }
     }
     Ok(out)
+}
+
+/// Past the `/* … */` comment at `i`; executable comments and optimizer hints are refused.
+fn skip_block_comment(text: &str, i: usize) -> Result<usize, String> {
+    if matches!(text.as_bytes().get(i + 2), Some(b'!' | b'M' | b'+')) {
+        return Err(
+            "executable comments (`/*! … */`, `/*M! … */`) and optimizer hints are not allowed"
+                .into(),
+        );
+    }
+    match text[i + 2..].find("*/") {
+        Some(end) => Ok(i + 2 + end + 2),
+        None => Err("unterminated `/*` comment".into()),
+    }
+}
+
+/// Past the bare word at `i`.
+fn skip_word(bytes: &[u8], mut i: usize) -> usize {
+    while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || matches!(bytes[i], b'_' | b'$')) {
+        i += 1;
+    }
+    i
 }
 
 fn starts_comment(bytes: &[u8], i: usize) -> bool {

@@ -281,7 +281,7 @@ impl Fixture {
     }
 
     pub fn cache_key(&self, key: &str) -> String {
-        hotkeys::cache::cache_key(&self.t.redis, key)
+        hotkeys::redis::cache_key(&self.t.redis, key)
     }
 
     pub async fn get(&mut self, key: &str) -> Option<String> {

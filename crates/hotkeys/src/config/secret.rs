@@ -15,6 +15,8 @@
 
 use std::fmt;
 
+use super::error::Invalid;
+
 /// The characters that end a URL's authority, and so a password pasted raw.
 const DELIMITERS: [char; 3] = ['/', '?', '#'];
 
@@ -150,6 +152,43 @@ pub fn hide_quoted(message: &str) -> String {
         .map(|(i, part)| if i % 2 == 1 { "(value hidden)" } else { part })
         .collect::<Vec<_>>()
         .concat()
+}
+
+/// Keys whose values may carry a credential: an error about one never quotes its value.
+pub(super) fn may_hold_secret(key: &str) -> bool {
+    [
+        "redis.nodes",
+        "redis.backups",
+        "sync.apply_nodes",
+        "sync.state",
+        "sync.remote",
+        "mysql.url",
+    ]
+    .iter()
+    .any(|k| key.starts_with(k))
+}
+
+/// Checks every node URL of the list at `key` (`sync.state` alone is a list of one); an
+/// error names the node by its place (`redis.nodes[1]`). A password pasted raw is never
+/// quoted; another malformed URL is shown as `NodeUrl` shows it, without credentials.
+pub(super) fn node_urls(key: &str, urls: &[String]) -> Result<(), Invalid> {
+    for (i, url) in urls.iter().enumerate() {
+        let place = match key {
+            "sync.state" => key.to_string(),
+            _ => format!("{key}[{i}]"),
+        };
+        match NodeUrl::parse(url) {
+            Ok(_) => {}
+            Err(e @ NodeUrlError::RawInPassword(_)) => {
+                return Err(Invalid::new(key, format!("{place}: {e}")));
+            }
+            Err(e) => {
+                let shown = NodeUrl::new(url.as_str());
+                return Err(Invalid::new(key, format!("{place} (`{shown}`): {e}")));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -34,8 +34,8 @@ use redis::{RedisError, Value};
 use tokio::sync::{RwLock, RwLockReadGuard};
 
 use crate::config::RedisConfig;
-use crate::ring::NodeAddr;
-use crate::secret::NodeUrl;
+use crate::config::secret::NodeUrl;
+use crate::redis::ring::NodeAddr;
 
 /// The Redis set, on the backup, of the keys written there while `primary` was down.
 pub fn track_key(primary: &str) -> String {

@@ -37,7 +37,7 @@ impl NodeAddr {
     /// Reads `host:port`, or the host and port of a `redis://` / `rediss://` URL (a missing
     /// port is Redis's 6379; credentials, database and query are not part of the name).
     pub fn parse(node: &str) -> Result<NodeAddr, RingError> {
-        let bad = || RingError::BadNode(crate::secret::NodeUrl::new(node).to_string());
+        let bad = || RingError::BadNode(crate::config::secret::NodeUrl::new(node).to_string());
         let (rest, default_port) = match node.split_once("://") {
             Some((_, rest)) => (rest, Some(6379)),
             None => (node, None),
