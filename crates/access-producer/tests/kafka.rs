@@ -33,7 +33,7 @@ struct Line {
 
 #[test]
 fn replay_of_a_mixed_file_publishes_exactly_the_valid_lines_keyed_and_in_order_per_key() {
-    if !kafka_is_up() {
+    if !hotkeys::testing::kafka_is_up(&brokers()) {
         return;
     }
     let topic = unique_topic("mixed");
@@ -120,7 +120,7 @@ fn replay_of_a_mixed_file_publishes_exactly_the_valid_lines_keyed_and_in_order_p
 
 #[test]
 fn events_without_a_key_are_skipped_never_published_with_an_empty_key() {
-    if !kafka_is_up() {
+    if !hotkeys::testing::kafka_is_up(&brokers()) {
         return;
     }
     let topic = unique_topic("nokey");
@@ -151,7 +151,7 @@ fn events_without_a_key_are_skipped_never_published_with_an_empty_key() {
 /// extraction of either published event says 55 too.
 #[test]
 fn a_repeated_product_id_is_keyed_by_its_first_value_through_either_format_and_hot_counter() {
-    if !kafka_is_up() {
+    if !hotkeys::testing::kafka_is_up(&brokers()) {
         return;
     }
     let lua = r#"{"request_module":"product_detail_info","headers":{"host":"shop"},"uri_args":{"productId":["55","56"],"shopId":"1"},"http_version":1.1,"method":"GET","raw_reader":"GET \/product?productId=55&productId=56&shopId=1 HTTP\/1.1\r\n\r\n"}"#;
@@ -177,7 +177,7 @@ fn a_repeated_product_id_is_keyed_by_its_first_value_through_either_format_and_h
 
 #[test]
 fn strict_replay_exits_2_at_the_first_malformed_line() {
-    if !kafka_is_up() {
+    if !hotkeys::testing::kafka_is_up(&brokers()) {
         return;
     }
     let topic = unique_topic("strict");
@@ -216,12 +216,12 @@ fn strict_replay_exits_2_at_the_first_malformed_line() {
 /// nothing after it is.
 #[test]
 fn events_the_client_refuses_are_skipped_and_counted() {
-    if !kafka_is_up() {
+    if !hotkeys::testing::kafka_is_up(&brokers()) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let topology = dir.path().join("small-messages.toml");
-    let text = std::fs::read_to_string(topology_file()).unwrap();
+    let text = std::fs::read_to_string(hotkeys::testing::default_topology_path()).unwrap();
     let text = text.replace(
         "[kafka.producer]\n",
         "[kafka.producer]\n\"message.max.bytes\" = \"2000\"\n",
@@ -274,7 +274,7 @@ fn events_the_client_refuses_are_skipped_and_counted() {
 
 #[test]
 fn synthetic_with_a_fixed_seed_publishes_the_same_keys_twice() {
-    if !kafka_is_up() {
+    if !hotkeys::testing::kafka_is_up(&brokers()) {
         return;
     }
     let runs: Vec<Vec<Record>> = (0..2)
@@ -313,7 +313,7 @@ fn per_partition(records: &[Record]) -> Vec<Vec<(&str, &[u8])>> {
 
 #[test]
 fn every_event_of_a_product_lands_in_its_one_kafka_partition() {
-    if !kafka_is_up() {
+    if !hotkeys::testing::kafka_is_up(&brokers()) {
         return;
     }
     let topic = unique_topic("placement");
@@ -362,7 +362,7 @@ fn every_event_of_a_product_lands_in_its_one_kafka_partition() {
 
 #[test]
 fn written_stream_replays_to_the_same_messages_as_a_direct_publish() {
-    if !kafka_is_up() {
+    if !hotkeys::testing::kafka_is_up(&brokers()) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -393,7 +393,7 @@ fn written_stream_replays_to_the_same_messages_as_a_direct_publish() {
 
 #[test]
 fn sigterm_stops_reading_flushes_and_reports_every_delivered_event() {
-    if !kafka_is_up() {
+    if !hotkeys::testing::kafka_is_up(&brokers()) {
         return;
     }
     let topic = unique_topic("sigterm");
@@ -501,7 +501,7 @@ fn replay_from_stdin_writes_converted_nginx_lines_as_openresty_json() {
 
 #[test]
 fn delivery_failures_exit_1_and_report_their_count() {
-    if !kafka_is_up() {
+    if !hotkeys::testing::kafka_is_up(&brokers()) {
         return;
     }
     // A topic whose broker refuses every batch as too large: each message fails for good.

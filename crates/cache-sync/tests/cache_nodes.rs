@@ -1,6 +1,6 @@
 //! `hotkeys::redis` against the real Redis servers: placement, NX writes, deletes that must
 //! reach every node, and write order; cluster mode against a throwaway Redis Cluster that
-//! the test starts itself ([`common::RedisCluster`]).
+//! the test starts itself ([`hotkeys::testing::RedisCluster`]).
 
 mod common;
 
@@ -248,7 +248,7 @@ async fn delete_fails_when_one_ring_node_does_not_answer() {
 
 #[tokio::test]
 async fn cluster_mode_writes_reads_and_deletes_keys_across_slots() {
-    let cluster = common::RedisCluster::start();
+    let cluster = hotkeys::testing::RedisCluster::start();
     let cfg = RedisConfig {
         mode: RedisMode::Cluster,
         nodes: cluster.seeds.clone(),
@@ -292,7 +292,7 @@ async fn cluster_mode_writes_reads_and_deletes_keys_across_slots() {
 
 #[tokio::test]
 async fn the_sync_queue_works_on_a_cluster() {
-    let cluster = common::RedisCluster::start();
+    let cluster = hotkeys::testing::RedisCluster::start();
     let mut t = hotkeys::Topology::default();
     t.redis.mode = RedisMode::Cluster;
     t.redis.nodes = cluster.seeds.clone();

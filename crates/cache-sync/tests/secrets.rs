@@ -39,15 +39,6 @@ fn closed_node() -> String {
     format!("redis://:{PLANTED}@127.0.0.1:{}", testing::free_port())
 }
 
-async fn metrics_text(addr: &str) -> Option<String> {
-    reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_planted_redis_password_is_in_no_log_error_or_metric_label() {
     let Some(mut stack) = common::stack("planted").await else {
@@ -72,7 +63,8 @@ async fn a_planted_redis_password_is_in_no_log_error_or_metric_label() {
     let mut outputs: Vec<(String, String)> = Vec::new();
 
     // A receiver and a shipper that work, every log level on, the receiver with metrics.
-    let metrics = format!("127.0.0.1:{}", testing::free_port());
+    let metrics_port = testing::free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
     let receiver_log = tempfile::NamedTempFile::new().unwrap();
     let file = topology_file(&t);
     let mut receiver = cache_sync(file.path())
@@ -99,7 +91,7 @@ async fn a_planted_redis_password_is_in_no_log_error_or_metric_label() {
     backup.kill();
     let backup_label = format!("node=\"redis://127.0.0.1:{}\"", backup.port);
     let scraped = testing::eventually(30, "the backup's gauge in the metrics", || async {
-        metrics_text(&metrics)
+        testing::scrape_metrics(metrics_port)
             .await
             .filter(|m| m.contains(&backup_label))
     })

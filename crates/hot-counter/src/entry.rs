@@ -71,7 +71,7 @@ impl EntryBar {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use hotkeys::config::{Action, CountConfig, Rule};
 
@@ -93,7 +93,8 @@ mod tests {
         }
     }
 
-    fn items(counts: &[(&str, u64)]) -> Vec<HotItem> {
+    /// A published list's items: `(key, count)`, hottest first.
+    pub(crate) fn items(counts: &[(&str, u64)]) -> Vec<HotItem> {
         counts
             .iter()
             .map(|(k, c)| HotItem {

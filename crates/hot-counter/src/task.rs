@@ -486,6 +486,7 @@ mod tests {
     //! shutdown) would write.
 
     use super::*;
+    use crate::entry::tests::items;
 
     const NOW: i64 = 1_700_000_000_000;
     const OWNER: &str = "test:1";
@@ -673,5 +674,147 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn an_empty_task_has_counted_nothing_and_starts_from_the_committed_offset() {
+        let task = Task::empty(&topology().counters(), 4);
+        assert_eq!(task.id, 4);
+        assert_eq!(task.start(), Start::Committed);
+        assert_eq!(task.next_offset(), -1);
+        assert_eq!(task.checkpointed_offset(), None);
+        assert!(!task.has_news(true));
+    }
+
+    #[test]
+    fn every_task_made_is_a_new_epoch() {
+        let first = Task::empty(&topology().counters(), 0);
+        let again = restored(None);
+        assert_ne!(first.epoch, again.epoch);
+    }
+
+    #[test]
+    fn skipped_events_count_as_malformed_and_over_long_keys_also_as_too_long() {
+        let mut task = restored(None);
+        let state = &mut task.counters[0];
+        state.skip(&KeyError::Missing);
+        state.skip(&KeyError::NotJson("<html>".into()));
+        state.skip(&KeyError::TooLong {
+            bytes: 300,
+            limit: 256,
+        });
+        assert_eq!((state.malformed, state.key_too_long), (3, 1));
+        let list = task.hot_list(&topology(), &counter(), 0, 0, OWNER);
+        assert_eq!((list.malformed, list.key_too_long), (3, 1));
+    }
+
+    #[test]
+    fn a_restored_task_counts_skips_from_zero() {
+        let task = restored(Some(saved(100, 3, Some(100))));
+        let state = &task.counters[0];
+        assert_eq!((state.malformed, state.key_too_long), (0, 0));
+    }
+
+    #[test]
+    fn a_restored_counter_takes_its_entry_bar_from_the_list_found() {
+        let mut found = saved(100, 3, Some(100));
+        found.hot.items = items(&[("a", 9), ("b", 4)]);
+        let from_checkpoint = restored(Some(found.clone()));
+        found.checkpoint = None;
+        let taken_over = restored(Some(found));
+        for task in [from_checkpoint, taken_over] {
+            let entry = &task.counters[0].entry;
+            assert!(!entry.passed("a", 1), "a listed key does not enter again");
+            assert!(
+                entry.passed("c", 1),
+                "the list is not full: any new key enters"
+            );
+        }
+    }
+
+    #[test]
+    fn a_published_list_becomes_the_entry_bar_and_a_failed_write_keeps_the_old_one() {
+        let mut task = restored(None);
+        count_to(&mut task, 10);
+        let write = task
+            .prepare(&topology(), &topology().counters(), OWNER, false)
+            .remove(0);
+        task.apply(&write, &Err(ZkError::Timeout));
+        assert!(task.counters[0].entry.passed("k", 1), "k is not listed yet");
+        task.apply(&write, &Ok(0));
+        assert!(!task.counters[0].entry.passed("k", 1), "k is listed now");
+    }
+
+    #[test]
+    fn a_tick_publishes_the_list_alone_and_the_checkpoint_round_adds_the_checkpoint() {
+        let mut task = restored(Some(saved(100, 3, Some(100))));
+        count_to(&mut task, 150);
+        assert_eq!(writes(&task, false), [(150, false, false, Some(3))]);
+        succeed(&mut task, false);
+        assert!(!task.has_news(false), "the list is published");
+        assert!(task.has_news(true), "the checkpoint still lags");
+        assert_eq!(task.checkpointed_offset(), Some(100));
+        assert_eq!(writes(&task, true), [(150, true, false, Some(4))]);
+        succeed(&mut task, true);
+        assert!(!task.has_news(true));
+        assert_eq!(task.checkpointed_offset(), Some(150));
+    }
+
+    #[test]
+    fn a_task_of_several_counters_resumes_from_the_lowest_checkpoint() {
+        let c = counter();
+        let ahead = TaskCounter::restored(&c, 0, Some(saved(900, 2, Some(900))), NOW, 0);
+        let behind = TaskCounter::restored(&c, 0, Some(saved(700, 5, Some(600))), NOW, 0);
+        let task = Task::new(0, vec![ahead, behind]);
+        assert_eq!(task.start(), Start::Checkpoint(600));
+        assert_eq!(task.next_offset(), 600);
+        assert_eq!(task.checkpointed_offset(), Some(600));
+    }
+
+    #[test]
+    fn a_counter_without_history_reads_from_the_others_checkpoint_but_holds_back_the_commit() {
+        let c = counter();
+        let checkpointed = TaskCounter::restored(&c, 0, Some(saved(900, 2, Some(900))), NOW, 0);
+        let fresh = TaskCounter::restored(&c, 0, None, NOW, 0);
+        let task = Task::new(0, vec![checkpointed, fresh]);
+        assert_eq!(task.start(), Start::Checkpoint(900));
+        assert_eq!(task.next_offset(), -1);
+        assert_eq!(task.checkpointed_offset(), None);
+    }
+
+    #[test]
+    fn a_checkpoint_holding_future_events_is_restored_with_them_counted_as_now() {
+        let c = counter();
+        let mut window = WindowCounter::new(&c.count);
+        window.offer("k", NOW + 3_600_000);
+        let found = Restorable {
+            hot: HotList {
+                offset: 100,
+                ..HotList::default()
+            },
+            checkpoint: Some(window.checkpoint(100, REQUEST_MAX_BYTES)),
+            version: 1,
+        };
+        let mut state = TaskCounter::restored(&c, 0, Some(found), NOW, 30_000);
+        assert_eq!(state.window.events(), 1);
+        assert!(
+            state.window.offer("k", NOW).is_some(),
+            "an event of now is not late"
+        );
+        assert_eq!(state.window.late(), 0);
+    }
+
+    #[test]
+    fn a_secondary_counters_hot_list_names_its_counter_and_the_primarys_does_not() {
+        let primary = counter();
+        let secondary = Counter {
+            name: "ip".into(),
+            primary: false,
+            ..counter()
+        };
+        let task = restored(None);
+        let list = |c: &Counter| task.hot_list(&topology(), c, 0, 0, OWNER).counter;
+        assert_eq!(list(&primary), None);
+        assert_eq!(list(&secondary).as_deref(), Some("ip"));
     }
 }

@@ -108,11 +108,11 @@ async fn an_event_stamped_50_minutes_ahead_leaves_the_next_500_counted_exactly()
     assert_eq!(list.late, 1, "{list:?}");
     assert_eq!(list.events, 501);
     assert_eq!(
-        metric_total(port, "hotkeys_counter_future_total", 1.0).await,
+        testing::metric_total(port, "hotkeys_counter_future_total", 1.0, 30).await,
         1.0
     );
     assert_eq!(
-        metric_total(port, "hotkeys_counter_late_total", 1.0).await,
+        testing::metric_total(port, "hotkeys_counter_late_total", 1.0, 30).await,
         1.0
     );
     let exact = exact_counts(&keys);
@@ -172,7 +172,8 @@ async fn hot_keys_of_20_kb_are_rejected_and_publishing_goes_on_with_bounded_memo
     eprintln!("peak RSS of the worker: {rss} MB");
     assert!(rss < 1024, "peak RSS {rss} MB");
     assert!(worker.log().contains("key_too_long"), "{}", worker.log());
-    let rejected = metric_total(port, "hotkeys_counter_malformed_total", 4_500.0).await;
+    let rejected =
+        testing::metric_total(port, "hotkeys_counter_malformed_total", 4_500.0, 30).await;
     assert_eq!(rejected, 4_500.0);
     let body = testing::scrape_metrics(port).await.expect("metrics");
     let by_kind = |l: &&str| l.contains(r#"kind="key_too_long""#) && l.ends_with(" 4500");

@@ -229,16 +229,8 @@ async fn malformed_events_are_counted_and_forwarded_and_counting_goes_on() {
     let events: u64 = lists.values().map(|(l, _)| l.events).sum();
     assert_eq!(events, 500);
 
-    let malformed = eventually(30, "malformed counters in the metrics", || async {
-        let body = testing::scrape_metrics(port).await?;
-        let total: f64 = body
-            .lines()
-            .filter(|l| l.starts_with("hotkeys_counter_malformed_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        (total >= 1000.0).then_some(total)
-    })
-    .await;
+    let malformed =
+        testing::metric_total(port, "hotkeys_counter_malformed_total", 1000.0, 30).await;
     assert_eq!(malformed, 1000.0);
 
     let mut dlq = t.clone();
@@ -557,7 +549,7 @@ async fn a_scraper_without_a_usable_product_id_is_banned_by_the_caller_counter_a
     let caller_events: u64 = callers.values().map(|l| l.events).sum();
     assert_eq!(caller_events, 12_000);
 
-    let by_reason = metric_total(port, "hotkeys_counter_skipped_total", 6000.0).await;
+    let by_reason = testing::metric_total(port, "hotkeys_counter_skipped_total", 6000.0, 30).await;
     assert_eq!(by_reason, 6000.0);
     let mut dlq = t.clone();
     dlq.kafka.topic = t.kafka.dead_letter.clone();

@@ -297,19 +297,17 @@ async fn the_stream_pushes_each_publish_and_a_reconnect_resumes_from_last_event_
     t.count.publish_every = Duration::from_secs(1);
     let zk = Zk::connect(&t).await.expect("ZooKeeper");
     publish_products(&zk, &t).await;
-    let metrics = format!("127.0.0.1:{}", testing::free_port());
+    let metrics_port = testing::free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
     let d = Dashboard::start(&t, &["--record", "0", "--metrics", &metrics], None).await;
 
     let mut stream = SseReader::open(&d, "/api/stream?top=2", None).await;
     let (first, data) = stream.next_event(30).await;
     assert_eq!(data["items"][0], json!({"key": "p1", "count": 3}), "{data}");
     assert_eq!(data["items"].as_array().map(Vec::len), Some(2));
-    let scraped = reqwest::get(format!("http://{metrics}/metrics"))
+    let scraped = testing::scrape_metrics(metrics_port)
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+        .expect("metrics");
     assert!(
         scraped.contains("hotkeys_dashboard_stream_clients 1"),
         "{scraped}"

@@ -54,8 +54,8 @@ async fn test_db() -> bool {
             pool.close().await;
             true
         }
-        Err(e) if e.is_unreachable() && std::env::var_os("CI").is_none() => {
-            eprintln!("skipping: {e}; start it with scripts/stack.sh up");
+        Err(e) if e.is_unreachable() => {
+            hotkeys::testing::unavailable(format_args!("{e}; start it with scripts/stack.sh up"));
             false
         }
         Err(e) => panic!("MySQL for the tests: {e}"),

@@ -10,7 +10,6 @@ use hotkeys::Topology;
 use hotkeys::hotlist::{Warmed, now_ms};
 use hotkeys::redis::CacheNodes;
 use hotkeys::testing::{self, RedisServer};
-use hotkeys::zk::Zk;
 use serde_json::Value;
 
 /// Runs `hotctl --topology <t> ARGS` and parses its JSON output.
@@ -33,18 +32,6 @@ fn listed(doc: &Value) -> Vec<String> {
         .collect();
     keys.sort();
     keys
-}
-
-/// The stack's ZooKeeper; `None` (skip) when it is unreachable, a failure under `CI`.
-async fn zookeeper(t: &Topology) -> Option<Zk> {
-    match Zk::connect(t).await {
-        Ok(zk) => Some(zk),
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("skipping: ZooKeeper: {e}; start it with scripts/stack.sh up");
-            None
-        }
-        Err(e) => panic!("ZooKeeper: {e}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -109,7 +96,7 @@ async fn diff_tells_warm_missing_and_expired_hot_keys_apart() {
     let mut t = testing::topology("hotctl-diff");
     t.redis.nodes = vec![server.url()];
     t.redis.ttl = Duration::from_secs(60);
-    let Some(zk) = zookeeper(&t).await else {
+    let Some(zk) = testing::zookeeper(&t).await else {
         return;
     };
     let hot = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<Vec<_>>();
@@ -260,7 +247,7 @@ async fn keys_with_a_ring_primary_down_counts_its_keys_on_the_backup_says_so_and
 #[tokio::test(flavor = "multi_thread")]
 async fn diff_with_a_ring_primary_down_reads_its_keys_on_the_backup_says_so_and_exits_1() {
     let (servers, t, hot) = ring_with_a_primary_down("hotctl-diff-outage").await;
-    let Some(zk) = zookeeper(&t).await else {
+    let Some(zk) = testing::zookeeper(&t).await else {
         return;
     };
     testing::publish_hot_list(&zk, &t.name, 0, &hot, "test")

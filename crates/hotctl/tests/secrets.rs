@@ -92,7 +92,8 @@ async fn a_percent_encoded_password_shows_in_no_log_metric_or_dashboard_page() {
         "redis://:{head}%3F%23%40{tail}@127.0.0.1:{}",
         server.port
     )];
-    let metrics = format!("127.0.0.1:{}", testing::free_port());
+    let metrics_port = testing::free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
     let d = Dashboard::start(&t, &["--record", "0", "--metrics", &metrics], None).await;
 
     let (_, overview) = d.get("/").await;
@@ -126,12 +127,9 @@ async fn a_percent_encoded_password_shows_in_no_log_metric_or_dashboard_page() {
         );
         assert_hidden(page, &body);
     }
-    let scraped = reqwest::get(format!("http://{metrics}/metrics"))
+    let scraped = testing::scrape_metrics(metrics_port)
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
+        .expect("metrics");
     assert_hidden("the metrics", &scraped);
     assert_hidden("the dashboard's log", &d.log());
 }

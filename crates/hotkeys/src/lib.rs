@@ -20,7 +20,7 @@
 //! | [`telemetry`] | tracing and Prometheus metrics set-up |
 //! | [`shutdown`] | SIGINT/SIGTERM turned into a cancellation token |
 //! | [`exit`] | the process exit codes every binary shares |
-//! | `testing` | (feature `testing`) isolated topologies for integration tests on the local stack |
+//! | `testing` | (feature `testing`) support for the integration tests: stack probes and their skip policy, isolated topologies, test servers, metrics scraping |
 //!
 //! ARCHITECTURE.md at the repository root draws how they depend on one another.
 

@@ -6,9 +6,9 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{ABSENT, Fixture, SEED, eventually, finished, keys, metric, signal, warms};
+use common::{ABSENT, Fixture, SEED, eventually, finished, keys, signal, warms};
 use hotkeys::mysql::SeedProduct;
-use hotkeys::testing::TcpProxy;
+use hotkeys::testing::{TcpProxy, counter_value};
 use prewarm::{TaskOutcome, TaskRecord};
 use redis::AsyncCommands;
 
@@ -526,7 +526,7 @@ async fn watch_reads_mysql_only_for_keys_redis_lacks_or_is_about_to_expire() {
     let hot = keys(1..=20);
     f.publish(0, &hot).await;
     let (watcher, port) = f.watch_with_metrics();
-    let lookups = || metric(port, "hotkeys_prewarm_mysql_lookups_total");
+    let lookups = || counter_value(port, "hotkeys_prewarm_mysql_lookups_total");
     assert_eq!(warms(port, 1).await, 1);
     assert_eq!(lookups().await, Some(20));
 
@@ -541,7 +541,7 @@ async fn watch_reads_mysql_only_for_keys_redis_lacks_or_is_about_to_expire() {
         "an unchanged, warm hot set costs MySQL nothing"
     );
     assert_eq!(
-        metric(port, r#"hotkeys_prewarm_keys_total{result="skipped_warm"}"#).await,
+        counter_value(port, r#"hotkeys_prewarm_keys_total{result="skipped_warm"}"#).await,
         Some(60)
     );
 
@@ -865,7 +865,7 @@ async fn watch_looks_up_a_key_without_a_row_once_per_missing_ttl() {
         "keys without a row are not looked up again within prewarm.missing_ttl"
     );
     assert_eq!(
-        metric(
+        counter_value(
             port,
             r#"hotkeys_prewarm_keys_total{result="missing_cached"}"#
         )

@@ -7,9 +7,9 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hotkeys::Topology;
 use hotkeys::config::KafkaConfig;
@@ -58,37 +58,12 @@ pub fn topology(topic: &str) -> Topology {
     }
 }
 
-/// True when Kafka answers. When it does not, the test is skipped on a developer machine
-/// and fails when `CI` is set, so a pipeline never passes without having run it.
-pub fn kafka_is_up() -> bool {
-    let b = brokers();
-    let probe = ClientConfig::new()
-        .set("bootstrap.servers", &b)
-        .create::<BaseConsumer>()
-        .and_then(|c| c.fetch_metadata(None, Duration::from_secs(10)).map(|_| ()));
-    match probe {
-        Ok(()) => true,
-        Err(e) if std::env::var_os("CI").is_some() => {
-            panic!("Kafka at {b} is unreachable and CI is set: {e}")
-        }
-        Err(e) => {
-            eprintln!(
-                "skipping: Kafka at {b} is unreachable ({e}); start it with scripts/stack.sh up"
-            );
-            false
-        }
-    }
-}
-
 /// A topic no other test or run uses, deleted when the test passes (a failed test keeps
 /// its topic for a look with kcat).
 pub struct TestTopic(String);
 
 pub fn unique_topic(test: &str) -> TestTopic {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    TestTopic(format!("ap-test-{test}-{}-{nanos:x}", std::process::id()))
+    TestTopic(hotkeys::testing::unique(&format!("ap-test-{test}")))
 }
 
 impl std::ops::Deref for TestTopic {
@@ -119,13 +94,9 @@ impl Drop for TestTopic {
     }
 }
 
-pub fn topology_file() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../topology/default.toml")
-}
-
 /// The real binary, pointed at the stack and at `topic` through the environment overrides.
 pub fn producer(topic: &str) -> Command {
-    producer_with(topic, &topology_file())
+    producer_with(topic, &hotkeys::testing::default_topology_path())
 }
 
 /// [`producer`] with another topology file.

@@ -114,20 +114,6 @@ pub async fn caught_up(zk: &Zk, topology: &Topology) -> HashMap<u32, (HotList, i
     .await
 }
 
-/// The sum of every sample of metric `name` (all label sets) once it reaches `at_least`.
-pub async fn metric_total(port: u16, name: &str, at_least: f64) -> f64 {
-    eventually(30, &format!("{name} to reach {at_least}"), || async {
-        let body = testing::scrape_metrics(port).await?;
-        let total: f64 = body
-            .lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        (total >= at_least).then_some(total)
-    })
-    .await
-}
-
 /// Runs one worker with `--until-caught-up` over `t`'s topic to its end.
 pub fn run_to_end(t: &Topology) {
     let file = testing::write_topology(t);

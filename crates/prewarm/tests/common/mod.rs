@@ -36,50 +36,6 @@ pub fn test_db_url(url: &str) -> String {
     format!("{base}/hotkeys_test")
 }
 
-/// True when ZooKeeper, MySQL and Redis answer. Otherwise the test is skipped on a
-/// developer machine and fails when `CI` is set.
-pub fn stack_is_up(t: &Topology) -> bool {
-    let redis = t.redis.nodes[0]
-        .trim_start_matches("redis://")
-        .trim_end_matches('/')
-        .to_string();
-    let mysql = mysql::options(&t.mysql.url).expect("mysql.url parses");
-    let servers = [
-        (
-            "ZooKeeper",
-            t.zookeeper
-                .connect
-                .split(',')
-                .next()
-                .unwrap_or("")
-                .to_string(),
-        ),
-        (
-            "MySQL",
-            format!("{}:{}", mysql.get_host(), mysql.get_port()),
-        ),
-        ("Redis", redis),
-    ];
-    for (name, addr) in servers {
-        let up = addr
-            .parse::<std::net::SocketAddr>()
-            .ok()
-            .and_then(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(3)).ok())
-            .is_some();
-        if !up {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "{name} at {addr} is unreachable and CI is set"
-            );
-            eprintln!(
-                "skipping: {name} at {addr} is unreachable; start it with scripts/stack.sh up"
-            );
-            return false;
-        }
-    }
-    true
-}
-
 /// A pool on the test catalogue (`test`), created through `admin` (the configured
 /// database), migrated and seeded on first use.
 pub async fn catalogue(admin: &MysqlConfig, test: &MysqlConfig) -> Pool {
@@ -171,7 +127,7 @@ impl Fixture {
         let mut probe = t.clone();
         probe.mysql = test_db.clone();
         probe.redis.nodes = vec![real_redis.clone()];
-        if !stack_is_up(&probe) {
+        if !testing::servers_are_up(&probe) {
             return None;
         }
         catalogue(&admin, &test_db).await.close().await;
@@ -346,17 +302,6 @@ where
     testing::eventually(PATIENCE, what, check).await
 }
 
-/// The value of one sample of prewarm's `/metrics` on `port` (`name` with its labels, as
-/// printed), 0 when not printed yet; `None` while nothing answers there.
-pub async fn metric(port: u16, sample: &str) -> Option<u64> {
-    let body = hotkeys::testing::scrape_metrics(port).await?;
-    let value = body
-        .lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-        .map_or(0, |v| v.trim().parse::<f64>().expect("a number") as u64);
-    Some(value)
-}
-
 /// Sends a signal to a child by pid (`kill -STOP`, `-CONT`, `-TERM`).
 pub fn signal(pid: u32, sig: &str) {
     let status = std::process::Command::new("kill")
@@ -370,7 +315,7 @@ pub fn signal(pid: u32, sig: &str) {
 /// Waits until the prewarm serving metrics on `port` has warmed `n` tasks; returns how many.
 pub async fn warms(port: u16, n: u64) -> u64 {
     eventually(&format!("warm number {n} to be counted"), || async {
-        metric(port, r#"hotkeys_prewarm_tasks_total{outcome="warmed"}"#)
+        testing::counter_value(port, r#"hotkeys_prewarm_tasks_total{outcome="warmed"}"#)
             .await
             .filter(|&warmed| warmed >= n)
     })
