@@ -16,7 +16,8 @@
 //!   and the crowds' rows must exist in MySQL; the probe deletes their cache keys first),
 //!
 //! then p50, p99 and max of each; hot-counter's writes to ZooKeeper (hot lists and
-//! checkpoints; prewarm's locks and marks are left out) in bytes and writes per second, and
+//! checkpoints; prewarm's locks and marks are left out) in bytes and writes per second (the
+//! bytes also split into hot lists and checkpoints), and
 //! the shortest time between two writes of one task's hot list. The last lines are one
 //! summary line per figure. `--cleanup` deletes the topology's ZooKeeper subtree.
 
@@ -95,6 +96,8 @@ impl Crowds {
 #[derive(Default)]
 struct Writes {
     bytes: u64,
+    /// Of `bytes`, the checkpoints' (the rest are hot lists).
+    checkpoint_bytes: u64,
     count: u64,
     /// Version and modification time of each task's last hot list, and the shortest gap
     /// between two versions.
@@ -282,6 +285,9 @@ async fn watch_zk(
         if let Ok(Some(stat)) = zk.client().check_stat(&event.path).await {
             let mut w = writes.lock().unwrap_or_else(|p| p.into_inner());
             w.bytes += stat.data_length as u64;
+            if node == Layout::CHECKPOINT {
+                w.checkpoint_bytes += stat.data_length as u64;
+            }
             w.count += 1;
         }
         if node != Layout::HOT {
@@ -402,6 +408,12 @@ fn report(crowds: &Shared, writes: &Writes, seconds: f64, partitions: u32) {
     println!(
         "zk_write_bytes_per_s total={bytes_per_s:.0} per_task={:.0}",
         bytes_per_s / tasks
+    );
+    let checkpoint_per_s = writes.checkpoint_bytes as f64 / seconds;
+    println!(
+        "zk_write_bytes_per_s_by_node per_task_hot={:.0} per_task_checkpoint={:.0}",
+        (bytes_per_s - checkpoint_per_s) / tasks,
+        checkpoint_per_s / tasks
     );
     println!(
         "latency_zk_enter_ms {}",
