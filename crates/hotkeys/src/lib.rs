@@ -6,7 +6,7 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`cli`] | the `--topology` flag every binary shares |
+//! | [`cli`] | process start shared by every binary: `--topology`, runtime, logs and metrics, signals, exit codes |
 //! | [`config`] | the topology file, its defaults, environment overrides and errors |
 //! | [`event`] | access-event formats and hot-key extraction |
 //! | [`count`] | per-task windowed counting: Space-Saving and LRU |
@@ -22,9 +22,6 @@
 //! | [`codec`] | the byte format of cached values: plain, or zstd behind a one-byte tag |
 //! | [`secret`] | node URLs shown without their credentials |
 //! | [`sync_queue`] | replication operations, the durable Redis-list queue, its state node |
-//! | [`telemetry`] | tracing and Prometheus metrics set-up |
-//! | [`shutdown`] | SIGINT/SIGTERM turned into a cancellation token |
-//! | [`exit`] | the process exit codes every binary shares |
 //! | `testing` | (feature `testing`) isolated topologies for integration tests on the local stack |
 
 pub mod blacklist;
@@ -34,17 +31,14 @@ pub mod codec;
 pub mod config;
 pub mod count;
 pub mod event;
-pub mod exit;
 pub mod failover;
 pub mod hotlist;
 pub mod kafka;
 pub mod mysql;
 pub mod ring;
 pub mod secret;
-pub mod shutdown;
 pub mod subscribe;
 pub mod sync_queue;
-pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod zk;

@@ -122,6 +122,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hotkeys::cli::Failure;
     use std::cell::Cell;
 
     #[derive(Debug)]
@@ -196,7 +197,7 @@ mod tests {
                     msg.contains("Redis unreachable") && msg.contains("writing"),
                     "{msg}"
                 );
-                assert_eq!(e.exit_code(), hotkeys::exit::UNREACHABLE);
+                assert_eq!(e.exit_code(), hotkeys::cli::exit::UNREACHABLE);
             }
             other => panic!("expected unreachable, got {other:?}"),
         }
