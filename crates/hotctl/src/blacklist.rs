@@ -45,7 +45,7 @@ pub async fn bans(
     topology: &Topology,
     redis: &mut RedisConn,
     only: Option<&str>,
-) -> crate::Result<Vec<Ban>> {
+) -> crate::error::Result<Vec<Ban>> {
     let now = now_ms();
     let mut bans = Vec::new();
     for counter in ruled_counters(topology, only)? {
@@ -63,7 +63,7 @@ pub async fn bans(
     Ok(bans)
 }
 
-pub async fn show(topology: &Topology, args: BlacklistArgs) -> crate::Result<()> {
+pub async fn show(topology: &Topology, args: BlacklistArgs) -> crate::error::Result<()> {
     let mut redis = RedisConn::connect_home(&topology.redis).await?;
     let bans = bans(topology, &mut redis, args.counter.as_deref()).await?;
     if args.json {
@@ -88,7 +88,7 @@ pub fn remaining_text(ms: i64) -> String {
     seconds(Duration::from_secs((ms.max(0) as u64).div_ceil(1000)))
 }
 
-pub async fn unban(topology: &Topology, args: UnbanArgs) -> crate::Result<()> {
+pub async fn unban(topology: &Topology, args: UnbanArgs) -> crate::error::Result<()> {
     ruled_counters(topology, Some(&args.counter))?;
     let mut redis = RedisConn::connect_home(&topology.redis).await?;
     let zk = Zk::connect(topology).await?;
@@ -110,7 +110,7 @@ pub async fn unban(topology: &Topology, args: UnbanArgs) -> crate::Result<()> {
 }
 
 /// Names of the counters with a threshold rule, or the one asked for if it has one.
-pub fn ruled_counters(topology: &Topology, only: Option<&str>) -> crate::Result<Vec<String>> {
+pub fn ruled_counters(topology: &Topology, only: Option<&str>) -> crate::error::Result<Vec<String>> {
     let ruled: Vec<String> = topology
         .counters()
         .into_iter()

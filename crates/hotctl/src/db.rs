@@ -30,7 +30,7 @@ pub enum DbCommand {
     },
 }
 
-pub async fn run(topology: &Topology, cmd: DbCommand) -> crate::Result<()> {
+pub async fn run(topology: &Topology, cmd: DbCommand) -> crate::error::Result<()> {
     let pool = mysql::connect(&topology.mysql, CONNECT_TIMEOUT).await?;
     let applied = mysql::migrate(&pool).await.context("applying migrations")?;
     if applied.is_empty() {

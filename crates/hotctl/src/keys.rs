@@ -86,14 +86,14 @@ impl Down {
 
 /// An error (exit 1: the result is partial) when some node was down, after everything was
 /// printed.
-fn complete(down: &[Down]) -> crate::Result<()> {
+fn complete(down: &[Down]) -> crate::error::Result<()> {
     match down.len() {
         0 => Ok(()),
         n => crate::error::bail!("partial result: {n} node(s) did not answer (named above)"),
     }
 }
 
-pub async fn keys(topology: &Topology, args: KeysArgs) -> crate::Result<()> {
+pub async fn keys(topology: &Topology, args: KeysArgs) -> crate::error::Result<()> {
     let cache = CacheNodes::connect_lazily(&topology.redis).await?;
     let pattern = scan_pattern(&topology.redis.key);
     let limit = args.limit.unwrap_or(usize::MAX);
@@ -340,7 +340,7 @@ impl Diff {
 }
 
 /// Every hot key of `task` (every task when `None`) with what Redis holds of it.
-pub async fn diff_report(topology: &Topology, task: Option<u32>) -> crate::Result<Diff> {
+pub async fn diff_report(topology: &Topology, task: Option<u32>) -> crate::error::Result<Diff> {
     let zk = Zk::connect(topology)
         .await
         .context("connecting to ZooKeeper")?;
@@ -354,7 +354,7 @@ pub async fn diff_report_on(
     zk: &Zk,
     cache: &CacheNodes,
     task: Option<u32>,
-) -> crate::Result<Diff> {
+) -> crate::error::Result<Diff> {
     let tasks = match task {
         Some(t) => vec![t],
         None => zk.list_tasks().await?,
@@ -388,7 +388,7 @@ pub async fn diff_report_on(
     Ok(Diff { rows, down })
 }
 
-pub async fn diff(topology: &Topology, args: DiffArgs) -> crate::Result<()> {
+pub async fn diff(topology: &Topology, args: DiffArgs) -> crate::error::Result<()> {
     let diff = diff_report(topology, args.task).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&diff.to_json())?);

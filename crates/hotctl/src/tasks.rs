@@ -76,7 +76,7 @@ pub struct ResetArgs {
     force: bool,
 }
 
-pub async fn tasks(topology: &Topology, args: TasksArgs) -> crate::Result<()> {
+pub async fn tasks(topology: &Topology, args: TasksArgs) -> crate::error::Result<()> {
     let views = connect(topology, &args.counter).await?.task_views().await?;
     if args.json {
         let doc: Vec<_> = views.iter().map(task_json).collect();
@@ -87,7 +87,7 @@ pub async fn tasks(topology: &Topology, args: TasksArgs) -> crate::Result<()> {
     Ok(())
 }
 
-pub async fn hot(topology: &Topology, args: HotArgs) -> crate::Result<()> {
+pub async fn hot(topology: &Topology, args: HotArgs) -> crate::error::Result<()> {
     let zk = connect(topology, &args.counter).await?;
     let items = match args.task {
         Some(task) => {
@@ -107,7 +107,7 @@ pub async fn hot(topology: &Topology, args: HotArgs) -> crate::Result<()> {
     Ok(())
 }
 
-pub async fn watch(topology: &Topology, args: WatchArgs) -> crate::Result<()> {
+pub async fn watch(topology: &Topology, args: WatchArgs) -> crate::error::Result<()> {
     let mut subscription = subscribe(topology, &args.counter.counter).await?;
     let terminal = std::io::stdout().is_terminal() && !args.json;
     loop {
@@ -127,7 +127,7 @@ pub async fn watch(topology: &Topology, args: WatchArgs) -> crate::Result<()> {
     }
 }
 
-pub async fn reset(topology: &Topology, args: ResetArgs) -> crate::Result<()> {
+pub async fn reset(topology: &Topology, args: ResetArgs) -> crate::error::Result<()> {
     // Warmed marks and the subtree belong to the topology, not to one counter.
     let zk = Zk::connect(topology).await?;
     if args.warmed && !args.yes {
@@ -179,7 +179,7 @@ pub async fn reset(topology: &Topology, args: ResetArgs) -> crate::Result<()> {
 }
 
 /// A session scoped to the counter; an unknown counter is an error, not an empty view.
-async fn connect(topology: &Topology, counter: &CounterArg) -> crate::Result<Zk> {
+async fn connect(topology: &Topology, counter: &CounterArg) -> crate::error::Result<Zk> {
     if topology.counter(&counter.counter).is_none() {
         bail!(
             "topology `{}` has no counter `{}`",

@@ -60,7 +60,7 @@ const STOP_LIMIT: Duration = Duration::from_secs(6);
 /// How long the recorder may take to stop and release its lock after the server stopped.
 const RECORDER_STOP_LIMIT: Duration = Duration::from_secs(3);
 
-pub async fn run(topology: &Topology, args: DashboardArgs) -> crate::Result<()> {
+pub async fn run(topology: &Topology, args: DashboardArgs) -> crate::error::Result<()> {
     let settings = Settings::resolve(topology, &args)?;
     if let Some(addr) = args.metrics {
         hotkeys::cli::telemetry::serve_metrics(addr)

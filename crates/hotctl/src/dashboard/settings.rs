@@ -36,7 +36,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn resolve(topology: &Topology, args: &DashboardArgs) -> crate::Result<Settings> {
+    pub fn resolve(topology: &Topology, args: &DashboardArgs) -> crate::error::Result<Settings> {
         let listen = match args.listen {
             Some(a) => a,
             None => topology

@@ -57,7 +57,7 @@ impl Dashboard {
         topology: &Topology,
         settings: Settings,
         shutdown: CancellationToken,
-    ) -> crate::Result<Dashboard> {
+    ) -> crate::error::Result<Dashboard> {
         let zk = Zk::connect(topology).await?;
         let redis = RedisConn::connect_home(&topology.redis).await?;
         let cache = CacheNodes::connect_lazily(&topology.redis).await?;
