@@ -110,7 +110,10 @@ pub async fn unban(topology: &Topology, args: UnbanArgs) -> crate::error::Result
 }
 
 /// Names of the counters with a threshold rule, or the one asked for if it has one.
-pub fn ruled_counters(topology: &Topology, only: Option<&str>) -> crate::error::Result<Vec<String>> {
+pub fn ruled_counters(
+    topology: &Topology,
+    only: Option<&str>,
+) -> crate::error::Result<Vec<String>> {
     let ruled: Vec<String> = topology
         .counters()
         .into_iter()
