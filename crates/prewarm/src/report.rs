@@ -197,6 +197,22 @@ pub struct Summary {
     pub error: Option<String>,
 }
 
+/// The columns of [`Summary::to_table`]: `warm` is keys skipped as warm, `bad` rows that
+/// cannot be encoded.
+const COLUMNS: [&str; 11] = [
+    "task",
+    "outcome",
+    "version",
+    "keys",
+    "written",
+    "present",
+    "warm",
+    "missing",
+    "bad",
+    "ms",
+    "holder / error",
+];
+
 impl Summary {
     pub(crate) fn new(
         by: String,
@@ -260,19 +276,7 @@ impl Summary {
     /// A table for people: a row per task, then the totals line.
     pub fn to_table(&self) -> String {
         let mut table = Table::new();
-        table.load_style(presets::NOTHING).set_header([
-            "task",
-            "outcome",
-            "version",
-            "keys",
-            "written",
-            "present",
-            "warm",
-            "missing",
-            "bad",
-            "ms",
-            "holder / error",
-        ]);
+        table.load_style(presets::NOTHING).set_header(COLUMNS);
         for r in &self.tasks {
             table.add_row([
                 r.task.to_string(),
