@@ -203,7 +203,7 @@ mod tests {
             &["access-producer", "--producers", "0", "replay"],
         ] {
             let err = Cli::try_parse_from(args).unwrap_err();
-            assert_eq!(err.exit_code(), hotkeys::exit::USAGE, "{args:?}");
+            assert_eq!(err.exit_code(), hotkeys::cli::exit::USAGE, "{args:?}");
         }
     }
 }

@@ -3,11 +3,9 @@
 use std::io;
 use std::path::PathBuf;
 
-use hotkeys::exit;
+use hotkeys::cli::{Failure, exit};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
-
-use crate::synthetic::SpecError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -49,9 +47,14 @@ pub enum Error {
     Metrics(String),
 }
 
-impl Error {
-    /// The process exit code of DESIGN.md: 1 failed, 2 bad usage, 3 dependency unreachable.
-    pub fn exit_code(&self) -> i32 {
+/// A `synthetic` workload option that cannot be satisfied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SpecError(pub String);
+
+impl Failure for Error {
+    /// 1 failed, 2 bad usage, 3 dependency unreachable.
+    fn exit_code(&self) -> i32 {
         match self {
             Error::Open { .. }
             | Error::Strict { .. }

@@ -34,9 +34,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hotkeys::Topology;
+use hotkeys::cli::shutdown::CancellationToken;
 use hotkeys::config::KafkaConfig;
 use hotkeys::kafka::TopicState;
-use hotkeys::shutdown::CancellationToken;
 use rdkafka::error::KafkaError;
 
 pub use cli::{Cli, Mode};
@@ -64,7 +64,7 @@ pub async fn run(
         producers: cli.producers,
     };
     if let Some(addr) = cli.metrics {
-        hotkeys::telemetry::serve_metrics(addr).map_err(|e| Error::Metrics(e.to_string()))?;
+        hotkeys::cli::telemetry::serve_metrics(addr).map_err(|e| Error::Metrics(e.to_string()))?;
     }
     match cli.mode {
         Mode::Replay(args) => {

@@ -3,41 +3,30 @@
 use std::process::ExitCode;
 
 use access_producer::Cli;
-use anyhow::Context;
 use clap::Parser;
-use hotkeys::exit;
+use hotkeys::cli::{self, Runtime};
 
 fn main() -> ExitCode {
     keep_freed_memory();
-    hotkeys::telemetry::init_logs();
-    let cli = Cli::parse();
-    let mut topology = match cli.topology.load() {
+    cli::telemetry::init_logs();
+    let args = Cli::parse();
+    let mut topology = match args.topology.load() {
         Ok(t) => t,
         Err(code) => return code,
     };
-    cli.apply_overrides(&mut topology);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            return code(exit::FAILED);
-        }
-    };
-    let result = runtime.block_on(async {
-        let shutdown = hotkeys::shutdown::on_signals();
-        access_producer::run(cli, topology, shutdown).await
-    });
-    match result {
-        Ok(_) => code(exit::OK),
-        Err(e) => {
-            tracing::error!("{e}");
-            code(e.exit_code())
-        }
-    }
+    args.apply_overrides(&mut topology);
+    // `--metrics` is served by the run itself, which reports it as a failed run (exit 1).
+    cli::run(
+        "access-producer",
+        Runtime::CurrentThread,
+        None,
+        || async move {
+            let shutdown = cli::shutdown::on_signals();
+            access_producer::run(args, topology, shutdown)
+                .await
+                .map(drop)
+        },
+    )
 }
 
 /// librdkafka allocates buffers of about `batch.size` (1 MB) for each batch it builds and
@@ -56,7 +45,3 @@ fn keep_freed_memory() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
-
-fn code(c: i32) -> ExitCode {
-    ExitCode::from(u8::try_from(c).unwrap_or(1))
-}

@@ -333,26 +333,14 @@ fn unescape_log(s: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Appends the URL-decoded form of a query component (`%HH`, `+` as space); a `%` that
-/// does not start an escape is kept, as nginx keeps it.
+/// does not start an escape is kept, as nginx keeps it. `+` is split on first, so that
+/// `%2B` stays a plus. Bytes stay bytes: nginx does not insist on UTF-8.
 fn percent_decode(s: &[u8], out: &mut Vec<u8>) {
-    let mut i = 0;
-    while i < s.len() {
-        match s[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                if let (Some(h), Some(l)) = (
-                    s.get(i + 1).and_then(|&b| hex(b)),
-                    s.get(i + 2).and_then(|&b| hex(b)),
-                ) {
-                    out.push(h << 4 | l);
-                    i += 3;
-                    continue;
-                }
-                out.push(b'%');
-            }
-            b => out.push(b),
+    for (i, part) in s.split(|&b| b == b'+').enumerate() {
+        if i > 0 {
+            out.push(b' ');
         }
-        i += 1;
+        out.extend(percent_encoding::percent_decode(part));
     }
 }
 

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
+use hotkeys::cli::shutdown::CancellationToken;
 use hotkeys::config::KafkaConfig;
-use hotkeys::shutdown::CancellationToken;
 use rdkafka::ClientContext;
 use rdkafka::bindings as rdsys;
 use rdkafka::config::RDKafkaLogLevel;

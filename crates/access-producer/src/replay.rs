@@ -15,11 +15,11 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::time::Duration;
 
 use flate2::read::MultiGzDecoder;
-use hotkeys::shutdown::CancellationToken;
+use hotkeys::cli::shutdown::CancellationToken;
 
 use crate::error::Error;
 use crate::format::{BadKind, Decoded, Decoder};
@@ -359,13 +359,47 @@ pub fn replay(
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
     let names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
+    let (batches, free) = start_input(sources, decoder, strict, stats, names.clone())?;
+    while !shutdown.is_cancelled() {
+        let batch = match next_batch(&batches, &names)? {
+            Some(Next::Batch(batch)) => batch,
+            Some(Next::Idle) => {
+                sink.idle();
+                continue;
+            }
+            None => return Ok(()),
+        };
+        let at = |event: &Event| format!("{}:{}", names[batch.source], event.line);
+        let sent = if strict {
+            send_one_by_one(&batch, sink, stats, &at)?
+        } else {
+            send_batch(&batch, sink, stats, &at)?
+        };
+        if sent == Sent::Cancelled {
+            return Ok(());
+        }
+        // Recycling spares the input thread an allocation per batch.
+        let _ = free.send(batch);
+    }
+    Ok(())
+}
+
+/// Starts the thread that reads and decodes `sources`; returns the channel of its batches
+/// and the one that hands used batches back to it.
+fn start_input(
+    sources: Vec<Source>,
+    decoder: Decoder,
+    strict: bool,
+    stats: &Arc<Stats>,
+    names: Vec<String>,
+) -> Result<(Receiver<Msg>, Sender<Batch>), Error> {
     let (batch_tx, batches) = mpsc::sync_channel(BATCHES_IN_FLIGHT);
     let (free_tx, free_rx) = mpsc::channel();
     let input = InputThread {
         decoder,
         strict,
         stats: Arc::clone(stats),
-        names: names.clone(),
+        names,
         batches: batch_tx,
         free: free_rx,
     };
@@ -374,72 +408,83 @@ pub fn replay(
         .name("input".into())
         .spawn(move || input.run(sources))
         .map_err(|e| Error::Thread(e.to_string()))?;
+    Ok((batches, free_tx))
+}
 
-    loop {
-        if shutdown.is_cancelled() {
-            return Ok(());
-        }
-        let batch = match batches.recv_timeout(INPUT_WAIT) {
-            Ok(Msg::Batch(b)) => b,
-            Ok(Msg::Strict(e)) => return Err(e),
-            Ok(Msg::Failed {
-                source,
-                line,
-                error,
-            }) => {
-                return Err(Error::Read {
-                    source_name: names[source].clone(),
-                    line,
-                    error,
-                });
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                sink.idle();
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => return Ok(()),
-        };
-        let at = |event: &Event| format!("{}:{}", names[batch.source], event.line);
-        if strict {
-            // A refused event must stop everything after it, which a batch, sent partition
-            // by partition, cannot promise.
-            for event in &batch.events {
-                let payload = batch.get(&event.payload);
-                match sink.send(batch.get(&event.key), payload)? {
-                    Sent::Queued => {}
-                    Sent::Cancelled => return Ok(()),
-                    Sent::Rejected(code) => {
-                        tracing::debug!(?code, "message refused");
-                        stats.bad_line(|| at(event), BadKind::Rejected.describe(), payload);
-                        return Err(strict_error(at(event), BadKind::Rejected, payload));
-                    }
-                }
-            }
-        } else {
-            let records: Vec<Record> = batch
-                .events
-                .iter()
-                .map(|e| Record {
-                    key: batch.get(&e.key),
-                    payload: batch.get(&e.payload),
-                })
-                .collect();
-            let sent = sink.send_all(&records, &mut |i, code| {
-                tracing::debug!(?code, "message refused");
-                let event = &batch.events[i];
-                stats.bad_line(
-                    || at(event),
-                    BadKind::Rejected.describe(),
-                    records[i].payload,
-                );
-            })?;
-            if sent == Sent::Cancelled {
-                return Ok(());
-            }
-        }
-        // Recycling spares the input thread an allocation per batch.
-        let _ = free_tx.send(batch);
+/// What the input thread handed over within [`INPUT_WAIT`].
+enum Next {
+    Batch(Batch),
+    /// Nothing yet: time for the producer's housekeeping.
+    Idle,
+}
+
+/// The next batch, `Idle`, or `None` once the input is done; a read or `--strict` failure
+/// of the input thread is the run's.
+fn next_batch(batches: &Receiver<Msg>, names: &[String]) -> Result<Option<Next>, Error> {
+    match batches.recv_timeout(INPUT_WAIT) {
+        Ok(Msg::Batch(b)) => Ok(Some(Next::Batch(b))),
+        Ok(Msg::Strict(e)) => Err(e),
+        Ok(Msg::Failed {
+            source,
+            line,
+            error,
+        }) => Err(Error::Read {
+            source_name: names[source].clone(),
+            line,
+            error,
+        }),
+        Err(RecvTimeoutError::Timeout) => Ok(Some(Next::Idle)),
+        Err(RecvTimeoutError::Disconnected) => Ok(None),
     }
+}
+
+/// `--strict`: a refused event must stop everything after it, which a batch, sent
+/// partition by partition, cannot promise; so the events go one by one.
+fn send_one_by_one(
+    batch: &Batch,
+    sink: &mut dyn Sink,
+    stats: &Stats,
+    at: &dyn Fn(&Event) -> String,
+) -> Result<Sent, Error> {
+    for event in &batch.events {
+        let payload = batch.get(&event.payload);
+        match sink.send(batch.get(&event.key), payload)? {
+            Sent::Queued => {}
+            Sent::Cancelled => return Ok(Sent::Cancelled),
+            Sent::Rejected(code) => {
+                tracing::debug!(?code, "message refused");
+                stats.bad_line(|| at(event), BadKind::Rejected.describe(), payload);
+                return Err(strict_error(at(event), BadKind::Rejected, payload));
+            }
+        }
+    }
+    Ok(Sent::Queued)
+}
+
+/// The whole batch at once; a refused event is counted as a bad line and the rest go on.
+fn send_batch(
+    batch: &Batch,
+    sink: &mut dyn Sink,
+    stats: &Stats,
+    at: &dyn Fn(&Event) -> String,
+) -> Result<Sent, Error> {
+    let records: Vec<Record> = batch
+        .events
+        .iter()
+        .map(|e| Record {
+            key: batch.get(&e.key),
+            payload: batch.get(&e.payload),
+        })
+        .collect();
+    sink.send_all(&records, &mut |i, code| {
+        tracing::debug!(?code, "message refused");
+        let event = &batch.events[i];
+        stats.bad_line(
+            || at(event),
+            BadKind::Rejected.describe(),
+            records[i].payload,
+        );
+    })
 }
 
 #[cfg(test)]
@@ -447,6 +492,7 @@ mod tests {
     use std::io::Write;
 
     use flate2::write::GzEncoder;
+    use hotkeys::cli::Failure;
     use hotkeys::config::SourceConfig;
 
     use super::*;
@@ -601,7 +647,7 @@ mod tests {
         std::fs::write(&path, format!("{}\nnope\n{}\n", json(1), json(2))).unwrap();
         let (sink, _, result) = run(std::slice::from_ref(&path), true);
         let err = result.unwrap_err();
-        assert_eq!(err.exit_code(), hotkeys::exit::USAGE);
+        assert_eq!(err.exit_code(), hotkeys::cli::exit::USAGE);
         assert!(
             err.to_string().contains(&format!("{}:2", path.display())),
             "{err}"
@@ -615,7 +661,7 @@ mod tests {
         let ok = dir.path().join("ok.log");
         std::fs::write(&ok, json(1)).unwrap();
         let (sink, _, result) = run(&[ok, dir.path().join("missing.log")], false);
-        assert_eq!(result.unwrap_err().exit_code(), hotkeys::exit::USAGE);
+        assert_eq!(result.unwrap_err().exit_code(), hotkeys::cli::exit::USAGE);
         assert!(sink.events.is_empty());
     }
 

@@ -16,12 +16,12 @@ use std::str::FromStr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use hotkeys::shutdown::CancellationToken;
+use hotkeys::cli::shutdown::CancellationToken;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Zipf};
 
-use crate::error::Error;
+use crate::error::{Error, SpecError};
 use crate::format::BadKind;
 use crate::json::{push_escaped, push_u64};
 use crate::publish::{Sent, Sink};
@@ -156,11 +156,6 @@ impl FromStr for Rate {
     }
 }
 
-/// A workload option that cannot be satisfied.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct SpecError(pub String);
-
 /// Everything that determines the stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Workload {
@@ -213,6 +208,77 @@ pub struct Generator {
     event: Vec<u8>,
 }
 
+/// The popularity of the keys and, with `--callers`, of the callers, after checking the
+/// sizes they are drawn from.
+fn distributions(w: &Workload) -> Result<(Zipf<f64>, Option<Zipf<f64>>), SpecError> {
+    if w.keys == 0 || w.keys > u64::from(u32::MAX) {
+        return Err(SpecError(format!(
+            "--keys {}: expected 1 to {}",
+            w.keys,
+            u32::MAX
+        )));
+    }
+    if w.shops == 0 {
+        return Err(SpecError("--shops: expected at least 1".into()));
+    }
+    let zipf = Zipf::new(w.keys as f64, w.zipf)
+        .map_err(|e| SpecError(format!("--zipf {}: {e}", w.zipf)))?;
+    if w.callers > 1 << 24 {
+        return Err(SpecError(format!(
+            "--callers {}: expected at most {} (one 10.0.0.0/8 address each)",
+            w.callers,
+            1u64 << 24
+        )));
+    }
+    let callers = match w.callers {
+        0 => None,
+        n => Some(
+            Zipf::new(n as f64, w.zipf)
+                .map_err(|e| SpecError(format!("--zipf {}: {e}", w.zipf)))?,
+        ),
+    };
+    Ok((zipf, callers))
+}
+
+/// The `--burst`s as event index ranges; overlapping bursts may not take more than all
+/// of the traffic.
+fn active_bursts(w: &Workload) -> Result<Vec<ActiveBurst>, SpecError> {
+    let mut bursts = Vec::with_capacity(w.bursts.len());
+    for b in &w.bursts {
+        let start = b.start.to_index(w.rate, "a burst")?;
+        let end = match b.end {
+            Some(e) => e.to_index(w.rate, "a burst end")?,
+            None => u64::MAX,
+        };
+        if end <= start {
+            return Err(SpecError(format!(
+                "--burst {}: ends before it starts",
+                b.key
+            )));
+        }
+        bursts.push(ActiveBurst {
+            key: b.key.as_bytes().to_vec(),
+            shop: b.key.parse().map_or(1, |id| shop_of(id, w.shops)),
+            start,
+            end,
+            share: b.share,
+        });
+    }
+    for b in &bursts {
+        let total: f64 = bursts
+            .iter()
+            .filter(|o| o.start <= b.start && b.start < o.end)
+            .map(|o| o.share)
+            .sum();
+        if total > 1.0 + 1e-9 {
+            return Err(SpecError(format!(
+                "--burst: overlapping bursts take {total:.2} of the traffic, more than all of it"
+            )));
+        }
+    }
+    Ok(bursts)
+}
+
 /// Host header of every event: one site.
 const HOST: &[u8] = b"shop.example";
 
@@ -233,65 +299,8 @@ const USER_AGENTS: &[&[u8]] = &[
 
 impl Generator {
     pub fn new(w: &Workload) -> Result<Generator, SpecError> {
-        if w.keys == 0 || w.keys > u64::from(u32::MAX) {
-            return Err(SpecError(format!(
-                "--keys {}: expected 1 to {}",
-                w.keys,
-                u32::MAX
-            )));
-        }
-        if w.shops == 0 {
-            return Err(SpecError("--shops: expected at least 1".into()));
-        }
-        let zipf = Zipf::new(w.keys as f64, w.zipf)
-            .map_err(|e| SpecError(format!("--zipf {}: {e}", w.zipf)))?;
-        if w.callers > 1 << 24 {
-            return Err(SpecError(format!(
-                "--callers {}: expected at most {} (one 10.0.0.0/8 address each)",
-                w.callers,
-                1u64 << 24
-            )));
-        }
-        let callers = match w.callers {
-            0 => None,
-            n => Some(
-                Zipf::new(n as f64, w.zipf)
-                    .map_err(|e| SpecError(format!("--zipf {}: {e}", w.zipf)))?,
-            ),
-        };
-        let mut bursts = Vec::with_capacity(w.bursts.len());
-        for b in &w.bursts {
-            let start = b.start.to_index(w.rate, "a burst")?;
-            let end = match b.end {
-                Some(e) => e.to_index(w.rate, "a burst end")?,
-                None => u64::MAX,
-            };
-            if end <= start {
-                return Err(SpecError(format!(
-                    "--burst {}: ends before it starts",
-                    b.key
-                )));
-            }
-            bursts.push(ActiveBurst {
-                key: b.key.as_bytes().to_vec(),
-                shop: b.key.parse().map_or(1, |id| shop_of(id, w.shops)),
-                start,
-                end,
-                share: b.share,
-            });
-        }
-        for b in &bursts {
-            let total: f64 = bursts
-                .iter()
-                .filter(|o| o.start <= b.start && b.start < o.end)
-                .map(|o| o.share)
-                .sum();
-            if total > 1.0 + 1e-9 {
-                return Err(SpecError(format!(
-                    "--burst: overlapping bursts take {total:.2} of the traffic, more than all of it"
-                )));
-            }
-        }
+        let (zipf, callers) = distributions(w)?;
+        let bursts = active_bursts(w)?;
         let drift = match w.drift {
             Some(d) => Some((d.every.to_index(w.rate, "a drift period")?.max(1), d.step)),
             None => None,

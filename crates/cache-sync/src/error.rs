@@ -1,6 +1,6 @@
 //! Failures of a `cache-sync` command and the exit code each one maps to.
 
-use hotkeys::exit;
+use hotkeys::cli::{Failure, exit};
 use hotkeys::redis::CacheError;
 use hotkeys::sync::SyncError;
 
@@ -60,9 +60,8 @@ fn refusal_hint(status: u16) -> &'static str {
     }
 }
 
-impl Error {
-    /// The process exit code DESIGN.md assigns to this failure.
-    pub fn exit_code(&self) -> i32 {
+impl Failure for Error {
+    fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) => exit::USAGE,
             // A refused login is the configuration's to fix, like a bad URL.

@@ -30,7 +30,7 @@ pub mod wire;
 use std::sync::Arc;
 
 use hotkeys::Topology;
-use hotkeys::shutdown::CancellationToken;
+use hotkeys::cli::shutdown::CancellationToken;
 use hotkeys::sync::SyncQueue;
 
 pub use cli::{Cli, Command};

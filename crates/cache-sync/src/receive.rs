@@ -63,8 +63,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{BoxError, Router};
 use hotkeys::Topology;
+use hotkeys::cli::shutdown::CancellationToken;
 use hotkeys::redis::{CacheNodes, RedisConn, Write};
-use hotkeys::shutdown::CancellationToken;
 use hotkeys::sync::{Op, QueuedOp, SyncError, check_no_eviction, now_ms, state_beside};
 use redis::Script;
 use tower::ServiceBuilder;
@@ -232,6 +232,17 @@ struct StreamSlot {
     lock: tokio::sync::Mutex<()>,
     /// The last stamp applied here; wakes the batches that wait for their predecessors.
     progress: tokio::sync::watch::Sender<u64>,
+}
+
+/// A batch as `BEGIN_SCRIPT` sees it.
+struct Begin<'a> {
+    stream: &'a str,
+    /// The stream's record in the state Redis.
+    key: String,
+    stamp: u64,
+    /// Operations in the batch.
+    ops: usize,
+    digest: &'a str,
 }
 
 /// Longest a batch may wait for the ones before it, whatever the request asks.
@@ -530,48 +541,26 @@ impl Receiver {
         } = request;
         let ops = ops.0;
         let slot = self.stream_slot(&stream)?;
-        let key = stream_key(&stream);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms).min(MAX_WAIT);
         let mut conn = self.state.clone();
         if self.recheck.swap(false, Ordering::AcqRel) {
             self.check_state().await?;
         }
-        let _held = loop {
-            let held = slot.lock.lock().await;
-            let (verdict, processed): (u8, u64) = self
-                .begin
-                .key(&key)
-                .arg(stamp)
-                .arg(ops.len())
-                .arg(now_ms())
-                .arg(self.lease_end())
-                .arg(&self.owner)
-                .arg(&digest)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| self.redis_failed(e))?;
-            match verdict {
-                0 => {
-                    metrics::counter!("hotkeys_sync_batches_duplicate_total").increment(1);
-                    tracing::info!(%stream, stamp, processed, "stamp already applied; acknowledged again");
-                    return Ok(BatchReply {
-                        status: Outcome::Duplicate,
-                        stamp,
-                        ops: ops.len(),
-                    });
-                }
-                1 => break held,
-                // The batches before this one are on their way: hold it until they land.
-                2 if tokio::time::Instant::now() < deadline => {
-                    // Subscribed under the lock: the predecessor cannot land unnoticed.
-                    let mut progress = slot.progress.subscribe();
-                    drop(held);
-                    let _ = tokio::time::timeout_at(deadline, progress.changed()).await;
-                }
-                _ => return Err(refusal(verdict, &stream, stamp, processed)),
-            }
+        let batch = Begin {
+            stream: &stream,
+            key: stream_key(&stream),
+            stamp,
+            ops: ops.len(),
+            digest: &digest,
         };
-        self.apply_in_steps(&key, stamp, &digest, &ops, &mut conn)
+        let Some(_held) = self.take_turn(&slot, &batch, deadline, &mut conn).await? else {
+            return Ok(BatchReply {
+                status: Outcome::Duplicate,
+                stamp,
+                ops: ops.len(),
+            });
+        };
+        self.apply_in_steps(&batch.key, stamp, &digest, &ops, &mut conn)
             .await?;
         slot.progress.send_replace(stamp);
         metrics::counter!("hotkeys_sync_batches_applied_total").increment(1);
@@ -582,6 +571,54 @@ impl Receiver {
             stamp,
             ops: ops.len(),
         })
+    }
+
+    /// Begins `batch` under its stream's lock once the batches before it have landed, and
+    /// returns the lock held; `None` when the stamp was applied already (acknowledged
+    /// again). A batch whose predecessors do not land by `deadline` is refused.
+    async fn take_turn<'s>(
+        &self,
+        slot: &'s StreamSlot,
+        batch: &Begin<'_>,
+        deadline: tokio::time::Instant,
+        conn: &mut RedisConn,
+    ) -> Result<Option<tokio::sync::MutexGuard<'s, ()>>, Refusal> {
+        loop {
+            let held = slot.lock.lock().await;
+            let (verdict, processed) = self.begin(batch, conn).await?;
+            match verdict {
+                0 => {
+                    metrics::counter!("hotkeys_sync_batches_duplicate_total").increment(1);
+                    tracing::info!(stream = %batch.stream, stamp = batch.stamp, processed,
+                        "stamp already applied; acknowledged again");
+                    return Ok(None);
+                }
+                1 => return Ok(Some(held)),
+                // The batches before this one are on their way: hold it until they land.
+                2 if tokio::time::Instant::now() < deadline => {
+                    // Subscribed under the lock: the predecessor cannot land unnoticed.
+                    let mut progress = slot.progress.subscribe();
+                    drop(held);
+                    let _ = tokio::time::timeout_at(deadline, progress.changed()).await;
+                }
+                _ => return Err(refusal(verdict, batch.stream, batch.stamp, processed)),
+            }
+        }
+    }
+
+    /// Runs `BEGIN_SCRIPT` for `batch`: its verdict, and the stamps processed so far.
+    async fn begin(&self, batch: &Begin<'_>, conn: &mut RedisConn) -> Result<(u8, u64), Refusal> {
+        self.begin
+            .key(&batch.key)
+            .arg(batch.stamp)
+            .arg(batch.ops)
+            .arg(now_ms())
+            .arg(self.lease_end())
+            .arg(&self.owner)
+            .arg(batch.digest)
+            .invoke_async(conn)
+            .await
+            .map_err(|e| self.redis_failed(e))
     }
 
     /// The writes of a batch begun by `BEGIN_SCRIPT`, through the node set, then the commit.

@@ -36,9 +36,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Bytes;
+use hotkeys::cli::shutdown::CancellationToken;
 use hotkeys::config::secret::NodeUrl;
 use hotkeys::config::{SyncCompression, SyncConfig};
-use hotkeys::shutdown::CancellationToken;
 use hotkeys::sync::{Batch, Position, QueuedOp, SyncError, SyncQueue, now_ms};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
@@ -662,12 +662,12 @@ impl Sender {
         }
         let response = match request.body(body.clone()).send().await {
             Ok(r) => r,
-            Err(e) => return Attempt::Retry(error_chain(&e.without_url())),
+            Err(e) => return Attempt::Retry(chain(e)),
         };
         let status = response.status();
         let text = match response.bytes().await {
             Ok(b) => b,
-            Err(e) => return Attempt::Retry(error_chain(&e.without_url())),
+            Err(e) => return Attempt::Retry(chain(e)),
         };
         if status == StatusCode::OK {
             return match serde_json::from_slice::<BatchReply>(&text) {
@@ -761,7 +761,7 @@ impl Sender {
                     }
                     format!("HTTP {}: {message}", status.as_u16())
                 }
-                Err(e) => error_chain(&e.without_url()),
+                Err(e) => chain(e),
             };
             failures += 1;
             if !self.pause(failures, &reason, 0, shutdown).await? {
@@ -859,16 +859,10 @@ fn backoff(failures: u32, max: Duration) -> Duration {
     ceiling / 2 + ceiling.mul_f64(rand::random::<f64>() / 2.0)
 }
 
-/// An error and its causes on one line: reqwest's own message hides "connection refused".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+/// An error and its causes on one line, without the URL (it may carry credentials):
+/// reqwest's own message hides "connection refused".
+fn chain(e: reqwest::Error) -> String {
+    format!("{:#}", anyhow::Error::new(e.without_url()))
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use hotkeys::Topology;
 use hotkeys::blacklist::Blacklist;
-use hotkeys::shutdown::CancellationToken;
+use hotkeys::cli::shutdown::CancellationToken;
 use hotkeys::zk::Zk;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
@@ -135,7 +135,7 @@ fn spawn_counting(
                 // publish is a crash like any other: the group hands the tasks over from
                 // their last checkpoints.
                 tracing::error!("the counting thread panicked; exiting");
-                std::process::exit(hotkeys::exit::FAILED);
+                std::process::exit(hotkeys::cli::exit::FAILED);
             }
             totals
         })

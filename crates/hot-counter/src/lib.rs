@@ -28,10 +28,10 @@ use std::sync::Arc;
 
 use hotkeys::Topology;
 use hotkeys::blacklist::Blacklist;
-use hotkeys::exit;
+use hotkeys::cli::shutdown::CancellationToken;
+use hotkeys::cli::{Failure, exit};
 use hotkeys::kafka::TopicState;
 use hotkeys::redis::RedisConn;
-use hotkeys::shutdown::CancellationToken;
 use hotkeys::zk::{Zk, ZkError};
 
 /// Why a worker stopped.
@@ -52,8 +52,8 @@ pub enum RunError {
     Panicked,
 }
 
-impl RunError {
-    pub fn exit_code(&self) -> i32 {
+impl Failure for RunError {
+    fn exit_code(&self) -> i32 {
         match self {
             RunError::ZooKeeper(ZkError::Unreachable { .. }) | RunError::Kafka { .. } => {
                 exit::UNREACHABLE

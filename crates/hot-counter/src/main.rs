@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use hotkeys::cli::TopologyArg;
-use hotkeys::{exit, telemetry};
+use hot_counter::{Summary, Until};
+use hotkeys::cli::{self, Runtime, TopologyArg};
 
 /// Count hot keys per partition of the access topic and publish each task's hot list to
 /// ZooKeeper. Run any number of these; Kafka spreads the partitions over them.
@@ -29,9 +29,8 @@ struct Args {
     until_caught_up: bool,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    telemetry::init_logs();
+fn main() -> ExitCode {
+    cli::telemetry::init_logs();
     let args = Args::parse();
     let mut topology = match args.topology.load() {
         Ok(t) => t,
@@ -43,34 +42,33 @@ async fn main() -> ExitCode {
     if let Some(group) = args.group {
         topology.kafka.group = group;
     }
-    if let Some(addr) = args.metrics
-        && let Err(e) = telemetry::serve_metrics(addr)
-    {
-        tracing::error!("cannot serve metrics on {addr}: {e}");
-        return ExitCode::from(exit::USAGE as u8);
-    }
-    let shutdown = hotkeys::shutdown::on_signals();
     let until = if args.until_caught_up {
-        hot_counter::Until::CaughtUp
+        Until::CaughtUp
     } else {
-        hot_counter::Until::Shutdown
+        Until::Shutdown
     };
-    match hot_counter::run(topology, shutdown, until).await {
-        Ok(summary) => {
-            if until == hot_counter::Until::CaughtUp {
-                let secs = summary.busy.as_secs_f64();
-                println!(
-                    "counted {} events ({} malformed) in {secs:.3} s: {:.0} events/s",
-                    summary.events,
-                    summary.malformed,
-                    (summary.events + summary.malformed) as f64 / secs.max(1e-9)
-                );
+    cli::run(
+        "hot-counter",
+        Runtime::MultiThread,
+        args.metrics,
+        || async move {
+            let shutdown = cli::shutdown::on_signals();
+            let summary = hot_counter::run(topology, shutdown, until).await?;
+            if until == Until::CaughtUp {
+                print_summary(&summary);
             }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            tracing::error!("{e:#}");
-            ExitCode::from(e.exit_code() as u8)
-        }
-    }
+            Ok::<(), hot_counter::RunError>(())
+        },
+    )
+}
+
+/// `--until-caught-up`: what was counted, and how fast.
+fn print_summary(summary: &Summary) {
+    let secs = summary.busy.as_secs_f64();
+    println!(
+        "counted {} events ({} malformed) in {secs:.3} s: {:.0} events/s",
+        summary.events,
+        summary.malformed,
+        (summary.events + summary.malformed) as f64 / secs.max(1e-9)
+    );
 }

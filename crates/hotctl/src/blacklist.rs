@@ -1,6 +1,7 @@
 //! `hotctl blacklist | unban`: the bans the threshold rules keep (`hotkeys::blacklist`).
 
-use anyhow::bail;
+use std::time::Duration;
+
 use clap::Args;
 use comfy_table::Table;
 use hotkeys::Topology;
@@ -9,6 +10,9 @@ use hotkeys::hotlist::now_ms;
 use hotkeys::redis::RedisConn;
 use hotkeys::zk::Zk;
 use serde::Serialize;
+
+use crate::error::bail;
+use crate::render::seconds;
 
 #[derive(Args)]
 pub struct BlacklistArgs {
@@ -41,7 +45,7 @@ pub async fn bans(
     topology: &Topology,
     redis: &mut RedisConn,
     only: Option<&str>,
-) -> anyhow::Result<Vec<Ban>> {
+) -> crate::error::Result<Vec<Ban>> {
     let now = now_ms();
     let mut bans = Vec::new();
     for counter in ruled_counters(topology, only)? {
@@ -59,7 +63,7 @@ pub async fn bans(
     Ok(bans)
 }
 
-pub async fn show(topology: &Topology, args: BlacklistArgs) -> anyhow::Result<()> {
+pub async fn show(topology: &Topology, args: BlacklistArgs) -> crate::error::Result<()> {
     let mut redis = RedisConn::connect_home(&topology.redis).await?;
     let bans = bans(topology, &mut redis, args.counter.as_deref()).await?;
     if args.json {
@@ -81,13 +85,10 @@ pub async fn show(topology: &Topology, args: BlacklistArgs) -> anyhow::Result<()
 
 /// A ban's time left in whole seconds, rounded up (`4m 10s`).
 pub fn remaining_text(ms: i64) -> String {
-    humantime::format_duration(std::time::Duration::from_secs(
-        (ms.max(0) as u64).div_ceil(1000),
-    ))
-    .to_string()
+    seconds(Duration::from_secs((ms.max(0) as u64).div_ceil(1000)))
 }
 
-pub async fn unban(topology: &Topology, args: UnbanArgs) -> anyhow::Result<()> {
+pub async fn unban(topology: &Topology, args: UnbanArgs) -> crate::error::Result<()> {
     ruled_counters(topology, Some(&args.counter))?;
     let mut redis = RedisConn::connect_home(&topology.redis).await?;
     let zk = Zk::connect(topology).await?;
@@ -109,7 +110,10 @@ pub async fn unban(topology: &Topology, args: UnbanArgs) -> anyhow::Result<()> {
 }
 
 /// Names of the counters with a threshold rule, or the one asked for if it has one.
-pub fn ruled_counters(topology: &Topology, only: Option<&str>) -> anyhow::Result<Vec<String>> {
+pub fn ruled_counters(
+    topology: &Topology,
+    only: Option<&str>,
+) -> crate::error::Result<Vec<String>> {
     let ruled: Vec<String> = topology
         .counters()
         .into_iter()

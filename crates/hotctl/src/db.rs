@@ -6,10 +6,11 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Subcommand;
 use hotkeys::Topology;
 use hotkeys::mysql;
+
+use crate::error::Context;
 
 /// How long the first connection may take before the database counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,7 +30,7 @@ pub enum DbCommand {
     },
 }
 
-pub async fn run(topology: &Topology, cmd: DbCommand) -> anyhow::Result<()> {
+pub async fn run(topology: &Topology, cmd: DbCommand) -> crate::error::Result<()> {
     let pool = mysql::connect(&topology.mysql, CONNECT_TIMEOUT).await?;
     let applied = mysql::migrate(&pool).await.context("applying migrations")?;
     if applied.is_empty() {

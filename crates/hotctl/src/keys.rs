@@ -15,7 +15,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 use comfy_table::Table;
 use hotkeys::Topology;
@@ -24,7 +23,8 @@ use hotkeys::redis::{CacheError, CacheNodes, NodeConn, Remaining, cache_key, ptt
 use hotkeys::zk::Zk;
 use serde_json::json;
 
-use crate::render::printable;
+use crate::error::Context;
+use crate::render::{printable, seconds};
 
 #[derive(Args)]
 pub struct KeysArgs {
@@ -86,14 +86,14 @@ impl Down {
 
 /// An error (exit 1: the result is partial) when some node was down, after everything was
 /// printed.
-fn complete(down: &[Down]) -> anyhow::Result<()> {
+fn complete(down: &[Down]) -> crate::error::Result<()> {
     match down.len() {
         0 => Ok(()),
-        n => anyhow::bail!("partial result: {n} node(s) did not answer (named above)"),
+        n => crate::error::bail!("partial result: {n} node(s) did not answer (named above)"),
     }
 }
 
-pub async fn keys(topology: &Topology, args: KeysArgs) -> anyhow::Result<()> {
+pub async fn keys(topology: &Topology, args: KeysArgs) -> crate::error::Result<()> {
     let cache = CacheNodes::connect_lazily(&topology.redis).await?;
     let pattern = scan_pattern(&topology.redis.key);
     let limit = args.limit.unwrap_or(usize::MAX);
@@ -340,7 +340,7 @@ impl Diff {
 }
 
 /// Every hot key of `task` (every task when `None`) with what Redis holds of it.
-pub async fn diff_report(topology: &Topology, task: Option<u32>) -> anyhow::Result<Diff> {
+pub async fn diff_report(topology: &Topology, task: Option<u32>) -> crate::error::Result<Diff> {
     let zk = Zk::connect(topology)
         .await
         .context("connecting to ZooKeeper")?;
@@ -354,7 +354,7 @@ pub async fn diff_report_on(
     zk: &Zk,
     cache: &CacheNodes,
     task: Option<u32>,
-) -> anyhow::Result<Diff> {
+) -> crate::error::Result<Diff> {
     let tasks = match task {
         Some(t) => vec![t],
         None => zk.list_tasks().await?,
@@ -388,7 +388,7 @@ pub async fn diff_report_on(
     Ok(Diff { rows, down })
 }
 
-pub async fn diff(topology: &Topology, args: DiffArgs) -> anyhow::Result<()> {
+pub async fn diff(topology: &Topology, args: DiffArgs) -> crate::error::Result<()> {
     let diff = diff_report(topology, args.task).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&diff.to_json())?);
@@ -477,9 +477,7 @@ fn ttl_ms(ttl: Remaining) -> i64 {
 
 fn ttl_text(ttl: Remaining) -> String {
     match ttl {
-        Remaining::Left(d) => {
-            humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
-        }
+        Remaining::Left(d) => seconds(d),
         Remaining::Forever => "no expiry".into(),
         Remaining::Absent => "gone".into(),
     }

@@ -1,4 +1,7 @@
-//! Text from events (keys come from the public internet) as a terminal table shows it.
+//! Text as a terminal table or a page shows it: keys from events (they come from the public
+//! internet), and spans of time.
+
+use std::time::Duration;
 
 /// Longest key shown whole in a table.
 const KEY_CELL_CHARS: usize = 80;
@@ -18,6 +21,17 @@ pub fn printable(key: &str) -> String {
         out.push('…');
     }
     out
+}
+
+/// A span of whole seconds as humantime writes it (`4m 10s`); what is under a second is
+/// dropped.
+pub fn seconds(span: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(span.as_secs())).to_string()
+}
+
+/// [`seconds`] of a span in milliseconds; a negative one (clocks apart) is zero.
+pub fn seconds_ms(ms: i64) -> String {
+    seconds(Duration::from_millis(ms.max(0) as u64))
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@
 
 use std::io::IsTerminal;
 
-use anyhow::{Context, bail};
 use clap::Args;
 use comfy_table::Table;
 use hotkeys::Topology;
@@ -15,7 +14,8 @@ use hotkeys::hotlist::{HotItem, HotList, merge, now_ms};
 use hotkeys::zk::subscribe::{HotSet, subscribe};
 use hotkeys::zk::{TaskView, Zk};
 
-use crate::render::printable;
+use crate::error::{Context, bail};
+use crate::render::{printable, seconds_ms};
 use serde_json::json;
 
 /// Which counter a command reads.
@@ -76,7 +76,7 @@ pub struct ResetArgs {
     force: bool,
 }
 
-pub async fn tasks(topology: &Topology, args: TasksArgs) -> anyhow::Result<()> {
+pub async fn tasks(topology: &Topology, args: TasksArgs) -> crate::error::Result<()> {
     let views = connect(topology, &args.counter).await?.task_views().await?;
     if args.json {
         let doc: Vec<_> = views.iter().map(task_json).collect();
@@ -87,7 +87,7 @@ pub async fn tasks(topology: &Topology, args: TasksArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn hot(topology: &Topology, args: HotArgs) -> anyhow::Result<()> {
+pub async fn hot(topology: &Topology, args: HotArgs) -> crate::error::Result<()> {
     let zk = connect(topology, &args.counter).await?;
     let items = match args.task {
         Some(task) => {
@@ -107,7 +107,7 @@ pub async fn hot(topology: &Topology, args: HotArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn watch(topology: &Topology, args: WatchArgs) -> anyhow::Result<()> {
+pub async fn watch(topology: &Topology, args: WatchArgs) -> crate::error::Result<()> {
     let mut subscription = subscribe(topology, &args.counter.counter).await?;
     let terminal = std::io::stdout().is_terminal() && !args.json;
     loop {
@@ -127,7 +127,7 @@ pub async fn watch(topology: &Topology, args: WatchArgs) -> anyhow::Result<()> {
     }
 }
 
-pub async fn reset(topology: &Topology, args: ResetArgs) -> anyhow::Result<()> {
+pub async fn reset(topology: &Topology, args: ResetArgs) -> crate::error::Result<()> {
     // Warmed marks and the subtree belong to the topology, not to one counter.
     let zk = Zk::connect(topology).await?;
     if args.warmed && !args.yes {
@@ -179,7 +179,7 @@ pub async fn reset(topology: &Topology, args: ResetArgs) -> anyhow::Result<()> {
 }
 
 /// A session scoped to the counter; an unknown counter is an error, not an empty view.
-async fn connect(topology: &Topology, counter: &CounterArg) -> anyhow::Result<Zk> {
+async fn connect(topology: &Topology, counter: &CounterArg) -> crate::error::Result<Zk> {
     if topology.counter(&counter.counter).is_none() {
         bail!(
             "topology `{}` has no counter `{}`",
@@ -237,7 +237,9 @@ fn tasks_table(views: &[TaskView]) -> Table {
             hot.and_then(|h| h.value.owner.clone())
                 .unwrap_or("-".into()),
             hot.map_or("-".into(), |h| h.version.to_string()),
-            hot.map_or("-".into(), |h| age(now_ms() - h.value.generated_at_ms)),
+            hot.map_or("-".into(), |h| {
+                seconds_ms(now_ms() - h.value.generated_at_ms)
+            }),
             hot.map_or("-".into(), |h| h.value.items.len().to_string()),
             hot.map_or("-".into(), |h| h.value.events.to_string()),
             hot.map_or("-".into(), |h| skipped(&h.value)),
@@ -305,12 +307,4 @@ fn items_table(items: &[HotItem]) -> Table {
         ]);
     }
     table
-}
-
-fn age(ms: i64) -> String {
-    match ms.max(0) {
-        ms if ms < 10_000 => format!("{:.1}s", ms as f64 / 1000.0),
-        ms if ms < 3_600_000 => format!("{}s", ms / 1000),
-        ms => format!("{}h", ms / 3_600_000),
-    }
 }

@@ -109,10 +109,10 @@ type Shared = Arc<Mutex<Crowds>>;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    hotkeys::telemetry::init_logs();
+    hotkeys::cli::telemetry::init_logs();
     let args = Args::parse();
     let Ok(topology) = args.topology.load() else {
-        std::process::exit(hotkeys::exit::USAGE);
+        std::process::exit(hotkeys::cli::exit::USAGE);
     };
     let zk = Zk::connect(&topology).await?;
     if args.cleanup {

@@ -28,10 +28,10 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    hotkeys::telemetry::init_logs();
+    hotkeys::cli::telemetry::init_logs();
     let args = Args::parse();
     let Ok(topology) = args.topology.load() else {
-        std::process::exit(hotkeys::exit::USAGE);
+        std::process::exit(hotkeys::cli::exit::USAGE);
     };
     let nodes = CacheNodes::connect(&topology.redis).await?;
     let updates = hotkeys::zk::subscribe::subscribe(&topology, &args.counter)

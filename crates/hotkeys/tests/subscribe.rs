@@ -36,7 +36,7 @@ async fn until_version(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_subscriber_sees_every_version_in_order_across_a_session_expiry() {
-    hotkeys::telemetry::init_logs();
+    hotkeys::cli::telemetry::init_logs();
     let publisher_topology = testing::topology("subscribe");
     let publisher = Zk::connect(&publisher_topology).await.expect("ZooKeeper");
     let proxy = TcpProxy::start(&publisher_topology.zookeeper.connect).await;

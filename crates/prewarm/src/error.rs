@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use hotkeys::exit;
+use hotkeys::cli::{Failure, exit};
 use serde::{Deserialize, Serialize};
 
 /// A server prewarm depends on.
@@ -40,6 +40,9 @@ pub enum PrewarmError {
     /// A signal arrived before the work started.
     #[error("interrupted before any task was warmed")]
     Interrupted,
+    /// The run ended without an error, but some tasks are not warmed (the summary says which).
+    #[error("not every task is warmed (see the summary)")]
+    NotWarmed,
     /// A dependency answered with an error that retrying does not fix.
     #[error("{dependency}: {message}")]
     Failed {
@@ -48,12 +51,15 @@ pub enum PrewarmError {
     },
 }
 
-impl PrewarmError {
-    pub fn exit_code(&self) -> i32 {
+impl Failure for PrewarmError {
+    /// 2 for configuration, 3 when a dependency stayed unreachable, 1 otherwise.
+    fn exit_code(&self) -> i32 {
         match self {
             PrewarmError::Config(_) => exit::USAGE,
             PrewarmError::Unreachable { .. } => exit::UNREACHABLE,
-            PrewarmError::Failed { .. } | PrewarmError::Interrupted => exit::FAILED,
+            PrewarmError::Failed { .. } | PrewarmError::Interrupted | PrewarmError::NotWarmed => {
+                exit::FAILED
+            }
         }
     }
 }
@@ -75,5 +81,20 @@ pub(crate) enum Halt {
 impl From<PrewarmError> for Halt {
     fn from(e: PrewarmError) -> Self {
         Halt::Fatal(e)
+    }
+}
+
+impl Halt {
+    /// What a [`Halt`] met outside any task means for the run: `None` to stop quietly (the run
+    /// is being aborted anyway), or the error that ends it.
+    pub(crate) fn outside_task(self) -> Option<PrewarmError> {
+        match self {
+            Halt::Aborted => None,
+            Halt::Fatal(e) => Some(e),
+            Halt::SessionLost | Halt::Malformed(_) => Some(PrewarmError::Failed {
+                dependency: Dependency::ZooKeeper,
+                message: format!("unexpected {self:?} outside a task"),
+            }),
+        }
     }
 }

@@ -4,6 +4,9 @@
 //! | module | owns |
 //! |---|---|
 //! | [`runner`] | a run: set-up, passes over the tasks (shuffle, `C` at a time, the end-of-pass re-check) |
+//! | `options` | how a run behaves: the mode and the flags |
+//! | `ctx` | what the tasks of a run share, and its set-up (connections, retried while unreachable) |
+//! | `warming` | the tasks being warmed at once, `C` at most and one per task, and the run's record of each |
 //! | `watch` | `--watch`: a task warmed as soon as it publishes, from a watch on the task tree |
 //! | `pass` | the procedure for one task: pre-check, try-lock, double check, load, write, mark, unlock |
 //! | `load` | one batch of keys: rows from MySQL, pipelined `SET NX` or compare-and-set refreshes into Redis, replication ops |
@@ -17,68 +20,20 @@
 //! it taken moves on, and with `--once` looks again at the end of its pass, until the task is
 //! warmed by its holder or the holder's session is gone (then it warms the task itself).
 
+mod ctx;
 pub mod error;
 mod load;
 mod misses;
+mod options;
 mod pass;
 pub mod report;
 mod retry;
 pub mod runner;
 mod session;
+mod warming;
 mod watch;
 
-use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
-
 pub use error::{Dependency, PrewarmError};
+pub use options::{Mode, Options};
 pub use report::{Summary, TaskOutcome, TaskRecord, Totals};
 pub use runner::{Finished, run};
-
-/// One pass and exit, or keep re-warming tasks whose hot list moves to a new version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    Once,
-    Watch,
-}
-
-/// How a run behaves; the command-line flags of `prewarm`.
-#[derive(Debug, Clone)]
-pub struct Options {
-    pub mode: Mode,
-    /// Tasks warmed at the same time by this process.
-    pub concurrency: usize,
-    /// Warm tasks already warmed for their current version, and overwrite cache values.
-    pub force: bool,
-    /// Read hot lists and MySQL rows, report what would be done; no lock, no write.
-    pub dry_run: bool,
-    /// How long an unreachable MySQL, Redis or ZooKeeper is retried before giving up (exit 3).
-    pub retry_for: Duration,
-    /// `--once`: how long tasks locked by other processes are re-checked at the end of the
-    /// pass before they count as not warmed.
-    pub wait_for_others: Duration,
-    /// `--watch`: time between two passes over every task, besides the warms that watch
-    /// events start at once.
-    pub interval: Duration,
-    /// Show a progress line (on a terminal).
-    pub progress: bool,
-    /// Test hook: keep each lock this long before loading, to make "mid-task" observable.
-    pub hold_lock: Duration,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            mode: Mode::Once,
-            concurrency: 4,
-            force: false,
-            dry_run: false,
-            retry_for: Duration::from_secs(30),
-            wait_for_others: Duration::from_secs(300),
-            interval: Duration::from_secs(5),
-            progress: false,
-            hold_lock: Duration::ZERO,
-        }
-    }
-}

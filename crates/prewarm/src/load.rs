@@ -22,15 +22,16 @@ use std::time::Duration;
 use futures::StreamExt;
 use std::collections::HashMap;
 
-use hotkeys::redis::{Applied, Remaining, Write, cache_key, jittered_ttl};
+use hotkeys::mysql::Loaded;
+use hotkeys::redis::{Applied, CacheNodes, Remaining, Write, cache_key, jittered_ttl};
 use hotkeys::sync::{Op, SyncQueue};
 use hotkeys::zk::Zk;
 use zookeeper_client::SessionState;
 
+use crate::ctx::Ctx;
 use crate::error::{Dependency, Halt, PrewarmError};
 use crate::report::Counts;
 use crate::retry::retry;
-use crate::runner::Ctx;
 
 /// Loads and writes `keys`. `held` is the session holding the task's lock: once it has
 /// expired, the lock is someone else's to take and the remaining batches are not written.
@@ -72,8 +73,25 @@ async fn warm_batch(ctx: &Ctx, keys: &[String], held: Option<&Zk>) -> Result<Cou
     if due.keys.is_empty() {
         return Ok(counts);
     }
+    let loaded = load_rows(ctx, &due.keys, &mut counts).await?;
+    let Some(cache) = &ctx.cache else {
+        return Ok(counts); // dry run
+    };
+    let entries = entries(ctx, loaded, &due);
+    if entries.is_empty() {
+        return Ok(counts);
+    }
+    if expired(held) {
+        return Err(Halt::SessionLost);
+    }
+    write_entries(ctx, cache, &entries, &mut counts).await?;
+    Ok(counts)
+}
+
+/// The rows of `keys` from MySQL, counted; keys without a row are remembered as misses.
+async fn load_rows(ctx: &Ctx, keys: &[String], counts: &mut Counts) -> Result<Loaded, Halt> {
     let loaded = retry(&ctx.policy, Dependency::MySql, "loading rows", || {
-        ctx.loader.load_batch(&due.keys)
+        ctx.loader.load_batch(keys)
     })
     .await?
     .map_err(|e| failed(Dependency::MySql, e))?;
@@ -93,11 +111,13 @@ async fn warm_batch(ctx: &Ctx, keys: &[String], held: Option<&Zk>) -> Result<Cou
     ctx.progress
         .rows
         .fetch_add(counts.rows, std::sync::atomic::Ordering::Relaxed);
-    let Some(cache) = &ctx.cache else {
-        return Ok(counts); // dry run
-    };
+    Ok(loaded)
+}
+
+/// What to write for each loaded row, and how it may replace what the cache holds.
+fn entries(ctx: &Ctx, loaded: Loaded, due: &Due) -> Vec<Entry> {
     let redis = &ctx.topology.redis;
-    let entries: Vec<Entry> = loaded
+    loaded
         .rows
         .into_iter()
         .map(|(key, row)| Entry {
@@ -110,13 +130,16 @@ async fn warm_batch(ctx: &Ctx, keys: &[String], held: Option<&Zk>) -> Result<Cou
             value: row.into_string(),
             ttl: jittered_ttl(redis),
         })
-        .collect();
-    if entries.is_empty() {
-        return Ok(counts);
-    }
-    if expired(held) {
-        return Err(Halt::SessionLost);
-    }
+        .collect()
+}
+
+/// Writes `entries` to the cache, and queues the written ones for replication.
+async fn write_entries(
+    ctx: &Ctx,
+    cache: &CacheNodes,
+    entries: &[Entry],
+    counts: &mut Counts,
+) -> Result<(), Halt> {
     let writes: Vec<Write<'_>> = entries.iter().map(Entry::write).collect();
     let applied = retry(&ctx.policy, Dependency::Redis, "writing values", || {
         cache.apply_tracked(&writes)
@@ -126,9 +149,9 @@ async fn warm_batch(ctx: &Ctx, keys: &[String], held: Option<&Zk>) -> Result<Cou
     counts.written = applied.outcome.written as u64;
     counts.already_present = applied.outcome.already_present as u64;
     if let Some(sync) = &ctx.sync {
-        counts.replicated = replicate(ctx, sync, &entries, &applied).await?;
+        counts.replicated = replicate(ctx, sync, entries, &applied).await?;
     }
-    Ok(counts)
+    Ok(())
 }
 
 /// One value to write: the cache key, the encoded row, its TTL, and how it may replace what

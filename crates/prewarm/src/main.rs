@@ -1,6 +1,6 @@
 //! `prewarm`: warms Redis from MySQL for every task whose hot list is not warmed yet.
 //! Parses flags, loads the topology, runs `prewarm::run`, prints the summary, exits with
-//! the code of `hotkeys::exit`.
+//! the code of `hotkeys::cli::exit`.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -8,9 +8,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use hotkeys::cli::TopologyArg;
-use hotkeys::exit;
-use prewarm::{Mode, Options};
+use hotkeys::cli::{self, Runtime, TopologyArg};
+use prewarm::{Mode, Options, Summary};
 
 #[derive(Parser)]
 #[command(
@@ -57,51 +56,51 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    hotkeys::telemetry::init_logs();
-    let cli = Cli::parse();
-    let topology = match cli.topology.load() {
+    cli::telemetry::init_logs();
+    let args = Cli::parse();
+    let topology = match args.topology.load() {
         Ok(t) => t,
         Err(code) => return code,
     };
-    let opts = Options {
-        mode: if cli.watch { Mode::Watch } else { Mode::Once },
-        concurrency: usize::from(cli.concurrency),
-        force: cli.force,
-        dry_run: cli.dry_run,
-        retry_for: cli.retry_for,
-        wait_for_others: cli.wait_for_others,
-        interval: cli.interval,
-        progress: std::io::stderr().is_terminal(),
-        hold_lock: cli.debug_hold_lock,
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("prewarm: cannot start the async runtime: {e}");
-            return ExitCode::from(exit::FAILED as u8);
+    let opts = args.options();
+    let json = args.json;
+    cli::run(
+        "prewarm",
+        Runtime::MultiThread,
+        args.metrics,
+        || async move {
+            let shutdown = cli::shutdown::on_signals();
+            let finished = prewarm::run(topology, opts, shutdown).await;
+            print_summary(&finished.summary, json);
+            finished.result()
+        },
+    )
+}
+
+impl Cli {
+    fn options(&self) -> Options {
+        Options {
+            mode: if self.watch { Mode::Watch } else { Mode::Once },
+            concurrency: usize::from(self.concurrency),
+            force: self.force,
+            dry_run: self.dry_run,
+            retry_for: self.retry_for,
+            wait_for_others: self.wait_for_others,
+            interval: self.interval,
+            progress: std::io::stderr().is_terminal(),
+            hold_lock: self.debug_hold_lock,
         }
-    };
-    let code = runtime.block_on(async {
-        if let Some(addr) = cli.metrics
-            && let Err(e) = hotkeys::telemetry::serve_metrics(addr)
-        {
-            eprintln!("prewarm: --metrics {addr}: {e}");
-            return exit::USAGE;
+    }
+}
+
+/// The summary on stdout: JSON with `--json`, else a table when there were tasks.
+fn print_summary(summary: &Summary, json: bool) {
+    if json {
+        match serde_json::to_string_pretty(summary) {
+            Ok(json) => println!("{json}"),
+            Err(e) => eprintln!("prewarm: cannot encode the summary: {e}"),
         }
-        let shutdown = hotkeys::shutdown::on_signals();
-        let finished = prewarm::run(topology, opts, shutdown).await;
-        if cli.json {
-            match serde_json::to_string_pretty(&finished.summary) {
-                Ok(json) => println!("{json}"),
-                Err(e) => eprintln!("prewarm: cannot encode the summary: {e}"),
-            }
-        } else if !finished.summary.tasks.is_empty() {
-            print!("{}", finished.summary.to_table());
-        }
-        if let Some(e) = &finished.error {
-            eprintln!("prewarm: {e}");
-        }
-        finished.exit_code()
-    });
-    ExitCode::from(code as u8)
+    } else if !summary.tasks.is_empty() {
+        print!("{}", summary.to_table());
+    }
 }

@@ -21,11 +21,11 @@ use hotkeys::zk::{Versioned, Zk};
 use tokio_util::sync::CancellationToken;
 use zookeeper_client::SessionState;
 
+use crate::ctx::Ctx;
 use crate::error::{Dependency, Halt, PrewarmError};
 use crate::load::warm_keys;
 use crate::report::{TaskOutcome, TaskRecord};
 use crate::retry::{Policy, retry};
-use crate::runner::Ctx;
 use crate::session::classify;
 
 /// How long releasing a lock is retried, even when the run is being aborted.

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use comfy_table::{CellAlignment, Table, presets};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::Mode;
+use crate::options::Mode;
 
 /// How one task ended for this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +197,22 @@ pub struct Summary {
     pub error: Option<String>,
 }
 
+/// The columns of [`Summary::to_table`]: `warm` is keys skipped as warm, `bad` rows that
+/// cannot be encoded.
+const COLUMNS: [&str; 11] = [
+    "task",
+    "outcome",
+    "version",
+    "keys",
+    "written",
+    "present",
+    "warm",
+    "missing",
+    "bad",
+    "ms",
+    "holder / error",
+];
+
 impl Summary {
     pub(crate) fn new(
         by: String,
@@ -256,41 +273,36 @@ impl Summary {
             .collect()
     }
 
-    /// A table for people.
+    /// A table for people: a row per task, then the totals line.
     pub fn to_table(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "{:>6}  {:<16} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8}  holder / error",
-            "task",
-            "outcome",
-            "version",
-            "keys",
-            "written",
-            "present",
-            "warm",
-            "missing",
-            "bad",
-            "ms"
-        );
+        let mut table = Table::new();
+        table.load_style(presets::NOTHING).set_header(COLUMNS);
         for r in &self.tasks {
-            let note = r.error.as_deref().or(r.holder.as_deref()).unwrap_or("");
-            let _ = writeln!(
-                out,
-                "{:>6}  {:<16} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8}  {}",
-                r.task,
-                r.outcome.as_str(),
+            table.add_row([
+                r.task.to_string(),
+                r.outcome.as_str().to_string(),
                 r.hot_version.map_or("-".to_string(), |v| v.to_string()),
-                r.keys,
-                r.counts.written,
-                r.counts.already_present,
-                r.counts.skipped_warm,
-                r.counts.missing,
-                r.counts.unencodable,
-                r.took_ms,
-                note
-            );
+                r.keys.to_string(),
+                r.counts.written.to_string(),
+                r.counts.already_present.to_string(),
+                r.counts.skipped_warm.to_string(),
+                r.counts.missing.to_string(),
+                r.counts.unencodable.to_string(),
+                r.took_ms.to_string(),
+                r.error
+                    .as_deref()
+                    .or(r.holder.as_deref())
+                    .unwrap_or("")
+                    .to_string(),
+            ]);
         }
+        for column in [0, 2, 3, 4, 5, 6, 7, 8, 9] {
+            if let Some(c) = table.column_mut(column) {
+                c.set_cell_alignment(CellAlignment::Right);
+            }
+        }
+        let mut out = table.trim_fmt();
+        out.push('\n');
         let outcomes: Vec<String> = self
             .totals
             .outcomes

@@ -1,11 +1,12 @@
 //! Retrying an operation while its dependency is unreachable: exponential backoff with
-//! jitter, up to a deadline counted from the first failure, abandoned at once when the run
-//! is aborted. Errors that say something about the request rather than the server (a SQL
-//! error, a refused login) are handed back on the first try.
+//! jitter (backon's), up to a deadline counted from the first failure, abandoned at once
+//! when the run is aborted. Errors that say something about the request rather than the
+//! server (a SQL error, a refused login) are handed back on the first try.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use hotkeys::mysql::MysqlError;
 use hotkeys::redis::CacheError;
 use hotkeys::sync::SyncError;
@@ -78,7 +79,12 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     let mut first_failure: Option<Instant> = None;
-    let mut pause = FIRST_PAUSE;
+    let mut pauses = ExponentialBuilder::new()
+        .with_min_delay(FIRST_PAUSE)
+        .with_max_delay(LONGEST_PAUSE)
+        .with_jitter()
+        .without_max_times()
+        .build();
     loop {
         if policy.abort.is_cancelled() {
             return Err(Halt::Aborted);
@@ -94,6 +100,7 @@ where
             Err(e) if !e.is_transient() => return Ok(Err(e)),
             Err(e) => e,
         };
+        let first = first_failure.is_none();
         let since = *first_failure.get_or_insert_with(Instant::now);
         if since.elapsed() >= policy.budget {
             return Err(Halt::Fatal(PrewarmError::Unreachable {
@@ -102,26 +109,26 @@ where
                 last: format!("{what}: {e}"),
             }));
         }
-        if pause == FIRST_PAUSE {
+        if first {
             tracing::warn!(%dependency, what, error = %e, budget = ?policy.budget, "unreachable; retrying");
         } else {
             tracing::debug!(%dependency, what, error = %e, "still unreachable; retrying");
         }
-        let jitter = 0.75 + rand::random::<f64>() * 0.5;
-        let sleep = pause
-            .mul_f64(jitter)
+        let sleep = pauses
+            .next()
+            .unwrap_or(LONGEST_PAUSE)
             .min(policy.budget.saturating_sub(since.elapsed()) + Duration::from_millis(1));
         tokio::select! {
             () = tokio::time::sleep(sleep) => {}
             () = policy.abort.cancelled() => return Err(Halt::Aborted),
         }
-        pause = (pause * 2).min(LONGEST_PAUSE);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hotkeys::cli::Failure;
     use std::cell::Cell;
 
     #[derive(Debug)]
@@ -196,7 +203,7 @@ mod tests {
                     msg.contains("Redis unreachable") && msg.contains("writing"),
                     "{msg}"
                 );
-                assert_eq!(e.exit_code(), hotkeys::exit::UNREACHABLE);
+                assert_eq!(e.exit_code(), hotkeys::cli::exit::UNREACHABLE);
             }
             other => panic!("expected unreachable, got {other:?}"),
         }

@@ -19,9 +19,10 @@ use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use zookeeper_client::{EventType, SessionState};
 
+use crate::ctx::{Ctx, list_tasks};
 use crate::error::PrewarmError;
 use crate::report::TaskRecord;
-use crate::runner::{Ctx, Warming, keep, list_tasks};
+use crate::warming::{Warming, keep};
 
 /// Pause before watching again after ZooKeeper refused.
 const RETRY_AFTER: Duration = Duration::from_secs(1);

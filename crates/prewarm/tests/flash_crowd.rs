@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{Fixture, eventually, finished, signal};
 use hot_counter::Until;
-use hotkeys::shutdown::CancellationToken;
+use hotkeys::cli::shutdown::CancellationToken;
 use hotkeys::testing::{self, Record};
 use redis::AsyncCommands;
 

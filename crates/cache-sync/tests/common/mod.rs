@@ -17,7 +17,7 @@ use std::time::Duration;
 use cache_sync::receive::{self, Receiver, StreamState};
 use cache_sync::ship::{ShipSummary, Shipper};
 use hotkeys::Topology;
-use hotkeys::shutdown::CancellationToken;
+use hotkeys::cli::shutdown::CancellationToken;
 use hotkeys::sync::{QueueStatus, SyncQueue};
 use hotkeys::testing;
 use redis::aio::MultiplexedConnection;

@@ -20,17 +20,16 @@ use hotkeys::hotlist::now_ms;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::ApiError;
 use super::auth::{authorize, bearer};
+use super::error::ApiError;
 use super::history::{HistoryError, MAX_KEY_CHARS, Range, Row};
 use super::hub::HotView;
+use super::query::HotQuery;
 use super::state::Dashboard;
 use crate::blacklist::{bans, ruled_counters};
 use crate::keys::diff_report_on;
 use crate::tasks::task_json;
 
-/// Items of `/api/hot` and the stream when `top` is absent.
-const DEFAULT_TOP: usize = 20;
 /// Keys of `/api/top` when `n` is absent, and the most it answers.
 const DEFAULT_N: usize = 20;
 const MAX_N: usize = 1000;
@@ -60,25 +59,6 @@ pub fn routes() -> Router<Arc<Dashboard>> {
         .route("/api/cache", get(cache))
         .route("/api/recorder", get(recorder))
         .route("/api/stream", get(super::stream::stream))
-}
-
-/// `counter` (the primary counter when absent) and `top`.
-#[derive(Deserialize)]
-pub struct HotQuery {
-    pub counter: Option<String>,
-    pub top: Option<usize>,
-}
-
-impl HotQuery {
-    /// The counter asked for, and `top` bounded by what its hot lists can hold.
-    pub fn resolve(&self, dashboard: &Dashboard) -> Result<(Counter, usize), ApiError> {
-        let counter = dashboard.counter(self.counter.as_deref().unwrap_or(PRIMARY_COUNTER))?;
-        let top = self
-            .top
-            .unwrap_or(DEFAULT_TOP)
-            .clamp(1, counter.count.top_n);
-        Ok((counter, top))
-    }
 }
 
 /// `counter`, a time range and, per route, a key or a count.

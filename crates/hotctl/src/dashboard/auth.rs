@@ -5,7 +5,7 @@
 use axum::http::{HeaderMap, StatusCode, header};
 use sha2::{Digest, Sha256};
 
-use super::ApiError;
+use super::error::ApiError;
 
 /// The server's token, kept only as its SHA-256: comparing digests takes the same time
 /// whatever prefix a guess shares with the token, and no `Debug` can print it.

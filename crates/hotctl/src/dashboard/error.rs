@@ -66,8 +66,8 @@ impl From<HistoryError> for ApiError {
 }
 
 /// Errors of the hotctl functions the routes reuse (bans, cache diff): a dependency failed.
-impl From<anyhow::Error> for ApiError {
-    fn from(e: anyhow::Error) -> ApiError {
+impl From<crate::error::Error> for ApiError {
+    fn from(e: crate::error::Error) -> ApiError {
         ApiError::unavailable(format!("{e:#}"))
     }
 }

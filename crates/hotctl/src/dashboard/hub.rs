@@ -5,16 +5,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use axum::body::Bytes;
 
 use hotkeys::Topology;
+use hotkeys::cli::shutdown::CancellationToken;
 use hotkeys::hotlist::{HotItem, HotList, merge, now_ms};
-use hotkeys::shutdown::CancellationToken;
 use hotkeys::zk::subscribe::{HotSet, SubscribeError, newest_write, subscribe_on};
 use hotkeys::zk::{Versioned, Zk};
 use serde::Serialize;
 use tokio::sync::watch;
+
+/// What a browser waits before reconnecting after the stream broke.
+const RETRY: Duration = Duration::from_secs(2);
 
 /// A counter's merged hot set: the JSON of `/api/hot` and of every SSE event.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -86,7 +90,7 @@ impl Published {
         let mut frames = self.frames.lock().unwrap_or_else(PoisonError::into_inner);
         frames
             .entry(top)
-            .or_insert_with(|| super::stream::frame(&self.view.truncated(top)))
+            .or_insert_with(|| frame(&self.view.truncated(top)))
             .clone()
     }
 }
@@ -146,4 +150,14 @@ impl Hub {
     pub fn latest(&self, counter: &str) -> Option<Latest> {
         self.counters.get(counter).cloned()
     }
+}
+
+/// One SSE event of `view`: id, retry and the JSON on one `data:` line.
+fn frame(view: &HotView) -> Bytes {
+    let json = serde_json::to_string(view).unwrap_or_else(|_| "{}".into());
+    Bytes::from(format!(
+        "id: {}\nretry: {}\ndata: {json}\n\n",
+        view.id,
+        RETRY.as_millis()
+    ))
 }

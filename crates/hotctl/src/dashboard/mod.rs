@@ -4,10 +4,13 @@
 //! | module | owns |
 //! |---|---|
 //! | `admit` | what a request passes first: allowed `Host`, `Origin` of a POST, concurrency and time limits |
+//! | `settings` | the flags of `hotctl dashboard`, combined with the topology's `[dashboard]` |
 //! | `state` | what every request shares: topology, the one session per server, token, live hot sets |
 //! | `hub` | one `hotkeys::zk::subscribe` subscription per counter, fanned out to every client |
+//! | `query` | which counter and how many keys a request of the live hot set asks for |
 //! | `api` | the JSON routes under `/api/` and their bounds |
 //! | `stream` | `GET /api/stream`: Server-Sent Events with resumable ids and heartbeats |
+//! | `slots` | the bound on open streams: a slot per client, `dashboard.max_streams` at most |
 //! | `auth` | the write token: `Authorization: Bearer` or the unban form's field |
 //! | `history` | the `hot_history` table: inserts, retention, series, top keys, CSV rows |
 //! | `record` | the recorder: one dashboard at a time (ZooKeeper try-lock) writes history |
@@ -20,16 +23,15 @@
 //! loopback unless told otherwise. On SIGINT/SIGTERM it stops within [`STOP_LIMIT`] plus
 //! the recorder's release of its lock, whatever its dependencies do.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
-use clap::Args;
 use hotkeys::Topology;
+
+use crate::error::Context;
 
 mod admit;
 mod api;
@@ -41,11 +43,15 @@ mod history;
 mod hub;
 mod pages;
 mod probe;
+mod query;
 mod record;
+mod settings;
+mod slots;
 mod state;
 mod stream;
 
-pub use error::ApiError;
+pub use settings::DashboardArgs;
+use settings::Settings;
 use state::Dashboard;
 
 /// How long open requests may go on after a stop signal before the server stops without
@@ -54,60 +60,18 @@ const STOP_LIMIT: Duration = Duration::from_secs(6);
 /// How long the recorder may take to stop and release its lock after the server stopped.
 const RECORDER_STOP_LIMIT: Duration = Duration::from_secs(3);
 
-#[derive(Args)]
-pub struct DashboardArgs {
-    /// Address to serve on; `dashboard.listen` of the topology when absent.
-    #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// How often to record every counter's merged top N into MySQL (0 = never);
-    /// `dashboard.record` when absent.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    record: Option<Duration>,
-    /// How long recorded rows are kept; `dashboard.retain` when absent.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    retain: Option<Duration>,
-    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9466).
-    #[arg(long)]
-    metrics: Option<SocketAddr>,
-}
-
-/// The settings after flags and topology are combined.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub listen: SocketAddr,
-    /// Zero: this dashboard never records.
-    pub record: Duration,
-    pub retain: Duration,
-}
-
-impl Settings {
-    fn resolve(topology: &Topology, args: &DashboardArgs) -> anyhow::Result<Settings> {
-        let listen = match args.listen {
-            Some(a) => a,
-            None => topology
-                .dashboard
-                .listen
-                .parse()
-                .context("dashboard.listen")?,
-        };
-        Ok(Settings {
-            listen,
-            record: args.record.unwrap_or(topology.dashboard.record),
-            retain: args.retain.unwrap_or(topology.dashboard.retain),
-        })
-    }
-}
-
-pub async fn run(topology: &Topology, args: DashboardArgs) -> anyhow::Result<()> {
+pub async fn run(topology: &Topology, args: DashboardArgs) -> crate::error::Result<()> {
     let settings = Settings::resolve(topology, &args)?;
     if let Some(addr) = args.metrics {
-        hotkeys::telemetry::serve_metrics(addr).with_context(|| format!("--metrics {addr}"))?;
+        hotkeys::cli::telemetry::serve_metrics(addr)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("--metrics {addr}"))?;
     }
     if !settings.listen.ip().is_loopback() {
         tracing::warn!(listen = %settings.listen,
             "the dashboard listens beyond loopback: whoever reaches it reads hot keys and bans");
     }
-    let shutdown = hotkeys::shutdown::on_signals();
+    let shutdown = hotkeys::cli::shutdown::on_signals();
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("listening on {}", settings.listen))?;
@@ -140,7 +104,7 @@ pub async fn run(topology: &Topology, args: DashboardArgs) -> anyhow::Result<()>
 }
 
 /// Returns `limit` after `shutdown` was cancelled.
-async fn after_stop(shutdown: &hotkeys::shutdown::CancellationToken, limit: Duration) {
+async fn after_stop(shutdown: &hotkeys::cli::shutdown::CancellationToken, limit: Duration) {
     shutdown.cancelled().await;
     tokio::time::sleep(limit).await;
 }

@@ -19,14 +19,16 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 
-use super::ApiError;
-use super::api::{HotQuery, RangeQuery, hot_view, lift, ranked_range};
+use super::api::{RangeQuery, hot_view, lift, ranked_range};
 use super::auth::authorize;
 use super::charts;
+use super::error::ApiError;
 use super::history::{HistoryError, Range};
+use super::query::HotQuery;
 use super::state::Dashboard;
 use crate::blacklist::{bans, remaining_text};
 use crate::keys::diff_report_on;
+use crate::render::seconds_ms;
 
 /// Ranges offered by the history page's picker.
 const RANGES: [(&str, &str); 5] = [
@@ -119,10 +121,6 @@ fn counter_picker(d: &Dashboard, current: &str) -> Markup {
             }
         }
     }
-}
-
-fn age(ms: i64) -> String {
-    humantime::format_duration(Duration::from_secs((ms.max(0) / 1000) as u64)).to_string()
 }
 
 async fn overview(State(d): State<Arc<Dashboard>>) -> Page {
@@ -224,7 +222,7 @@ fn tasks_table(views: &[TaskView], ends: &[i64]) -> Markup {
                         td { (v.task) }
                         td { (hot.and_then(|h| h.value.owner.clone()).unwrap_or_default()) }
                         td { @if let Some(h) = hot { (h.version) } }
-                        td { @if let Some(h) = hot { (age(now - h.value.generated_at_ms)) } }
+                        td { @if let Some(h) = hot { (seconds_ms(now - h.value.generated_at_ms)) } }
                         td.num { @if let Some(h) = hot { (h.value.events) } }
                         td.num { @if let Some(h) = hot { (h.value.offset) } }
                         @let end = ends.get(v.task as usize).copied();

@@ -6,21 +6,22 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use hotkeys::Topology;
+use hotkeys::cli::shutdown::CancellationToken;
 use hotkeys::config::Counter;
 use hotkeys::redis::{CacheNodes, RedisConn};
-use hotkeys::shutdown::CancellationToken;
 use hotkeys::sync::{SyncError, SyncQueue};
 use hotkeys::zk::{Zk, ZkError};
 use tokio::sync::{OnceCell, RwLock};
 
 use super::auth::Token;
+use super::error::ApiError;
 use super::history::History;
 use super::hub::Hub;
 use super::probe::{EndOffsets, NodeProbe};
-use super::stream::Slots;
-use super::{ApiError, Settings};
+use super::settings::Settings;
+use super::slots::Slots;
+use crate::error::Context;
 
 /// How long MySQL may take to answer at start.
 const MYSQL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,7 +57,7 @@ impl Dashboard {
         topology: &Topology,
         settings: Settings,
         shutdown: CancellationToken,
-    ) -> anyhow::Result<Dashboard> {
+    ) -> crate::error::Result<Dashboard> {
         let zk = Zk::connect(topology).await?;
         let redis = RedisConn::connect_home(&topology.redis).await?;
         let cache = CacheNodes::connect_lazily(&topology.redis).await?;

@@ -8,13 +8,12 @@
 //! [`HEARTBEAT`] keep proxies from closing a quiet stream; streams end on shutdown.
 //!
 //! Bounds: at most `dashboard.max_streams` streams are open (503 with `Retry-After` past
-//! it); every client of a (counter, top) gets the same bytes (`hub::Published::frame`);
+//! it, see [`super::slots`]); every client of a (counter, top) gets the same bytes (`hub::Published::frame`);
 //! a client is only ever handed the latest set, and one that has not taken an event for
 //! [`STALLED`] loses its slot: its stream ends instead of anything being kept for it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -24,29 +23,18 @@ use axum::response::{IntoResponse, Response};
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 
-use super::ApiError;
-use super::api::HotQuery;
-use super::hub::{HotView, Latest, Published};
+use super::error::ApiError;
+use super::hub::{Latest, Published};
+use super::query::HotQuery;
+use super::slots::Slot;
 use super::state::Dashboard;
 
 /// Interval of the heartbeat comments.
 const HEARTBEAT: Duration = Duration::from_secs(10);
-/// What a browser waits before reconnecting after the stream broke.
-const RETRY: Duration = Duration::from_secs(2);
 /// How long a client may leave an event untaken before its stream ends.
 pub const STALLED: Duration = Duration::from_secs(30);
 /// What a refused client is told to wait before trying again, in seconds.
 const RETRY_AFTER: &str = "5";
-
-/// One SSE event of `view`: id, retry and the JSON on one `data:` line.
-pub fn frame(view: &HotView) -> Bytes {
-    let json = serde_json::to_string(view).unwrap_or_else(|_| "{}".into());
-    Bytes::from(format!(
-        "id: {}\nretry: {}\ndata: {json}\n\n",
-        view.id,
-        RETRY.as_millis()
-    ))
-}
 
 pub async fn stream(
     State(d): State<Arc<Dashboard>>,
@@ -109,7 +97,7 @@ async fn feed(
     mut cursor: Cursor,
     mut tx: mpsc::Sender<Bytes>,
     _slot: Slot,
-    shutdown: hotkeys::shutdown::CancellationToken,
+    shutdown: hotkeys::cli::shutdown::CancellationToken,
 ) {
     loop {
         let next = tokio::select! {
@@ -156,57 +144,5 @@ async fn next_view(latest: &mut Latest, last_id: Option<i64>) -> Next {
         if latest.changed().await.is_err() {
             return Next::HubStopped;
         }
-    }
-}
-
-/// The count of open streams, bounded by `max`.
-pub struct Slots {
-    open: Arc<AtomicUsize>,
-    pub max: usize,
-}
-
-impl Slots {
-    pub fn new(max: usize) -> Slots {
-        Slots {
-            open: Arc::new(AtomicUsize::new(0)),
-            max,
-        }
-    }
-
-    /// A slot, unless `max` are taken.
-    fn take(&self) -> Option<Slot> {
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max).then_some(n + 1)
-            })
-            .ok()?;
-        metrics::gauge!("hotkeys_dashboard_stream_clients").increment(1.0);
-        Some(Slot(self.open.clone()))
-    }
-}
-
-/// One open stream, counted in [`Slots`] and `hotkeys_dashboard_stream_clients` while it
-/// lives.
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-        metrics::gauge!("hotkeys_dashboard_stream_clients").decrement(1.0);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slots_stop_at_max_and_come_back_when_dropped() {
-        let slots = Slots::new(2);
-        let (a, b) = (slots.take(), slots.take());
-        assert!(a.is_some() && b.is_some());
-        assert!(slots.take().is_none());
-        drop(a);
-        assert!(slots.take().is_some());
     }
 }

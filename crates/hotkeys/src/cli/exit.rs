@@ -1,4 +1,4 @@
-//! Exit codes shared by every binary, as DESIGN.md fixes them.
+//! Exit codes shared by every binary (see `ARCHITECTURE.md`).
 
 /// Work done.
 pub const OK: i32 = 0;

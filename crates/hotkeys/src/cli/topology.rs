@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::{Topology, exit};
+use super::exit;
+use crate::Topology;
 
 /// Where a topology is looked for when neither `--topology` nor `HOTKEYS_TOPOLOGY` names
 /// one, in order: a checkout's own file, then an installed one.
@@ -25,7 +26,7 @@ impl TopologyArg {
     pub fn load(&self) -> Result<Topology, ExitCode> {
         let usage = |message: String| {
             tracing::error!("{message}");
-            ExitCode::from(exit::USAGE as u8)
+            super::code(exit::USAGE)
         };
         let path = self.resolve().map_err(usage)?;
         Topology::load(&path).map_err(|e| usage(e.to_string()))
