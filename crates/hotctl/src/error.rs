@@ -143,10 +143,13 @@ failed_from!(
 );
 
 /// Context on the way out, like anyhow's, that keeps the exit code of the cause.
-pub trait Context<T> {
+pub trait Context<T>: Sized {
     fn context<C>(self, context: C) -> Result<T>
     where
-        C: fmt::Display + Send + Sync + 'static;
+        C: fmt::Display + Send + Sync + 'static,
+    {
+        self.with_context(|| context)
+    }
 
     fn with_context<C, F>(self, context: F) -> Result<T>
     where
@@ -155,13 +158,6 @@ pub trait Context<T> {
 }
 
 impl<T, E: Into<Error>> Context<T> for Result<T, E> {
-    fn context<C>(self, context: C) -> Result<T>
-    where
-        C: fmt::Display + Send + Sync + 'static,
-    {
-        self.with_context(|| context)
-    }
-
     fn with_context<C, F>(self, context: F) -> Result<T>
     where
         C: fmt::Display + Send + Sync + 'static,
@@ -175,13 +171,6 @@ impl<T, E: Into<Error>> Context<T> for Result<T, E> {
 }
 
 impl<T> Context<T> for Option<T> {
-    fn context<C>(self, context: C) -> Result<T>
-    where
-        C: fmt::Display + Send + Sync + 'static,
-    {
-        self.with_context(|| context)
-    }
-
     fn with_context<C, F>(self, context: F) -> Result<T>
     where
         C: fmt::Display + Send + Sync + 'static,
