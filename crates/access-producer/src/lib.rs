@@ -43,6 +43,7 @@ pub use cli::{Cli, Mode};
 pub use error::Error;
 pub use report::Summary;
 
+use crate::cli::{ReplayArgs, SyntheticArgs};
 use crate::format::Decoder;
 use crate::publish::{FileSink, KafkaSink, Sink};
 use crate::replay::Source;
@@ -67,58 +68,75 @@ pub async fn run(
         hotkeys::cli::telemetry::serve_metrics(addr).map_err(|e| Error::Metrics(e.to_string()))?;
     }
     match cli.mode {
-        Mode::Replay(args) => {
-            let sources = Source::open_all(&args.files)?;
-            let decoder = Decoder::new(args.format, &topology.source);
-            let target = Target::new(args.write, &topology.kafka);
-            let strict = args.strict;
-            publish(
-                target,
-                "replay",
-                None,
-                output,
-                shutdown,
-                move |sink, stats, shutdown| {
-                    replay::replay(sources, decoder, strict, sink, stats, shutdown)
-                },
-            )
-            .await
-        }
-        Mode::Synthetic(args) => {
-            let seed = args.seed.unwrap_or_else(rand::random);
-            let rate = args.rate.map(|r| r.0);
-            let mut generator = Generator::new(&Workload {
-                seed,
-                keys: args.keys,
-                zipf: args.zipf,
-                shops: args.shops,
-                callers: args.callers,
-                bursts: args.burst,
-                drift: args.drift,
-                rate,
-                param: topology.source.query_param.clone(),
-            })?;
-            if args.seed.is_none() {
-                tracing::info!(
-                    seed,
-                    "no --seed given; pass this one to reproduce the stream"
-                );
-            }
-            let target = Target::new(args.write, &topology.kafka);
-            let events = args.events;
-            publish(
-                target,
-                "synthetic",
-                Some(seed),
-                output,
-                shutdown,
-                move |sink, stats, shutdown| {
-                    synthetic::generate(&mut generator, events, rate, sink, stats, shutdown)
-                },
-            )
-            .await
-        }
+        Mode::Replay(args) => run_replay(args, &topology, output, shutdown).await,
+        Mode::Synthetic(args) => run_synthetic(args, &topology, output, shutdown).await,
     }
+}
+
+/// `replay`: publishes the events of `args.files`, decoded by `args.format`.
+async fn run_replay(
+    args: ReplayArgs,
+    topology: &Topology,
+    output: Output,
+    shutdown: CancellationToken,
+) -> Result<Summary, Error> {
+    let sources = Source::open_all(&args.files)?;
+    let decoder = Decoder::new(args.format, &topology.source);
+    let target = Target::new(args.write, &topology.kafka);
+    let strict = args.strict;
+    publish(
+        target,
+        "replay",
+        None,
+        output,
+        shutdown,
+        move |sink, stats, shutdown| {
+            replay::replay(sources, decoder, strict, sink, stats, shutdown)
+        },
+    )
+    .await
+}
+
+/// `synthetic`: publishes the workload `args` describe, from its seed (a random one,
+/// logged, when none is given).
+async fn run_synthetic(
+    args: SyntheticArgs,
+    topology: &Topology,
+    output: Output,
+    shutdown: CancellationToken,
+) -> Result<Summary, Error> {
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let rate = args.rate.map(|r| r.0);
+    let mut generator = Generator::new(&Workload {
+        seed,
+        keys: args.keys,
+        zipf: args.zipf,
+        shops: args.shops,
+        callers: args.callers,
+        bursts: args.burst,
+        drift: args.drift,
+        rate,
+        param: topology.source.query_param.clone(),
+    })?;
+    if args.seed.is_none() {
+        tracing::info!(
+            seed,
+            "no --seed given; pass this one to reproduce the stream"
+        );
+    }
+    let target = Target::new(args.write, &topology.kafka);
+    let events = args.events;
+    publish(
+        target,
+        "synthetic",
+        Some(seed),
+        output,
+        shutdown,
+        move |sink, stats, shutdown| {
+            synthetic::generate(&mut generator, events, rate, sink, stats, shutdown)
+        },
+    )
+    .await
 }
 
 /// Where a run's events go.

@@ -109,6 +109,22 @@ struct Arg {
     value: Option<Range<usize>>,
 }
 
+/// Which headers a line carries: nginx logs a missing one as `-`.
+#[derive(Debug, Clone, Copy)]
+struct Headers {
+    user_agent: bool,
+    referer: bool,
+}
+
+impl Headers {
+    fn of(fields: &Combined<'_>) -> Headers {
+        Headers {
+            user_agent: fields.user_agent != b"-",
+            referer: fields.referer != b"-" && !fields.referer.is_empty(),
+        }
+    }
+}
+
 impl Converter {
     pub fn new(param: &str) -> Converter {
         Converter {
@@ -136,31 +152,30 @@ impl Converter {
             return Err(Reject::NoKey);
         };
         parse_query(request.uri, &mut self.decoded, &mut self.args);
+        let value = self.key_value().ok_or(Reject::NoKey)?;
+        key.extend_from_slice(&self.decoded[value]);
+        let headers = Headers::of(&fields);
+        unescape_log(fields.user_agent, &mut self.user_agent);
+        unescape_log(fields.referer, &mut self.referer);
+        self.write_event(out, &request, headers);
+        Ok(())
+    }
+
+    /// Where in `decoded` the first non-empty value of the key parameter is.
+    #[inline]
+    fn key_value(&self) -> Option<Range<usize>> {
         let found = self.args.iter().find(|a| {
             self.decoded[a.name.clone()] == self.param[..]
                 && a.value.as_ref().is_some_and(|v| !v.is_empty())
         });
-        match found.and_then(|a| a.value.clone()) {
-            Some(v) => key.extend_from_slice(&self.decoded[v]),
-            None => return Err(Reject::NoKey),
-        }
-        let has_ua = fields.user_agent != b"-";
-        let has_referer = fields.referer != b"-" && !fields.referer.is_empty();
-        unescape_log(fields.user_agent, &mut self.user_agent);
-        unescape_log(fields.referer, &mut self.referer);
+        found.and_then(|a| a.value.clone())
+    }
 
+    /// Writes the JSON event of `request`, with the headers the line has.
+    #[inline]
+    fn write_event(&self, out: &mut Vec<u8>, request: &Request<'_>, headers: Headers) {
         out.extend_from_slice(br#"{"request_module":"product_detail_info","headers":{"#);
-        let mut sep = "";
-        if has_ua {
-            out.extend_from_slice(br#""user-agent":"#);
-            push_string(out, &self.user_agent);
-            sep = ",";
-        }
-        if has_referer {
-            out.extend_from_slice(sep.as_bytes());
-            out.extend_from_slice(br#""referer":"#);
-            push_string(out, &self.referer);
-        }
+        self.write_headers(out, headers);
         out.extend_from_slice(br#"},"uri_args":"#);
         self.write_args(out);
         out.extend_from_slice(br#","http_version":"#);
@@ -171,20 +186,43 @@ impl Converter {
         out.extend_from_slice(br#","method":"#);
         push_string(out, request.method);
         out.extend_from_slice(br#","raw_reader":""#);
+        self.write_raw_reader(out, headers);
+        out.extend_from_slice(br#"","body_data":null}"#);
+    }
+
+    /// The members of the `headers` object.
+    #[inline]
+    fn write_headers(&self, out: &mut Vec<u8>, headers: Headers) {
+        let mut sep = "";
+        if headers.user_agent {
+            out.extend_from_slice(br#""user-agent":"#);
+            push_string(out, &self.user_agent);
+            sep = ",";
+        }
+        if headers.referer {
+            out.extend_from_slice(sep.as_bytes());
+            out.extend_from_slice(br#""referer":"#);
+            push_string(out, &self.referer);
+        }
+    }
+
+    /// The reconstructed request, escaped for a JSON string: request line, headers, and
+    /// the blank line that ends them.
+    #[inline]
+    fn write_raw_reader(&self, out: &mut Vec<u8>, headers: Headers) {
         push_escaped(out, &self.request);
         out.extend_from_slice(br"\r\n");
-        if has_ua {
+        if headers.user_agent {
             out.extend_from_slice(b"User-Agent: ");
             push_escaped(out, &self.user_agent);
             out.extend_from_slice(br"\r\n");
         }
-        if has_referer {
+        if headers.referer {
             out.extend_from_slice(b"Referer: ");
             push_escaped(out, &self.referer);
             out.extend_from_slice(br"\r\n");
         }
-        out.extend_from_slice(br#"\r\n","body_data":null}"#);
-        Ok(())
+        out.extend_from_slice(br"\r\n");
     }
 
     /// Writes `uri_args` as OpenResty does: a repeated name becomes an array of its values,

@@ -24,13 +24,13 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use hotkeys::cli::shutdown::CancellationToken;
 use hotkeys::config::KafkaConfig;
-use rdkafka::ClientContext;
 use rdkafka::bindings as rdsys;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, ClientContext};
 
 use crate::error::Error;
 use crate::report::Stats;
@@ -164,6 +164,69 @@ struct Client {
     producer: BaseProducer<Delivery>,
 }
 
+impl Client {
+    fn new(
+        config: &ClientConfig,
+        kafka: &KafkaConfig,
+        stats: &Arc<Stats>,
+    ) -> Result<Client, Error> {
+        let producer: BaseProducer<Delivery> = config
+            .create_with_context(Delivery {
+                stats: Arc::clone(stats),
+            })
+            .map_err(Error::ProducerConfig)?;
+        let topic = TopicHandle::new(&producer, &kafka.topic)?;
+        Ok(Client { topic, producer })
+    }
+}
+
+/// The clients' configuration: the topology's, with settings of our own where its
+/// `[kafka.producer]` does not choose.
+fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = hotkeys::kafka::producer_config(kafka);
+    let mut default = |key: &str, value: &str| {
+        if !kafka.producer.contains_key(key) {
+            config.set(key, value);
+        }
+    };
+    // A report per delivered message costs the sending thread about a fifth of its
+    // time; successes are derived from the counts instead (see `account`).
+    default("delivery.report.only.error", "true");
+    config.set_log_level(log_level(kafka));
+    config
+}
+
+/// The partition count when the sink places messages itself (see [`KafkaSink::new`]):
+/// only with a murmur2 partitioner, several clients and several partitions.
+fn placement(config: &ClientConfig, partitions: usize, clients: usize) -> Option<i32> {
+    let murmur2 = matches!(
+        config.get("partitioner"),
+        Some("murmur2_random" | "murmur2")
+    );
+    i32::try_from(partitions)
+        .ok()
+        .filter(|&p| murmur2 && clients > 1 && p > 1)
+}
+
+/// Asks twice for the topic's metadata on every client, so each gets its producer id at once.
+///
+/// An idempotent producer asks for its producer id when a metadata response arrives
+/// while a broker connection is up, else it retries 500 ms later, and start-up often
+/// loses that race: the first answer comes from the bootstrap connection, which is
+/// dropped, before the real broker's connection is up. A second request is answered
+/// on that connection and gets the id at once: half a second off short runs.
+fn fetch_producer_ids(clients: &[Client], kafka: &KafkaConfig) -> Result<(), Error> {
+    for _ in 0..2 {
+        for c in clients {
+            c.producer
+                .client()
+                .fetch_metadata(Some(&kafka.topic), Duration::from_secs(10))
+                .map_err(Error::Produce)?;
+        }
+    }
+    Ok(())
+}
+
 /// Publishes to the topology's topic.
 pub struct KafkaSink {
     /// Independent librdkafka clients, each owning the partitions `p % len == index`.
@@ -194,52 +257,16 @@ impl KafkaSink {
         stats: Arc<Stats>,
         shutdown: CancellationToken,
     ) -> Result<KafkaSink, Error> {
-        let mut config = hotkeys::kafka::producer_config(kafka);
-        // Settings of our own, unless the topology's [kafka.producer] chooses:
-        let mut default = |key: &str, value: &str| {
-            if !kafka.producer.contains_key(key) {
-                config.set(key, value);
-            }
-        };
-        // A report per delivered message costs the sending thread about a fifth of its
-        // time; successes are derived from the counts instead (see `account`).
-        default("delivery.report.only.error", "true");
-        config.set_log_level(log_level(kafka));
-        let murmur2 = matches!(
-            config.get("partitioner"),
-            Some("murmur2_random" | "murmur2")
-        );
-        let placement = i32::try_from(partitions)
-            .ok()
-            .filter(|&p| murmur2 && clients > 1 && p > 1);
+        let config = client_config(kafka);
+        let placement = placement(&config, partitions, clients);
         let count = match placement {
             Some(p) => clients.min(p as usize),
             None => 1,
         };
         let clients = (0..count)
-            .map(|_| {
-                let producer: BaseProducer<Delivery> = config
-                    .create_with_context(Delivery {
-                        stats: Arc::clone(&stats),
-                    })
-                    .map_err(Error::ProducerConfig)?;
-                let topic = TopicHandle::new(&producer, &kafka.topic)?;
-                Ok(Client { topic, producer })
-            })
+            .map(|_| Client::new(&config, kafka, &stats))
             .collect::<Result<Vec<_>, Error>>()?;
-        // An idempotent producer asks for its producer id when a metadata response arrives
-        // while a broker connection is up, else it retries 500 ms later, and start-up often
-        // loses that race: the first answer comes from the bootstrap connection, which is
-        // dropped, before the real broker's connection is up. A second request is answered
-        // on that connection and gets the id at once: half a second off short runs.
-        for _ in 0..2 {
-            for c in &clients {
-                c.producer
-                    .client()
-                    .fetch_metadata(Some(&kafka.topic), Duration::from_secs(10))
-                    .map_err(Error::Produce)?;
-            }
-        }
+        fetch_producer_ids(&clients, kafka)?;
         Ok(KafkaSink {
             clients,
             placement,

@@ -28,7 +28,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use crate::handoff::{Batch, Event};
-use crate::task::Task;
+use crate::task::{Task, TaskCounter};
 
 /// What one run of the loop counted.
 #[derive(Debug, Clone, Copy, Default)]
@@ -119,14 +119,7 @@ impl Worker {
         let Some(task) = self.tasks.get_mut(&message.partition) else {
             return true;
         };
-        let offset = message.offset;
-        let mut ts = message.timestamp_ms.unwrap_or(now);
-        if ts > now + self.max_future_ms {
-            ts = now;
-            task.future += 1;
-            metrics::counter!("hotkeys_counter_future_total", "task" => message.partition.to_string())
-                .increment(1);
-        }
+        let ts = event_time(task, message, now, self.max_future_ms);
         let mut malformed = None;
         let mut entered = false;
         for ((counter, pointer), state) in self
@@ -135,32 +128,10 @@ impl Worker {
             .zip(&self.pointers)
             .zip(&mut task.counters)
         {
-            if offset < state.next_offset {
-                continue;
-            }
-            state.next_offset = offset + 1;
-            // Only the product counter may stand in the message key for a missing value.
-            let message_key = if counter.primary { message.key } else { None };
-            match pointer.extract(message.payload, message_key) {
-                Ok(key) => match state.window.offer(&key, ts) {
-                    Some(count) => entered |= state.entry.passed(&key, count),
-                    None => {
-                        metrics::counter!("hotkeys_counter_late_total",
-                            "task" => message.partition.to_string(), "counter" => counter.name.clone())
-                        .increment(1);
-                    }
-                },
-                // Events without the counted value are simply not this counter's.
-                Err(KeyError::Missing) if !counter.primary => {}
-                Err(e) => {
-                    state.skip(&e);
-                    metrics::counter!("hotkeys_counter_skipped_total",
-                        "counter" => counter.name.clone(), "reason" => e.kind())
-                    .increment(1);
-                    if counter.primary {
-                        malformed = Some(e);
-                    }
-                }
+            match count_in(counter, pointer, state, message, ts) {
+                Counted::Done => {}
+                Counted::Entered => entered = true,
+                Counted::Malformed(e) => malformed = Some(e),
             }
         }
         if entered {
@@ -218,6 +189,73 @@ impl Worker {
             && let Err(e) = producer.flush(Duration::from_secs(10))
         {
             tracing::warn!(error = %e, "dead-letter messages may be lost");
+        }
+    }
+}
+
+/// What counting an event did in one counter.
+enum Counted {
+    /// Counted, counted before, late, or skipped by this counter alone.
+    Done,
+    /// Counted, and its key entered the counter's top N.
+    Entered,
+    /// The product counter could not key it: the event is malformed.
+    Malformed(KeyError),
+}
+
+/// The event's time: its stamp, or `now` when it has none or one more than `max_future_ms`
+/// ahead (counted in the task's `future`).
+#[inline]
+fn event_time(task: &mut Task, message: &Event<'_>, now: i64, max_future_ms: i64) -> i64 {
+    let ts = message.timestamp_ms.unwrap_or(now);
+    if ts <= now + max_future_ms {
+        return ts;
+    }
+    task.future += 1;
+    metrics::counter!("hotkeys_counter_future_total", "task" => message.partition.to_string())
+        .increment(1);
+    now
+}
+
+/// Counts `message`, stamped `ts`, in one counter's `state`, unless that counter counted
+/// its offset already.
+#[inline]
+fn count_in(
+    counter: &Counter,
+    pointer: &KeyPointer,
+    state: &mut TaskCounter,
+    message: &Event<'_>,
+    ts: i64,
+) -> Counted {
+    if message.offset < state.next_offset {
+        return Counted::Done;
+    }
+    state.next_offset = message.offset + 1;
+    // Only the product counter may stand in the message key for a missing value.
+    let message_key = if counter.primary { message.key } else { None };
+    match pointer.extract(message.payload, message_key) {
+        Ok(key) => match state.window.offer(&key, ts) {
+            Some(count) if state.entry.passed(&key, count) => Counted::Entered,
+            Some(_) => Counted::Done,
+            None => {
+                metrics::counter!("hotkeys_counter_late_total",
+                    "task" => message.partition.to_string(), "counter" => counter.name.clone())
+                .increment(1);
+                Counted::Done
+            }
+        },
+        // Events without the counted value are simply not this counter's.
+        Err(KeyError::Missing) if !counter.primary => Counted::Done,
+        Err(e) => {
+            state.skip(&e);
+            metrics::counter!("hotkeys_counter_skipped_total",
+                "counter" => counter.name.clone(), "reason" => e.kind())
+            .increment(1);
+            if counter.primary {
+                Counted::Malformed(e)
+            } else {
+                Counted::Done
+            }
         }
     }
 }

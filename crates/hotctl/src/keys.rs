@@ -94,6 +94,27 @@ fn complete(down: &[Down]) -> crate::error::Result<()> {
 }
 
 pub async fn keys(topology: &Topology, args: KeysArgs) -> crate::error::Result<()> {
+    let listing = list_keys(topology, &args).await?;
+    if args.json {
+        print_json(&listing, &args)?;
+    } else {
+        print_table(&listing, &args);
+    }
+    complete(&listing.down)
+}
+
+/// What `keys` found on the nodes that answered, and the nodes that did not.
+struct Listing {
+    /// The SCAN pattern.
+    pattern: String,
+    found: Vec<Found>,
+    down: Vec<Down>,
+    /// True when the walk stopped at `--limit`.
+    limited: bool,
+}
+
+/// Walks every node until `--limit` keys are found, noting the nodes that are down.
+async fn list_keys(topology: &Topology, args: &KeysArgs) -> crate::error::Result<Listing> {
     let cache = CacheNodes::connect_lazily(&topology.redis).await?;
     let pattern = scan_pattern(&topology.redis.key);
     let limit = args.limit.unwrap_or(usize::MAX);
@@ -104,7 +125,7 @@ pub async fn keys(topology: &Topology, args: KeysArgs) -> crate::error::Result<(
             break;
         }
         let wanted = limit - found.len();
-        match node_keys(&mut node, &pattern, &args, topology.redis.pipeline, wanted).await {
+        match node_keys(&mut node, &pattern, args, topology.redis.pipeline, wanted).await {
             Ok(keys) => found.extend(keys),
             Err(e) if e.is_unreachable() => down.push(Down {
                 node: node.name,
@@ -115,43 +136,63 @@ pub async fn keys(topology: &Topology, args: KeysArgs) -> crate::error::Result<(
         }
     }
     let limited = found.len() >= limit;
-    if args.json {
-        let keys: Vec<_> = found
-            .iter()
-            .map(|f| match f.ttl {
-                Some(ttl) => json!({"node": f.node, "key": f.key, "ttl_ms": ttl_ms(ttl)}),
-                None => json!({"node": f.node, "key": f.key}),
-            })
-            .collect();
-        let doc = json!({
-            "pattern": pattern,
-            "verified": args.verify,
-            "count": found.len(),
-            "limited": limited,
-            "complete": down.is_empty(),
-            "down": down.iter().map(Down::json).collect::<Vec<_>>(),
-            "keys": keys,
-        });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-    } else {
-        let mut table = Table::new();
-        table.set_header(["node", "key", "ttl"]);
-        for f in &found {
-            table.add_row([
-                f.node.clone(),
-                printable(&f.key),
-                f.ttl.map_or_else(|| "-".into(), ttl_text),
-            ]);
-        }
-        println!("{table}");
-        let how = if args.verify { "existing" } else { "listed" };
-        let stop = if limited { " (stopped at --limit)" } else { "" };
-        println!("{} keys {how} matching {pattern}{stop}", found.len());
-        for d in &down {
-            println!("{}", d.note());
-        }
+    Ok(Listing {
+        pattern,
+        found,
+        down,
+        limited,
+    })
+}
+
+/// `keys --json`: one document.
+fn print_json(listing: &Listing, args: &KeysArgs) -> crate::error::Result<()> {
+    let keys: Vec<_> = listing
+        .found
+        .iter()
+        .map(|f| match f.ttl {
+            Some(ttl) => json!({"node": f.node, "key": f.key, "ttl_ms": ttl_ms(ttl)}),
+            None => json!({"node": f.node, "key": f.key}),
+        })
+        .collect();
+    let doc = json!({
+        "pattern": listing.pattern,
+        "verified": args.verify,
+        "count": listing.found.len(),
+        "limited": listing.limited,
+        "complete": listing.down.is_empty(),
+        "down": listing.down.iter().map(Down::json).collect::<Vec<_>>(),
+        "keys": keys,
+    });
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
+}
+
+/// `keys`: a table, a count line, and a note per node that was down.
+fn print_table(listing: &Listing, args: &KeysArgs) {
+    let mut table = Table::new();
+    table.set_header(["node", "key", "ttl"]);
+    for f in &listing.found {
+        table.add_row([
+            f.node.clone(),
+            printable(&f.key),
+            f.ttl.map_or_else(|| "-".into(), ttl_text),
+        ]);
     }
-    complete(&down)
+    println!("{table}");
+    let how = if args.verify { "existing" } else { "listed" };
+    let stop = if listing.limited {
+        " (stopped at --limit)"
+    } else {
+        ""
+    };
+    println!(
+        "{} keys {how} matching {}{stop}",
+        listing.found.len(),
+        listing.pattern
+    );
+    for d in &listing.down {
+        println!("{}", d.note());
+    }
 }
 
 /// Up to `limit` keys of one node matching `pattern`, with their TTL under `--verify`.

@@ -14,6 +14,7 @@
 //! tells a list recreated after `hotctl reset` from one of before, so a mark written late
 //! for a pre-reset list never counts the new one as warmed.
 
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use hotkeys::hotlist::{HotList, LockInfo, Warmed, now_ms};
@@ -24,7 +25,7 @@ use zookeeper_client::SessionState;
 use crate::ctx::Ctx;
 use crate::error::{Dependency, Halt, PrewarmError};
 use crate::load::warm_keys;
-use crate::report::{TaskOutcome, TaskRecord};
+use crate::report::{Counts, TaskOutcome, TaskRecord};
 use crate::retry::{Policy, retry};
 use crate::session::classify;
 
@@ -62,6 +63,31 @@ async fn attempt(
     record: &mut TaskRecord,
     started: Instant,
 ) -> Result<TaskOutcome, Halt> {
+    if let ControlFlow::Break(outcome) = precheck(ctx, task, record).await? {
+        return Ok(outcome);
+    }
+    let (generation, zk) = ctx.session.current().await;
+    if let ControlFlow::Break(outcome) = try_lock(ctx, &zk, generation, task, record).await? {
+        return Ok(outcome);
+    }
+    let result = locked(ctx, &zk, task, record, started).await;
+    if matches!(result, Err(Halt::SessionLost)) {
+        // The lock went with the session; the next reads need a live one.
+        ctx.session.renew(generation, &ctx.policy).await?;
+    } else {
+        release(&zk, task).await;
+    }
+    result
+}
+
+/// Step 1, without the lock: `Break` with the outcome when there is nothing to warm, the
+/// mark already covers the hot list, or the run is a dry run (which loads but writes
+/// nothing).
+async fn precheck(
+    ctx: &Ctx,
+    task: u32,
+    record: &mut TaskRecord,
+) -> Result<ControlFlow<TaskOutcome>, Halt> {
     let policy = &ctx.policy;
     let hot = ctx
         .session
@@ -70,7 +96,7 @@ async fn attempt(
         })
         .await?;
     let Some(hot) = hot else {
-        return Ok(TaskOutcome::NoHotList);
+        return Ok(ControlFlow::Break(TaskOutcome::NoHotList));
     };
     record.hot_version = Some(i64::from(hot.version));
     record.keys = keys_of(&hot.value).len() as u64;
@@ -83,48 +109,53 @@ async fn attempt(
             .await;
         if let Some(by) = covering(warmed, &hot, task) {
             record.holder = Some(by);
-            return Ok(TaskOutcome::UpToDate);
+            return Ok(ControlFlow::Break(TaskOutcome::UpToDate));
         }
     }
     if ctx.opts.dry_run {
         let keys = keys_of(&hot.value);
         record.keys = keys.len() as u64;
         record.counts = warm_keys(ctx, &keys, None).await?;
-        return Ok(TaskOutcome::DryRun);
+        return Ok(ControlFlow::Break(TaskOutcome::DryRun));
     }
+    Ok(ControlFlow::Continue(()))
+}
 
-    let (generation, zk) = ctx.session.current().await;
+/// Step 2 on `zk`'s session (of `generation`): `Break(Locked)` when another process holds
+/// the lock.
+async fn try_lock(
+    ctx: &Ctx,
+    zk: &Zk,
+    generation: u64,
+    task: u32,
+    record: &mut TaskRecord,
+) -> Result<ControlFlow<TaskOutcome>, Halt> {
     let me = LockInfo::this_process();
-    let taken = retry(policy, Dependency::ZooKeeper, "taking the lock", || {
-        zk.try_lock(task, &me)
-    })
+    let taken = retry(
+        &ctx.policy,
+        Dependency::ZooKeeper,
+        "taking the lock",
+        || zk.try_lock(task, &me),
+    )
     .await?;
     match taken {
-        Ok(true) => {}
+        Ok(true) => Ok(ControlFlow::Continue(())),
         Ok(false) => {
             let holder = zk.read_lock(task).await.ok().flatten().map(|l| l.value);
             // A create whose reply was lost and then retried finds our own lock.
-            if holder.as_ref() != Some(&me) {
-                record.lock_busy += 1;
-                record.holder = holder.map(|h| h.holder());
-                return Ok(TaskOutcome::Locked);
+            if holder.as_ref() == Some(&me) {
+                return Ok(ControlFlow::Continue(()));
             }
+            record.lock_busy += 1;
+            record.holder = holder.map(|h| h.holder());
+            Ok(ControlFlow::Break(TaskOutcome::Locked))
         }
         Err(e) if e.is_session_lost() => {
-            ctx.session.renew(generation, policy).await?;
-            return Err(Halt::SessionLost);
+            ctx.session.renew(generation, &ctx.policy).await?;
+            Err(Halt::SessionLost)
         }
-        Err(e) => return Err(classify(e)),
+        Err(e) => Err(classify(e)),
     }
-
-    let result = locked(ctx, &zk, task, record, started).await;
-    if matches!(result, Err(Halt::SessionLost)) {
-        // The lock went with the session; the next reads need a live one.
-        ctx.session.renew(generation, policy).await?;
-    } else {
-        release(&zk, task).await;
-    }
-    result
 }
 
 /// Steps 3 to 5, with the lock held by `zk`'s session.
@@ -135,6 +166,33 @@ async fn locked(
     record: &mut TaskRecord,
     started: Instant,
 ) -> Result<TaskOutcome, Halt> {
+    let hot = match recheck(ctx, zk, task, record).await? {
+        ControlFlow::Continue(hot) => hot,
+        ControlFlow::Break(outcome) => return Ok(outcome),
+    };
+    if !ctx.opts.hold_lock.is_zero() {
+        hold(ctx.opts.hold_lock, &ctx.policy.abort, &ctx.shutdown).await?;
+    }
+
+    let keys = keys_of(&hot.value);
+    record.keys = keys.len() as u64;
+    let counts = warm_keys(ctx, &keys, Some(zk)).await?;
+    record.counts = counts;
+    if zk.client().state() == SessionState::Expired {
+        return Err(Halt::SessionLost);
+    }
+    mark_warmed(ctx, zk, task, &hot, counts, started).await?;
+    Ok(TaskOutcome::Warmed)
+}
+
+/// Step 3, under the lock: the hot list to warm, or `Break` with the outcome when it is gone
+/// or someone warmed it since the pre-check.
+async fn recheck(
+    ctx: &Ctx,
+    zk: &Zk,
+    task: u32,
+    record: &mut TaskRecord,
+) -> Result<ControlFlow<TaskOutcome, Versioned<HotList>>, Halt> {
     let policy = &ctx.policy;
     let hot = retry(
         policy,
@@ -145,7 +203,7 @@ async fn locked(
     .await?
     .map_err(classify)?;
     let Some(hot) = hot else {
-        return Ok(TaskOutcome::NoHotList);
+        return Ok(ControlFlow::Break(TaskOutcome::NoHotList));
     };
     record.hot_version = Some(i64::from(hot.version));
     if !ctx.opts.force {
@@ -159,20 +217,21 @@ async fn locked(
         .map_err(classify);
         if let Some(by) = covering(warmed, &hot, task) {
             record.holder = Some(by);
-            return Ok(TaskOutcome::AlreadyWarmed);
+            return Ok(ControlFlow::Break(TaskOutcome::AlreadyWarmed));
         }
     }
-    if !ctx.opts.hold_lock.is_zero() {
-        hold(ctx.opts.hold_lock, &policy.abort, &ctx.shutdown).await?;
-    }
+    Ok(ControlFlow::Continue(hot))
+}
 
-    let keys = keys_of(&hot.value);
-    record.keys = keys.len() as u64;
-    let counts = warm_keys(ctx, &keys, Some(zk)).await?;
-    record.counts = counts;
-    if zk.client().state() == SessionState::Expired {
-        return Err(Halt::SessionLost);
-    }
+/// Step 5's mark: `hot` is warmed with `counts`, by this run, in the time since `started`.
+async fn mark_warmed(
+    ctx: &Ctx,
+    zk: &Zk,
+    task: u32,
+    hot: &Versioned<HotList>,
+    counts: Counts,
+    started: Instant,
+) -> Result<(), Halt> {
     let mark = Warmed {
         hot_version: i64::from(hot.version),
         hot_epoch: hot.epoch,
@@ -182,7 +241,7 @@ async fn locked(
         missing: counts.missing,
         took_ms: started.elapsed().as_millis() as u64,
     };
-    retry(policy, Dependency::ZooKeeper, "marking warmed", || {
+    retry(&ctx.policy, Dependency::ZooKeeper, "marking warmed", || {
         zk.mark_warmed(task, &mark)
     })
     .await?
@@ -196,7 +255,7 @@ async fn locked(
         missing = counts.missing,
         "warmed"
     );
-    Ok(TaskOutcome::Warmed)
+    Ok(())
 }
 
 /// Who warmed the current version, if the mark covers it. A mark that cannot be read counts

@@ -13,7 +13,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use hotkeys::config::Counter;
-use hotkeys::hotlist::{HotItem, now_ms};
+use hotkeys::hotlist::{HotItem, LockInfo, now_ms};
+use hotkeys::sync::QueueStatus;
 use hotkeys::zk::TaskView;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -23,7 +24,8 @@ use super::api::{RangeQuery, hot_view, lift, ranked_range};
 use super::auth::authorize;
 use super::charts;
 use super::error::ApiError;
-use super::history::{HistoryError, Range};
+use super::history::{History, HistoryError, Range, TopKey};
+use super::probe::NodeState;
 use super::query::HotQuery;
 use super::state::Dashboard;
 use crate::blacklist::{bans, remaining_text};
@@ -124,23 +126,12 @@ fn counter_picker(d: &Dashboard, current: &str) -> Markup {
 }
 
 async fn overview(State(d): State<Arc<Dashboard>>) -> Page {
-    let mut sections = Vec::new();
-    for counter in d.topology.counters() {
-        let name = counter.name.clone();
-        let views = d
-            .with_zk(|zk| async move { zk.for_counter(&name).task_views().await })
-            .await
-            .map_err(ApiError::from)?;
-        sections.push((counter, views));
-    }
+    let sections = counter_sections(&d).await?;
     let recorder = d
         .with_zk(|zk| async move { zk.read_recorder().await })
         .await
         .map_err(ApiError::from)?;
-    let queue = match d.queue().await {
-        Ok(q) => q.status().await.map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
+    let queue = queue_status(&d).await;
     let ends = d.end_offsets.get().await;
     let nodes = d.nodes.states(&d.topology.redis).await;
     Ok(layout(
@@ -154,41 +145,84 @@ async fn overview(State(d): State<Arc<Dashboard>>) -> Page {
             }
             @if let Err(e) = &ends { p.error { "end offsets unknown: " (e) } }
             h2 { "Replication" }
-            @match &queue {
-                Ok(s) => table.kv {
-                    tr { th { "queue" } td { code { (s.queue) } } }
-                    tr { th { "length" } td { (s.length) } }
-                    tr { th { "in flight" } td { (s.in_flight_batches) " batches, " (s.in_flight_ops) " ops" } }
-                    tr { th { "last acked stamp" } td { (s.acked) " of " (s.last_stamp) } }
-                    tr { th { "lag" } td { (format!("{:.1}s", s.lag_ms as f64 / 1000.0)) } }
-                    tr { th { "dead letters" } td { (s.dead) } }
-                },
-                Err(e) => p.error { (e) },
-            }
+            (replication(&queue))
             h2 { "Redis nodes" }
-            table.kv {
-                thead { tr { th { "node" } th { "backup" } th { "state" } } }
-                tbody {
-                    @for n in &nodes {
-                        tr {
-                            td { code { (n.node) } }
-                            td { @if let Some(b) = &n.backup { code { (b) } } }
-                            td class=(n.state) { (n.state) }
-                        }
+            (nodes_table(&nodes))
+            h2 { "History recorder" }
+            (recorder_line(&d, &recorder))
+        },
+    ))
+}
+
+/// Each counter with its tasks' views, in the topology's order.
+async fn counter_sections(d: &Dashboard) -> Result<Vec<(Counter, Vec<TaskView>)>, ApiError> {
+    let mut sections = Vec::new();
+    for counter in d.topology.counters() {
+        let name = counter.name.clone();
+        let views = d
+            .with_zk(|zk| async move { zk.for_counter(&name).task_views().await })
+            .await
+            .map_err(ApiError::from)?;
+        sections.push((counter, views));
+    }
+    Ok(sections)
+}
+
+/// The replication queue's status, or why it is unknown.
+async fn queue_status(d: &Dashboard) -> Result<QueueStatus, String> {
+    match d.queue().await {
+        Ok(q) => q.status().await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The replication queue's figures, or the error in their place.
+fn replication(queue: &Result<QueueStatus, String>) -> Markup {
+    html! {
+        @match queue {
+            Ok(s) => table.kv {
+                tr { th { "queue" } td { code { (s.queue) } } }
+                tr { th { "length" } td { (s.length) } }
+                tr { th { "in flight" } td { (s.in_flight_batches) " batches, " (s.in_flight_ops) " ops" } }
+                tr { th { "last acked stamp" } td { (s.acked) " of " (s.last_stamp) } }
+                tr { th { "lag" } td { (format!("{:.1}s", s.lag_ms as f64 / 1000.0)) } }
+                tr { th { "dead letters" } td { (s.dead) } }
+            },
+            Err(e) => p.error { (e) },
+        }
+    }
+}
+
+/// The configured Redis nodes with their backups and states.
+fn nodes_table(nodes: &[NodeState]) -> Markup {
+    html! {
+        table.kv {
+            thead { tr { th { "node" } th { "backup" } th { "state" } } }
+            tbody {
+                @for n in nodes {
+                    tr {
+                        td { code { (n.node) } }
+                        td { @if let Some(b) = &n.backup { code { (b) } } }
+                        td class=(n.state) { (n.state) }
                     }
                 }
             }
-            h2 { "History recorder" }
-            p {
-                @match &recorder {
-                    Some((holder, this)) => { code { (holder.holder()) } @if *this { " (this dashboard)" } },
-                    None => "none",
-                }
-                " · every " (humantime::format_duration(d.settings.record))
-                " · kept " (humantime::format_duration(d.settings.retain))
+        }
+    }
+}
+
+/// Who records the history, how often, and for how long it is kept.
+fn recorder_line(d: &Dashboard, recorder: &Option<(LockInfo, bool)>) -> Markup {
+    html! {
+        p {
+            @match recorder {
+                Some((holder, this)) => { code { (holder.holder()) } @if *this { " (this dashboard)" } },
+                None => "none",
             }
-        },
-    ))
+            " · every " (humantime::format_duration(d.settings.record))
+            " · kept " (humantime::format_duration(d.settings.retain))
+        }
+    }
 }
 
 fn counter_summary(counter: &Counter) -> String {
@@ -397,61 +431,116 @@ async fn history(State(d): State<Arc<Dashboard>>, Query(q): Query<HistoryPageQue
     let counter = asked.counter(&d)?;
     let range = asked.range()?;
     ranked_range(&d, range)?;
-    let history = d.history()?;
     let key = q.key.as_deref().filter(|k| !k.is_empty());
-    let read = async {
-        let points = match key {
-            Some(k) => history.series(&counter.name, k, range).await?,
-            None => Vec::new(),
-        };
-        Ok((points, history.top(&counter.name, range, 20).await?))
+    let read = read_history(d.history()?, &counter.name, key, range).await;
+    let shown = HistoryShown {
+        counter: &counter.name,
+        key,
+        span: &span,
+        range,
     };
-    let (points, top, unavailable) = match within_budget(read).await {
-        Ok((points, top)) => (points, top, None),
-        Err(error) => (Vec::new(), Vec::new(), Some(error)),
-    };
-    let csv = format!(
-        "/api/history.csv?counter={}&from={}&to={}",
-        urlencode(&counter.name),
-        range.from_ms,
-        range.to_ms
-    );
     Ok(layout(
         "History",
         "History",
         html! {
-            form.bar method="get" action="/history" {
-                (counter_picker(&d, &counter.name))
-                label { "key " input type="search" name="key" value=[key] placeholder="a key"; }
-                label { "range "
-                    select name="range" {
-                        @for (value, name) in &ranges { option value=(value) selected[*value == span] { (name) } }
-                    }
-                }
-                button { "Show" }
-                a.button href=(csv) download { "Export CSV" }
-            }
-            @if let Some(error) = &unavailable { (banner(error)) }
+            (history_form(&d, &shown, &ranges))
+            @if let Some(error) = &read.unavailable { (banner(error)) }
             @if let Some(k) = key {
                 h2 { code { (k) } " over the last " (span) }
-                @if points.is_empty() { p.meta { "nothing recorded for this key in the range" } }
-                @else { figure.chart { (PreEscaped(charts::series(&points, range))) } }
+                @if read.points.is_empty() { p.meta { "nothing recorded for this key in the range" } }
+                @else { figure.chart { (PreEscaped(charts::series(&read.points, range))) } }
             }
             h2 { "Top keys by their highest count, last " (span) }
-            table {
-                thead { tr { th.num { "#" } th { "key" } th.num { "highest count" } } }
-                tbody {
-                    @for (i, t) in top.iter().enumerate() {
-                        tr {
-                            td.num { (i + 1) }
-                            td { a href=(format!("{}&range={span}", history_link(&counter.name, &t.key))) { (t.key) } }
-                            td.num { (t.max) }
-                        }
+            (top_keys_table(&shown, &read.top))
+        },
+    ))
+}
+
+/// What the history page shows: the counter, the key (if one was asked), the picked span
+/// and the range it stands for.
+struct HistoryShown<'a> {
+    counter: &'a str,
+    key: Option<&'a str>,
+    span: &'a str,
+    range: Range,
+}
+
+/// The history page's data; empty, with the reason, when the history did not answer
+/// within [`PAGE_HISTORY_BUDGET`].
+struct HistoryRead {
+    points: Vec<(i64, u64)>,
+    top: Vec<TopKey>,
+    unavailable: Option<HistoryError>,
+}
+
+/// The key's series (when a key is asked) and the counter's top keys in `range`.
+async fn read_history(
+    history: &History,
+    counter: &str,
+    key: Option<&str>,
+    range: Range,
+) -> HistoryRead {
+    let read = async {
+        let points = match key {
+            Some(k) => history.series(counter, k, range).await?,
+            None => Vec::new(),
+        };
+        Ok((points, history.top(counter, range, 20).await?))
+    };
+    match within_budget(read).await {
+        Ok((points, top)) => HistoryRead {
+            points,
+            top,
+            unavailable: None,
+        },
+        Err(error) => HistoryRead {
+            points: Vec::new(),
+            top: Vec::new(),
+            unavailable: Some(error),
+        },
+    }
+}
+
+/// The history page's picker: counter, key and range, with the CSV export of the range.
+fn history_form(d: &Dashboard, shown: &HistoryShown, ranges: &[(&str, &str)]) -> Markup {
+    let csv = format!(
+        "/api/history.csv?counter={}&from={}&to={}",
+        urlencode(shown.counter),
+        shown.range.from_ms,
+        shown.range.to_ms
+    );
+    html! {
+        form.bar method="get" action="/history" {
+            (counter_picker(d, shown.counter))
+            label { "key " input type="search" name="key" value=[shown.key] placeholder="a key"; }
+            label { "range "
+                select name="range" {
+                    @for (value, name) in ranges { option value=(value) selected[*value == shown.span] { (name) } }
+                }
+            }
+            button { "Show" }
+            a.button href=(csv) download { "Export CSV" }
+        }
+    }
+}
+
+/// The top keys by their highest count, each linking to its own history.
+fn top_keys_table(shown: &HistoryShown, top: &[TopKey]) -> Markup {
+    let span = shown.span;
+    html! {
+        table {
+            thead { tr { th.num { "#" } th { "key" } th.num { "highest count" } } }
+            tbody {
+                @for (i, t) in top.iter().enumerate() {
+                    tr {
+                        td.num { (i + 1) }
+                        td { a href=(format!("{}&range={span}", history_link(shown.counter, &t.key))) { (t.key) } }
+                        td.num { (t.max) }
                     }
                 }
             }
-        },
-    ))
+        }
+    }
 }
 
 /// The picker's ranges that `dashboard.max_range` allows.
