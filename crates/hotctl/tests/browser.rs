@@ -261,12 +261,7 @@ async fn with_the_history_table_locked_the_hot_keys_page_shows_its_counts_under_
         .await
         .expect("publish");
     let d = Dashboard::start(&t, &["--record", "0"], None).await;
-    let second = dashboard_support::history_db_named(LOCKED_DB).await;
-    let mut locker = second.acquire().await.expect("a second session");
-    sqlx::raw_sql("LOCK TABLES hot_history WRITE")
-        .execute(&mut *locker)
-        .await
-        .expect("lock the history table");
+    let locker = dashboard_support::lock_history(LOCKED_DB).await;
     let browser = driver.browser().await;
 
     browser.goto(&d.url("/hot")).await.expect("open /hot");
@@ -286,9 +281,6 @@ async fn with_the_history_table_locked_the_hot_keys_page_shows_its_counts_under_
     )
     .expect("save the screenshot");
     browser.close().await.expect("close the browser");
-    sqlx::raw_sql("UNLOCK TABLES")
-        .execute(&mut *locker)
-        .await
-        .expect("unlock");
+    locker.unlock().await;
     zk.delete_all().await.expect("clean up");
 }

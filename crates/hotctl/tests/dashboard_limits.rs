@@ -274,12 +274,7 @@ async fn with_the_history_table_locked_pages_answer_the_recorder_lets_go_and_sig
         (d.json("/api/recorder").await["this"] == true).then_some(())
     })
     .await;
-    let second = dashboard_support::history_db_named(LOCKED_DB).await;
-    let mut locker = second.acquire().await.expect("a second session");
-    sqlx::raw_sql("LOCK TABLES hot_history WRITE")
-        .execute(&mut *locker)
-        .await
-        .expect("lock the history table");
+    let locker = dashboard_support::lock_history(LOCKED_DB).await;
 
     let page = client()
         .get(d.url("/hot"))
@@ -318,9 +313,6 @@ async fn with_the_history_table_locked_pages_answer_the_recorder_lets_go_and_sig
     let status = d.terminate().await;
     assert!(status.success(), "exit status {status}");
 
-    sqlx::raw_sql("UNLOCK TABLES")
-        .execute(&mut *locker)
-        .await
-        .expect("unlock");
+    locker.unlock().await;
     zk.delete_all().await.expect("clean up");
 }

@@ -31,6 +31,29 @@ pub async fn history_db() -> hotkeys::mysql::Pool {
 
 /// Creates the history database `database` (a name the stack grants: `hotkeys_*`) if
 /// needed; returns a pool on it. A test that locks the history table uses one of its own.
+/// `hot_history` of `database` locked for writing by a session of its own, as a stalled
+/// writer holds it, until [`HistoryLock::unlock`].
+pub struct HistoryLock(sqlx::pool::PoolConnection<sqlx::MySql>);
+
+pub async fn lock_history(database: &str) -> HistoryLock {
+    let pool = history_db_named(database).await;
+    let mut session = pool.acquire().await.expect("a second session");
+    sqlx::raw_sql("LOCK TABLES hot_history WRITE")
+        .execute(&mut *session)
+        .await
+        .expect("lock the history table");
+    HistoryLock(session)
+}
+
+impl HistoryLock {
+    pub async fn unlock(mut self) {
+        sqlx::raw_sql("UNLOCK TABLES")
+            .execute(&mut *self.0)
+            .await
+            .expect("unlock");
+    }
+}
+
 pub async fn history_db_named(database: &str) -> hotkeys::mysql::Pool {
     let admin = hotkeys::mysql::connect(
         &MysqlConfig {
