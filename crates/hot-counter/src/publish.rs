@@ -33,6 +33,7 @@ use futures::future::join_all;
 use hotkeys::Topology;
 use hotkeys::blacklist::Blacklist;
 use hotkeys::config::Counter;
+use hotkeys::count::CheckpointKind;
 use hotkeys::hotlist::{LockInfo, now_ms};
 use hotkeys::zk::{Zk, ZkError};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -126,9 +127,10 @@ impl Publisher {
             if checkpoint {
                 self.next_checkpoint = now + self.topology.count.checkpoint_every;
             }
+            let checkpoint = checkpoint.then_some(CheckpointKind::Periodic);
             self.start(worker, handoff, Scope::All, checkpoint, "periodic");
         } else if self.entered.swap(false, Ordering::AcqRel) {
-            self.start(worker, handoff, Scope::Entered, false, "entry");
+            self.start(worker, handoff, Scope::Entered, None, "entry");
         }
     }
 
@@ -138,7 +140,7 @@ impl Publisher {
         worker: &Mutex<Worker>,
         handoff: &Handoff,
         scope: Scope<'_>,
-        checkpoint: bool,
+        checkpoint: Option<CheckpointKind>,
         reason: &'static str,
     ) {
         self.last_round = Instant::now();
@@ -201,7 +203,7 @@ impl Publisher {
     ) {
         self.settle(consumer, worker, handoff);
         let scope = partitions.map_or(Scope::All, Scope::Only);
-        let writes = self.render(worker, scope, true);
+        let writes = self.render(worker, scope, Some(CheckpointKind::Final));
         let written = self.runtime.block_on(async {
             match tokio::time::timeout(deadline, send_all(&self.zk, writes)).await {
                 Ok(written) => written,
@@ -255,7 +257,12 @@ impl Publisher {
     /// What a round writes for the tasks of `scope`, rendered under the worker's lock,
     /// which is let go before anything is written. Each task rendered has its entries
     /// taken into account.
-    fn render(&self, worker: &Mutex<Worker>, scope: Scope<'_>, checkpoint: bool) -> Vec<Write> {
+    fn render(
+        &self,
+        worker: &Mutex<Worker>,
+        scope: Scope<'_>,
+        checkpoint: Option<CheckpointKind>,
+    ) -> Vec<Write> {
         let mut w = lock(worker);
         w.flush_metrics();
         let mut ids: Vec<i32> = match scope {
@@ -280,7 +287,7 @@ impl Publisher {
                 continue;
             };
             task.entered = false;
-            if task.has_news(checkpoint) {
+            if task.has_news(checkpoint.is_some()) {
                 writes.extend(task.prepare(&self.topology, &w.counters, &self.owner, checkpoint));
             }
         }

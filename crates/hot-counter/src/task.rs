@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use hotkeys::Topology;
 use hotkeys::config::Counter;
-use hotkeys::count::WindowCounter;
+use hotkeys::count::{CheckpointKind, WindowCounter};
 use hotkeys::event::KeyError;
 use hotkeys::hotlist::{HotList, now_ms};
 use hotkeys::zk::{REQUEST_MAX_BYTES, Restorable, Zk, ZkError};
@@ -406,20 +406,22 @@ impl Task {
     }
 
     /// What to write for every counter with news: its hot list, and its checkpoint when
-    /// `checkpoint` is asked or the hot node must be created. The hot list is bounded by
-    /// `hotlist::MAX_BYTES`; the checkpoint gets what is left of one ZooKeeper request.
+    /// `checkpoint` is asked or the hot node must be created (then as a periodic one). The
+    /// hot list is bounded by `hotlist::MAX_BYTES`; the checkpoint gets what is left of one
+    /// ZooKeeper request.
     pub fn prepare(
         &self,
         topology: &Topology,
         counters: &[Counter],
         owner: &str,
-        checkpoint: bool,
+        checkpoint: Option<CheckpointKind>,
     ) -> Vec<Write> {
         let mut writes = Vec::new();
         for (index, counter) in counters.iter().enumerate() {
             let state = &self.counters[index];
-            let with_checkpoint = state.needs_checkpoint()
-                && (checkpoint || state.zk_version.is_none() || state.checkpoint_missing);
+            let creating = state.zk_version.is_none() || state.checkpoint_missing;
+            let kind = checkpoint.or(creating.then_some(CheckpointKind::Periodic));
+            let with_checkpoint = state.needs_checkpoint() && kind.is_some();
             if !state.has_news() && !with_checkpoint {
                 continue;
             }
@@ -431,10 +433,9 @@ impl Task {
                 tracing::warn!(task = self.id, counter = %counter.name, items = list.items.len(),
                     "hot list truncated to fit one ZooKeeper request");
             }
-            let checkpoint = with_checkpoint.then(|| {
-                state
-                    .window
-                    .checkpoint(state.next_offset, REQUEST_MAX_BYTES - hot.len())
+            let checkpoint = kind.filter(|_| with_checkpoint).map(|kind| {
+                let room = REQUEST_MAX_BYTES - hot.len();
+                state.window.checkpoint(state.next_offset, room, kind)
             });
             writes.push(Write {
                 task: self.id,
@@ -506,7 +507,7 @@ mod tests {
         let checkpoint = checkpoint_offset.map(|offset| {
             let mut window = WindowCounter::new(&c.count);
             window.offer("k", NOW);
-            window.checkpoint(offset, REQUEST_MAX_BYTES)
+            window.checkpoint(offset, REQUEST_MAX_BYTES, CheckpointKind::Final)
         });
         Restorable {
             hot: HotList {
@@ -532,14 +533,16 @@ mod tests {
 
     /// What every publish path would write, as (offset, checkpoint?, adopt?, seen).
     fn writes(task: &Task, checkpoint: bool) -> Vec<(i64, bool, bool, Option<i32>)> {
-        task.prepare(&topology(), &topology().counters(), OWNER, checkpoint)
+        let kind = checkpoint.then_some(CheckpointKind::Periodic);
+        task.prepare(&topology(), &topology().counters(), OWNER, kind)
             .iter()
             .map(|w| (w.offset, w.has_checkpoint(), w.adopt, w.seen))
             .collect()
     }
 
     fn succeed(task: &mut Task, checkpoint: bool) {
-        for w in task.prepare(&topology(), &topology().counters(), OWNER, checkpoint) {
+        let kind = checkpoint.then_some(CheckpointKind::Periodic);
+        for w in task.prepare(&topology(), &topology().counters(), OWNER, kind) {
             let version = w.seen.map_or(0, |v| v + 1);
             task.apply(&w, &Ok(version));
         }
@@ -637,7 +640,7 @@ mod tests {
         let mut task = restored(Some(saved(100, 3, Some(100))));
         count_to(&mut task, 150);
         let write = task
-            .prepare(&topology(), &topology().counters(), OWNER, false)
+            .prepare(&topology(), &topology().counters(), OWNER, None)
             .remove(0);
         task.apply(
             &write,
@@ -654,7 +657,12 @@ mod tests {
         count_to(&mut task, 150);
         let before = writes(&task, true);
         let write = task
-            .prepare(&topology(), &topology().counters(), OWNER, true)
+            .prepare(
+                &topology(),
+                &topology().counters(),
+                OWNER,
+                Some(CheckpointKind::Periodic),
+            )
             .remove(0);
         task.apply(&write, &Err(ZkError::Timeout));
         assert_eq!(writes(&task, true), before);
@@ -737,7 +745,7 @@ mod tests {
         let mut task = restored(None);
         count_to(&mut task, 10);
         let write = task
-            .prepare(&topology(), &topology().counters(), OWNER, false)
+            .prepare(&topology(), &topology().counters(), OWNER, None)
             .remove(0);
         task.apply(&write, &Err(ZkError::Timeout));
         assert!(task.counters[0].entry.passed("k", 1), "k is not listed yet");
@@ -758,6 +766,24 @@ mod tests {
         succeed(&mut task, true);
         assert!(!task.has_news(true));
         assert_eq!(task.checkpointed_offset(), Some(150));
+    }
+
+    #[test]
+    fn a_periodic_checkpoint_is_lighter_than_the_final_one_of_a_hand_over() {
+        let mut task = restored(Some(saved(100, 3, Some(100))));
+        for i in 0..5_000 {
+            task.counters[0].window.offer(&format!("key-{i}"), NOW);
+        }
+        task.counters[0].next_offset = 5_100;
+        let bytes = |kind| {
+            let writes = task.prepare(&topology(), &topology().counters(), OWNER, Some(kind));
+            writes.iter().map(Write::bytes).sum::<usize>()
+        };
+        let (periodic, last) = (
+            bytes(CheckpointKind::Periodic),
+            bytes(CheckpointKind::Final),
+        );
+        assert!(periodic < last, "periodic {periodic} B, final {last} B");
     }
 
     #[test]
@@ -792,7 +818,7 @@ mod tests {
                 offset: 100,
                 ..HotList::default()
             },
-            checkpoint: Some(window.checkpoint(100, REQUEST_MAX_BYTES)),
+            checkpoint: Some(window.checkpoint(100, REQUEST_MAX_BYTES, CheckpointKind::Final)),
             version: 1,
         };
         let mut state = TaskCounter::restored(&c, 0, Some(found), NOW, 30_000);

@@ -335,18 +335,23 @@ impl WindowCounter {
     }
 
     /// The state to store beside a hot list, with `offset`, the next offset it does not
-    /// include. When the compressed form would exceed `max_bytes` (a znode holds at most
-    /// 1 MB), the bound sketches of older buckets are left out first, then the frequency
-    /// sketch, then the newest bucket's bound sketch, then buckets are trimmed to their
-    /// largest counts. What is left out only loosens bounds (a bucket's floor is always
-    /// kept) or admits keys more easily for a while after a restore.
-    pub fn checkpoint(&self, offset: i64, max_bytes: usize) -> Vec<u8> {
+    /// include; `kind` says whether the frequency sketch goes with it. When the compressed
+    /// form would exceed `max_bytes` (a znode holds at most 1 MB), the bound sketches of
+    /// older buckets are left out first, then the frequency sketch, then the newest
+    /// bucket's bound sketch, then buckets are trimmed to their largest counts. What is left
+    /// out only loosens bounds (a bucket's floor is always kept) or admits keys more easily
+    /// for a while after a restore.
+    pub fn checkpoint(&self, offset: i64, max_bytes: usize, kind: CheckpointKind) -> Vec<u8> {
         let sketches: Vec<Option<String>> = self
             .ring
             .iter()
             .map(|(_, s)| s.sketch_bytes().map(|raw| pack_sketch(&raw)))
             .collect();
-        let frequency = self.frequency.as_ref().map(|f| pack_sketch(&f.to_bytes()));
+        let frequency = self
+            .frequency
+            .as_ref()
+            .filter(|_| kind == CheckpointKind::Final)
+            .map(|f| pack_sketch(&f.to_bytes()));
         let newest = self.ring.len().saturating_sub(1);
         let all = self.ring.len();
         let plans =
@@ -460,6 +465,23 @@ fn restore_bucket(algorithm: Algorithm, capacity: usize, b: CheckpointBucket) ->
 /// Higher guaranteed count first, then higher upper bound, then by key.
 fn by_proved_count(a: &(&str, u64, u64, u64), b: &(&str, u64, u64, u64)) -> std::cmp::Ordering {
     b.2.cmp(&a.2).then(b.1.cmp(&a.1)).then(a.0.cmp(b.0))
+}
+
+/// What a checkpoint is for, which decides whether it carries the frequency sketch.
+///
+/// The frequency sketch only steers admission, and at the default capacity it is about a
+/// third of a full window's checkpoint (120 KB after zstd, of about 470 KB). A periodic
+/// checkpoint is only read after a crash, and a window restored without the sketch starts
+/// it empty: until a key is seen again, a newcomer may replace the weakest counter of a
+/// full bucket once, and the newcomer then holds the weakest counter itself, so a crawl
+/// still only ever competes for that one. Every bound stays true.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointKind {
+    /// Every `count.checkpoint_every`: the counts and bound sketches, no frequency sketch.
+    Periodic,
+    /// At revoke and shutdown: everything, so a routine hand-over keeps admission as it
+    /// was.
+    Final,
 }
 
 /// A checkpoint that cannot be used.
@@ -641,7 +663,7 @@ mod tests {
         for i in 0..1000i64 {
             w.offer(&(i % 37).to_string(), i * 10);
         }
-        let bytes = w.checkpoint(77, 1 << 20);
+        let bytes = w.checkpoint(77, 1 << 20, CheckpointKind::Final);
         let (mut r, offset) = WindowCounter::restore(&cfg, &bytes).unwrap();
         assert_eq!(offset, Some(77));
         assert_eq!(r.top(10), w.top(10));
@@ -661,7 +683,8 @@ mod tests {
         for i in 0..20_000 {
             w.offer(&stream(i), 0);
         }
-        let (mut r, _) = WindowCounter::restore(&cfg, &w.checkpoint(0, 1 << 20)).unwrap();
+        let (mut r, _) =
+            WindowCounter::restore(&cfg, &w.checkpoint(0, 1 << 20, CheckpointKind::Final)).unwrap();
         assert_eq!(r.top(20), w.top(20));
         for i in 20_000..40_000 {
             w.offer(&stream(i), 0);
@@ -676,6 +699,59 @@ mod tests {
     }
 
     #[test]
+    fn a_periodic_checkpoint_leaves_the_frequency_sketch_out_and_a_final_one_keeps_it() {
+        let cfg = config(Algorithm::SpaceSaving, 50);
+        let mut w = WindowCounter::new(&cfg);
+        for i in 0..20_000u64 {
+            w.offer(&format!("key-{}", i % 3_000), 0);
+        }
+        let periodic = w.checkpoint(0, 1 << 20, CheckpointKind::Periodic);
+        let last = w.checkpoint(0, 1 << 20, CheckpointKind::Final);
+        let (from_periodic, _) = WindowCounter::restore(&cfg, &periodic).unwrap();
+        let (from_final, _) = WindowCounter::restore(&cfg, &last).unwrap();
+        assert_eq!(from_final.frequency, w.frequency);
+        assert_eq!(from_periodic.frequency, WindowCounter::new(&cfg).frequency);
+        assert_eq!(from_periodic.top(20), w.top(20));
+        assert!(
+            periodic.len() < last.len(),
+            "{} {}",
+            periodic.len(),
+            last.len()
+        );
+    }
+
+    #[test]
+    fn a_crawl_after_a_restore_without_the_frequency_sketch_keeps_the_hot_keys() {
+        let cfg = config(Algorithm::SpaceSaving, 50);
+        let mut w = WindowCounter::new(&cfg);
+        let stream = |i: u64| match i % 10 {
+            0 => format!("hot-{}", i / 10 % 20),
+            _ => format!("crawl-{i}"),
+        };
+        for i in 0..20_000 {
+            w.offer(&stream(i), 0);
+        }
+        let periodic = w.checkpoint(0, 1 << 20, CheckpointKind::Periodic);
+        let (mut r, _) = WindowCounter::restore(&cfg, &periodic).unwrap();
+        for i in 20_000..40_000 {
+            w.offer(&stream(i), 0);
+            r.offer(&stream(i), 0);
+        }
+        let (top, with_sketch) = (r.top(20), w.top(20));
+        assert!(
+            top.items.iter().all(|i| i.key.starts_with("hot-")),
+            "{top:?}"
+        );
+        let counts = |t: &Top| {
+            t.items
+                .iter()
+                .map(|i| (i.key.clone(), i.count))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(counts(&top), counts(&with_sketch));
+    }
+
+    #[test]
     fn oversized_checkpoint_keeps_the_largest_counts() {
         let cfg = config(Algorithm::SpaceSaving, 5000);
         let mut w = WindowCounter::new(&cfg);
@@ -684,7 +760,7 @@ mod tests {
         }
         w.offer("hot", 0);
         w.offer("hot", 0);
-        let bytes = w.checkpoint(0, 2_000);
+        let bytes = w.checkpoint(0, 2_000, CheckpointKind::Final);
         assert!(bytes.len() <= 2_000, "{}", bytes.len());
         let (r, _) = WindowCounter::restore(&cfg, &bytes).unwrap();
         assert_eq!(r.top(1).items[0].key, "hot");
@@ -694,7 +770,7 @@ mod tests {
     fn checkpoint_of_another_configuration_is_refused() {
         let mut w = WindowCounter::new(&config(Algorithm::SpaceSaving, 10));
         w.offer("a", 0);
-        let bytes = w.checkpoint(0, 1 << 20);
+        let bytes = w.checkpoint(0, 1 << 20, CheckpointKind::Final);
         let err = WindowCounter::restore(&config(Algorithm::Lru, 10), &bytes).unwrap_err();
         assert!(err.to_string().contains("configured"), "{err}");
         assert!(WindowCounter::restore(&config(Algorithm::Lru, 10), b"junk").is_err());
@@ -708,7 +784,8 @@ mod tests {
         w.offer("real", 100_500);
         // 50 minutes ahead: every older bucket falls out, later real events would be late.
         w.offer("skewed", 100_000 + 3_000_000);
-        let (mut r, _) = WindowCounter::restore(&cfg, &w.checkpoint(0, 1 << 20)).unwrap();
+        let (mut r, _) =
+            WindowCounter::restore(&cfg, &w.checkpoint(0, 1 << 20, CheckpointKind::Final)).unwrap();
         assert_eq!(r.repair_future(101_000, 1_000), 1);
         for _ in 0..3 {
             r.offer("real", 101_200);
