@@ -58,7 +58,9 @@ fn offsets_gone_back(seen: &Seen) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hand_over_during_a_re_count_never_publishes_an_offset_behind_the_list_it_found() {
-    let mut t = topology("recount-handover", 3);
+    let Some(mut t) = topology("recount-handover", 3) else {
+        return;
+    };
     // One checkpoint, written when each hot node is created; everything after it is
     // re-counted by the next owner.
     t.count.checkpoint_every = Duration::from_secs(3600);
@@ -120,7 +122,9 @@ async fn a_hand_over_during_a_re_count_never_publishes_an_offset_behind_the_list
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_checkpoint_beside_a_hot_list_is_recovered_once_not_reloaded_forever() {
-    let t = topology("lost-checkpoint", 2);
+    let Some(t) = topology("lost-checkpoint", 2) else {
+        return;
+    };
     let file = testing::write_topology(&t);
     let zk = Zk::connect(&t).await.expect("zk");
     let first_keys = zipf_keys(2_000, 300, 1.0, 60);

@@ -60,15 +60,20 @@ impl Drop for Worker {
     }
 }
 
-pub fn topology(test: &str, partitions: u32) -> Topology {
+/// An isolated topology for `test` with `partitions` tasks; `None` (under the one skip
+/// policy, `testing::unavailable`) when the stack is not up.
+pub fn topology(test: &str, partitions: u32) -> Option<Topology> {
     let mut t = testing::topology(test);
+    if !testing::kafka_is_up(&t.kafka.brokers) || !testing::servers_are_up(&t) {
+        return None;
+    }
     t.kafka.partitions = partitions;
     t.count.publish_every = Duration::from_millis(500);
     // A killed member is noticed after this; keeps the hand-over test short.
     t.kafka
         .consumer
         .insert("session.timeout.ms".into(), "6000".into());
-    t
+    Some(t)
 }
 
 pub fn zipf_keys(n: usize, keys: u64, s: f64, seed: u64) -> Vec<String> {
