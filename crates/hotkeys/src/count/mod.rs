@@ -672,24 +672,41 @@ mod tests {
         assert_eq!(r.top(10), w.top(10));
     }
 
-    #[test]
-    fn a_checkpoint_carries_the_sketches_so_a_restored_window_goes_on_alike() {
-        let cfg = config(Algorithm::SpaceSaving, 50);
-        let mut w = WindowCounter::new(&cfg);
-        let stream = |i: u64| match i % 10 {
+    /// Event `i` of a stream where 20 hot keys take one event in ten and a crawl of one-off
+    /// keys the rest.
+    fn hot_among_crawl(i: u64) -> String {
+        match i % 10 {
             0 => format!("hot-{}", i / 10 % 20),
             _ => format!("crawl-{i}"),
-        };
-        for i in 0..20_000 {
-            w.offer(&stream(i), 0);
         }
+    }
+
+    /// A window of capacity 50 after the stream's first `events`.
+    fn crawled(events: u64) -> (CountConfig, WindowCounter) {
+        let cfg = config(Algorithm::SpaceSaving, 50);
+        let mut w = WindowCounter::new(&cfg);
+        (0..events).for_each(|i| {
+            w.offer(&hot_among_crawl(i), 0);
+        });
+        (cfg, w)
+    }
+
+    /// Feeds the stream's events `from..to` to both windows.
+    fn go_on(windows: [&mut WindowCounter; 2], from: u64, to: u64) {
+        for window in windows {
+            (from..to).for_each(|i| {
+                window.offer(&hot_among_crawl(i), 0);
+            });
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_carries_the_sketches_so_a_restored_window_goes_on_alike() {
+        let (cfg, mut w) = crawled(20_000);
         let (mut r, _) =
             WindowCounter::restore(&cfg, &w.checkpoint(0, 1 << 20, CheckpointKind::Final)).unwrap();
         assert_eq!(r.top(20), w.top(20));
-        for i in 20_000..40_000 {
-            w.offer(&stream(i), 0);
-            r.offer(&stream(i), 0);
-        }
+        go_on([&mut w, &mut r], 20_000, 40_000);
         let top = w.top(20);
         assert_eq!(r.top(20), top);
         assert!(
@@ -722,21 +739,10 @@ mod tests {
 
     #[test]
     fn a_crawl_after_a_restore_without_the_frequency_sketch_keeps_the_hot_keys() {
-        let cfg = config(Algorithm::SpaceSaving, 50);
-        let mut w = WindowCounter::new(&cfg);
-        let stream = |i: u64| match i % 10 {
-            0 => format!("hot-{}", i / 10 % 20),
-            _ => format!("crawl-{i}"),
-        };
-        for i in 0..20_000 {
-            w.offer(&stream(i), 0);
-        }
+        let (cfg, mut w) = crawled(20_000);
         let periodic = w.checkpoint(0, 1 << 20, CheckpointKind::Periodic);
         let (mut r, _) = WindowCounter::restore(&cfg, &periodic).unwrap();
-        for i in 20_000..40_000 {
-            w.offer(&stream(i), 0);
-            r.offer(&stream(i), 0);
-        }
+        go_on([&mut w, &mut r], 20_000, 40_000);
         let (top, with_sketch) = (r.top(20), w.top(20));
         assert!(
             top.items.iter().all(|i| i.key.starts_with("hot-")),
