@@ -20,6 +20,9 @@
 #   latency_zk_enter_ms p50=… p99=… max=…
 #   latency_redis_ms p50=… p99=… max=…
 #   zk_writes_per_s total=… per_task=… min_gap_ms=…   (min_gap_ms: one task's hot list)
+#   zk_checkpoint_bytes mean=… every_s=… per_task_per_s=…   (a task's checkpoint bytes at
+#                                           steady state: the mean checkpoint written while
+#                                           measuring, once per count.checkpoint_every)
 #
 #   scripts/bench-latency.sh
 #   CROWDS=10 RATE=5000 scripts/bench-latency.sh

@@ -17,8 +17,8 @@
 //!
 //! then p50, p99 and max of each; hot-counter's writes to ZooKeeper (hot lists and
 //! checkpoints; prewarm's locks and marks are left out) in bytes and writes per second (the
-//! bytes also split into hot lists and checkpoints), and
-//! the shortest time between two writes of one task's hot list. The last lines are one
+//! bytes also split into hot lists and checkpoints), the shortest time between two writes
+//! of one task's hot list, and the mean checkpoint's size spread over `checkpoint_every`. The last lines are one
 //! summary line per figure. `--cleanup` deletes the topology's ZooKeeper subtree.
 
 use std::collections::HashMap;
@@ -98,6 +98,7 @@ struct Writes {
     bytes: u64,
     /// Of `bytes`, the checkpoints' (the rest are hot lists).
     checkpoint_bytes: u64,
+    checkpoints: u64,
     count: u64,
     /// Version and modification time of each task's last hot list, and the shortest gap
     /// between two versions.
@@ -171,6 +172,7 @@ async fn main() -> anyhow::Result<()> {
 
     let writes = std::mem::take(&mut *writes.lock().unwrap_or_else(|p| p.into_inner()));
     report(&crowds, &writes, elapsed, topology.kafka.partitions);
+    report_checkpoints(&writes, topology.count.checkpoint_every);
     if !seen {
         bail!("not every crowd was seen within {:?}", args.patience);
     }
@@ -287,6 +289,7 @@ async fn watch_zk(
             w.bytes += stat.data_length as u64;
             if node == Layout::CHECKPOINT {
                 w.checkpoint_bytes += stat.data_length as u64;
+                w.checkpoints += 1;
             }
             w.count += 1;
         }
@@ -424,6 +427,18 @@ fn report(crowds: &Shared, writes: &Writes, seconds: f64, partitions: u32) {
         "zk_writes_per_s total={writes_per_s:.1} per_task={:.1} min_gap_ms={}",
         writes_per_s / tasks,
         writes.min_gap_ms.map_or("-".into(), |g| g.to_string())
+    );
+}
+
+/// The steady-state checkpoint bytes of a task: the mean size of the checkpoints written
+/// while measuring, one per `every`. The measured span holds only one or two checkpoints
+/// per task, so `per_task_checkpoint` above swings by up to a checkpoint; this does not.
+fn report_checkpoints(writes: &Writes, every: Duration) {
+    let mean = writes.checkpoint_bytes as f64 / writes.checkpoints.max(1) as f64;
+    println!(
+        "zk_checkpoint_bytes mean={mean:.0} every_s={} per_task_per_s={:.0}",
+        every.as_secs_f64(),
+        mean / every.as_secs_f64()
     );
 }
 
