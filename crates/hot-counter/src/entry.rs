@@ -7,8 +7,13 @@
 //! - a key **enters the top N**: its guaranteed count in the bucket it was just counted in
 //!   reaches the task's *bar*, one more than the reported count (an upper bound) of the last
 //!   item of the list the task last published (1 while that list holds fewer than `top_n`
-//!   items), and the key is not in that list. A key that only ties the last item changes
-//!   nothing a reader acts on, and ties are common where the list's counts are small;
+//!   items), and at least [`ENTRY_MIN_COUNT`]; and the key is not in that list. A key that
+//!   only ties the last item changes nothing a reader acts on, and ties are common where the
+//!   list's counts are small. Below the minimum, where a list is not full yet or a window is
+//!   still filling, a new key is noise rather than a surge: without it, every second or
+//!   third sighting of a background key entered such a list and the task wrote out of turn
+//!   at every [`MIN_GAP`] (2.4 times the hot-list bytes in the first minute of
+//!   `scripts/bench-latency.sh`). A flash crowd passes it within its first events;
 //! - a key **crosses a threshold rule**: its guaranteed count in the bucket reaches the
 //!   rule's threshold.
 //!
@@ -30,6 +35,9 @@ use hotkeys::hotlist::HotItem;
 
 /// The shortest time between two publish rounds.
 pub const MIN_GAP: Duration = Duration::from_millis(50);
+
+/// The lowest bar: a key seen fewer times in its bucket waits for the periodic round.
+pub const ENTRY_MIN_COUNT: u64 = 8;
 
 /// What makes one counter of a task publish out of turn; see the module docs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +63,8 @@ impl EntryBar {
             bar: match items.last() {
                 Some(last) if full => last.count + 1,
                 _ => 1,
-            },
+            }
+            .max(ENTRY_MIN_COUNT),
             listed: items.iter().map(|i| i.key.clone()).collect(),
             threshold: counter.rule.as_ref().map(|r| r.threshold),
         }
@@ -106,22 +115,42 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn any_new_key_enters_a_list_that_is_not_full() {
+    fn any_new_key_seen_the_minimum_times_enters_a_list_that_is_not_full() {
         let c = counter(3, None);
-        assert!(EntryBar::empty(&c).passed("a", 1));
+        assert!(EntryBar::empty(&c).passed("a", ENTRY_MIN_COUNT));
         let bar = EntryBar::after(&c, &items(&[("a", 9), ("b", 4)]));
-        assert!(bar.passed("c", 1));
-        assert!(!bar.passed("a", 1), "a listed key does not enter again");
-        assert!(!bar.passed("c", 2), "a key passes the bar once");
+        assert!(bar.passed("c", ENTRY_MIN_COUNT));
+        assert!(
+            !bar.passed("a", ENTRY_MIN_COUNT),
+            "a listed key does not enter again"
+        );
+        assert!(
+            !bar.passed("c", ENTRY_MIN_COUNT + 1),
+            "a key passes the bar once"
+        );
+    }
+
+    #[test]
+    fn a_key_seen_fewer_than_the_minimum_times_waits_for_the_periodic_round() {
+        let c = counter(3, None);
+        let (empty, short) = (
+            EntryBar::empty(&c),
+            EntryBar::after(&c, &items(&[("a", 2)])),
+        );
+        let full = EntryBar::after(&counter(1, None), &items(&[("a", 2)]));
+        for bar in [empty, short, full] {
+            assert!((1..ENTRY_MIN_COUNT).all(|n| !bar.passed("c", n)), "{bar:?}");
+            assert!(bar.passed("c", ENTRY_MIN_COUNT), "{bar:?}");
+        }
     }
 
     #[test]
     fn a_key_enters_a_full_list_when_its_count_outgrows_the_last_items() {
-        let bar = EntryBar::after(&counter(2, None), &items(&[("a", 9), ("b", 4)]));
-        assert!(!bar.passed("c", 4), "a tie changes nothing");
-        assert!(bar.passed("c", 5));
-        assert!(!bar.passed("b", 5), "b is in the list already");
-        assert!(!bar.passed("c", 6));
+        let bar = EntryBar::after(&counter(2, None), &items(&[("a", 90), ("b", 40)]));
+        assert!(!bar.passed("c", 40), "a tie changes nothing");
+        assert!(bar.passed("c", 41));
+        assert!(!bar.passed("b", 41), "b is in the list already");
+        assert!(!bar.passed("c", 42));
     }
 
     #[test]

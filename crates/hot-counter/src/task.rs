@@ -487,6 +487,7 @@ mod tests {
     //! shutdown) would write.
 
     use super::*;
+    use crate::entry::ENTRY_MIN_COUNT;
     use crate::entry::tests::items;
 
     const NOW: i64 = 1_700_000_000_000;
@@ -732,9 +733,12 @@ mod tests {
         let taken_over = restored(Some(found));
         for task in [from_checkpoint, taken_over] {
             let entry = &task.counters[0].entry;
-            assert!(!entry.passed("a", 1), "a listed key does not enter again");
             assert!(
-                entry.passed("c", 1),
+                !entry.passed("a", ENTRY_MIN_COUNT),
+                "a listed key does not enter again"
+            );
+            assert!(
+                entry.passed("c", ENTRY_MIN_COUNT),
                 "the list is not full: any new key enters"
             );
         }
@@ -748,9 +752,10 @@ mod tests {
             .prepare(&topology(), &topology().counters(), OWNER, None)
             .remove(0);
         task.apply(&write, &Err(ZkError::Timeout));
-        assert!(task.counters[0].entry.passed("k", 1), "k is not listed yet");
+        let entry = |task: &Task| task.counters[0].entry.passed("k", ENTRY_MIN_COUNT);
+        assert!(entry(&task), "k is not listed yet");
         task.apply(&write, &Ok(0));
-        assert!(!task.counters[0].entry.passed("k", 1), "k is listed now");
+        assert!(!entry(&task), "k is listed now");
     }
 
     #[test]
