@@ -531,6 +531,12 @@ impl CheckpointBucket {
             entries.truncate(keep);
         }
         let space_saving = matches!(summary, Summary::SpaceSaving(_));
+        if space_saving {
+            // Sorted keys share their prefixes with their neighbours, which zstd then
+            // writes once: a fifth fewer bytes for numeric ids. An LRU's order is its
+            // recency and stays.
+            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        }
         CheckpointBucket {
             bucket,
             total: summary.total(),
@@ -755,6 +761,24 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(counts(&top), counts(&with_sketch));
+    }
+
+    #[test]
+    fn a_full_bucket_of_10k_numeric_ids_checkpoints_in_under_32_kb() {
+        use rand::{Rng, SeedableRng};
+        // One task's share of scripts/bench-latency.sh: 500 events/s over a sixth of
+        // 100,000 product ids, one bucket of 30 s at the default capacity.
+        let cfg = CountConfig::default();
+        let mut w = WindowCounter::new(&cfg);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+        for _ in 0..15_000 {
+            w.offer(&(rng.random_range(0..16_667u64) * 6).to_string(), 0);
+        }
+        let bytes = w.checkpoint(0, 1 << 20, CheckpointKind::Periodic).len();
+        let counters: usize = w.ring.iter().map(|(_, s)| s.entries().len()).sum();
+        assert!(counters > 9_000, "{counters}");
+        // 35 KB with the keys in the counters' order, 28 KB sorted.
+        assert!(bytes < 32_000, "{bytes} B for {counters} counters");
     }
 
     #[test]
