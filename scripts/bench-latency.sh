@@ -47,7 +47,9 @@ scripts/stack.sh up >/dev/null
 # shellcheck source=/dev/null
 . .stack/env
 if [[ ${NO_BUILD:-0} != 1 ]]; then
-  cargo build --release -q -p hotkeys --example latency_probe -p hotctl
+  # One command per target kind: `--example` would otherwise limit every package to it.
+  cargo build --release -q -p hotkeys --example latency_probe
+  cargo build --release -q -p hotctl
   [[ -n ${BIN:-} ]] || cargo build --release -q -p hot-counter -p prewarm
 fi
 BIN=${BIN:-target/release}
