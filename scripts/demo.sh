@@ -49,6 +49,9 @@ scripts/stack.sh up
 stage "stack up"
 
 say "build (release)"
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+ensure_build_packages
 cargo build --release --locked -q -p access-producer -p hot-counter -p prewarm -p hotctl -p cache-sync
 bin=target/release
 stage "build"
@@ -237,9 +240,6 @@ sys.exit(0 if len(points) >= 3 and points[-1][1] > 50000 else 1)'; do
   sleep 0.5
 done
 if ! command -v chromium >/dev/null; then
-  STACK_DIR=$PWD/.stack
-  # shellcheck source=scripts/lib.sh
-  . scripts/lib.sh
   apt_install chromium fonts-liberation
 fi
 chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --disable-background-networking \

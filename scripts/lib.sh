@@ -171,3 +171,16 @@ apt_install() { # PACKAGE...
     die "apt-get install failed (exit $rc) for: $* (log: $apt_log)"
   fi
 }
+
+# Debian packages the workspace's build needs besides Rust, a C compiler and make: zstd-sys
+# and librdkafka link the system libzstd (found with pkg-config) instead of compiling zstd.
+BUILD_PACKAGES=(pkg-config libzstd-dev)
+
+# Installs the missing BUILD_PACKAGES (quietly, as apt_install does).
+ensure_build_packages() {
+  local p missing=()
+  for p in "${BUILD_PACKAGES[@]}"; do
+    pkg_installed "$p" || missing+=("$p")
+  done
+  apt_install "${missing[@]}"
+}

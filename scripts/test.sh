@@ -10,11 +10,11 @@ scripts/stack.sh up
 # Tests that need a server fail instead of skipping when it is unreachable.
 export CI=${CI:-true}
 
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+ensure_build_packages
 # The dashboard's browser test drives Debian's chromium through chromedriver.
 if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
-  STACK_DIR=$PWD/.stack
-  # shellcheck source=scripts/lib.sh
-  . scripts/lib.sh
   apt_install chromium chromium-driver
 fi
 

@@ -16,7 +16,8 @@ use hotkeys::Topology;
 use hotkeys::hotlist::HotItem;
 use hotkeys::mysql::{self, Limits, MysqlError, Pool};
 use serde::Serialize;
-use sqlx::QueryBuilder;
+use sqlx::mysql::MySqlRow;
+use sqlx::{QueryBuilder, Row as _};
 
 /// Keys longer than this (in characters) are not recorded: the column is `VARCHAR(512)`.
 pub const MAX_KEY_CHARS: usize = 512;
@@ -68,13 +69,26 @@ pub struct TopKey {
 }
 
 /// One recorded row, as the CSV export writes it.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
     pub id: i64,
     pub taken_at: i64,
     pub key: String,
     pub count: u64,
     pub error: Option<u64>,
+}
+
+/// Columns by name, as `#[derive(sqlx::FromRow)]` would read them.
+impl<'r> sqlx::FromRow<'r, MySqlRow> for Row {
+    fn from_row(row: &'r MySqlRow) -> Result<Self, sqlx::Error> {
+        Ok(Row {
+            id: row.try_get("id")?,
+            taken_at: row.try_get("taken_at")?,
+            key: row.try_get("key")?,
+            count: row.try_get("count")?,
+            error: row.try_get("error")?,
+        })
+    }
 }
 
 pub struct History {

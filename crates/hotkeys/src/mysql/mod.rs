@@ -34,9 +34,12 @@ mod load;
 mod query;
 mod seed;
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use sqlx::Connection;
+use sqlx::SqlStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPoolOptions};
 
 use crate::config::MysqlConfig;
@@ -234,8 +237,28 @@ async fn probe(
     Ok(opts)
 }
 
-/// The migrations of `migrations/`, compiled in.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+/// The migrations of `migrations/`, compiled in (listed by `build.rs`): what
+/// `sqlx::migrate!("../../migrations")` would build, without sqlx's proc macros.
+pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
+    const EMBEDDED: &[(i64, &str, MigrationType, &str)] =
+        include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
+    Migrator::with_migrations(
+        EMBEDDED
+            .iter()
+            .map(|&(version, description, kind, sql)| {
+                // As sqlx reads a migration file: the checksum is of the whole text.
+                let no_tx = sql.starts_with("-- no-transaction");
+                Migration::new(
+                    version,
+                    description.into(),
+                    kind,
+                    SqlStr::from_static(sql),
+                    no_tx,
+                )
+            })
+            .collect(),
+    )
+});
 
 /// Applies the migrations not applied yet and answers which ones it applied (version and
 /// description). Safe to run from several processes at once.
@@ -325,5 +348,28 @@ mod tests {
             MIGRATOR.iter().any(|m| m.description.contains("products")),
             "migrations/ should create the products table"
         );
+    }
+
+    /// The embedded list is what sqlx itself resolves from the directory (as `migrate!` did):
+    /// same versions, descriptions, types, transaction mode and checksums, so databases
+    /// migrated by earlier builds see no changed migration.
+    #[tokio::test]
+    async fn embedded_migrations_match_what_sqlx_resolves() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations");
+        let resolved = Migrator::new(dir.as_path()).await.unwrap();
+        let key = |m: &Migration| {
+            (
+                m.version,
+                m.description.to_string(),
+                m.migration_type,
+                m.no_tx,
+                m.checksum.to_vec(),
+                m.sql.as_str().to_string(),
+            )
+        };
+        let embedded: Vec<_> = MIGRATOR.iter().map(key).collect();
+        let expected: Vec<_> = resolved.iter().map(key).collect();
+        assert!(!embedded.is_empty());
+        assert_eq!(embedded, expected);
     }
 }
