@@ -2,11 +2,11 @@
 # or `docker build -t hotkeys:latest .`).
 #
 # Stage 1 builds the five binaries from this checkout with the locked dependencies;
-# librdkafka is compiled from its crate (a C compiler and make, no cmake); zstd is Debian's
-# libzstd, found with pkg-config (scripts/lib.sh BUILD_PACKAGES).
+# librdkafka is compiled from its crate (a C compiler and make, no cmake); zstd and OpenSSL
+# are Debian's, found with pkg-config (scripts/lib.sh BUILD_PACKAGES).
 FROM rust:1.94-slim-bookworm AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential pkg-config perl libzstd-dev \
+ && apt-get install -y --no-install-recommends build-essential pkg-config perl libzstd-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -17,7 +17,7 @@ RUN cargo build --release --locked \
 # an unprivileged user.
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates libzstd1 \
+ && apt-get install -y --no-install-recommends ca-certificates libzstd1 libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --no-create-home hotkeys
 COPY --from=build \

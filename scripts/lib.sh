@@ -173,8 +173,9 @@ apt_install() { # PACKAGE...
 }
 
 # Debian packages the workspace's build needs besides Rust, a C compiler and make: zstd-sys
-# and librdkafka link the system libzstd (found with pkg-config) instead of compiling zstd.
-BUILD_PACKAGES=(pkg-config libzstd-dev)
+# and librdkafka link the system libzstd (found with pkg-config) instead of compiling zstd,
+# and librdkafka the system OpenSSL for Kafka over TLS and SASL.
+BUILD_PACKAGES=(pkg-config libzstd-dev libssl-dev)
 
 # Installs the missing BUILD_PACKAGES (quietly, as apt_install does).
 ensure_build_packages() {

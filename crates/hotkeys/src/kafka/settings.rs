@@ -136,4 +136,28 @@ mod tests {
             "127.0.0.1:9092/1: Connect to ipv4#127.0.0.1:9092 failed: Connection refused"
         ));
     }
+
+    /// The topology file promises SASL/TLS through the passthrough tables: librdkafka must
+    /// be built with TLS (and so SCRAM) for these clients to be created at all.
+    #[test]
+    fn clients_accept_the_tls_and_sasl_scram_settings_the_topology_documents() {
+        use rdkafka::consumer::BaseConsumer;
+        use rdkafka::producer::BaseProducer;
+        let mut kafka = KafkaConfig::default();
+        for (k, v) in [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "SCRAM-SHA-256"),
+            ("sasl.username", "hotkeys"),
+            ("sasl.password", "secret"),
+        ] {
+            kafka.consumer.insert(k.into(), v.into());
+            kafka.producer.insert(k.into(), v.into());
+        }
+        let consumer = consumer_config(&kafka, "g").create::<BaseConsumer>();
+        assert!(consumer.is_ok(), "{:?}", consumer.err());
+        let producer = producer_config(&kafka).create::<BaseProducer>();
+        assert!(producer.is_ok(), "{:?}", producer.err());
+        let admin = admin_config(&kafka).create::<BaseConsumer>();
+        assert!(admin.is_ok(), "{:?}", admin.err());
+    }
 }
