@@ -420,9 +420,10 @@ impl Task {
         for (index, counter) in counters.iter().enumerate() {
             let state = &self.counters[index];
             let creating = state.zk_version.is_none() || state.checkpoint_missing;
-            let kind = checkpoint.or(creating.then_some(CheckpointKind::Periodic));
-            let with_checkpoint = state.needs_checkpoint() && kind.is_some();
-            if !state.has_news() && !with_checkpoint {
+            let kind = checkpoint
+                .or(creating.then_some(CheckpointKind::Periodic))
+                .filter(|_| state.needs_checkpoint());
+            if !state.has_news() && kind.is_none() {
                 continue;
             }
             let seen = state.zk_version;
@@ -433,7 +434,7 @@ impl Task {
                 tracing::warn!(task = self.id, counter = %counter.name, items = list.items.len(),
                     "hot list truncated to fit one ZooKeeper request");
             }
-            let checkpoint = kind.filter(|_| with_checkpoint).map(|kind| {
+            let checkpoint = kind.map(|kind| {
                 let room = REQUEST_MAX_BYTES - hot.len();
                 state.window.checkpoint(state.next_offset, room, kind)
             });

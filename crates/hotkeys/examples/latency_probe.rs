@@ -18,8 +18,9 @@
 //! then p50, p99 and max of each; hot-counter's writes to ZooKeeper (hot lists and
 //! checkpoints; prewarm's locks and marks are left out) in bytes and writes per second (the
 //! bytes also split into hot lists and checkpoints), the shortest time between two writes
-//! of one task's hot list, and the mean checkpoint's size spread over `checkpoint_every`. The last lines are one
-//! summary line per figure. `--cleanup` deletes the topology's ZooKeeper subtree.
+//! of one task's hot list, and the mean checkpoint's size spread over `checkpoint_every`.
+//! The last lines are one summary line per figure. `--cleanup` deletes the topology's
+//! ZooKeeper subtree.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -470,7 +470,8 @@ fn by_proved_count(a: &(&str, u64, u64, u64), b: &(&str, u64, u64, u64)) -> std:
 /// What a checkpoint is for, which decides whether it carries the frequency sketch.
 ///
 /// The frequency sketch only steers admission, and at the default capacity it is about a
-/// third of a full window's checkpoint (120 KB after zstd, of about 470 KB). A periodic
+/// third of a full window's checkpoint (120 KB after zstd, beside about 250 KB of counts
+/// in `scripts/bench-latency.sh`). A periodic
 /// checkpoint is only read after a crash, and a window restored without the sketch starts
 /// it empty: until a key is seen again, a newcomer may replace the weakest counter of a
 /// full bucket once, and the newcomer then holds the weakest counter itself, so a crawl

@@ -108,12 +108,7 @@ impl RedisCluster {
                     return ClusterNode { port, child };
                 }
                 if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "redis-server on port {port} did not answer within {CLUSTER_DEADLINE:?}:\n{}",
-                        tail(&log)
-                    );
+                    give_up(&mut child, &format!("redis-server on port {port}"), &log);
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -140,12 +135,7 @@ impl RedisCluster {
                 break status;
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "redis-cli --cluster create did not finish within {CLUSTER_DEADLINE:?}:\n{}",
-                    tail(&out)
-                );
+                give_up(&mut child, "redis-cli --cluster create", &out);
             }
             std::thread::sleep(Duration::from_millis(50));
         };
@@ -210,6 +200,16 @@ fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
 }
 
 /// The last lines of a log, for failure messages.
+/// Stops `child`, which did not get done within the deadline, and fails with its log.
+fn give_up(child: &mut Child, what: &str, log: &Path) -> ! {
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!(
+        "{what} did not get done within {CLUSTER_DEADLINE:?}:\n{}",
+        tail(log)
+    );
+}
+
 fn tail(path: &Path) -> String {
     let text =
         std::fs::read_to_string(path).unwrap_or_else(|e| format!("({}: {e})", path.display()));
